@@ -1,0 +1,434 @@
+//! The agent's configuration file (DESIGN §8): parsed, then validated as a whole, so that
+//! `check-config` and start-up report every problem at once with the file and the key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_common::config::{ConfigErrors, Section, read_toml};
+use fleet_common::identity::valid_name;
+use fleet_common::tls::TlsFiles;
+
+/// The whole agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The agent's name; must match its certificate.
+    pub name: String,
+    /// The coordinator's gRPC address, `https://host:port`.
+    pub coordinator: String,
+    /// Where the agent keeps its store and service logs.
+    pub data_dir: PathBuf,
+    /// How often a report is taken.
+    pub report_interval: Duration,
+    /// Operator-chosen labels.
+    pub labels: BTreeMap<String, String>,
+    /// The agent's PKI files.
+    pub tls: TlsFiles,
+    /// Bounds of the buffer of undelivered reports.
+    pub outbox: OutboxLimits,
+    /// Supervised services.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// How much undelivered history the agent keeps while the coordinator is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Reports older than this are dropped (and counted).
+    pub max_age: Duration,
+    /// When the buffer exceeds this many bytes the oldest reports are dropped (and counted).
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits { max_age: Duration::from_secs(24 * 3600), max_bytes: 64 << 20 }
+    }
+}
+
+/// When a service is restarted after its process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Never.
+    No,
+    /// When it exits with a non-zero status or is killed by a signal.
+    OnFailure,
+    /// Whenever it ends.
+    Always,
+}
+
+/// How a service's health is probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// An HTTP GET that must answer 2xx.
+    Http(String),
+    /// A TCP connect to `host:port`.
+    Tcp(String),
+    /// A command that must exit 0.
+    Exec(Vec<String>),
+}
+
+/// A service's health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What to probe.
+    pub probe: Probe,
+    /// Time between probes.
+    pub interval: Duration,
+    /// How long one probe may take.
+    pub timeout: Duration,
+    /// Failed probes in a row before the service counts as unhealthy.
+    pub retries: u32,
+    /// Failures during this time after a start do not count.
+    pub start_period: Duration,
+}
+
+/// Where and how a service is deployed by fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployConfig {
+    /// Holds `releases/`, `current` and `backups/`.
+    pub root: PathBuf,
+    /// Releases kept on disk.
+    pub keep_releases: u32,
+    /// Paths backed up before a switch and restored on rollback.
+    pub backup_paths: Vec<PathBuf>,
+}
+
+/// One `[[services]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Unique name on this agent.
+    pub name: String,
+    /// The program to run.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: Option<PathBuf>,
+    /// User to run as (only when the agent runs as root).
+    pub user: Option<String>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// A start that ends sooner than this is a failed start.
+    pub start_secs: Duration,
+    /// Failed starts in a row before the service is fatal.
+    pub start_retries: u32,
+    /// The signal sent to stop it, by name (`TERM`, `INT`, `QUIT`, `HUP`, `KILL`, `USR1`, `USR2`).
+    pub stop_signal: String,
+    /// Time between the stop signal and KILL.
+    pub stop_timeout: Duration,
+    /// Restart when the resident memory stays above this.
+    pub memory_max: Option<u64>,
+    /// Size at which a log file is rotated.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept.
+    pub log_backups: u32,
+    /// Health check, if any.
+    pub health: Option<HealthCheck>,
+    /// Deploy settings, for services fleet deploys.
+    pub deploy: Option<DeployConfig>,
+}
+
+const SIGNALS: [&str; 7] = ["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"];
+
+impl AgentConfig {
+    /// Reads and validates `path`. `default_name` is used when the file has no `name` (the
+    /// machine's host name).
+    pub fn load(path: &Path, default_name: impl FnOnce() -> Option<String>) -> Result<Self, ConfigErrors> {
+        let (mut root, errors) = read_toml(path)?;
+        let name = root.nonempty_string("name").or_else(|| {
+            let n = default_name();
+            if n.is_none() {
+                root.error("name", "is not set and the host name cannot be read; set name = \"...\"");
+            }
+            n
+        });
+        if let Some(n) = &name
+            && !valid_name(n)
+        {
+            root.error(
+                "name",
+                format!("\"{n}\" is not a valid agent name: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"),
+            );
+        }
+        let coordinator = root.required_string("coordinator");
+        if let Some(c) = &coordinator {
+            check_coordinator_url(&root, c);
+        }
+        let data_dir = root.required_path("data_dir");
+        let report_interval = root
+            .duration_in("report_interval", Duration::from_millis(100), Duration::from_secs(3600))
+            .or(if root.has("report_interval") { None } else { Some(Duration::from_secs(5)) });
+        let labels = root.string_map("labels").unwrap_or_default();
+        for (k, v) in &labels {
+            if !valid_label_name(k) {
+                root.error(&format!("labels.{k}"), "label names use letters, digits and '_' and do not start with a digit or \"__\"");
+            }
+            if v.len() > 256 {
+                root.error(&format!("labels.{k}"), "label values are at most 256 bytes");
+            }
+        }
+        if labels.len() > 32 {
+            root.error("labels", "at most 32 labels");
+        }
+        let tls = TlsFiles::read(&mut root);
+        let outbox = match root.section("outbox") {
+            Some(mut s) => {
+                let d = OutboxLimits::default();
+                let limits = OutboxLimits {
+                    max_age: s.duration_in("max_age", Duration::from_secs(60), Duration::from_secs(30 * 86400)).unwrap_or(d.max_age),
+                    max_bytes: s.bytes("max_bytes").unwrap_or(d.max_bytes),
+                };
+                if limits.max_bytes < 64 << 10 {
+                    s.error("max_bytes", "must be at least 64KiB");
+                }
+                s.finish();
+                limits
+            }
+            None => OutboxLimits::default(),
+        };
+        let mut services = Vec::new();
+        let mut seen = HashSet::new();
+        for s in root.sections("services") {
+            if let Some(svc) = read_service(s, &mut seen) {
+                services.push(svc);
+            }
+        }
+        root.finish();
+        let config = match (name, coordinator, data_dir, report_interval, tls) {
+            (Some(name), Some(coordinator), Some(data_dir), Some(report_interval), Some(tls)) => Some(AgentConfig {
+                name,
+                coordinator,
+                data_dir,
+                report_interval,
+                labels,
+                tls,
+                outbox,
+                services,
+            }),
+            _ => None,
+        };
+        match errors.clone().into_result(path, ()) {
+            Ok(()) => Ok(config.expect("every required key is present when there are no errors")),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn check_coordinator_url(root: &Section, url: &str) {
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
+        root.error("coordinator", format!("invalid URL \"{url}\"; write https://HOST:PORT"));
+        return;
+    };
+    if uri.scheme_str() != Some("https") {
+        root.error("coordinator", format!("\"{url}\" must start with https:// (fleet speaks only mutual TLS)"));
+    } else if uri.host().is_none() || uri.port_u16().is_none() {
+        root.error("coordinator", format!("\"{url}\" needs a host and a port, for example https://coordinator.example:7443"));
+    }
+}
+
+fn valid_label_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with("__")
+        && !k.as_bytes()[0].is_ascii_digit()
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceConfig> {
+    let name = s.required_string("name");
+    if let Some(n) = &name {
+        if !valid_name(n) {
+            s.error("name", format!("\"{n}\" is not a valid service name: use 1-63 letters, digits, '-', '_' or '.'"));
+        } else if !seen.insert(n.clone()) {
+            s.error("name", format!("duplicate service name \"{n}\"; service names must be unique"));
+        }
+    }
+    let command = s.required_string("command");
+    let args = s.string_list("args").unwrap_or_default();
+    let env = s.string_map("env").unwrap_or_default();
+    let workdir = s.path("workdir");
+    let user = s.nonempty_string("user");
+    let restart = match s.string("restart").as_deref() {
+        None | Some("on-failure") => Some(RestartPolicy::OnFailure),
+        Some("always") => Some(RestartPolicy::Always),
+        Some("no") => Some(RestartPolicy::No),
+        Some(other) => {
+            s.error("restart", format!("unknown restart policy \"{other}\"; use \"no\", \"on-failure\" or \"always\""));
+            None
+        }
+    };
+    let start_secs = s.duration_in("start_secs", Duration::ZERO, Duration::from_secs(600)).unwrap_or(Duration::from_secs(1));
+    let start_retries = s.u64("start_retries").map(|n| n.min(1000) as u32).unwrap_or(5);
+    let stop_signal = s.string("stop_signal").map(|v| v.trim_start_matches("SIG").to_ascii_uppercase());
+    if let Some(sig) = &stop_signal
+        && !SIGNALS.contains(&sig.as_str())
+    {
+        s.error("stop_signal", format!("unknown signal \"{sig}\"; use one of {}", SIGNALS.join(", ")));
+    }
+    let stop_timeout = s.duration_in("stop_timeout", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::from_secs(10));
+    let memory_max = s.bytes("memory_max");
+    let log_max_bytes = s.bytes("log_max_bytes").unwrap_or(10 << 20);
+    if log_max_bytes < 4096 {
+        s.error("log_max_bytes", "must be at least 4KiB");
+    }
+    let log_backups = s.u64("log_backups").map(|n| n.min(100) as u32).unwrap_or(5);
+    let health = s.section("health").and_then(read_health);
+    let deploy = s.section("deploy").and_then(read_deploy);
+    s.finish();
+    Some(ServiceConfig {
+        name: name?,
+        command: command?,
+        args,
+        env,
+        workdir,
+        user,
+        restart: restart?,
+        start_secs,
+        start_retries,
+        stop_signal: stop_signal.unwrap_or_else(|| "TERM".to_string()),
+        stop_timeout,
+        memory_max,
+        log_max_bytes,
+        log_backups,
+        health,
+        deploy,
+    })
+}
+
+fn read_health(mut h: Section) -> Option<HealthCheck> {
+    let http = h.nonempty_string("http");
+    let tcp = h.nonempty_string("tcp");
+    let exec = h.string_list("exec");
+    let mut probes = Vec::new();
+    if let Some(url) = http {
+        match url.parse::<tonic::transport::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => probes.push(Probe::Http(url)),
+            Ok(u) if u.scheme_str() == Some("https") => {
+                h.error("http", format!("\"{url}\": https health checks are not supported; probe the service's plain-HTTP health port"))
+            }
+            _ => h.error("http", format!("invalid health URL \"{url}\"; write for example http://127.0.0.1:3001/health")),
+        }
+    }
+    if let Some(addr) = tcp {
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => probes.push(Probe::Tcp(addr)),
+            _ => h.error("tcp", format!("invalid address \"{addr}\"; write HOST:PORT, for example 127.0.0.1:3001")),
+        }
+    }
+    if let Some(cmd) = exec {
+        if cmd.is_empty() || cmd[0].is_empty() {
+            h.error("exec", "must name a command, for example [\"/usr/bin/check\", \"--quick\"]");
+        } else {
+            probes.push(Probe::Exec(cmd));
+        }
+    }
+    let interval = h.duration_in("interval", Duration::from_millis(100), Duration::from_secs(3600)).unwrap_or(Duration::from_secs(5));
+    let timeout = h.duration_in("timeout", Duration::from_millis(10), Duration::from_secs(600)).unwrap_or(Duration::from_secs(2));
+    let retries = h.u64("retries").map(|n| n.clamp(1, 100) as u32).unwrap_or(3);
+    let start_period = h.duration_in("start_period", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::ZERO);
+    let ok_count = probes.len();
+    if ok_count > 1 {
+        h.error("", "set exactly one of http, tcp or exec");
+    }
+    let had_probe_key = ok_count > 0 || !h.errors().is_empty();
+    if ok_count == 0 && !had_probe_key {
+        h.error("", "set one of http, tcp or exec");
+    }
+    h.finish();
+    if ok_count != 1 {
+        return None;
+    }
+    Some(HealthCheck { probe: probes.remove(0), interval, timeout, retries, start_period })
+}
+
+fn read_deploy(mut d: Section) -> Option<DeployConfig> {
+    let root = d.required_path("root");
+    if let Some(r) = &root
+        && !r.is_absolute()
+    {
+        d.error("root", format!("\"{}\" must be an absolute path", r.display()));
+    }
+    let keep_releases = d.u64("keep_releases").unwrap_or(5);
+    if keep_releases < 2 {
+        d.error("keep_releases", "must be at least 2 (the current and the previous release are always kept)");
+    }
+    let backup_paths: Vec<PathBuf> = d.string_list("backup_paths").unwrap_or_default().into_iter().map(PathBuf::from).collect();
+    for (i, p) in backup_paths.iter().enumerate() {
+        if !p.is_absolute() {
+            d.error(&format!("backup_paths[{i}]"), format!("\"{}\" must be an absolute path", p.display()));
+        }
+    }
+    d.finish();
+    Some(DeployConfig { root: root?, keep_releases: keep_releases.min(1000) as u32, backup_paths })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        for f in ["ca.pem", "a.pem", "a-key.pem"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        p
+    }
+
+    fn base(dir: &Path) -> String {
+        format!(
+            "coordinator = \"https://127.0.0.1:7443\"\ndata_dir = \"{d}/data\"\n[tls]\nca = \"{d}/ca.pem\"\ncert = \"{d}/a.pem\"\nkey = \"{d}/a-key.pem\"\n",
+            d = dir.display()
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("name = \"main-pc\"\n{}", base(dir.path())));
+        let c = AgentConfig::load(&p, || None).unwrap();
+        assert_eq!(c.name, "main-pc");
+        assert_eq!(c.report_interval, Duration::from_secs(5));
+        assert_eq!(c.outbox, OutboxLimits::default());
+        assert!(c.services.is_empty());
+    }
+
+    #[test]
+    fn name_defaults_to_host_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &base(dir.path()));
+        let c = AgentConfig::load(&p, || Some("box1".into())).unwrap();
+        assert_eq!(c.name, "box1");
+    }
+
+    #[test]
+    fn bad_services_are_named_with_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "name = \"a\"\n{}\n[[services]]\nname = \"api\"\n\n[[services]]\nname = \"api\"\ncommand = \"x\"\nrestart = \"sometimes\"\n[services.health]\nhttp = \"not a url\"\n",
+            base(dir.path())
+        );
+        let p = write(dir.path(), &text);
+        let err = AgentConfig::load(&p, || None).unwrap_err();
+        let got: Vec<_> = err.errors.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(got, ["services[0].command", "services[1].name", "services[1].restart", "services[1].health.http"], "{err}");
+        let text = err.to_string();
+        assert!(text.contains("duplicate service name \"api\""), "{text}");
+        assert!(text.contains("unknown restart policy \"sometimes\""), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name = \"a\"\ncoordinator = \"http://x\"\nreport_interval = \"often\"\ncolour = \"blue\"\n[tls]\nca = \"/nonexistent/ca.pem\"\n";
+        let p = write(dir.path(), text);
+        let err = AgentConfig::load(&p, || None).unwrap_err();
+        let got: Vec<_> = err.errors.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(
+            got,
+            ["coordinator", "data_dir", "report_interval", "tls.cert", "tls.key", "tls.ca", "colour"],
+            "{err}"
+        );
+    }
+}

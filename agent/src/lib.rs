@@ -1,0 +1,161 @@
+//! fleet-agent: takes host reports on a fixed interval, keeps them in a durable bounded buffer,
+//! and delivers them to the coordinator over a mutual-TLS session (DESIGN §5).
+//!
+//! Code map: [`config`] reads and validates the config file; [`collector`] reads host
+//! metrics; [`store`] is the durable outbox (the only module that knows the store's keys);
+//! [`session`] attaches to the coordinator and delivers the outbox; [`run`] wires them up.
+
+#![forbid(unsafe_code)]
+
+pub mod collector;
+pub mod config;
+pub mod session;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_common::identity::Role;
+use fleet_common::tls::{TlsError, TlsMaterial};
+use fleet_proto::v1::{Hello, Report, ReportId};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::collector::Collector;
+use crate::config::AgentConfig;
+use crate::store::{Opened, Outbox, StoreError};
+
+/// How long shutdown may take before the agent gives up waiting for its tasks.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory is unusable.
+    #[error("cannot create data_dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The certificate does not belong to this agent.
+    #[error("{0}")]
+    Identity(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Host metrics cannot be read.
+    #[error("{0}")]
+    Collector(String),
+}
+
+/// Loads the TLS material and checks it names this agent.
+pub fn load_identity(config: &AgentConfig) -> Result<TlsMaterial, RunError> {
+    let tls = TlsMaterial::load(&config.tls)?;
+    let id = tls.identity();
+    if id.role != Role::Agent || id.name != config.name {
+        return Err(RunError::Identity(format!(
+            "{} carries identity {id}, but this agent is configured as \"{}\"; issue it a certificate with `fleetctl certs issue agent {}` or fix `name`",
+            config.tls.cert.display(),
+            config.name,
+            config.name
+        )));
+    }
+    Ok(tls)
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| RunError::DataDir {
+        path: config.data_dir.display().to_string(),
+        reason: fleet_common::io_reason(&e),
+    })?;
+    let tls = load_identity(&config)?;
+    let (outbox, opened) = Outbox::open(&config.data_dir, config.outbox)?;
+    let outbox = Arc::new(outbox);
+    match opened {
+        Opened::New => tracing::info!(data_dir = %config.data_dir.display(), "created a new agent store"),
+        Opened::Existing => tracing::info!(buffered = outbox.len(), "opened the agent store"),
+        Opened::MovedAside(p) => tracing::error!(moved_to = %p.display(), "started with an empty store"),
+    }
+    if !config.services.is_empty() {
+        tracing::warn!(
+            services = config.services.len(),
+            "[[services]] are validated but this fleet-agent version does not supervise them yet"
+        );
+    }
+    let collector = Arc::new(Mutex::new(Collector::new().map_err(RunError::Collector)?));
+    let boot_id = loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    };
+    let hello = Hello {
+        name: config.name.clone(),
+        version: fleet_common::VERSION.to_string(),
+        labels: config.labels.clone().into_iter().collect(),
+        boot_id,
+        services: Vec::new(),
+        hostname: Collector::host_name().unwrap_or_default(),
+        os: Collector::os(),
+        report_interval_ms: config.report_interval.as_millis() as u64,
+    };
+    tracing::info!(name = %config.name, boot_id, coordinator = %config.coordinator, "fleet-agent {} starting", fleet_common::VERSION);
+
+    let new_report = Arc::new(Notify::new());
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(report_loop(config.report_interval, boot_id, collector, outbox.clone(), new_report.clone(), shutdown.clone()));
+    let ctx = session::SessionContext { coordinator: config.coordinator.clone(), hello, outbox: outbox.clone(), new_report };
+    tasks.spawn(session::run(ctx, tls, shutdown.clone()));
+    tasks.close();
+
+    shutdown.cancelled().await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+        tracing::warn!("tasks did not stop within {}s; exiting anyway", DRAIN_TIMEOUT.as_secs());
+    }
+    outbox.flush().await?;
+    tracing::info!(buffered = outbox.len(), "fleet-agent stopped");
+    Ok(())
+}
+
+/// Takes a report every `interval` and appends it to the outbox.
+async fn report_loop(
+    interval: Duration,
+    boot_id: u64,
+    collector: Arc<Mutex<Collector>>,
+    outbox: Arc<Outbox>,
+    new_report: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let c = collector.clone();
+        let host = match tokio::task::spawn_blocking(move || c.lock().expect("collector lock").collect()).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "collecting host metrics failed");
+                continue;
+            }
+        };
+        seq += 1;
+        let now = fleet_common::now_ms();
+        let report = Report {
+            id: Some(ReportId { boot_id, seq }),
+            timestamp_ms: now,
+            host: Some(host),
+            services: Vec::new(),
+            reports_dropped_total: outbox.dropped_total(),
+        };
+        if let Err(e) = outbox.push(&report, now).await {
+            tracing::error!(error = %e, seq, "cannot buffer a report; it is lost");
+            continue;
+        }
+        new_report.notify_one();
+    }
+}

@@ -1,0 +1,244 @@
+//! The agent's session with the coordinator: dial over mutual TLS, say Hello, send buffered
+//! reports in order with a bounded window, drop them from the buffer as Acks arrive, and
+//! reconnect with capped, jittered exponential backoff when anything goes wrong.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_common::tls::{TlsMaterial, chain_to_string, connect_coordinator};
+use fleet_proto::v1::agent_message::Msg as AgentMsg;
+use fleet_proto::v1::agent_service_client::AgentServiceClient;
+use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
+use fleet_proto::v1::{AgentMessage, CommandState, CommandUpdate, Hello};
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Outbox;
+
+/// Reports sent but not yet acknowledged, at most. Bounds memory on both sides during a replay.
+pub const WINDOW: usize = 128;
+/// How long the coordinator may take to answer Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reconnect delays: exponential from `initial`, capped at `max`, with equal jitter (half the
+/// delay fixed, half random) so a fleet that lost its coordinator does not come back at once.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at `initial` and never exceeding `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff { initial, max, current: initial }
+    }
+
+    /// The next delay to wait.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let base = self.current.min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        let half = base / 2;
+        half + Duration::from_micros(rng.random_range(0..=half.as_micros() as u64))
+    }
+
+    /// Starts over after a session that worked.
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// What the session needs from the rest of the agent.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// The coordinator address.
+    pub coordinator: String,
+    /// Hello as sent at the start of each session (services are refreshed by the caller).
+    pub hello: Hello,
+    /// The buffer of undelivered reports.
+    pub outbox: Arc<Outbox>,
+    /// Signalled whenever a report was added to the outbox.
+    pub new_report: Arc<Notify>,
+}
+
+/// Runs sessions until `shutdown` is cancelled.
+pub async fn run(ctx: SessionContext, tls: TlsMaterial, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut failures: u32 = 0;
+    while !shutdown.is_cancelled() {
+        match attach(&ctx, &tls, &shutdown).await {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Lost { reason, welcomed }) => {
+                if welcomed {
+                    backoff.reset();
+                    failures = 0;
+                }
+                failures += 1;
+                tracing::warn!(coordinator = %ctx.coordinator, %reason, "session with the coordinator ended; reconnecting");
+            }
+            Err(reason) => {
+                failures += 1;
+                // The first failures are worth a warning; a long outage should not flood logs.
+                if failures <= 3 || failures.is_power_of_two() {
+                    tracing::warn!(coordinator = %ctx.coordinator, attempts = failures, %reason, "cannot attach to the coordinator");
+                } else {
+                    tracing::debug!(coordinator = %ctx.coordinator, attempts = failures, %reason, "cannot attach to the coordinator");
+                }
+            }
+        }
+        let delay = backoff.next_delay(&mut rng);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost { reason: String, welcomed: bool },
+}
+
+/// One session: returns how it ended, or why it could not start.
+async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationToken) -> Result<SessionEnd, String> {
+    let channel = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        c = connect_coordinator(&ctx.coordinator, tls) => c.map_err(|e| e.to_string())?,
+    };
+    let mut client = AgentServiceClient::new(channel);
+    // Capacity above the window, so sending a report never waits: the window is the bound.
+    let (tx, rx) = mpsc::channel::<AgentMessage>(WINDOW + 16);
+    tx.try_send(AgentMessage { msg: Some(AgentMsg::Hello(ctx.hello.clone())) })
+        .map_err(|e| format!("cannot queue hello: {e}"))?;
+    let mut inbound = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        r = client.attach(ReceiverStream::new(rx)) => r.map_err(|s| status_reason(&s))?.into_inner(),
+    };
+    let welcome = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        m = tokio::time::timeout(WELCOME_TIMEOUT, inbound.next()) => match m {
+            Err(_) => return Err(format!("no welcome within {}s", WELCOME_TIMEOUT.as_secs())),
+            Ok(None) => return Err("the coordinator closed the session before welcoming the agent".into()),
+            Ok(Some(Err(s))) => return Err(status_reason(&s)),
+            Ok(Some(Ok(m))) => match m.msg {
+                Some(CoordMsg::Welcome(w)) => w,
+                _ => return Err("the coordinator's first message was not a welcome".into()),
+            },
+        },
+    };
+    let interval_ms = ctx.hello.report_interval_ms;
+    if welcome.offline_after_ms > 0 && interval_ms * 2 > welcome.offline_after_ms {
+        tracing::warn!(
+            report_interval_ms = interval_ms,
+            offline_after_ms = welcome.offline_after_ms,
+            "report_interval is more than half the coordinator's offline_after: this agent will flap offline; lower report_interval"
+        );
+    }
+    // Anything the coordinator already holds (its Ack was lost) need not be sent again.
+    if let Some(last) = &welcome.last_stored
+        && let Some(index) = ctx.outbox.index_of(last)
+    {
+        let n = ctx.outbox.remove_through(index).map_err(|e| e.to_string())?;
+        tracing::info!(dropped = n, "the coordinator already held buffered reports; not resending them");
+    }
+    tracing::info!(
+        coordinator = %ctx.coordinator,
+        coordinator_version = %welcome.coordinator_version,
+        buffered = ctx.outbox.len(),
+        "attached to the coordinator"
+    );
+
+    // Sent but unacknowledged: (outbox index, boot, seq), in send order.
+    let mut in_flight: VecDeque<(u64, u64, u64)> = VecDeque::new();
+    let mut last_sent: Option<u64> = None;
+    loop {
+        // Fill the window from the buffer.
+        if in_flight.len() < WINDOW {
+            let batch = ctx.outbox.read_after(last_sent, WINDOW - in_flight.len()).map_err(|e| e.to_string())?;
+            for (index, report) in batch {
+                let id = report.id.clone().unwrap_or_default();
+                if tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }).is_err() {
+                    return Ok(SessionEnd::Lost { reason: "the session's send queue closed".into(), welcomed: true });
+                }
+                in_flight.push_back((index, id.boot_id, id.seq));
+                last_sent = Some(index);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            _ = ctx.new_report.notified(), if in_flight.len() < WINDOW => {}
+            msg = inbound.next() => {
+                let msg = match msg {
+                    None => return Ok(SessionEnd::Lost { reason: "the coordinator closed the session".into(), welcomed: true }),
+                    Some(Err(s)) => return Ok(SessionEnd::Lost { reason: status_reason(&s), welcomed: true }),
+                    Some(Ok(m)) => m,
+                };
+                match msg.msg {
+                    Some(CoordMsg::Ack(ack)) => {
+                        let id = ack.id.unwrap_or_default();
+                        let Some(pos) = in_flight.iter().position(|&(_, b, s)| b == id.boot_id && s == id.seq) else {
+                            tracing::debug!(boot_id = id.boot_id, seq = id.seq, "ack for a report not in flight");
+                            continue;
+                        };
+                        let (index, _, _) = in_flight[pos];
+                        in_flight.drain(..=pos);
+                        ctx.outbox.remove_through(index).map_err(|e| e.to_string())?;
+                    }
+                    Some(CoordMsg::Command(cmd)) => {
+                        // This agent version applies no commands yet; say so instead of staying silent,
+                        // so the coordinator (and the operator behind it) gets a clear answer.
+                        tracing::warn!(command_id = %cmd.id, kind = %cmd.kind, "rejecting a command this agent does not support");
+                        let update = CommandUpdate {
+                            command_id: cmd.id,
+                            state: CommandState::Rejected as i32,
+                            message: format!("fleet-agent {} does not support command kind \"{}\"", fleet_common::VERSION, cmd.kind),
+                        };
+                        if tx.try_send(AgentMessage { msg: Some(AgentMsg::CommandUpdate(update)) }).is_err() {
+                            return Ok(SessionEnd::Lost { reason: "the session's send queue closed".into(), welcomed: true });
+                        }
+                    }
+                    Some(CoordMsg::Welcome(_)) | None => {}
+                }
+            }
+        }
+    }
+}
+
+fn status_reason(s: &tonic::Status) -> String {
+    if let Some(c) = std::error::Error::source(s).and_then(fleet_common::tls::ConnectError::find) {
+        return c.to_string();
+    }
+    let msg = if s.message().is_empty() { chain_to_string(s) } else { s.message().to_string() };
+    format!("{:?}: {msg}", s.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_is_jittered_capped_and_resets() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut bases = vec![];
+        for _ in 0..12 {
+            let d = b.next_delay(&mut rng);
+            bases.push(d);
+        }
+        // Each delay lies within [base/2, base] for base = 200ms * 2^n, capped at 30s.
+        for (n, d) in bases.iter().enumerate() {
+            let base = (Duration::from_millis(200) * 2u32.pow(n as u32)).min(Duration::from_secs(30));
+            assert!(*d >= base / 2 && *d <= base, "delay {n} = {d:?}, base {base:?}");
+        }
+        assert!(bases.iter().all(|d| *d <= Duration::from_secs(30)));
+        b.reset();
+        assert!(b.next_delay(&mut rng) <= Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,323 @@
+//! The agent's durable store (sled), and the only module that knows its keys and schema.
+//!
+//! Tree `outbox`: key = 8-byte big-endian insertion index, value = a protobuf `Report` taken
+//! but not yet acknowledged by the coordinator. Tree `meta`: counters that must survive
+//! restarts (`reports_dropped_total`).
+//!
+//! A report is flushed to disk before it is sent, so a report the coordinator may have seen is
+//! never lost by an agent crash; the buffer is bounded by age and bytes, and every drop is
+//! counted. A store that cannot be opened is moved aside (loudly) and the agent starts clean:
+//! an agent must never crash-loop on its own buffer.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use fleet_proto::v1::{Report, ReportId};
+use prost::Message;
+
+use crate::config::OutboxLimits;
+
+const DROPPED_KEY: &[u8] = b"reports_dropped_total";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error.
+    #[error("agent store at {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    /// The store could not be moved aside.
+    #[error("cannot move the unreadable store {path} aside: {reason}; remove it by hand")]
+    MoveAside { path: PathBuf, reason: String },
+}
+
+/// The buffer of reports taken but not yet acknowledged, oldest first.
+pub struct Outbox {
+    path: PathBuf,
+    db: sled::Db,
+    outbox: sled::Tree,
+    meta: sled::Tree,
+    limits: OutboxLimits,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// What the outbox holds, mirrored in memory so bounds are enforced without scanning.
+#[derive(Debug, Default)]
+struct State {
+    /// (index, id, timestamp, encoded size) of every entry, oldest first.
+    entries: VecDeque<Entry>,
+    bytes: u64,
+    next_index: u64,
+    dropped_total: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    index: u64,
+    id: (u64, u64),
+    timestamp_ms: i64,
+    size: u64,
+}
+
+/// What happened when the store was opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// The existing store was opened.
+    Existing,
+    /// No store existed; a new one was created.
+    New,
+    /// The store was unreadable and moved to the given path; a new one was created.
+    MovedAside(PathBuf),
+}
+
+fn id_of(r: &Report) -> (u64, u64) {
+    r.id.as_ref().map(|i| (i.boot_id, i.seq)).unwrap_or_default()
+}
+
+fn open_db(path: &Path) -> Result<sled::Db, String> {
+    let p = path.to_path_buf();
+    // sled panics on some kinds of damage instead of returning an error; treat both alike.
+    match std::panic::catch_unwind(move || sled::Config::new().path(p).flush_every_ms(Some(1000)).open()) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the store panicked while opening".to_string()),
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates) the store under `data_dir/store`, moving an unreadable one aside.
+    pub fn open(data_dir: &Path, limits: OutboxLimits) -> Result<(Outbox, Opened), StoreError> {
+        let path = data_dir.join("store");
+        let existed = path.exists();
+        let mut opened = if existed { Opened::Existing } else { Opened::New };
+        let attempt = open_db(&path).and_then(|db| Outbox::load(&path, db, limits).map_err(|e| e.to_string()));
+        let outbox = match attempt {
+            Ok(o) => o,
+            Err(reason) => {
+                let aside = data_dir.join(format!("store.unreadable-{}", fleet_common::now_ms()));
+                tracing::error!(
+                    store = %path.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "THE AGENT STORE IS UNREADABLE: moving it aside and starting with an empty buffer; \
+                     reports it held that the coordinator had not acknowledged are lost"
+                );
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| StoreError::MoveAside { path: path.clone(), reason: fleet_common::io_reason(&e) })?;
+                opened = Opened::MovedAside(aside);
+                let db = open_db(&path)
+                    .map_err(|reason| StoreError::MoveAside { path: path.clone(), reason })?;
+                Outbox::load(&path, db, limits)?
+            }
+        };
+        Ok((outbox, opened))
+    }
+
+    fn load(path: &Path, db: sled::Db, limits: OutboxLimits) -> Result<Outbox, StoreError> {
+        let err = |source| StoreError::Sled { path: path.to_path_buf(), source };
+        let outbox = db.open_tree("outbox").map_err(err)?;
+        let meta = db.open_tree("meta").map_err(err)?;
+        let mut state = State::default();
+        for item in outbox.iter() {
+            let (k, v) = item.map_err(err)?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                err(sled::Error::Unsupported(format!("outbox key of {} bytes", k.len())))
+            })?);
+            let report = Report::decode(v.as_ref())
+                .map_err(|e| err(sled::Error::Unsupported(format!("outbox entry {index}: {e}"))))?;
+            state.bytes += v.len() as u64;
+            state.entries.push_back(Entry { index, id: id_of(&report), timestamp_ms: report.timestamp_ms, size: v.len() as u64 });
+            state.next_index = index + 1;
+        }
+        if let Some(v) = meta.get(DROPPED_KEY).map_err(err)? {
+            state.dropped_total = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        }
+        Ok(Outbox { path: path.to_path_buf(), db, outbox, meta, limits, state: Mutex::new(state) })
+    }
+
+    fn err(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled { path: self.path.clone(), source }
+    }
+
+    /// Reports dropped because of the bounds, since the store was created.
+    pub fn dropped_total(&self) -> u64 {
+        self.state.lock().expect("outbox lock").dropped_total
+    }
+
+    /// Reports waiting for acknowledgement.
+    pub fn len(&self) -> usize {
+        self.state.lock().expect("outbox lock").entries.len()
+    }
+
+    /// Whether nothing waits for acknowledgement.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a report, drops the oldest entries beyond the bounds (counting them), and
+    /// flushes to disk before returning, so the report survives a crash from here on.
+    pub async fn push(&self, report: &Report, now_ms: i64) -> Result<(), StoreError> {
+        let bytes = report.encode_to_vec();
+        {
+            let mut st = self.state.lock().expect("outbox lock");
+            let index = st.next_index;
+            st.next_index += 1;
+            self.outbox.insert(index.to_be_bytes(), bytes.as_slice()).map_err(|e| self.err(e))?;
+            st.bytes += bytes.len() as u64;
+            st.entries.push_back(Entry { index, id: id_of(report), timestamp_ms: report.timestamp_ms, size: bytes.len() as u64 });
+            let oldest_allowed = now_ms - self.limits.max_age.as_millis() as i64;
+            let mut dropped = 0;
+            while let Some(front) = st.entries.front().copied() {
+                let over_size = st.bytes > self.limits.max_bytes && st.entries.len() > 1;
+                if !over_size && front.timestamp_ms >= oldest_allowed {
+                    break;
+                }
+                self.outbox.remove(front.index.to_be_bytes()).map_err(|e| self.err(e))?;
+                st.entries.pop_front();
+                st.bytes -= front.size;
+                dropped += 1;
+            }
+            if dropped > 0 {
+                st.dropped_total += dropped;
+                self.meta.insert(DROPPED_KEY, &st.dropped_total.to_be_bytes()).map_err(|e| self.err(e))?;
+                tracing::warn!(
+                    dropped,
+                    dropped_total = st.dropped_total,
+                    "report buffer full (limits: {} or {}): dropped the oldest undelivered reports",
+                    humantime_short(self.limits.max_age),
+                    fleet_common::human_bytes(self.limits.max_bytes)
+                );
+            }
+        }
+        self.db.flush_async().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Up to `max` reports after insertion index `after` (all from the start when `None`),
+    /// oldest first, with their indices.
+    pub fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<(u64, Report)>, StoreError> {
+        let start = after.map(|i| i + 1).unwrap_or(0);
+        let mut out = Vec::new();
+        for item in self.outbox.range(start.to_be_bytes()..).take(max) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            match Report::decode(v.as_ref()) {
+                Ok(r) => out.push((index, r)),
+                Err(e) => tracing::error!(index, error = %e, "skipping an undecodable buffered report"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The insertion index of the buffered report `id`, if it is buffered.
+    pub fn index_of(&self, id: &ReportId) -> Option<u64> {
+        let st = self.state.lock().expect("outbox lock");
+        st.entries.iter().find(|e| e.id == (id.boot_id, id.seq)).map(|e| e.index)
+    }
+
+    /// Removes every report up to and including insertion index `index`: the coordinator has
+    /// stored them.
+    pub fn remove_through(&self, index: u64) -> Result<usize, StoreError> {
+        let mut st = self.state.lock().expect("outbox lock");
+        let mut removed = 0;
+        while let Some(front) = st.entries.front().copied() {
+            if front.index > index {
+                break;
+            }
+            self.outbox.remove(front.index.to_be_bytes()).map_err(|e| self.err(e))?;
+            st.entries.pop_front();
+            st.bytes -= front.size;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Flushes outstanding writes; called on shutdown.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
+    }
+}
+
+fn humantime_short(d: std::time::Duration) -> String {
+    fleet_common::human_duration(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn report(boot: u64, seq: u64, ts: i64) -> Report {
+        Report { id: Some(ReportId { boot_id: boot, seq }), timestamp_ms: ts, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn keeps_reports_across_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits::default();
+        {
+            let (o, opened) = Outbox::open(dir.path(), limits).unwrap();
+            assert_eq!(opened, Opened::New);
+            for seq in 1..=5 {
+                o.push(&report(7, seq, 1000 + seq as i64), 1000).await.unwrap();
+            }
+            let idx = o.index_of(&ReportId { boot_id: 7, seq: 2 }).unwrap();
+            assert_eq!(o.remove_through(idx).unwrap(), 2);
+        }
+        let (o, opened) = Outbox::open(dir.path(), limits).unwrap();
+        assert_eq!(opened, Opened::Existing);
+        let seqs: Vec<_> = o.read_after(None, 100).unwrap().into_iter().map(|(_, r)| id_of(&r).1).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        // New entries continue after the old ones.
+        o.push(&report(8, 1, 2000), 2000).await.unwrap();
+        let all: Vec<_> = o.read_after(None, 100).unwrap().into_iter().map(|(_, r)| id_of(&r)).collect();
+        assert_eq!(all, [(7, 3), (7, 4), (7, 5), (8, 1)]);
+    }
+
+    #[tokio::test]
+    async fn drops_oldest_beyond_bounds_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits { max_age: Duration::from_secs(10), max_bytes: 1 << 20 };
+        let (o, _) = Outbox::open(dir.path(), limits).unwrap();
+        for seq in 1..=5 {
+            o.push(&report(1, seq, seq as i64 * 1000), seq as i64 * 1000).await.unwrap();
+        }
+        // At t=13s, reports older than 3s are dropped: seqs 1 and 2.
+        o.push(&report(1, 6, 13_000), 13_000).await.unwrap();
+        assert_eq!(o.dropped_total(), 2);
+        assert_eq!(o.len(), 4);
+
+        let tiny = OutboxLimits { max_age: Duration::from_secs(3600), max_bytes: 40 };
+        let dir2 = tempfile::tempdir().unwrap();
+        let (o2, _) = Outbox::open(dir2.path(), tiny).unwrap();
+        for seq in 1..=10 {
+            o2.push(&report(1, seq, 0), 0).await.unwrap();
+        }
+        let kept: Vec<_> = o2.read_after(None, 100).unwrap().into_iter().map(|(_, r)| id_of(&r).1).collect();
+        assert_eq!(*kept.last().unwrap(), 10, "the newest report is always kept");
+        assert_eq!(o2.dropped_total() as usize + kept.len(), 10);
+        drop(o2);
+        let (o2, _) = Outbox::open(dir2.path(), tiny).unwrap();
+        assert_eq!(o2.dropped_total() as usize + kept.len(), 10, "the drop count survives a restart");
+    }
+
+    #[tokio::test]
+    async fn unreadable_store_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(store.join("conf"), b"\x00garbage that is not a sled config\xff").unwrap();
+        std::fs::write(store.join("db"), vec![0xAB; 4096]).unwrap();
+        let (o, opened) = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+        let Opened::MovedAside(aside) = opened else { panic!("expected the store to be moved aside, got {opened:?}") };
+        assert!(aside.join("db").exists());
+        assert!(o.is_empty());
+        o.push(&report(1, 1, 0), 0).await.unwrap();
+    }
+}

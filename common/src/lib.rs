@@ -1,0 +1,97 @@
+//! What fleet-agent, fleet-coordinator and fleetctl share and what does not belong in the wire
+//! contract: mutual TLS and identities, config reading, logging, shutdown and small helpers.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod identity;
+pub mod logging;
+pub mod shutdown;
+pub mod tls;
+
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The fleet version every binary reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An I/O error as a short lowercase phrase for messages ("no such file", "connection refused").
+pub fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        io::ErrorKind::ConnectionReset => "connection reset".to_string(),
+        io::ErrorKind::AddrInUse => "address already in use".to_string(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this machine".to_string(),
+        io::ErrorKind::TimedOut => "timed out".to_string(),
+        _ => {
+            let s = e.to_string();
+            // Drop the "(os error N)" suffix: it helps nobody reading the message.
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_lowercase(),
+                None => s,
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, with millisecond precision.
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Formats a duration for people: "3s", "4m 10s", "2h 5m", "3d 4h".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Formats a byte count for people, in binary units: "512 B", "3.2 MiB", "15.0 GiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times_and_sizes() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
+    }
+}

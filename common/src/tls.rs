@@ -1,0 +1,362 @@
+//! Mutual TLS for every fleet connection: loading the PKI files, rustls configurations that
+//! speak TLS 1.3 only, and the client connector that checks it reached the coordinator.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::config::Section;
+use crate::identity::{Identity, IdentityError, Role};
+
+/// The paths of one party's PKI files, as given in config or on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA certificate that signs every fleet certificate.
+    pub ca: PathBuf,
+    /// This party's certificate.
+    pub cert: PathBuf,
+    /// This party's private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads a `[tls]` table (ca, cert, key) and checks that the files can be read.
+    pub fn read(root: &mut Section) -> Option<TlsFiles> {
+        let Some(mut tls) = root.section("tls") else {
+            root.error("tls", "is required: set ca, cert and key (make them with `fleetctl certs`)");
+            return None;
+        };
+        let ca = tls.required_path("ca");
+        let cert = tls.required_path("cert");
+        let key = tls.required_path("key");
+        for (k, p) in [("ca", &ca), ("cert", &cert), ("key", &key)] {
+            if let Some(p) = p
+                && let Err(e) = std::fs::metadata(p)
+            {
+                tls.error(k, format!("cannot read {}: {}", p.display(), crate::io_reason(&e)));
+            }
+        }
+        tls.finish();
+        Some(TlsFiles { ca: ca?, cert: cert?, key: key? })
+    }
+}
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {reason}; {hint}")]
+    Read { path: PathBuf, reason: String, hint: &'static str },
+    /// A file was read but holds nothing usable.
+    #[error("{path} holds no {what}; {hint}")]
+    Empty { path: PathBuf, what: &'static str, hint: &'static str },
+    /// The certificate has no fleet identity.
+    #[error("{path}: {source}")]
+    Identity { path: PathBuf, source: IdentityError },
+    /// rustls refused the combination (for example key and certificate do not match).
+    #[error("{0}")]
+    Rustls(String),
+}
+
+const HINT_CA: &str = "create a CA with `fleetctl certs init --dir DIR` or point to the right file";
+const HINT_CERT: &str = "issue one with `fleetctl certs issue ROLE NAME --dir DIR`";
+
+/// Loaded PKI material: trust roots, this party's chain and key, and its identity.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    roots: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    identity: Identity,
+}
+
+impl Clone for TlsMaterial {
+    fn clone(&self) -> Self {
+        TlsMaterial {
+            roots: self.roots.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+fn read(path: &Path, hint: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read {
+        path: path.to_path_buf(),
+        reason: crate::io_reason(&e),
+        hint,
+    })
+}
+
+fn certs_from_pem(path: &Path, hint: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path, hint)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+    if certs.is_empty() {
+        return Err(TlsError::Empty { path: path.to_path_buf(), what: "PEM certificate", hint });
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsMaterial {
+    /// Loads and checks the three files: every problem is named with its path.
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let roots = certs_from_pem(&files.ca, HINT_CA)?;
+        let chain = certs_from_pem(&files.cert, HINT_CERT)?;
+        let key_pem = read(&files.key, HINT_CERT)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Empty {
+            path: files.key.clone(),
+            what: "PEM private key",
+            hint: HINT_CERT,
+        })?;
+        let identity = Identity::from_cert_der(&chain[0])
+            .map_err(|source| TlsError::Identity { path: files.cert.clone(), source })?;
+        let material = TlsMaterial { roots, chain, key, identity };
+        // Build both configurations once so a mismatched key or a bad CA fails at load time,
+        // with the file names, instead of at the first handshake.
+        material.server_config().map_err(|e| {
+            TlsError::Rustls(format!(
+                "{} and {} do not form a usable TLS identity with CA {}: {e}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            ))
+        })?;
+        Ok(material)
+    }
+
+    /// This party's identity, from its certificate.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn root_store(&self) -> Result<RootCertStore, rustls::Error> {
+        let mut store = RootCertStore::empty();
+        for cert in &self.roots {
+            store.add(cert.clone())?;
+        }
+        Ok(store)
+    }
+
+    /// A server configuration that requires a client certificate from the fleet CA and speaks
+    /// TLS 1.3 with HTTP/2 only.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.root_store()?), provider())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A client configuration that presents this party's certificate, trusts only the fleet
+    /// CA and speaks TLS 1.3 with HTTP/2 only.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, rustls::Error> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.root_store()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Why a connection to the coordinator could not be made, in words that say what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address is not an `https://host:port` URL.
+    #[error("invalid coordinator address `{addr}`: {reason}; use https://HOST:PORT")]
+    BadAddress { addr: String, reason: String },
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {reason}; is fleet-coordinator running? set FLEET_ADDR or --addr")]
+    Tcp { addr: String, reason: String },
+    /// The TLS handshake failed (wrong CA, expired or revoked certificate, not a coordinator).
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    Handshake { addr: String, reason: String },
+    /// Connecting took too long.
+    #[error("cannot connect to {addr}: no answer within {secs}s; is the address right and the port open?")]
+    Timeout { addr: String, secs: u64 },
+    /// The local TLS material is unusable.
+    #[error("{0}")]
+    Tls(String),
+}
+
+impl ConnectError {
+    /// Finds a `ConnectError` in an error's source chain (tonic wraps connector errors).
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(c) = e.downcast_ref::<ConnectError>() {
+                return Some(c);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+/// How long a TCP connect plus TLS handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a gRPC channel to the coordinator at `addr` over mutual TLS, checking that the peer's
+/// certificate carries the coordinator identity of our trust domain. The channel is connected
+/// when this returns.
+pub async fn connect_coordinator(addr: &str, tls: &TlsMaterial) -> Result<Channel, ConnectError> {
+    let endpoint = coordinator_endpoint(addr)?;
+    let connector = Connector {
+        addr: addr.to_string(),
+        config: tls.client_config().map_err(|e| ConnectError::Tls(e.to_string()))?,
+        trust_domain: tls.identity().trust_domain.clone(),
+    };
+    endpoint.connect_with_connector(connector).await.map_err(|e| match ConnectError::find(&e) {
+        Some(c) => clone_connect_error(c),
+        None => ConnectError::Tcp { addr: addr.to_string(), reason: chain_to_string(&e) },
+    })
+}
+
+fn coordinator_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
+    let bad = |reason: &str| ConnectError::BadAddress { addr: addr.to_string(), reason: reason.to_string() };
+    let uri: Uri = addr.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad("the scheme must be https (fleet speaks only mutual TLS)"));
+    }
+    if uri.host().is_none() || uri.port_u16().is_none() {
+        return Err(bad("host and port are required"));
+    }
+    Ok(Endpoint::from(uri)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+fn clone_connect_error(e: &ConnectError) -> ConnectError {
+    match e {
+        ConnectError::BadAddress { addr, reason } => {
+            ConnectError::BadAddress { addr: addr.clone(), reason: reason.clone() }
+        }
+        ConnectError::Tcp { addr, reason } => ConnectError::Tcp { addr: addr.clone(), reason: reason.clone() },
+        ConnectError::Handshake { addr, reason } => {
+            ConnectError::Handshake { addr: addr.clone(), reason: reason.clone() }
+        }
+        ConnectError::Timeout { addr, secs } => ConnectError::Timeout { addr: addr.clone(), secs: *secs },
+        ConnectError::Tls(s) => ConnectError::Tls(s.clone()),
+    }
+}
+
+/// Renders an error and its sources as one line.
+pub fn chain_to_string(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+#[derive(Clone)]
+struct Connector {
+    addr: String,
+    config: Arc<ClientConfig>,
+    trust_domain: String,
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = ConnectError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ConnectError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, this.connect(uri))
+                .await
+                .unwrap_or_else(|_| Err(ConnectError::Timeout { addr: this.addr.clone(), secs: CONNECT_TIMEOUT.as_secs() }))
+        })
+    }
+}
+
+impl Connector {
+    async fn connect(&self, uri: Uri) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+        let addr = self.addr.clone();
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| ConnectError::Tcp { addr: addr.clone(), reason: crate::io_reason(&e) })?;
+        tcp.set_nodelay(true).ok();
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|e| ConnectError::BadAddress { addr: addr.clone(), reason: e.to_string() })?;
+        let tls = TlsConnector::from(self.config.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| ConnectError::Handshake { addr: addr.clone(), reason: handshake_reason(&e) })?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| ConnectError::Handshake { addr: addr.clone(), reason: "the server sent no certificate".into() })?;
+        match Identity::from_cert_der(peer) {
+            Ok(id) if id.role == Role::Coordinator && id.trust_domain == self.trust_domain => {}
+            Ok(id) => {
+                return Err(ConnectError::Handshake {
+                    addr,
+                    reason: format!(
+                        "the server presented identity {id}, expected spiffe://{}/coordinator",
+                        self.trust_domain
+                    ),
+                });
+            }
+            Err(e) => return Err(ConnectError::Handshake { addr, reason: format!("the server's certificate: {e}") }),
+        }
+        Ok(TokioIo::new(tls))
+    }
+}
+
+fn handshake_reason(e: &io::Error) -> String {
+    let base = e.get_ref().map(|inner| inner.to_string()).unwrap_or_else(|| e.to_string());
+    let hint = if base.contains("UnknownIssuer") || base.contains("unknown issuer") {
+        "; the coordinator's certificate is not signed by the CA given with --ca/FLEET_CA"
+    } else if base.contains("NotValidForName") || base.contains("not valid for name") {
+        "; connect with a host name or IP listed in the coordinator certificate (`fleetctl certs issue coordinator coordinator --san HOST`)"
+    } else if base.contains("CertificateRequired") || base.contains("certificate required") {
+        "; the coordinator requires a client certificate (--cert/--key or FLEET_CERT/FLEET_KEY)"
+    } else if base.contains("BadCertificate") || base.contains("bad certificate") || base.contains("UnknownCA") || base.contains("unknown CA") {
+        "; the coordinator does not accept this certificate: was it issued by the coordinator's CA?"
+    } else if base.contains("Expired") || base.contains("expired") {
+        "; a certificate has expired: issue a new one with `fleetctl certs issue`"
+    } else {
+        ""
+    };
+    format!("{base}{hint}")
+}

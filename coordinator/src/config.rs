@@ -1,0 +1,117 @@
+//! The coordinator's configuration file (DESIGN §8), read so that every problem is reported at
+//! once with the file and the key, before any socket is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_common::config::{ConfigErrors, read_toml};
+use fleet_common::tls::TlsFiles;
+
+/// The whole coordinator configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The gRPC (agents and fleetctl) listen address.
+    pub grpc_listen: SocketAddr,
+    /// The HTTP (/metrics, /health) listen address.
+    pub http_listen: SocketAddr,
+    /// The coordinator's PKI files.
+    pub tls: TlsFiles,
+    /// An agent silent for this long is offline and its session is closed.
+    pub offline_after: Duration,
+    /// How long reports are kept in the history.
+    pub retention: Duration,
+    /// Most agent sessions and operator connections open at once.
+    pub max_connections: usize,
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let (mut root, errors) = read_toml(path)?;
+        let data_dir = root.required_path("data_dir");
+        let grpc_listen = match root.section("grpc") {
+            Some(mut s) => {
+                let a = s.socket_addr("listen");
+                s.finish();
+                a
+            }
+            None => None,
+        }
+        .or_else(|| Some("0.0.0.0:7443".parse().expect("valid default")));
+        let (http_listen, http_ok) = match root.section("http") {
+            Some(mut s) => {
+                let has = s.has("listen");
+                let a = s.socket_addr("listen");
+                s.finish();
+                (a.or(if has { None } else { Some("127.0.0.1:9090".parse().expect("valid default")) }), true)
+            }
+            None => (Some("127.0.0.1:9090".parse().expect("valid default")), true),
+        };
+        let tls = TlsFiles::read(&mut root);
+        let (offline_after, max_connections) = match root.section("agents") {
+            Some(mut s) => {
+                let o = s.duration_in("offline_after", Duration::from_millis(500), Duration::from_secs(3600));
+                let m = s.u64("max_connections");
+                if let Some(m) = m
+                    && m == 0
+                {
+                    s.error("max_connections", "must be at least 1");
+                }
+                s.finish();
+                (o, m)
+            }
+            None => (None, None),
+        };
+        let retention = match root.section("history") {
+            Some(mut s) => {
+                let r = s.duration_in("retention", Duration::from_secs(60), Duration::from_secs(90 * 86400));
+                s.finish();
+                r
+            }
+            None => None,
+        };
+        root.finish();
+        let _ = http_ok;
+        let config = (|| {
+            Some(CoordinatorConfig {
+                data_dir: data_dir?,
+                grpc_listen: grpc_listen?,
+                http_listen: http_listen?,
+                tls: tls?,
+                offline_after: offline_after.unwrap_or(Duration::from_secs(15)),
+                retention: retention.unwrap_or(Duration::from_secs(3600)),
+                max_connections: max_connections.map(|m| m.max(1) as usize).unwrap_or(20_000),
+            })
+        })();
+        errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_with_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[grpc]\nlisten = \"localhost\"\n[agents]\noffline_after = \"fifteen\"\n[tls]\nca = \"/nope/ca.pem\"\ncert = \"/nope/c.pem\"\nkey = \"/nope/k.pem\"\n[alerts]\nx = 1\n",
+        )
+        .unwrap();
+        let err = CoordinatorConfig::load(&p).unwrap_err();
+        let keys: Vec<_> = err.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["data_dir", "grpc.listen", "tls.ca", "tls.cert", "tls.key", "agents.offline_after", "alerts"], "{err}");
+        assert!(err.to_string().contains("invalid address \"localhost\""));
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = CoordinatorConfig::load(Path::new("/nonexistent/coordinator.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/coordinator.toml: cannot read the config file: no such file"), "{err}");
+    }
+}

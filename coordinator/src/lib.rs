@@ -1,0 +1,217 @@
+//! fleet-coordinator: the control plane. Agents attach over mutual-TLS gRPC and report; the
+//! coordinator stores every report durably before acknowledging it, keeps the cluster state,
+//! notices silent hosts, and serves the operator API, `/metrics` and health endpoints.
+//!
+//! Code map: [`config`] reads the config file; [`store`] owns the sled schema; [`writer`] is
+//! the group-commit task in front of it; [`registry`] is the in-memory cluster state;
+//! [`session`] serves agents, [`control`] serves fleetctl, [`auth`] decides who may do what;
+//! [`server`] accepts TLS connections; [`http`] and [`metrics`] are the HTTP side.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod http;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use fleet_common::identity::Role;
+use fleet_common::tls::{TlsError, TlsMaterial};
+use fleet_proto::v1::agent_service_server::AgentServiceServer;
+use fleet_proto::v1::control_service_server::ControlServiceServer;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CoordinatorConfig;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+use crate::writer::Writer;
+
+/// How long shutdown may take to drain sessions and flush the store.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The file in `data_dir` that tells tools the addresses actually bound (useful with port 0).
+pub const ADDRS_FILE: &str = "coordinator.addrs.json";
+
+/// Why the coordinator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Config-level problems found at start-up.
+    #[error("{0}")]
+    Setup(String),
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A server failed.
+    #[error("{0}")]
+    Serve(String),
+}
+
+/// The two listening sockets, bound before anything else starts.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC (agents and fleetctl).
+    pub grpc: std::net::TcpListener,
+    /// HTTP (/metrics, /health).
+    pub http: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub fn bind(config: &CoordinatorConfig) -> Result<Listeners, RunError> {
+        let grpc = server::bind(config.grpc_listen, "gRPC", "[grpc] listen").map_err(RunError::Setup)?;
+        let http = server::bind(config.http_listen, "HTTP", "[http] listen").map_err(RunError::Setup)?;
+        Ok(Listeners { grpc, http })
+    }
+}
+
+/// Loads the coordinator's TLS material and checks it carries the coordinator identity.
+pub fn load_identity(config: &CoordinatorConfig) -> Result<TlsMaterial, RunError> {
+    let tls = TlsMaterial::load(&config.tls)?;
+    if tls.identity().role != Role::Coordinator {
+        return Err(RunError::Setup(format!(
+            "{} carries identity {}, not a coordinator identity; issue one with `fleetctl certs issue coordinator coordinator --san HOST`",
+            config.tls.cert.display(),
+            tls.identity()
+        )));
+    }
+    Ok(tls)
+}
+
+fn write_addrs(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> std::io::Result<()> {
+    let body = serde_json::json!({ "grpc": grpc.to_string(), "http": http.to_string(), "pid": std::process::id() });
+    let tmp = data_dir.join(format!("{ADDRS_FILE}.tmp"));
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(tmp, data_dir.join(ADDRS_FILE))
+}
+
+/// Runs the coordinator on the given listeners until `shutdown` is cancelled.
+pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| RunError::Setup(format!("cannot create data_dir {}: {}", config.data_dir.display(), fleet_common::io_reason(&e))))?;
+    let tls = load_identity(&config)?;
+    let trust_domain = tls.identity().trust_domain.clone();
+    let started_at_ms = fleet_common::now_ms();
+
+    let store = Store::open(&config.data_dir)?;
+    let since = started_at_ms - config.retention.as_millis() as i64;
+    let loaded = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.load(since)).await.map_err(|e| RunError::Serve(e.to_string()))??
+    };
+    let registry = Arc::new(Registry::from_loaded(loaded));
+    tracing::info!(hosts = registry.len(), reports = registry.history_len(), store = %store.path().display(), "loaded the store");
+
+    let metrics = Arc::new(Metrics::default());
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let (writer, writer_task) = Writer::start(store.clone(), config.retention, metrics.clone());
+
+    let grpc = tokio::net::TcpListener::from_std(listeners.grpc).map_err(|e| RunError::Serve(e.to_string()))?;
+    let http = tokio::net::TcpListener::from_std(listeners.http).map_err(|e| RunError::Serve(e.to_string()))?;
+    let grpc_addr = grpc.local_addr().map_err(|e| RunError::Serve(e.to_string()))?;
+    let http_addr = http.local_addr().map_err(|e| RunError::Serve(e.to_string()))?;
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(writer::retention_loop(store.clone(), registry.clone(), config.retention, Duration::from_secs(30), shutdown.clone()));
+
+    // gRPC: our TLS accept loop feeds tonic.
+    let server_config = tls.server_config().map_err(|e| RunError::Serve(e.to_string()))?;
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(256);
+    tasks.spawn(server::accept_loop(
+        grpc,
+        tokio_rustls::TlsAcceptor::from(server_config),
+        config.max_connections,
+        conn_tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<AgentServiceServer<session::AgentApi>>().await;
+    health_reporter.set_serving::<ControlServiceServer<control::ControlApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Serve(format!("reflection: {e}")))?;
+    let agent_api = session::AgentApi {
+        registry: registry.clone(),
+        writer: writer.clone(),
+        metrics: metrics.clone(),
+        offline_after: config.offline_after,
+        trust_domain: trust_domain.clone(),
+        sessions: sessions.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let control_api = control::ControlApi {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        sessions: sessions.clone(),
+        started_at_ms,
+        retention: config.retention,
+        trust_domain: trust_domain.clone(),
+    };
+    let operator_only = auth::OperatorOnly { trust_domain: trust_domain.clone(), metrics: metrics.clone() };
+    // HTTP/2 keepalive notices a peer whose socket stays open but that no longer answers;
+    // the session's own silence deadline (offline_after) covers the rest.
+    let keepalive = (config.offline_after / 2).max(Duration::from_secs(1));
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AgentServiceServer::new(agent_api))
+        .add_service(ControlServiceServer::with_interceptor(control_api, operator_only))
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown.clone().cancelled_owned());
+    drop(writer);
+
+    let http_state = http::HttpState {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        sessions: sessions.clone(),
+        started_at_ms,
+        grpc_addr: grpc_addr.to_string(),
+        shutdown: shutdown.clone(),
+    };
+    let http_server = axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    if let Err(e) = write_addrs(&config.data_dir, grpc_addr, http_addr) {
+        tracing::warn!(error = %e, "cannot write {ADDRS_FILE}");
+    }
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, trust_domain = %trust_domain, "fleet-coordinator {} serving", fleet_common::VERSION);
+
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(async move { http_server.await });
+    shutdown.cancelled().await;
+    tasks.close();
+    let drain = async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+        tasks.wait().await;
+        // Every writer handle is gone once tonic has dropped its services and the sessions
+        // have ended; the writer then drains its queue and flushes.
+        let _ = writer_task.await;
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        tracing::warn!("shutdown did not finish within {}s; flushing and exiting", DRAIN_TIMEOUT.as_secs());
+    }
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "final flush failed");
+    }
+    let _ = std::fs::remove_file(config.data_dir.join(ADDRS_FILE));
+    tracing::info!("fleet-coordinator stopped");
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The cluster state in memory: every host ever seen, whether its session is up, its newest
+//! report and the index of its reports in the history window.
+//!
+//! There is no global lock on the report path: the host map is behind a read-mostly `RwLock`
+//! (written only when a host is seen for the first time), and each host has its own mutex,
+//! never held across an `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use fleet_proto::v1::{Hello, HostSummary, Report, ReportId, StoredReport};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{HostRecord, LoadedHost};
+
+/// Most reports indexed per host in memory, whatever the retention (a 1h window at a 100ms
+/// interval is 36,000).
+pub const MAX_INDEXED_REPORTS: usize = 40_000;
+
+/// One host.
+#[derive(Debug)]
+pub struct Host {
+    /// The agent name.
+    pub name: String,
+    state: Mutex<HostState>,
+}
+
+/// Mutable state of a host.
+#[derive(Debug, Default)]
+pub struct HostState {
+    /// The persisted part.
+    pub record: HostRecord,
+    /// The current session, if one is up.
+    pub session: Option<SessionHandle>,
+    /// The newest stored report.
+    pub latest: Option<Arc<Report>>,
+    /// Stored reports in the window, in arrival order: (boot, seq, timestamp).
+    pub history: VecDeque<(u64, u64, i64)>,
+}
+
+/// The session currently attached for a host.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Distinguishes sessions of the same host over time.
+    pub generation: u64,
+    /// Cancelled to end the session (replaced by a newer one, or shutdown).
+    pub cancel: CancellationToken,
+}
+
+impl Host {
+    fn new(name: String, record: HostRecord) -> Self {
+        Host { name, state: Mutex::new(HostState { record, ..Default::default() }) }
+    }
+
+    /// Runs `f` with the host's state locked. Never `.await` inside.
+    pub fn with<R>(&self, f: impl FnOnce(&mut HostState) -> R) -> R {
+        f(&mut self.state.lock().expect("host lock poisoned"))
+    }
+
+    /// Whether the host's session is up.
+    pub fn online(&self) -> bool {
+        self.with(|s| s.session.is_some())
+    }
+
+    /// The operator-facing summary.
+    pub fn summary(&self) -> HostSummary {
+        self.with(|s| {
+            let r = &s.record;
+            HostSummary {
+                name: self.name.clone(),
+                online: s.session.is_some(),
+                last_seen_ms: r.last_seen_ms,
+                labels: r.labels.clone().into_iter().collect(),
+                agent_version: r.agent_version.clone(),
+                metrics: s.latest.as_ref().and_then(|l| l.host.clone()),
+                services: s.latest.as_ref().map(|l| l.services.clone()).unwrap_or_default(),
+                last_report_ms: r.last_report_ms,
+                os: r.os.clone(),
+                hostname: r.hostname.clone(),
+                peer_address: r.peer_address.clone(),
+                report_interval_ms: r.report_interval_ms,
+                reports_dropped_total: s.latest.as_ref().map(|l| l.reports_dropped_total).unwrap_or(0),
+                last_disconnect_reason: if s.session.is_some() { String::new() } else { r.last_disconnect_reason.clone() },
+            }
+        })
+    }
+
+    /// Stored reports taken at or after `since_ms`, oldest first, at most the newest `limit`.
+    pub fn reports(&self, since_ms: i64, limit: usize) -> Vec<StoredReport> {
+        self.with(|s| {
+            let mut out: Vec<StoredReport> = s
+                .history
+                .iter()
+                .filter(|(_, _, ts)| *ts >= since_ms)
+                .map(|&(boot_id, seq, ts)| StoredReport { id: Some(ReportId { boot_id, seq }), timestamp_ms: ts })
+                .collect();
+            out.sort_by_key(|r| r.timestamp_ms);
+            if out.len() > limit {
+                out.drain(..out.len() - limit);
+            }
+            out
+        })
+    }
+}
+
+/// Every host the coordinator knows.
+#[derive(Debug, Default)]
+pub struct Registry {
+    hosts: RwLock<HashMap<String, Arc<Host>>>,
+    generations: AtomicU64,
+}
+
+impl Registry {
+    /// Builds the registry from what the store held; every host starts offline.
+    pub fn from_loaded(loaded: Vec<LoadedHost>) -> Registry {
+        let reg = Registry::default();
+        {
+            let mut map = reg.hosts.write().expect("registry lock");
+            for l in loaded {
+                let host = Host::new(l.record.name.clone(), l.record);
+                host.with(|s| {
+                    s.history = l.reports.iter().map(|r| (r.boot_id, r.seq, r.timestamp_ms)).collect();
+                    while s.history.len() > MAX_INDEXED_REPORTS {
+                        s.history.pop_front();
+                    }
+                    s.latest = l.latest.map(Arc::new);
+                });
+                map.insert(host.name.clone(), Arc::new(host));
+            }
+        }
+        reg
+    }
+
+    /// The host named `name`, if known.
+    pub fn get(&self, name: &str) -> Option<Arc<Host>> {
+        self.hosts.read().expect("registry lock").get(name).cloned()
+    }
+
+    /// Every host, sorted by name.
+    pub fn all(&self) -> Vec<Arc<Host>> {
+        let mut v: Vec<_> = self.hosts.read().expect("registry lock").values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Number of known hosts.
+    pub fn len(&self) -> usize {
+        self.hosts.read().expect("registry lock").len()
+    }
+
+    /// Whether no host is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Attaches a new session for the agent in `hello`, replacing (and ending) any session the
+    /// host still had. The session ends on its own when `shutdown` is cancelled. Returns the host and the new session's handle.
+    pub fn attach(&self, hello: &Hello, peer: &str, now_ms: i64, shutdown: &CancellationToken) -> (Arc<Host>, SessionHandle) {
+        let host = {
+            let existing = self.get(&hello.name);
+            match existing {
+                Some(h) => h,
+                None => {
+                    let mut map = self.hosts.write().expect("registry lock");
+                    map.entry(hello.name.clone())
+                        .or_insert_with(|| {
+                            let rec = HostRecord { name: hello.name.clone(), first_seen_ms: now_ms, ..Default::default() };
+                            Arc::new(Host::new(hello.name.clone(), rec))
+                        })
+                        .clone()
+                }
+            }
+        };
+        let handle = SessionHandle {
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            cancel: shutdown.child_token(),
+        };
+        let replaced = host.with(|s| {
+            let r = &mut s.record;
+            r.labels = hello.labels.clone().into_iter().collect();
+            r.agent_version = hello.version.clone();
+            r.os = hello.os.clone();
+            r.hostname = hello.hostname.clone();
+            r.report_interval_ms = hello.report_interval_ms;
+            r.last_seen_ms = now_ms;
+            r.peer_address = peer.to_string();
+            if r.first_seen_ms == 0 {
+                r.first_seen_ms = now_ms;
+            }
+            s.session.replace(handle.clone())
+        });
+        if let Some(old) = replaced {
+            old.cancel.cancel();
+        }
+        (host, handle)
+    }
+
+    /// Marks the session `generation` of `host` ended. A newer session (that replaced it) is
+    /// left alone. Returns whether the host went offline.
+    pub fn detach(&self, host: &Host, generation: u64, reason: &str, now_ms: i64) -> bool {
+        host.with(|s| {
+            if s.session.as_ref().map(|h| h.generation) != Some(generation) {
+                return false;
+            }
+            s.session = None;
+            s.record.last_seen_ms = s.record.last_seen_ms.max(now_ms);
+            s.record.last_disconnect_reason = reason.to_string();
+            true
+        })
+    }
+
+    /// (online, offline) host counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let all = self.all();
+        let online = all.iter().filter(|h| h.online()).count();
+        (online, all.len() - online)
+    }
+
+    /// Reports indexed in memory, over all hosts.
+    pub fn history_len(&self) -> usize {
+        self.all().iter().map(|h| h.with(|s| s.history.len())).sum()
+    }
+}

@@ -1,0 +1,224 @@
+//! The AgentService: one task per agent session. It checks the agent's identity against its
+//! Hello, registers the host online, hands reports to the group-commit writer, acknowledges
+//! them in order once durable, and ends the session (host offline) when the stream closes,
+//! when it is replaced, or when the agent is silent for `offline_after`.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fleet_common::identity::Role;
+use fleet_proto::v1::agent_message::Msg as AgentMsg;
+use fleet_proto::v1::agent_service_server::AgentService;
+use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
+use fleet_proto::v1::{Ack, AgentMessage, CoordinatorMessage, Hello, ReportId, Welcome};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::peer_identity;
+use crate::metrics::Metrics;
+use crate::registry::{Host, Registry};
+use crate::writer::Writer;
+
+/// Reports of one session waiting for the store at once; the agent's window is smaller.
+const MAX_PENDING: usize = 512;
+/// Messages queued towards one agent.
+const OUTBOUND: usize = 1024;
+/// How long an agent may take to send Hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The AgentService implementation.
+#[derive(Clone)]
+pub struct AgentApi {
+    /// Cluster state.
+    pub registry: Arc<Registry>,
+    /// Group-commit writer.
+    pub writer: Writer,
+    /// Self metrics.
+    pub metrics: Arc<Metrics>,
+    /// Silence after which an agent is offline.
+    pub offline_after: Duration,
+    /// The coordinator's trust domain.
+    pub trust_domain: String,
+    /// Open sessions.
+    pub sessions: Arc<AtomicUsize>,
+    /// Cancelled on coordinator shutdown.
+    pub shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type AttachStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn attach(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let id = peer_identity(&req, &self.trust_domain).inspect_err(|s| {
+            self.metrics.sessions_rejected_identity.inc();
+            tracing::warn!(%peer, reason = %s.message(), "agent session refused");
+        })?;
+        if id.role != Role::Agent {
+            self.metrics.sessions_rejected_identity.inc();
+            tracing::warn!(%peer, identity = %id, "agent session refused: not an agent identity");
+            return Err(Status::permission_denied(format!("{id} is not an agent identity; only agent certificates may attach")));
+        }
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage { msg: Some(AgentMsg::Hello(h)) }))) => h,
+            Ok(Err(s)) => return Err(s),
+            Err(_) | Ok(Ok(_)) => {
+                self.metrics.sessions_rejected_protocol.inc();
+                tracing::warn!(%peer, identity = %id, "agent session refused: the first message was not a hello");
+                return Err(Status::invalid_argument("the first message of a session must be a hello"));
+            }
+        };
+        if hello.name != id.name {
+            self.metrics.sessions_rejected_identity.inc();
+            let msg = format!("certificate names {} but the agent calls itself {}", id.name, hello.name);
+            tracing::warn!(%peer, identity = %id, "agent session refused: {msg}");
+            return Err(Status::permission_denied(msg));
+        }
+        if hello.boot_id == 0 {
+            self.metrics.sessions_rejected_protocol.inc();
+            return Err(Status::invalid_argument("hello.boot_id must not be 0"));
+        }
+        let (tx, rx) = mpsc::channel(OUTBOUND);
+        let api = self.clone();
+        tokio::spawn(async move { api.session(hello, peer, inbound, tx).await });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Counts a session as open for as long as it lives.
+struct OpenSession(Arc<AtomicUsize>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Inbound {
+    Message(AgentMessage),
+    End(String),
+}
+
+impl AgentApi {
+    async fn session(
+        self,
+        hello: Hello,
+        peer: String,
+        mut inbound: Streaming<AgentMessage>,
+        tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    ) {
+        let now = fleet_common::now_ms();
+        let (host, handle) = self.registry.attach(&hello, &peer, now, &self.shutdown);
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenSession(self.sessions.clone());
+        self.metrics.sessions_opened.inc();
+        self.writer.save_host(host.clone()).await;
+        let last_stored = host.with(|s| s.record.last_stored()).map(|b| ReportId { boot_id: b.boot_id, seq: b.seq });
+        let welcome = Welcome {
+            coordinator_version: fleet_common::VERSION.to_string(),
+            offline_after_ms: self.offline_after.as_millis() as u64,
+            last_stored,
+        };
+        if tx.send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Welcome(welcome)) })).await.is_err() {
+            self.end(&host, handle.generation, "the agent went away before the welcome", None, &tx).await;
+            return;
+        }
+        tracing::info!(host = %hello.name, %peer, version = %hello.version, boot_id = hello.boot_id, "agent online");
+
+        let mut pending = FuturesOrdered::new();
+        let mut silence = pin!(tokio::time::sleep(self.offline_after));
+        let (reason, status) = loop {
+            tokio::select! {
+                biased;
+                _ = handle.cancel.cancelled() => {
+                    break if self.shutdown.is_cancelled() {
+                        ("the coordinator shut down".to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect")))
+                    } else {
+                        ("replaced by a newer session of the same agent".to_string(), Some(Status::aborted("replaced by a newer session of the same agent")))
+                    };
+                }
+                Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
+                    match outcome {
+                        Ok(Ok(_)) => {
+                            let ack = CoordinatorMessage { msg: Some(CoordMsg::Ack(Ack { id: Some(id) })) };
+                            if tx.try_send(Ok(ack)).is_err() {
+                                break ("the agent is not reading its session".to_string(), None);
+                            }
+                        }
+                        Ok(Err(e)) => break (format!("the store failed: {e}"), Some(Status::unavailable("the coordinator cannot store reports right now; retry"))),
+                        Err(_) => break ("the store writer stopped".to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
+                    }
+                }
+                _ = &mut silence => {
+                    let msg = format!("no message from the agent for {}", humanize(self.offline_after));
+                    break (msg.clone(), Some(Status::deadline_exceeded(msg)));
+                }
+                m = next_inbound(&mut inbound), if pending.len() < MAX_PENDING => {
+                    silence.as_mut().reset(tokio::time::Instant::now() + self.offline_after);
+                    let msg = match m {
+                        Inbound::End(reason) => break (reason, None),
+                        Inbound::Message(m) => m,
+                    };
+                    match msg.msg {
+                        Some(AgentMsg::Report(report)) => {
+                            let Some(id) = report.id.clone().filter(|i| i.boot_id != 0 && i.seq != 0) else {
+                                break ("the agent sent a report without an id".to_string(), Some(Status::invalid_argument("report.id must carry a boot id and a sequence number")));
+                            };
+                            match self.writer.store_report(host.clone(), Arc::new(report)).await {
+                                Ok(rx) => pending.push_back(async move { (id, rx.await) }),
+                                Err(e) => break (e, Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
+                            }
+                        }
+                        Some(AgentMsg::CommandUpdate(u)) => {
+                            tracing::info!(host = %host.name, command_id = %u.command_id, state = u.state, message = %u.message, "command update");
+                        }
+                        Some(AgentMsg::Hello(_)) => {
+                            break ("the agent sent a second hello".to_string(), Some(Status::invalid_argument("hello may only be sent once per session")));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        };
+        self.end(&host, handle.generation, &reason, status, &tx).await;
+    }
+
+    async fn end(
+        &self,
+        host: &Arc<Host>,
+        generation: u64,
+        reason: &str,
+        status: Option<Status>,
+        tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    ) {
+        if let Some(s) = status {
+            let _ = tx.try_send(Err(s));
+        }
+        if self.registry.detach(host, generation, reason, fleet_common::now_ms()) {
+            tracing::info!(host = %host.name, %reason, "agent offline");
+            self.writer.save_host(host.clone()).await;
+        } else {
+            tracing::debug!(host = %host.name, %reason, "superseded session ended");
+        }
+    }
+}
+
+async fn next_inbound(inbound: &mut Streaming<AgentMessage>) -> Inbound {
+    match inbound.message().await {
+        Ok(Some(m)) => Inbound::Message(m),
+        Ok(None) => Inbound::End("the agent closed the session".to_string()),
+        Err(s) => Inbound::End(format!("the connection was lost ({})", if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() })),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}

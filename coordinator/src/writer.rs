@@ -1,0 +1,226 @@
+//! Group commit: one task owns every write to the store. Sessions hand it reports through a
+//! bounded channel; it takes everything queued (up to a batch limit), de-duplicates, writes one
+//! atomic batch, flushes once, updates the in-memory registry, and only then answers each
+//! session, which acknowledges to its agent. Thousands of reports a second cost a few fsyncs,
+//! and a report is acknowledged only once it is on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_proto::v1::Report;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::registry::{Host, MAX_INDEXED_REPORTS};
+use crate::store::{HostRecord, Store, Write};
+
+/// Most operations in one group commit.
+pub const MAX_BATCH: usize = 4096;
+/// Capacity of the queue in front of the writer: sessions wait (backpressure) beyond it.
+pub const QUEUE: usize = 16_384;
+
+/// The outcome of storing one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Written now.
+    New,
+    /// Already stored earlier (a replay after a lost Ack); not written again.
+    Duplicate,
+}
+
+/// One request to the writer.
+#[derive(Debug)]
+pub enum Op {
+    /// Store a report of `host` and answer on `reply` once it is durable.
+    Report { host: Arc<Host>, report: Arc<Report>, reply: oneshot::Sender<Result<Stored, String>> },
+    /// Persist `host`'s record as it is in memory now (after a Hello or a disconnect).
+    Record { host: Arc<Host> },
+}
+
+/// The handle sessions use to reach the writer.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+}
+
+impl Writer {
+    /// Starts the writer task; it ends once every `Writer` clone is dropped and the queue is
+    /// drained.
+    pub fn start(store: Store, retention: Duration, metrics: Arc<Metrics>) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(store, rx, retention, metrics));
+        (Writer { tx }, task)
+    }
+
+    /// Stores `report` of `host`; resolves once it is durable (or known to be stored).
+    pub async fn store_report(&self, host: Arc<Host>, report: Arc<Report>) -> Result<oneshot::Receiver<Result<Stored, String>>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Op::Report { host, report, reply }).await.map_err(|_| "the store writer has stopped".to_string())?;
+        Ok(rx)
+    }
+
+    /// Persists `host`'s record.
+    pub async fn save_host(&self, host: Arc<Host>) {
+        if self.tx.send(Op::Record { host }).await.is_err() {
+            tracing::warn!("the store writer has stopped; a host record was not saved");
+        }
+    }
+}
+
+struct Pending {
+    host: Arc<Host>,
+    report: Arc<Report>,
+    reply: oneshot::Sender<Result<Stored, String>>,
+    outcome: Stored,
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Op>, retention: Duration, metrics: Arc<Metrics>) {
+    let mut ops = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+        commit_batch(&store, std::mem::take(&mut ops), retention, &metrics).await;
+    }
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    tracing::debug!("store writer stopped");
+}
+
+async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics: &Metrics) {
+    let now = fleet_common::now_ms();
+    let cutoff = now - retention.as_millis() as i64;
+    // The record of every host this batch touches, with this batch's changes applied; the
+    // registry gets them only once they are durable.
+    let mut records: HashMap<String, (Arc<Host>, HostRecord)> = HashMap::new();
+    let mut pending: Vec<Pending> = Vec::with_capacity(ops.len());
+    let mut encoded: Vec<(String, i64, u64, u64, Vec<u8>)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Report { host, report, reply } => {
+                metrics.reports_received.inc();
+                let id = report.id.clone().unwrap_or_default();
+                let (_, rec) = records
+                    .entry(host.name.clone())
+                    .or_insert_with(|| (host.clone(), host.with(|s| s.record.clone())));
+                let outcome = if rec.has_stored(id.boot_id, id.seq) {
+                    Stored::Duplicate
+                } else {
+                    rec.mark_stored(id.boot_id, id.seq);
+                    rec.last_seen_ms = rec.last_seen_ms.max(now);
+                    rec.last_report_ms = rec.last_report_ms.max(report.timestamp_ms);
+                    // A replayed report already older than the window is acknowledged (the
+                    // agent may drop it) but not written: retention would delete it at once.
+                    if report.timestamp_ms >= cutoff {
+                        encoded.push((host.name.clone(), report.timestamp_ms, id.boot_id, id.seq, report.encode_to_vec()));
+                    }
+                    Stored::New
+                };
+                pending.push(Pending { host, report, reply, outcome });
+            }
+            Op::Record { host } => {
+                let current = host.with(|s| s.record.clone());
+                match records.get_mut(&host.name) {
+                    // Keep this batch's de-duplication marks; take everything else as it is now.
+                    Some((_, rec)) => {
+                        let boots = std::mem::take(&mut rec.boots);
+                        let last_report = rec.last_report_ms;
+                        *rec = HostRecord { boots, last_report_ms: last_report.max(current.last_report_ms), ..current };
+                    }
+                    None => {
+                        records.insert(host.name.clone(), (host.clone(), current));
+                    }
+                }
+            }
+        }
+    }
+    let started = Instant::now();
+    let writer_store = store.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut writes: Vec<Write<'_>> = encoded
+            .iter()
+            .map(|(h, ts, b, s, e)| Write::Report { host: h, timestamp_ms: *ts, boot_id: *b, seq: *s, encoded: e })
+            .collect();
+        writes.extend(records.values().map(|(_, r)| Write::Host(r)));
+        let result = writer_store.commit(&writes);
+        drop(writes);
+        (result, records)
+    })
+    .await;
+    metrics.store_write_seconds.observe(started.elapsed().as_secs_f64());
+    let (result, records) = match joined {
+        Ok(r) => r,
+        Err(e) => (Err(crate::store::StoreError::Io { path: store.path().to_path_buf(), reason: e.to_string() }), HashMap::new()),
+    };
+
+    if let Err(e) = result {
+        metrics.store_failed(e.to_string());
+        tracing::error!(error = %e, reports = pending.len(), "group commit failed; the reports are not acknowledged");
+        let msg = e.to_string();
+        for p in pending {
+            let _ = p.reply.send(Err(msg.clone()));
+        }
+        return;
+    }
+    for (_, (host, rec)) in records {
+        host.with(|s| {
+            s.record.boots = rec.boots;
+            s.record.last_report_ms = s.record.last_report_ms.max(rec.last_report_ms);
+            s.record.last_seen_ms = s.record.last_seen_ms.max(rec.last_seen_ms);
+        });
+    }
+    for p in pending {
+        if p.outcome == Stored::New {
+            metrics.reports_stored.inc();
+            let id = p.report.id.clone().unwrap_or_default();
+            let ts = p.report.timestamp_ms;
+            p.host.with(|s| {
+                if ts >= cutoff {
+                    s.history.push_back((id.boot_id, id.seq, ts));
+                    if s.history.len() > MAX_INDEXED_REPORTS {
+                        s.history.pop_front();
+                    }
+                }
+                if s.latest.as_ref().is_none_or(|l| l.timestamp_ms <= ts) {
+                    s.latest = Some(p.report.clone());
+                }
+            });
+        } else {
+            metrics.reports_duplicate.inc();
+        }
+        let _ = p.reply.send(Ok(p.outcome));
+    }
+}
+
+/// Deletes reports older than the retention, on disk and in memory, every `every`.
+pub async fn retention_loop(
+    store: Store,
+    registry: Arc<crate::registry::Registry>,
+    retention: Duration,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = fleet_common::now_ms() - retention.as_millis() as i64;
+        for host in registry.all() {
+            host.with(|s| {
+                while s.history.front().is_some_and(|&(_, _, ts)| ts < cutoff) {
+                    s.history.pop_front();
+                }
+            });
+            let store = store.clone();
+            let name = host.name.clone();
+            match tokio::task::spawn_blocking(move || store.trim(&name, cutoff)).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(host = %host.name, reports = n, "trimmed history"),
+                Ok(Err(e)) => tracing::warn!(host = %host.name, error = %e, "cannot trim history"),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Compiles `proto/fleet/v1/*.proto` with the vendored protoc, so a fresh machine needs nothing
+//! installed by hand, and writes the descriptor set that the coordinator's reflection serves.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let protos = ["proto/fleet/v1/agent.proto", "proto/fleet/v1/control.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("fleet_v1_descriptor.bin"))
+        .compile_with_config(config, &protos, &["proto"])?;
+    Ok(())
+}
