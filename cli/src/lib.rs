@@ -1,1 +1,186 @@
-//! placeholder
+//! fleetctl, the operator CLI (DESIGN §7). Exit codes: 0 success; 1 the operation failed;
+//! 2 usage or config error; 3 cannot connect or authenticate. Every error says what to do next.
+//!
+//! Code map: [`certs`] makes the PKI; [`client`] connects to the coordinator and maps gRPC
+//! failures to exit codes; [`views`] renders hosts and status as tables or JSON; [`dev`] runs
+//! a local cluster.
+
+#![deny(unsafe_code)]
+
+pub mod certs;
+pub mod client;
+pub mod dev;
+pub mod views;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fleet_common::identity::{DEFAULT_TRUST_DOMAIN, Role};
+
+/// A failure with the exit code it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// 1 operation failed, 2 usage or config, 3 connection or authentication.
+    pub code: u8,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl CliError {
+    /// The operation failed (exit 1).
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError { code: 1, message: message.into() }
+    }
+    /// Usage or configuration error (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError { code: 2, message: message.into() }
+    }
+    /// Cannot connect or authenticate (exit 3).
+    pub fn connect(message: impl Into<String>) -> Self {
+        CliError { code: 3, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// Human-readable tables.
+    #[default]
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// fleetctl operates a fleet: hosts, services, deploys, alerts.
+#[derive(Debug, Parser)]
+#[command(name = "fleetctl", version)]
+pub struct Cli {
+    /// The coordinator's gRPC address.
+    #[arg(long, global = true, env = "FLEET_ADDR", default_value = "https://127.0.0.1:7443")]
+    pub addr: String,
+    /// The fleet CA certificate.
+    #[arg(long, global = true, env = "FLEET_CA")]
+    pub ca: Option<PathBuf>,
+    /// Your operator certificate.
+    #[arg(long, global = true, env = "FLEET_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Your operator private key.
+    #[arg(long, global = true, env = "FLEET_KEY")]
+    pub key: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles a certificate can be issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CertRole {
+    /// The coordinator (server and client).
+    Coordinator,
+    /// An agent.
+    Agent,
+    /// An operator (a person or a tool using fleetctl).
+    Operator,
+}
+
+impl From<CertRole> for Role {
+    fn from(r: CertRole) -> Role {
+        match r {
+            CertRole::Coordinator => Role::Coordinator,
+            CertRole::Agent => Role::Agent,
+            CertRole::Operator => Role::Operator,
+        }
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make the fleet's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run a coordinator and agents main-pc and pc2 on this machine, until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Cluster summary.
+    Status,
+    /// One row per host.
+    Hosts,
+    /// One host in detail.
+    Host {
+        /// The host (agent) name.
+        name: String,
+    },
+}
+
+/// `certs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA: DIR/ca.pem and DIR/ca-key.pem.
+    Init {
+        /// Where to write the files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The trust domain of every identity this CA signs.
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate signed by the CA in DIR: DIR/NAME.pem and DIR/NAME-key.pem.
+    Issue {
+        /// What the certificate is for.
+        #[arg(value_enum)]
+        role: CertRole,
+        /// The agent or operator name (for a coordinator, the file name).
+        name: String,
+        /// Where the CA is and where to write the files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS name or IP address the coordinator is reached at (repeatable); default
+        /// localhost, 127.0.0.1 and ::1.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Certs(CertsCommand::Init { dir, trust_domain, days, force }) => {
+            let (cert, key) = certs::init(dir, trust_domain, *days, *force)?;
+            println!("wrote {} and {} (trust domain {trust_domain})", cert.display(), key.display());
+            println!("keep {} secret: it can mint any fleet identity", key.display());
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Issue { role, name, dir, sans, days, force }) => {
+            let issued = certs::issue(dir, (*role).into(), name, sans, *days, *force)?;
+            println!("wrote {} and {} for {}", issued.cert.display(), issued.key.display(), issued.identity);
+            Ok(())
+        }
+        Command::Dev(args) => dev::run(args.clone()).await,
+        Command::Status => views::status(&client::Target::from_cli(&cli)?, cli.output).await,
+        Command::Hosts => views::hosts(&client::Target::from_cli(&cli)?, cli.output).await,
+        Command::Host { name } => views::host(&client::Target::from_cli(&cli)?, name, cli.output).await,
+    }
+}

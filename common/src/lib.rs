@@ -61,10 +61,14 @@ pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+        60..3600 => two_units(s / 60, "m", s % 60, "s"),
+        3600..86400 => two_units(s / 3600, "h", (s % 3600) / 60, "m"),
+        _ => two_units(s / 86400, "d", (s % 86400) / 3600, "h"),
     }
+}
+
+fn two_units(a: u64, ua: &str, b: u64, ub: &str) -> String {
+    if b == 0 { format!("{a}{ua}") } else { format!("{a}{ua} {b}{ub}") }
 }
 
 /// Formats a byte count for people, in binary units: "512 B", "3.2 MiB", "15.0 GiB".

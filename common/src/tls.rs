@@ -242,7 +242,12 @@ fn coordinator_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
     if uri.host().is_none() || uri.port_u16().is_none() {
         return Err(bad("host and port are required"));
     }
-    Ok(Endpoint::from(uri)
+    // The connector below does TLS itself; tonic refuses an https URI without its own TLS
+    // layer, so the endpoint is given the same authority with the http scheme.
+    let plain: Uri = format!("http://{}", uri.authority().map(|a| a.as_str()).unwrap_or_default())
+        .parse()
+        .map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
+    Ok(Endpoint::from(plain)
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

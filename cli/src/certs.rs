@@ -1,0 +1,253 @@
+//! `fleetctl certs init|issue`: the fleet PKI (DESIGN §3). ECDSA P-256 keys; a CA valid for
+//! 10 years that records the trust domain as its own URI SAN; leaf certificates carrying the
+//! identity `spiffe://<trust-domain>/<role>/<name>` as a URI SAN. Private keys are written with
+//! mode 0600, and nothing existing is overwritten without `--force`.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use fleet_common::identity::{DEFAULT_TRUST_DOMAIN, Identity, Role, valid_name};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::CliError;
+
+/// Files written by `certs init`.
+pub const CA_CERT: &str = "ca.pem";
+/// The CA's private key.
+pub const CA_KEY: &str = "ca-key.pem";
+
+/// What `certs issue` produced.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate file.
+    pub cert: PathBuf,
+    /// The key file.
+    pub key: PathBuf,
+    /// The identity it carries.
+    pub identity: Identity,
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    // Five minutes of slack for clocks that are slightly behind.
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::days(i64::from(days));
+}
+
+fn check_free(paths: &[&Path], force: bool) -> Result<(), CliError> {
+    if force {
+        return Ok(());
+    }
+    for p in paths {
+        if p.exists() {
+            return Err(CliError::failed(format!(
+                "{} already exists; pass --force to replace it (certificates made from the old one stop working)",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` atomically with `mode`, through a temporary file in the same
+/// directory, so a crash never leaves half a key.
+pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CliError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("fleet")));
+    let fail = |e: std::io::Error| CliError::failed(format!("cannot write {}: {}", path.display(), fleet_common::io_reason(&e)));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(fail)?;
+    f.write_all(contents.as_bytes()).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    Ok(())
+}
+
+fn mkdir(dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::failed(format!("cannot create {}: {}", dir.display(), fleet_common::io_reason(&e))))
+}
+
+/// `certs init`: creates `dir/ca.pem` and `dir/ca-key.pem`.
+pub fn init(dir: &Path, trust_domain: &str, days: u32, force: bool) -> Result<(PathBuf, PathBuf), CliError> {
+    if trust_domain.is_empty()
+        || !trust_domain.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(CliError::usage(format!(
+            "invalid trust domain \"{trust_domain}\"; use a DNS-like name such as {DEFAULT_TRUST_DOMAIN}"
+        )));
+    }
+    mkdir(dir)?;
+    let cert_path = dir.join(CA_CERT);
+    let key_path = dir.join(CA_KEY);
+    check_free(&[&cert_path, &key_path], force)?;
+    let key = KeyPair::generate().map_err(|e| CliError::failed(format!("cannot generate a key: {e}")))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("fleet CA {trust_domain}"));
+    dn.push(DnType::OrganizationName, "fleet");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{trust_domain}").try_into().map_err(|e| CliError::usage(format!("trust domain: {e}")))?,
+    )];
+    validity(&mut params, days);
+    let cert = params.self_signed(&key).map_err(|e| CliError::failed(format!("cannot sign the CA: {e}")))?;
+    write_file(&key_path, &key.serialize_pem(), 0o600)?;
+    write_file(&cert_path, &cert.pem(), 0o644)?;
+    Ok((cert_path, key_path))
+}
+
+/// The trust domain recorded in a CA certificate (its `spiffe://<domain>` URI SAN).
+pub fn ca_trust_domain(ca_pem: &str) -> Option<String> {
+    let der = rustls_pem_der(ca_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => {
+            u.strip_prefix("spiffe://").filter(|d| !d.is_empty() && !d.contains('/')).map(str::to_string)
+        }
+        _ => None,
+    })
+}
+
+fn rustls_pem_der(pem: &str) -> Option<Vec<u8>> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    Some(p.contents)
+}
+
+/// `certs issue`: creates `dir/NAME.pem` and `dir/NAME-key.pem`, signed by the CA in `dir`.
+pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32, force: bool) -> Result<Issued, CliError> {
+    if !valid_name(name) {
+        return Err(CliError::usage(format!(
+            "invalid name \"{name}\": use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )));
+    }
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_key_path = dir.join(CA_KEY);
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| {
+            CliError::usage(format!(
+                "cannot read {}: {}; create a CA first with `fleetctl certs init --dir {}`",
+                p.display(),
+                fleet_common::io_reason(&e),
+                dir.display()
+            ))
+        })
+    };
+    let ca_pem = read(&ca_cert_path)?;
+    let ca_key_pem = read(&ca_key_path)?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .map_err(|e| CliError::usage(format!("{} is not a usable private key: {e}", ca_key_path.display())))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .map_err(|e| CliError::usage(format!("{} is not a usable CA certificate: {e}", ca_cert_path.display())))?;
+    let trust_domain = ca_trust_domain(&ca_pem).unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+    let identity = Identity::new(trust_domain, role, name);
+
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}-key.pem"));
+    check_free(&[&cert_path, &key_path], force)?;
+
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match role {
+        Role::Coordinator => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    let mut san_list = vec![SanType::URI(
+        identity.uri().try_into().map_err(|e| CliError::usage(format!("identity: {e}")))?,
+    )];
+    let mut names: Vec<String> = sans.to_vec();
+    if role == Role::Coordinator && names.is_empty() {
+        // A coordinator certificate with no --san still works on this machine.
+        names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    }
+    for s in &names {
+        let s = s.trim();
+        match s.parse::<IpAddr>() {
+            Ok(ip) => san_list.push(SanType::IpAddress(ip)),
+            Err(_) => san_list.push(SanType::DnsName(
+                s.to_string().try_into().map_err(|e| CliError::usage(format!("--san {s}: not a DNS name or IP address: {e}")))?,
+            )),
+        }
+    }
+    params.subject_alt_names = san_list;
+    validity(&mut params, days);
+    let key = KeyPair::generate().map_err(|e| CliError::failed(format!("cannot generate a key: {e}")))?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| CliError::failed(format!("cannot sign: {e}")))?;
+    write_file(&key_path, &key.serialize_pem(), 0o600)?;
+    write_file(&cert_path, &cert.pem(), 0o644)?;
+    Ok(Issued { cert: cert_path, key: key_path, identity })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn issues_certificates_that_carry_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "example.org", 3650, false).unwrap();
+        let ca = std::fs::read_to_string(dir.path().join(CA_CERT)).unwrap();
+        assert_eq!(ca_trust_domain(&ca).as_deref(), Some("example.org"));
+        let mode = std::fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let issued = issue(dir.path(), Role::Agent, "pc2", &[], 365, false).unwrap();
+        assert_eq!(issued.identity.uri(), "spiffe://example.org/agent/pc2");
+        let pem = std::fs::read_to_string(&issued.cert).unwrap();
+        let der = rustls_pem_der(&pem).unwrap();
+        assert_eq!(Identity::from_cert_der(&der).unwrap(), issued.identity);
+        let mode = std::fs::metadata(&issued.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // Nothing is overwritten without --force.
+        let err = issue(dir.path(), Role::Agent, "pc2", &[], 365, false).unwrap_err();
+        assert!(err.message.contains("already exists; pass --force"), "{}", err.message);
+        assert_eq!(std::fs::read_to_string(&issued.cert).unwrap(), pem);
+        issue(dir.path(), Role::Agent, "pc2", &[], 365, true).unwrap();
+        assert_ne!(std::fs::read_to_string(&issued.cert).unwrap(), pem);
+
+        let err = init(dir.path(), "example.org", 3650, false).unwrap_err();
+        assert!(err.message.contains("ca.pem already exists"), "{}", err.message);
+    }
+
+    #[test]
+    fn coordinator_certificates_name_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), DEFAULT_TRUST_DOMAIN, 3650, false).unwrap();
+        let issued =
+            issue(dir.path(), Role::Coordinator, "coordinator", &["fleet.example".into(), "10.0.0.5".into()], 30, false).unwrap();
+        let pem = std::fs::read_to_string(&issued.cert).unwrap();
+        let der = rustls_pem_der(&pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let names: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();
+        assert!(names.iter().any(|n| n.contains("fleet.example")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("10.0.0.5")), "{names:?}");
+        let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
+        assert_eq!(days, 30);
+    }
+
+    #[test]
+    fn issue_without_a_ca_says_how_to_make_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = issue(dir.path(), Role::Operator, "alice", &[], 365, false).unwrap_err();
+        assert!(err.message.contains("fleetctl certs init"), "{}", err.message);
+        assert_eq!(err.code, 2);
+    }
+}

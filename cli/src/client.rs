@@ -1,0 +1,64 @@
+//! Connecting fleetctl to the coordinator, and turning gRPC failures into exit codes and
+//! messages that say what to do next.
+
+use std::path::PathBuf;
+
+use fleet_common::tls::{TlsFiles, TlsMaterial, connect_coordinator};
+use fleet_proto::v1::control_service_client::ControlServiceClient;
+use tonic::transport::Channel;
+
+use crate::{Cli, CliError};
+
+/// Where fleetctl connects and with which identity.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The coordinator's address.
+    pub addr: String,
+    /// PKI files.
+    pub tls: TlsFiles,
+}
+
+const HINT: &str = "set --ca/--cert/--key or FLEET_CA/FLEET_CERT/FLEET_KEY (under `fleetctl dev`: source .fleet-dev/fleetctl.env)";
+
+impl Target {
+    /// Takes the address and files from the command line and environment.
+    pub fn from_cli(cli: &Cli) -> Result<Target, CliError> {
+        let need = |v: &Option<PathBuf>, what: &str| {
+            v.clone().ok_or_else(|| CliError::usage(format!("no {what} given; {HINT}")))
+        };
+        Ok(Target {
+            addr: cli.addr.clone(),
+            tls: TlsFiles { ca: need(&cli.ca, "CA certificate")?, cert: need(&cli.cert, "client certificate")?, key: need(&cli.key, "client key")? },
+        })
+    }
+
+    /// A connected ControlService client.
+    pub async fn control(&self) -> Result<ControlServiceClient<Channel>, CliError> {
+        let tls = TlsMaterial::load(&self.tls).map_err(|e| CliError::usage(e.to_string()))?;
+        let channel = connect_coordinator(&self.addr, &tls).await.map_err(|e| match e {
+            fleet_common::tls::ConnectError::BadAddress { .. } => CliError::usage(e.to_string()),
+            _ => CliError::connect(e.to_string()),
+        })?;
+        Ok(ControlServiceClient::new(channel))
+    }
+}
+
+/// Maps a failed call to an exit code and a message.
+pub fn status_error(addr: &str, s: tonic::Status) -> CliError {
+    use tonic::Code;
+    if let Some(c) = std::error::Error::source(&s).and_then(fleet_common::tls::ConnectError::find) {
+        return CliError::connect(c.to_string());
+    }
+    let msg = s.message().to_string();
+    match s.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            CliError::connect(format!("the coordinator at {addr} refused this identity: {msg}"))
+        }
+        Code::Unavailable => CliError::connect(format!("the coordinator at {addr} is unavailable: {msg}")),
+        Code::InvalidArgument => CliError::usage(msg),
+        Code::Unimplemented => CliError::failed(format!(
+            "the coordinator at {addr} does not support this request ({msg}); is it an older fleet-coordinator?"
+        )),
+        _ => CliError::failed(msg),
+    }
+}

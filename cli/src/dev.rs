@@ -1,0 +1,309 @@
+//! `fleetctl dev`: a whole fleet on this machine for trying fleet out and for development. It
+//! makes a PKI and configs in DIR, starts fleet-coordinator and agents `main-pc` and `pc2` as
+//! child processes, waits until both agents are online, writes `DIR/fleetctl.env`, and stays in
+//! the foreground. Ctrl-C or SIGTERM stops everything it started; so does any child exiting on
+//! its own (after saying which and showing its last log lines). Children also get SIGTERM from
+//! the kernel if fleetctl itself dies, so nothing is left orphaned.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleet_common::identity::Role;
+use fleet_common::tls::TlsFiles;
+use fleet_proto::v1::ListHostsRequest;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::CliError;
+use crate::certs::{self, CA_CERT};
+use crate::client::Target;
+
+/// The agents a dev cluster runs.
+pub const AGENTS: [&str; 2] = ["main-pc", "pc2"];
+/// How long the cluster may take to come up.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a child may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `fleetctl dev` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Directory for certificates, configs, data and logs.
+    #[arg(long, default_value = ".fleet-dev")]
+    pub dir: PathBuf,
+    /// gRPC listen address of the coordinator (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address of the coordinator (/metrics, /health; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub http_listen: SocketAddr,
+    /// How often the agents report.
+    #[arg(long, default_value = "1s", value_parser = humantime_parse)]
+    pub report_interval: Duration,
+    /// Where fleet-coordinator and fleet-agent are (default: next to fleetctl, then PATH).
+    #[arg(long, env = "FLEET_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+fn humantime_parse(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write for example 1s or 500ms"))
+}
+
+fn find_binary(name: &str, bin_dir: Option<&Path>) -> Result<PathBuf, CliError> {
+    let mut candidates = Vec::new();
+    if let Some(d) = bin_dir {
+        candidates.push(d.join(name));
+    }
+    if let Some(d) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        candidates.push(d.join(name));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        CliError::usage(format!(
+            "cannot find {name} next to fleetctl or on PATH; build every binary with `cargo build --bins` or pass --bin-dir"
+        ))
+    })
+}
+
+fn abs(p: &Path) -> Result<PathBuf, CliError> {
+    std::path::absolute(p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
+}
+
+/// Makes the CA and every certificate the dev cluster needs, keeping the ones that exist.
+fn ensure_pki(pki: &Path) -> Result<(), CliError> {
+    if !pki.join(CA_CERT).exists() {
+        certs::init(pki, fleet_common::identity::DEFAULT_TRUST_DOMAIN, 3650, false)?;
+    }
+    let mut wanted = vec![(Role::Coordinator, "coordinator"), (Role::Operator, "dev")];
+    wanted.extend(AGENTS.iter().map(|a| (Role::Agent, *a)));
+    for (role, name) in wanted {
+        if !pki.join(format!("{name}.pem")).exists() {
+            certs::issue(pki, role, name, &[], 365, true)?;
+        }
+    }
+    Ok(())
+}
+
+fn tls_section(pki: &Path, name: &str) -> String {
+    format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki.join(CA_CERT).display(),
+        pki.join(format!("{name}.pem")).display(),
+        pki.join(format!("{name}-key.pem")).display()
+    )
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+fn spawn(name: &str, bin: &Path, config: &Path, log: &Path) -> Result<Proc, CliError> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| CliError::failed(format!("cannot open {}: {}", log.display(), fleet_common::io_reason(&e))))?;
+    let err = out.try_clone().map_err(|e| CliError::failed(e.to_string()))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("run").arg("--config").arg(config).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    let child = cmd.spawn().map_err(|e| CliError::failed(format!("cannot start {}: {}", bin.display(), fleet_common::io_reason(&e))))?;
+    Ok(Proc { name: name.to_string(), child, log: log.to_path_buf() })
+}
+
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe prctl(PR_SET_PDEATHSIG) system call. It is what guarantees that the
+    // dev cluster's processes never outlive fleetctl, even if fleetctl is killed with SIGKILL.
+    // The signal fires when the spawning *thread* exits; tokio's worker threads live as long as
+    // the runtime, which is as long as fleetctl dev.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+fn tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+async fn stop_all(procs: &mut [Proc]) {
+    for p in procs.iter() {
+        if let Some(pid) = p.child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+    for p in procs.iter_mut() {
+        match tokio::time::timeout(STOP_TIMEOUT, p.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("{} did not stop within {}s; killing it", p.name, STOP_TIMEOUT.as_secs());
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}
+
+async fn wait_for_addrs(coord: &mut Proc, file: &Path) -> Result<(SocketAddr, SocketAddr), CliError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            let get = |k: &str| v[k].as_str().and_then(|s| s.parse::<SocketAddr>().ok());
+            if let (Some(g), Some(h)) = (get("grpc"), get("http")) {
+                return Ok((g, h));
+            }
+        }
+        if let Ok(Some(status)) = coord.child.try_wait() {
+            return Err(CliError::failed(format!(
+                "fleet-coordinator exited ({status}) while starting; its last log lines:\n{}\n(if the port is in use, pass --grpc-listen/--http-listen 127.0.0.1:0)",
+                tail(&coord.log, 15)
+            )));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CliError::failed(format!("fleet-coordinator did not start within {}s; see {}", STARTUP_DEADLINE.as_secs(), coord.log.display())));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_online(target: &Target, procs: &mut [Proc]) -> Result<(), CliError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+    loop {
+        for p in procs.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(CliError::failed(format!("{} exited ({status}) while starting; its last log lines:\n{}", p.name, tail(&p.log, 15))));
+            }
+        }
+        if let Ok(mut c) = target.control().await
+            && let Ok(r) = c.list_hosts(ListHostsRequest {}).await
+        {
+            let hosts = r.into_inner().hosts;
+            if AGENTS.iter().all(|a| hosts.iter().any(|h| h.name == *a && h.online && h.metrics.is_some())) {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CliError::failed(format!("the agents did not come online within {}s; see the logs in {}", STARTUP_DEADLINE.as_secs(), procs[0].log.parent().unwrap_or(Path::new(".")).display())));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs the dev cluster until a signal or a child's exit.
+pub async fn run(args: DevArgs) -> Result<(), CliError> {
+    let dir = abs(&args.dir)?;
+    let pki = dir.join("pki");
+    let logs = dir.join("logs");
+    for d in [&dir, &pki, &logs] {
+        std::fs::create_dir_all(d).map_err(|e| CliError::failed(format!("cannot create {}: {}", d.display(), fleet_common::io_reason(&e))))?;
+    }
+    let coordinator_bin = find_binary("fleet-coordinator", args.bin_dir.as_deref())?;
+    let agent_bin = find_binary("fleet-agent", args.bin_dir.as_deref())?;
+    ensure_pki(&pki)?;
+    // Install the handlers before any child exists, so a Ctrl-C during start-up still stops them.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| CliError::failed(e.to_string()))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| CliError::failed(e.to_string()))?;
+
+    let coord_data = dir.join("coordinator");
+    std::fs::create_dir_all(&coord_data).map_err(|e| CliError::failed(e.to_string()))?;
+    let addrs_file = coord_data.join("coordinator.addrs.json");
+    let _ = std::fs::remove_file(&addrs_file);
+    let coord_config = dir.join("coordinator.toml");
+    let text = format!(
+        "# Written by `fleetctl dev`; rewritten at every start.\ndata_dir = \"{}\"\n[grpc]\nlisten = \"{}\"\n[http]\nlisten = \"{}\"\n[agents]\noffline_after = \"{}\"\n{}",
+        coord_data.display(),
+        args.grpc_listen,
+        args.http_listen,
+        humantime::format_duration((args.report_interval * 5).max(Duration::from_secs(3))),
+        tls_section(&pki, "coordinator"),
+    );
+    certs::write_file(&coord_config, &text, 0o644)?;
+
+    let mut procs = vec![spawn("fleet-coordinator", &coordinator_bin, &coord_config, &logs.join("coordinator.log"))?];
+    let result = async {
+        let (grpc, http) = tokio::select! {
+            r = wait_for_addrs(&mut procs[0], &addrs_file) => r?,
+            _ = sigint.recv() => return Err(CliError::failed("interrupted")),
+            _ = sigterm.recv() => return Err(CliError::failed("terminated")),
+        };
+        let addr = format!("https://127.0.0.1:{}", grpc.port());
+        for agent in AGENTS {
+            let config = dir.join(format!("{agent}.toml"));
+            let text = format!(
+                "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\ncoordinator = \"{addr}\"\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n[labels]\nenv = \"dev\"\n{}",
+                dir.join(agent).display(),
+                humantime::format_duration(args.report_interval),
+                tls_section(&pki, agent),
+            );
+            certs::write_file(&config, &text, 0o644)?;
+            procs.push(spawn(agent, &agent_bin, &config, &logs.join(format!("{agent}.log")))?);
+        }
+        let target = Target {
+            addr: addr.clone(),
+            tls: TlsFiles { ca: pki.join(CA_CERT), cert: pki.join("dev.pem"), key: pki.join("dev-key.pem") },
+        };
+        tokio::select! {
+            r = wait_online(&target, &mut procs) => r?,
+            _ = sigint.recv() => return Err(CliError::failed("interrupted")),
+            _ = sigterm.recv() => return Err(CliError::failed("terminated")),
+        }
+        let env_file = dir.join("fleetctl.env");
+        let env = format!(
+            "export FLEET_ADDR={addr}\nexport FLEET_CA={}\nexport FLEET_CERT={}\nexport FLEET_KEY={}\n",
+            target.tls.ca.display(),
+            target.tls.cert.display(),
+            target.tls.key.display()
+        );
+        certs::write_file(&env_file, &env, 0o644)?;
+        println!("fleet dev cluster is up: coordinator {addr}, agents {}", AGENTS.join(" and "));
+        println!();
+        println!("in another terminal:");
+        println!("  source {}", env_file.display());
+        println!("  fleetctl status");
+        println!("  fleetctl hosts");
+        println!("  fleetctl host main-pc");
+        println!("  curl -s http://{http}/metrics | grep '^fleet_'");
+        println!();
+        println!("logs: {}/*.log   data: {}", logs.display(), dir.display());
+        println!("press Ctrl-C to stop everything");
+
+        // Foreground until a signal or a child ends on its own.
+        let exited = {
+            let waits = procs.iter_mut().map(|p| Box::pin(async move { (p.name.clone(), p.log.clone(), p.child.wait().await) }));
+            let all = futures_util::future::select_all(waits);
+            tokio::select! {
+                _ = sigint.recv() => None,
+                _ = sigterm.recv() => None,
+                (r, _, _) = all => Some(r),
+            }
+        };
+        match exited {
+            None => Ok(()),
+            Some((name, log, status)) => Err(CliError::failed(format!(
+                "{name} exited on its own ({}); stopping the dev cluster. Its last log lines:\n{}",
+                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                tail(&log, 15)
+            ))),
+        }
+    }
+    .await;
+    eprintln!("stopping the dev cluster");
+    stop_all(&mut procs).await;
+    if result.is_ok() {
+        eprintln!("stopped");
+    }
+    result
+}

@@ -1,0 +1,263 @@
+//! `status`, `hosts` and `host NAME`: readable tables on a terminal, one JSON document with
+//! `-o json` (the `hosts` shape is a public contract, DESIGN §7).
+
+use fleet_common::{human_bytes, human_duration, now_ms, rfc3339};
+use fleet_proto::v1::{GetHostRequest, GetStatusRequest, HostSummary, ListHostsRequest};
+use serde_json::{Value, json};
+
+use crate::client::{Target, status_error};
+use crate::{CliError, Output};
+
+/// Renders rows as a left-aligned table with a header, columns two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                out.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn ago(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".into();
+    }
+    let d = (now_ms() - ms).max(0) as u64;
+    format!("{} ago", human_duration(std::time::Duration::from_millis(d)))
+}
+
+fn opt_time(ms: i64) -> Value {
+    if ms > 0 { Value::String(rfc3339(ms)) } else { Value::Null }
+}
+
+/// The JSON object of one host, as `hosts -o json` prints it.
+pub fn host_json(h: &HostSummary) -> Value {
+    let m = h.metrics.clone().unwrap_or_default();
+    let has = h.metrics.is_some();
+    let num = |v: f64| if has { json!(v) } else { Value::Null };
+    let int = |v: u64| if has { json!(v) } else { Value::Null };
+    json!({
+        "name": h.name,
+        "status": if h.online { "online" } else { "offline" },
+        "last_seen": opt_time(h.last_seen_ms),
+        "last_report": opt_time(h.last_report_ms),
+        "labels": h.labels,
+        "agent_version": h.agent_version,
+        "os": h.os,
+        "hostname": h.hostname,
+        "address": h.peer_address,
+        "report_interval_seconds": h.report_interval_ms as f64 / 1000.0,
+        "disconnect_reason": if h.last_disconnect_reason.is_empty() { Value::Null } else { json!(h.last_disconnect_reason) },
+        "cpu_usage_ratio": num(m.cpu_usage_ratio),
+        "cpu_count": int(u64::from(m.cpu_count)),
+        "memory_total_bytes": int(m.memory_total_bytes),
+        "memory_available_bytes": int(m.memory_available_bytes),
+        "load1": num(m.load1),
+        "uptime_seconds": int(m.uptime_seconds),
+        "reports_dropped_total": h.reports_dropped_total,
+        "services": h.services.iter().map(|s| json!({
+            "name": s.name,
+            "state": s.state,
+            "healthy": s.healthy,
+            "pid": if s.pid == 0 { Value::Null } else { json!(s.pid) },
+            "restarts": s.restarts,
+            "version": if s.version.is_empty() { Value::Null } else { json!(s.version) },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+fn pct(r: f64) -> String {
+    format!("{:.0}%", r * 100.0)
+}
+
+fn mem(m: &fleet_proto::v1::HostMetrics) -> String {
+    let used = m.memory_total_bytes.saturating_sub(m.memory_available_bytes);
+    if m.memory_total_bytes == 0 {
+        return "-".into();
+    }
+    format!("{:.0}% of {}", used as f64 * 100.0 / m.memory_total_bytes as f64, human_bytes(m.memory_total_bytes))
+}
+
+/// `fleetctl status`.
+pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
+    let mut client = target.control().await?;
+    let s = client.get_status(GetStatusRequest {}).await.map_err(|e| status_error(&target.addr, e))?.into_inner();
+    let uptime = std::time::Duration::from_millis((now_ms() - s.started_at_ms).max(0) as u64);
+    if output == Output::Json {
+        print_json(&json!({
+            "coordinator": { "address": target.addr, "version": s.coordinator_version, "started_at": rfc3339(s.started_at_ms), "trust_domain": s.trust_domain },
+            "hosts": { "online": s.hosts_online, "offline": s.hosts_offline },
+            "sessions": s.sessions,
+            "reports_stored": s.reports_stored,
+            "history": { "reports": s.history_reports, "retention_seconds": s.history_retention_seconds },
+        }));
+        return Ok(());
+    }
+    println!("coordinator  {} (fleet-coordinator {}, up {}, trust domain {})", target.addr, s.coordinator_version, human_duration(uptime), s.trust_domain);
+    println!("hosts        {} online, {} offline", s.hosts_online, s.hosts_offline);
+    println!("sessions     {}", s.sessions);
+    println!(
+        "history      {} reports in the last {} ({} stored since start)",
+        s.history_reports,
+        human_duration(std::time::Duration::from_secs(s.history_retention_seconds)),
+        s.reports_stored
+    );
+    Ok(())
+}
+
+/// `fleetctl hosts`.
+pub async fn hosts(target: &Target, output: Output) -> Result<(), CliError> {
+    let mut client = target.control().await?;
+    let list = client.list_hosts(ListHostsRequest {}).await.map_err(|e| status_error(&target.addr, e))?.into_inner().hosts;
+    if output == Output::Json {
+        print_json(&Value::Array(list.iter().map(host_json).collect()));
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no hosts yet: start fleet-agent on a machine and it appears here");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|h| {
+            let m = h.metrics.as_ref();
+            let running = h.services.iter().filter(|s| s.state == "running").count();
+            vec![
+                h.name.clone(),
+                if h.online { "online".into() } else { "offline".into() },
+                if h.online { "now".into() } else { ago(h.last_seen_ms) },
+                m.filter(|_| h.online).map(|m| pct(m.cpu_usage_ratio)).unwrap_or_else(|| "-".into()),
+                m.filter(|_| h.online).map(mem).unwrap_or_else(|| "-".into()),
+                m.filter(|_| h.online).map(|m| format!("{:.2}", m.load1)).unwrap_or_else(|| "-".into()),
+                format!("{running}/{}", h.services.len()),
+                if h.agent_version.is_empty() { "-".into() } else { h.agent_version.clone() },
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "STATUS", "LAST SEEN", "CPU", "MEMORY", "LOAD", "SERVICES", "AGENT"], &rows));
+    Ok(())
+}
+
+/// `fleetctl host NAME`.
+pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), CliError> {
+    let mut client = target.control().await?;
+    let resp = client
+        .get_host(GetHostRequest { name: name.to_string() })
+        .await
+        .map_err(|e| status_error(&target.addr, e))?
+        .into_inner();
+    let h = resp.host.unwrap_or_default();
+    let m = h.metrics.clone().unwrap_or_default();
+    if output == Output::Json {
+        let mut v = host_json(&h);
+        v["swap_total_bytes"] = json!(m.swap_total_bytes);
+        v["swap_used_bytes"] = json!(m.swap_used_bytes);
+        v["load5"] = json!(m.load5);
+        v["load15"] = json!(m.load15);
+        v["filesystems"] = json!(m.filesystems.iter().map(|f| json!({
+            "mountpoint": f.mountpoint, "device": f.device, "fstype": f.fstype, "size_bytes": f.size_bytes, "avail_bytes": f.avail_bytes,
+        })).collect::<Vec<_>>());
+        v["networks"] = json!(m.networks.iter().map(|n| json!({
+            "device": n.device, "receive_bytes_total": n.receive_bytes_total, "transmit_bytes_total": n.transmit_bytes_total,
+        })).collect::<Vec<_>>());
+        v["history"] = json!({ "reports": resp.history_reports, "oldest": opt_time(resp.history_oldest_ms) });
+        print_json(&v);
+        return Ok(());
+    }
+    let status = if h.online { "online".to_string() } else { format!("offline since {} ({})", ago(h.last_seen_ms), h.last_disconnect_reason) };
+    let labels: Vec<String> = {
+        let mut l: Vec<_> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        l.sort();
+        l
+    };
+    println!("name         {}", h.name);
+    println!("status       {status}");
+    println!("address      {}", if h.peer_address.is_empty() { "-" } else { &h.peer_address });
+    println!("hostname     {}", if h.hostname.is_empty() { "-" } else { &h.hostname });
+    println!("os           {}", if h.os.is_empty() { "-" } else { &h.os });
+    println!("agent        fleet-agent {}, reporting every {}", h.agent_version, human_duration(std::time::Duration::from_millis(h.report_interval_ms)));
+    println!("labels       {}", if labels.is_empty() { "-".to_string() } else { labels.join(", ") });
+    println!("last report  {}", ago(h.last_report_ms));
+    if h.metrics.is_some() {
+        println!("cpu          {} of {} cores", pct(m.cpu_usage_ratio), m.cpu_count);
+        println!("memory       {}", mem(&m));
+        println!("swap         {} of {}", human_bytes(m.swap_used_bytes), human_bytes(m.swap_total_bytes));
+        println!("load         {:.2} {:.2} {:.2}", m.load1, m.load5, m.load15);
+        println!("uptime       {}", human_duration(std::time::Duration::from_secs(m.uptime_seconds)));
+    }
+    println!("history      {} reports since {}", resp.history_reports, if resp.history_oldest_ms > 0 { rfc3339(resp.history_oldest_ms) } else { "-".into() });
+    if h.reports_dropped_total > 0 {
+        println!("dropped      {} reports (the agent's buffer overflowed while the coordinator was unreachable)", h.reports_dropped_total);
+    }
+    if !m.filesystems.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = m
+            .filesystems
+            .iter()
+            .map(|f| {
+                let used = f.size_bytes.saturating_sub(f.avail_bytes);
+                vec![f.mountpoint.clone(), f.fstype.clone(), human_bytes(f.size_bytes), human_bytes(f.avail_bytes), format!("{:.0}%", used as f64 * 100.0 / f.size_bytes.max(1) as f64)]
+            })
+            .collect();
+        print!("{}", table(&["MOUNTPOINT", "TYPE", "SIZE", "AVAIL", "USED"], &rows));
+    }
+    if !m.networks.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> =
+            m.networks.iter().map(|n| vec![n.device.clone(), human_bytes(n.receive_bytes_total), human_bytes(n.transmit_bytes_total)]).collect();
+        print!("{}", table(&["INTERFACE", "RECEIVED", "SENT"], &rows));
+    }
+    println!();
+    if h.services.is_empty() {
+        println!("no services reported");
+    } else {
+        let rows: Vec<Vec<String>> = h
+            .services
+            .iter()
+            .map(|s| vec![s.name.clone(), s.state.clone(), if s.healthy { "yes".into() } else { "no".into() }, s.pid.to_string(), s.restarts.to_string(), s.version.clone()])
+            .collect();
+        print!("{}", table(&["SERVICE", "STATE", "HEALTHY", "PID", "RESTARTS", "VERSION"], &rows));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1\nq    22\n");
+    }
+
+    #[test]
+    fn host_json_has_the_contract_fields() {
+        let h = HostSummary { name: "pc2".into(), online: false, last_seen_ms: 1_700_000_000_000, ..Default::default() };
+        let v = host_json(&h);
+        assert_eq!(v["name"], "pc2");
+        assert_eq!(v["status"], "offline");
+        assert_eq!(v["last_seen"], "2023-11-14T22:13:20.000Z");
+        assert!(v["services"].as_array().unwrap().is_empty());
+    }
+}
