@@ -238,7 +238,7 @@ mod tests {
         let san = cert.subject_alternative_name().unwrap().unwrap();
         let names: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();
         assert!(names.iter().any(|n| n.contains("fleet.example")), "{names:?}");
-        assert!(names.iter().any(|n| n.contains("10.0.0.5")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("0a:00:00:05")), "{names:?}");
         let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
         assert_eq!(days, 30);
     }

@@ -1,1 +1,420 @@
-//! placeholder
+//! The end-to-end test harness: real fleet binaries, real certificates made by `fleetctl certs`,
+//! real processes on loopback with ephemeral ports, in temporary directories.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the test executables
+//! (`target/<profile>/`). End-to-end tests take [`serial`] so that timing assertions are not
+//! skewed by other clusters competing for the same two cores.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use fleet_common::tls::{TlsFiles, TlsMaterial, connect_coordinator};
+use fleet_proto::v1::control_service_client::ControlServiceClient;
+use fleet_proto::v1::{HostSummary, ListHostsRequest, ListReportsRequest, StoredReport};
+use rustix::process::{Pid, Signal, kill_process};
+use tonic::transport::Channel;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs end-to-end tests one at a time (a panicking test does not block the others).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// The path of a workspace binary; panics with the fix when it has not been built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --bins` first)", p.display());
+    p
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `deadline` naming `what`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a command to completion and returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// A test PKI made with the real `fleetctl certs`.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// The directory with every file.
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// Creates a CA in `dir`.
+    pub fn new(dir: &Path) -> Pki {
+        let out = run(Command::new(bin("fleetctl")).args(["certs", "init", "--dir"]).arg(dir));
+        assert!(out.status.success(), "certs init failed: {}", String::from_utf8_lossy(&out.stderr));
+        Pki { dir: dir.to_path_buf() }
+    }
+
+    /// Issues a certificate for `role` `name`.
+    pub fn issue(&self, role: &str, name: &str) {
+        let out = run(Command::new(bin("fleetctl")).args(["certs", "issue", role, name, "--dir"]).arg(&self.dir));
+        assert!(out.status.success(), "certs issue failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The file set of `name`.
+    pub fn files(&self, name: &str) -> TlsFiles {
+        TlsFiles { ca: self.dir.join("ca.pem"), cert: self.dir.join(format!("{name}.pem")), key: self.dir.join(format!("{name}-key.pem")) }
+    }
+
+    /// A `[tls]` table for `name`.
+    pub fn toml(&self, name: &str) -> String {
+        let f = self.files(name);
+        format!("[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n", f.ca.display(), f.cert.display(), f.key.display())
+    }
+}
+
+/// A running child process whose output goes to a log file. Killed when dropped; its log is
+/// printed if the test is failing.
+#[derive(Debug)]
+pub struct Proc {
+    /// A short name for messages.
+    pub name: String,
+    /// The process.
+    pub child: Child,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin args...` with output appended to `log`.
+    pub fn spawn(name: &str, bin: &Path, args: &[&str], log: &Path) -> Proc {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Proc { name: name.to_string(), child, log: log.to_path_buf() }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32).expect("pid")
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) {
+        kill_process(self.pid(), sig).unwrap_or_else(|e| panic!("cannot signal {}: {e}", self.name));
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `deadline` for the exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        self.signal(Signal::TERM);
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(start.elapsed() < deadline, "{} did not exit within {deadline:?} of SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // A stopped process must be continued to die promptly and be reaped.
+            let _ = kill_process(self.pid(), Signal::CONT);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- last lines of {} ({}) ----", self.name, self.log.display());
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Coordinator settings for a test.
+#[derive(Debug, Clone)]
+pub struct CoordinatorOpts {
+    /// `[agents] offline_after`.
+    pub offline_after: Duration,
+    /// gRPC port (0 for any).
+    pub grpc_port: u16,
+    /// HTTP port (0 for any).
+    pub http_port: u16,
+}
+
+impl Default for CoordinatorOpts {
+    fn default() -> Self {
+        CoordinatorOpts { offline_after: Duration::from_secs(3), grpc_port: 0, http_port: 0 }
+    }
+}
+
+/// A test fleet: a PKI, a coordinator and agents, all under one temporary directory.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The temporary directory (removed on drop).
+    pub tmp: tempfile::TempDir,
+    /// The PKI.
+    pub pki: Pki,
+    /// The coordinator process, while it runs.
+    pub coordinator: Option<Proc>,
+    /// Agent processes by name.
+    pub agents: BTreeMap<String, Proc>,
+    /// The coordinator's gRPC address, `https://127.0.0.1:PORT`.
+    pub addr: String,
+    /// The coordinator's HTTP address, `127.0.0.1:PORT`.
+    pub http: String,
+    /// Settings the coordinator was started with.
+    pub opts: CoordinatorOpts,
+}
+
+impl Cluster {
+    /// A PKI with certificates for the coordinator, operator `ops` and the named agents.
+    pub fn new(agents: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(&tmp.path().join("pki"));
+        pki.issue("coordinator", "coordinator");
+        pki.issue("operator", "ops");
+        for a in agents {
+            pki.issue("agent", a);
+        }
+        fs::create_dir_all(tmp.path().join("logs")).expect("logs dir");
+        Cluster { tmp, pki, coordinator: None, agents: BTreeMap::new(), addr: String::new(), http: String::new(), opts: CoordinatorOpts::default() }
+    }
+
+    /// The temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The coordinator's config file path.
+    pub fn coordinator_config(&self) -> PathBuf {
+        self.dir().join("coordinator.toml")
+    }
+
+    /// Starts the coordinator and waits until it listens.
+    pub async fn start_coordinator(&mut self, opts: CoordinatorOpts) {
+        let data = self.dir().join("coordinator");
+        fs::create_dir_all(&data).expect("data dir");
+        let addrs = data.join("coordinator.addrs.json");
+        let _ = fs::remove_file(&addrs);
+        let config = format!(
+            "data_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[agents]\noffline_after = \"{}ms\"\n{}",
+            data.display(),
+            opts.grpc_port,
+            opts.http_port,
+            opts.offline_after.as_millis(),
+            self.pki.toml("coordinator")
+        );
+        fs::write(self.coordinator_config(), config).expect("write config");
+        let cfg = self.coordinator_config();
+        let mut p = Proc::spawn("coordinator", &bin("fleet-coordinator"), &["run", "--config", cfg.to_str().unwrap()], &self.dir().join("logs/coordinator.log"));
+        let (grpc, http) = eventually(Duration::from_secs(20), "the coordinator to listen", || {
+            let exited = p.child.try_wait().expect("try_wait");
+            let text = fs::read_to_string(&addrs).ok();
+            async move {
+                if let Some(s) = exited {
+                    panic!("the coordinator exited while starting: {s}");
+                }
+                let v: serde_json::Value = serde_json::from_str(&text?).ok()?;
+                Some((v["grpc"].as_str()?.to_string(), v["http"].as_str()?.to_string()))
+            }
+        })
+        .await;
+        let port = grpc.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        let http_port = http.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        self.addr = format!("https://127.0.0.1:{port}");
+        self.http = http;
+        // A restart reuses the same ports so agents find it again.
+        self.opts = CoordinatorOpts { grpc_port: port, http_port, ..opts };
+        p.name = "coordinator".into();
+        self.coordinator = Some(p);
+    }
+
+    /// Writes an agent config (extra TOML appended) and returns its path.
+    pub fn agent_config(&self, name: &str, report_interval: Duration, extra: &str) -> PathBuf {
+        let path = self.dir().join(format!("{name}.toml"));
+        let config = format!(
+            "name = \"{name}\"\ncoordinator = \"{}\"\ndata_dir = \"{}\"\nreport_interval = \"{}ms\"\n{}{extra}",
+            self.addr,
+            self.dir().join(name).display(),
+            report_interval.as_millis(),
+            self.pki.toml(name)
+        );
+        fs::write(&path, config).expect("write agent config");
+        path
+    }
+
+    /// Starts agent `name` reporting every `report_interval`.
+    pub fn start_agent(&mut self, name: &str, report_interval: Duration) {
+        let cfg = self.agent_config(name, report_interval, "");
+        let p = Proc::spawn(name, &bin("fleet-agent"), &["run", "--config", cfg.to_str().unwrap()], &self.dir().join(format!("logs/{name}.log")));
+        self.agents.insert(name.to_string(), p);
+    }
+
+    /// The agent process `name`.
+    pub fn agent(&mut self, name: &str) -> &mut Proc {
+        self.agents.get_mut(name).unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// A ControlService client authenticated as operator `ops`.
+    pub async fn control(&self) -> ControlServiceClient<Channel> {
+        self.control_as("ops").await
+    }
+
+    /// A ControlService client authenticated with certificate `name`.
+    pub async fn control_as(&self, name: &str) -> ControlServiceClient<Channel> {
+        let tls = TlsMaterial::load(&self.pki.files(name)).expect("load tls");
+        let ch = connect_coordinator(&self.addr, &tls).await.expect("connect");
+        ControlServiceClient::new(ch)
+    }
+
+    /// Every host as the coordinator lists it (None when the call fails).
+    pub async fn hosts(&self) -> Option<Vec<HostSummary>> {
+        let tls = TlsMaterial::load(&self.pki.files("ops")).ok()?;
+        let ch = connect_coordinator(&self.addr, &tls).await.ok()?;
+        let r = ControlServiceClient::new(ch).list_hosts(ListHostsRequest {}).await.ok()?;
+        Some(r.into_inner().hosts)
+    }
+
+    /// Whether host `name` is online (None when it is unknown or the call fails).
+    pub async fn online(&self, name: &str) -> Option<bool> {
+        self.hosts().await?.into_iter().find(|h| h.name == name).map(|h| h.online)
+    }
+
+    /// Waits until every named host is online with metrics.
+    pub async fn wait_online(&self, names: &[&str], deadline: Duration) {
+        eventually(deadline, &format!("{names:?} online with metrics"), || async {
+            let hosts = self.hosts().await?;
+            names.iter().all(|n| hosts.iter().any(|h| h.name == *n && h.online && h.metrics.is_some())).then_some(())
+        })
+        .await
+    }
+
+    /// The stored reports of `host`.
+    pub async fn reports(&self, host: &str) -> Vec<StoredReport> {
+        self.control().await.list_reports(ListReportsRequest { host: host.into(), since_ms: 0, limit: 0 }).await.expect("list reports").into_inner().reports
+    }
+
+    /// Runs fleetctl with this cluster's address and operator certificate.
+    pub fn fleetctl(&self, args: &[&str]) -> Output {
+        self.fleetctl_as("ops", args)
+    }
+
+    /// Runs fleetctl with certificate `name`.
+    pub fn fleetctl_as(&self, name: &str, args: &[&str]) -> Output {
+        let f = self.pki.files(name);
+        run(Command::new(bin("fleetctl"))
+            .args(args)
+            .env("FLEET_ADDR", &self.addr)
+            .env("FLEET_CA", &f.ca)
+            .env("FLEET_CERT", &f.cert)
+            .env("FLEET_KEY", &f.key))
+    }
+
+    /// GET http://<http>/<path> and the body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.http)).await.expect("http get");
+        let code = r.status().as_u16();
+        (code, r.text().await.expect("body"))
+    }
+}
+
+/// Checks that the stored reports of each agent run form 1..=N with no gap and no duplicate.
+/// Returns the number of reports per boot id.
+pub fn assert_contiguous(reports: &[StoredReport]) -> BTreeMap<u64, u64> {
+    let mut by_boot: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for r in reports {
+        let id = r.id.clone().expect("report id");
+        by_boot.entry(id.boot_id).or_default().push(id.seq);
+    }
+    let mut counts = BTreeMap::new();
+    for (boot, mut seqs) in by_boot {
+        let n = seqs.len();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), n, "boot {boot}: a report is stored twice");
+        let expected: Vec<u64> = (1..=n as u64).collect();
+        assert_eq!(seqs, expected, "boot {boot}: the stored sequence numbers have a gap");
+        counts.insert(boot, n as u64);
+    }
+    counts
+}
+
+/// Parses `name{labels} value` lines of a Prometheus exposition into (series, value).
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs `promtool check metrics` on `text`; returns its findings (empty when clean).
+pub fn promtool_check(text: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: apt-get install prometheus (.ci/run does this)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let mut findings = String::from_utf8_lossy(&out.stdout).into_owned();
+    findings.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() && findings.trim().is_empty() {
+        findings = format!("promtool exited with {}", out.status);
+    }
+    findings
+}

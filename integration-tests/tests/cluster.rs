@@ -1,0 +1,103 @@
+//! main-pc and pc2 attach over mutual TLS, report, and fleetctl and /metrics show the same
+//! cluster; the exposition passes promtool; health endpoints answer.
+
+use std::time::Duration;
+
+use fleet_integration_tests::{Cluster, CoordinatorOpts, parse_metrics, promtool_check, serial};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_come_online_and_fleetctl_agrees_with_metrics() {
+    let _g = serial();
+    let mut c = Cluster::new(&["main-pc", "pc2"]);
+    c.start_coordinator(CoordinatorOpts::default()).await;
+    c.start_agent("main-pc", Duration::from_millis(200));
+    c.start_agent("pc2", Duration::from_millis(200));
+    c.wait_online(&["main-pc", "pc2"], Duration::from_secs(10)).await;
+
+    let out = c.fleetctl(&["hosts", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("hosts -o json is JSON");
+    let hosts = hosts.as_array().expect("an array");
+    assert_eq!(hosts.len(), 2);
+    let (_, text) = c.http_get("/metrics").await;
+    let metrics = parse_metrics(&text);
+    for h in hosts {
+        let name = h["name"].as_str().unwrap();
+        assert_eq!(h["status"], "online");
+        assert!(h["last_seen"].as_str().unwrap().ends_with('Z'), "RFC 3339: {}", h["last_seen"]);
+        assert!(h["services"].as_array().unwrap().is_empty());
+        assert_eq!(metrics.get(&format!("fleet_agent_up{{host=\"{name}\"}}")), Some(&1.0), "{text}");
+        let total = metrics.get(&format!("fleet_host_memory_total_bytes{{host=\"{name}\"}}")).copied();
+        assert_eq!(total, h["memory_total_bytes"].as_f64(), "memory total of {name}");
+        let cpu = metrics[&format!("fleet_host_cpu_usage_ratio{{host=\"{name}\"}}")];
+        assert!((0.0..=1.0).contains(&cpu));
+        assert!(metrics.contains_key(&format!("fleet_host_network_receive_bytes_total{{host=\"{name}\",device=\"lo\"}}")), "{text}");
+        assert!(metrics.keys().any(|k| k.starts_with(&format!("fleet_host_filesystem_size_bytes{{host=\"{name}\",mountpoint="))));
+    }
+    assert_eq!(metrics["fleet_coordinator_sessions"], 2.0);
+    assert!(metrics["fleet_coordinator_reports_stored_total"] >= 2.0);
+    assert!(metrics["fleet_coordinator_store_write_duration_seconds_count"] >= 1.0);
+
+    let findings = promtool_check(&text);
+    assert!(findings.trim().is_empty(), "promtool check metrics found:\n{findings}");
+
+    // Human output.
+    let out = c.fleetctl(&["hosts"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("main-pc") && l.contains("online")), "{table}");
+    let out = c.fleetctl(&["host", "pc2"]);
+    assert!(out.status.success());
+    let detail = String::from_utf8_lossy(&out.stdout);
+    assert!(detail.contains("status       online") && detail.contains("MOUNTPOINT"), "{detail}");
+    let out = c.fleetctl(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["hosts"]["online"], 2);
+
+    // Health endpoints.
+    let (code, body) = c.http_get("/health").await;
+    assert_eq!(code, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["parts"]["store"]["status"], "ok");
+    assert_eq!(c.http_get("/health/live").await.0, 200);
+    assert_eq!(c.http_get("/health/ready").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleetctl_exit_codes_say_what_went_wrong() {
+    let _g = serial();
+    let mut c = Cluster::new(&["main-pc"]);
+    c.start_coordinator(CoordinatorOpts::default()).await;
+    c.start_agent("main-pc", Duration::from_millis(200));
+    c.wait_online(&["main-pc"], Duration::from_secs(10)).await;
+
+    let out = c.fleetctl(&["host", "nosuchhost"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no host named \"nosuchhost\""), "{err}");
+
+    // Nothing listens on the address: exit 3 with the hint.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let f = c.pki.files("ops");
+    let out = fleet_integration_tests::run(
+        std::process::Command::new(fleet_integration_tests::bin("fleetctl"))
+            .args(["hosts", "--addr", &format!("https://127.0.0.1:{dead}")])
+            .env("FLEET_CA", &f.ca)
+            .env("FLEET_CERT", &f.cert)
+            .env("FLEET_KEY", &f.key),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connection refused") && err.contains("is fleet-coordinator running?"), "{err}");
+
+    // No certificate configured: a usage error that says how to fix it.
+    let out = fleet_integration_tests::run(
+        std::process::Command::new(fleet_integration_tests::bin("fleetctl")).args(["hosts"]).env_remove("FLEET_CERT").env_remove("FLEET_KEY").env_remove("FLEET_CA"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FLEET_CERT"));
+}
