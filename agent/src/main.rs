@@ -72,6 +72,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A certificate that does not name this agent is a configuration error: exit 2 at once.
+    if let Err(e) = fleet_agent::load_identity(&config) {
+        eprintln!("error: {}: tls: {e}", args.config.display());
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_common::tls::{TlsMaterial, chain_to_string, connect_coordinator};
+use fleet_common::tls::{TlsMaterial, connect_coordinator};
 use fleet_proto::v1::agent_message::Msg as AgentMsg;
 use fleet_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
@@ -214,8 +214,11 @@ fn status_reason(s: &tonic::Status) -> String {
     if let Some(c) = std::error::Error::source(s).and_then(fleet_common::tls::ConnectError::find) {
         return c.to_string();
     }
-    let msg = if s.message().is_empty() { chain_to_string(s) } else { s.message().to_string() };
-    format!("{:?}: {msg}", s.code())
+    if std::error::Error::source(s).is_some() {
+        let detail = fleet_common::tls::status_detail(s);
+        return format!("{detail}{}", fleet_common::tls::alert_hint(&detail));
+    }
+    format!("{:?}: {}", s.code(), s.message())
 }
 
 #[cfg(test)]

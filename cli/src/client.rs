@@ -50,6 +50,12 @@ pub fn status_error(addr: &str, s: tonic::Status) -> CliError {
         return CliError::connect(c.to_string());
     }
     let msg = s.message().to_string();
+    // A transport failure (the TLS session refused after the handshake, a reset connection)
+    // arrives as a status with a source; the source says what happened.
+    if std::error::Error::source(&s).is_some() {
+        let detail = fleet_common::tls::status_detail(&s);
+        return CliError::connect(format!("the connection to {addr} failed: {}{}", detail, fleet_common::tls::alert_hint(&detail)));
+    }
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => {
             CliError::connect(format!("the coordinator at {addr} refused this identity: {msg}"))

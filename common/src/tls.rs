@@ -284,6 +284,24 @@ pub fn chain_to_string(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// A failed call's message followed by the causes tonic attached (transport errors), on one
+/// line, without tonic's debug rendering.
+pub fn status_detail(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut cur = std::error::Error::source(s);
+    while let Some(e) = cur {
+        let t = e.to_string();
+        if !out.contains(&t) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&t);
+        }
+        cur = e.source();
+    }
+    out
+}
+
 #[derive(Clone)]
 struct Connector {
     addr: String,
@@ -350,18 +368,28 @@ impl Connector {
 
 fn handshake_reason(e: &io::Error) -> String {
     let base = e.get_ref().map(|inner| inner.to_string()).unwrap_or_else(|| e.to_string());
-    let hint = if base.contains("UnknownIssuer") || base.contains("unknown issuer") {
+    let hint = alert_hint(&base);
+    format!("{base}{hint}")
+}
+
+/// A hint for a TLS failure message: what the alert or verifier error means for the operator.
+pub fn alert_hint(base: &str) -> &'static str {
+    if base.contains("UnknownIssuer") || base.contains("unknown issuer") {
         "; the coordinator's certificate is not signed by the CA given with --ca/FLEET_CA"
     } else if base.contains("NotValidForName") || base.contains("not valid for name") {
         "; connect with a host name or IP listed in the coordinator certificate (`fleetctl certs issue coordinator coordinator --san HOST`)"
     } else if base.contains("CertificateRequired") || base.contains("certificate required") {
         "; the coordinator requires a client certificate (--cert/--key or FLEET_CERT/FLEET_KEY)"
-    } else if base.contains("BadCertificate") || base.contains("bad certificate") || base.contains("UnknownCA") || base.contains("unknown CA") {
+    } else if base.contains("BadCertificate")
+        || base.contains("bad certificate")
+        || base.contains("UnknownCA")
+        || base.contains("unknown CA")
+        || base.contains("DecryptError")
+    {
         "; the coordinator does not accept this certificate: was it issued by the coordinator's CA?"
     } else if base.contains("Expired") || base.contains("expired") {
         "; a certificate has expired: issue a new one with `fleetctl certs issue`"
     } else {
         ""
-    };
-    format!("{base}{hint}")
+    }
 }

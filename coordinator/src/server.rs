@@ -115,7 +115,7 @@ fn handshake_reason(e: &io::Error) -> String {
     let s = e.get_ref().map(|i| i.to_string()).unwrap_or_else(|| e.to_string());
     if s.contains("no certificates") || s.contains("NoCertificatesPresented") {
         "the client presented no certificate (fleet requires mutual TLS)".into()
-    } else if s.contains("UnknownIssuer") || s.contains("unknown issuer") {
+    } else if s.contains("UnknownIssuer") || s.contains("unknown issuer") || s.contains("BadSignature") {
         "the client certificate is not signed by this coordinator's CA".into()
     } else if s.contains("Expired") || s.contains("expired") {
         format!("the client certificate has expired ({s})")

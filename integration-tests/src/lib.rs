@@ -199,8 +199,6 @@ impl Default for CoordinatorOpts {
 /// A test fleet: a PKI, a coordinator and agents, all under one temporary directory.
 #[derive(Debug)]
 pub struct Cluster {
-    /// The temporary directory (removed on drop).
-    pub tmp: tempfile::TempDir,
     /// The PKI.
     pub pki: Pki,
     /// The coordinator process, while it runs.
@@ -213,6 +211,9 @@ pub struct Cluster {
     pub http: String,
     /// Settings the coordinator was started with.
     pub opts: CoordinatorOpts,
+    /// The temporary directory, removed on drop: declared last so the processes (and their
+    /// logs, printed when a test fails) go first.
+    pub tmp: tempfile::TempDir,
 }
 
 impl Cluster {

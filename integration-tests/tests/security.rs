@@ -1,0 +1,150 @@
+//! Invariant 4 (no identity can act as another), end to end: connections without a
+//! certificate, with a certificate from another CA, agent certificates calling the operator
+//! API, and an agent attaching under another agent's name are all refused with a clear error,
+//! and the genuine sessions carry on undisturbed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_common::tls::{TlsMaterial, connect_coordinator};
+use fleet_integration_tests::{Cluster, CoordinatorOpts, Pki, eventually, serial};
+use fleet_proto::v1::agent_message::Msg;
+use fleet_proto::v1::agent_service_client::AgentServiceClient;
+use fleet_proto::v1::{AgentMessage, GetStatusRequest, Hello};
+
+/// The (boot id, newest seq) of every host: a disturbed session would change the boot id's
+/// progress or drop the host offline.
+async fn progress(c: &Cluster) -> Vec<(String, bool, i64)> {
+    c.hosts().await.unwrap().into_iter().map(|h| (h.name, h.online, h.last_report_ms)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn impostors_are_refused_and_genuine_sessions_continue() {
+    let _g = serial();
+    let mut c = Cluster::new(&["main-pc", "pc2"]);
+    c.start_coordinator(CoordinatorOpts::default()).await;
+    c.start_agent("main-pc", Duration::from_millis(200));
+    c.start_agent("pc2", Duration::from_millis(200));
+    c.wait_online(&["main-pc", "pc2"], Duration::from_secs(10)).await;
+    let before = progress(&c).await;
+    let sessions_before = c.fleetctl(&["status", "-o", "json"]);
+    let sessions_before: serde_json::Value = serde_json::from_slice(&sessions_before.stdout).unwrap();
+    assert_eq!(sessions_before["sessions"], 2);
+
+    // 1. A client with no certificate: the handshake is refused and the coordinator says why.
+    let roots = {
+        let pem = std::fs::read(c.pki.dir.join("ca.pem")).unwrap();
+        let mut store = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            store.add(cert.unwrap()).unwrap();
+        }
+        store
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let port: u16 = c.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    // TLS 1.3 reports a refused client certificate on the first read after the handshake.
+    let refused = match connector.connect(name, tcp).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            !matches!(tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+        }
+    };
+    assert!(refused, "a client without a certificate got a working connection");
+    let log = c.coordinator.as_ref().unwrap();
+    eventually(Duration::from_secs(5), "the coordinator to log the missing certificate", || async {
+        log.log_text().contains("the client presented no certificate").then_some(())
+    })
+    .await;
+
+    // 2. A certificate from another CA: fleetctl fails with exit 3 and a reason.
+    let other = Pki::new(&c.dir().join("other-pki"));
+    other.issue("operator", "mallory");
+    let f = other.files("mallory");
+    let out = fleet_integration_tests::run(
+        std::process::Command::new(fleet_integration_tests::bin("fleetctl"))
+            .args(["hosts", "--addr", &c.addr, "--ca"])
+            .arg(&c.pki.files("ops").ca)
+            .arg("--cert")
+            .arg(&f.cert)
+            .arg("--key")
+            .arg(&f.key),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(Duration::from_secs(5), "the coordinator to log the foreign certificate", || async {
+        log.log_text().contains("not signed by this coordinator's CA").then_some(())
+    })
+    .await;
+
+    // 3. An agent certificate calling the operator API.
+    let out = c.fleetctl_as("pc2", &["hosts"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spiffe://fleet.local/agent/pc2") && err.contains("operator certificate"), "{err}");
+    let denied = c.control_as("main-pc").await.get_status(GetStatusRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // 4. pc2's certificate attaching as main-pc.
+    let tls = TlsMaterial::load(&c.pki.files("pc2")).unwrap();
+    let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
+    let hello = Hello { name: "main-pc".into(), version: "0.1.0".into(), boot_id: 42, report_interval_ms: 200, ..Default::default() };
+    let stream = tokio_stream::iter(vec![AgentMessage { msg: Some(Msg::Hello(hello)) }]);
+    let err = AgentServiceClient::new(ch).attach(stream).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(err.message(), "certificate names pc2 but the agent calls itself main-pc");
+    eventually(Duration::from_secs(5), "the coordinator to log the impersonation", || async {
+        log.log_text().contains("certificate names pc2 but the agent calls itself main-pc").then_some(())
+    })
+    .await;
+
+    // An operator certificate cannot attach as an agent either.
+    let tls = TlsMaterial::load(&c.pki.files("ops")).unwrap();
+    let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
+    let hello = Hello { name: "ops".into(), boot_id: 1, ..Default::default() };
+    let err = AgentServiceClient::new(ch).attach(tokio_stream::iter(vec![AgentMessage { msg: Some(Msg::Hello(hello)) }])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // The genuine agents never noticed: still online, the same sessions, still reporting.
+    let after = progress(&c).await;
+    for ((name, online, last), (name2, online2, last2)) in before.iter().zip(after.iter()) {
+        assert_eq!(name, name2);
+        assert!(*online && *online2, "{name} went offline");
+        assert!(last2 >= last);
+    }
+    let out = c.fleetctl(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["sessions"], 2);
+    let (_, metrics) = c.http_get("/metrics").await;
+    let m = fleet_integration_tests::parse_metrics(&metrics);
+    assert_eq!(m["fleet_coordinator_sessions_opened_total"], 2.0, "a genuine session was replaced");
+    assert!(m["fleet_coordinator_tls_handshake_failures_total"] >= 2.0);
+    assert!(m["fleet_coordinator_control_denied_total"] >= 2.0);
+    for name in ["main-pc", "pc2"] {
+        assert!(c.agent(name).log_text().matches("attached to the coordinator").count() == 1, "{name} reconnected");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_refuses_to_start_with_another_agents_certificate() {
+    let _g = serial();
+    let mut c = Cluster::new(&["main-pc", "pc2"]);
+    c.addr = "https://127.0.0.1:7443".into();
+    // main-pc's config pointing at pc2's certificate.
+    let cfg = c.agent_config("main-pc", Duration::from_secs(1), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("main-pc.pem", "pc2.pem").replace("main-pc-key.pem", "pc2-key.pem");
+    std::fs::write(&cfg, text).unwrap();
+    let out = fleet_integration_tests::run(std::process::Command::new(fleet_integration_tests::bin("fleet-agent")).args(["run", "--config"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("carries identity spiffe://fleet.local/agent/pc2, but this agent is configured as \"main-pc\""), "{err}");
+}
