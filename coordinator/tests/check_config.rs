@@ -1,0 +1,71 @@
+//! `fleet-coordinator check-config` and start-up refuse bad configs with exit 2, naming the
+//! file and every bad key, and start nothing.
+
+use std::process::Command;
+
+fn coordinator() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fleet-coordinator"))
+}
+
+#[test]
+fn every_bad_key_is_reported_with_the_file_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("coordinator.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nretention = \"1h\"\n[grpc]\nlisten = \"localhost:7443\"\n[agents]\noffline_after = \"15 fortnights\"\n[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/c-key.pem\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    for args in [vec!["check-config", "--config"], vec!["run", "--config"]] {
+        let out = coordinator().args(&args).arg(&cfg).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let file = cfg.display().to_string();
+        for key in [
+            "retention: unknown key",
+            "grpc.listen: invalid address \"localhost:7443\"",
+            "agents.offline_after: invalid duration",
+            "tls.ca: cannot read /nonexistent/ca.pem: no such file",
+        ] {
+            assert!(err.contains(&format!("{file}: {key}")), "missing `{key}` in:\n{err}");
+        }
+    }
+    assert!(!data.exists(), "nothing may start on a bad config");
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = coordinator().args(["run", "--config", "/nonexistent/coordinator.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/coordinator.toml: cannot read the config file: no such file"));
+}
+
+#[test]
+fn a_port_in_use_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    fleetctl::certs::init(&pki, "fleet.local", 30, false).unwrap();
+    fleetctl::certs::issue(&pki, fleet_common::identity::Role::Coordinator, "coordinator", &[], 30, false).unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{d}/data\"\n[grpc]\nlisten = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/coordinator.pem\"\nkey = \"{p}/coordinator-key.pem\"\n",
+            busy.local_addr().unwrap(),
+            d = dir.path().display(),
+            p = pki.display()
+        ),
+    )
+    .unwrap();
+    let out = coordinator().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = coordinator().args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("address already in use") && err.contains("[grpc] listen"), "{err}");
+}
