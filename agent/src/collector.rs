@@ -25,8 +25,20 @@ impl std::fmt::Debug for Collector {
 
 /// Filesystem types that describe no storage an operator would want alerts on.
 const PSEUDO_FS: [&str; 14] = [
-    "tmpfs", "devtmpfs", "proc", "sysfs", "cgroup", "cgroup2", "overlay", "squashfs", "devpts", "mqueue", "debugfs",
-    "tracefs", "securityfs", "fusectl",
+    "tmpfs",
+    "devtmpfs",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "overlay",
+    "squashfs",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "fusectl",
 ];
 
 impl Collector {
@@ -40,7 +52,8 @@ impl Collector {
         )
         .map_err(|e| format!("cannot read system information: {e:?}"))?;
         let disks = Disks::new_with_refreshed_list().map_err(|e| format!("cannot list filesystems: {e:?}"))?;
-        let networks = Networks::new_with_refreshed_list().map_err(|e| format!("cannot list network interfaces: {e:?}"))?;
+        let networks =
+            Networks::new_with_refreshed_list().map_err(|e| format!("cannot list network interfaces: {e:?}"))?;
         Ok(Collector { system, disks, networks })
     }
 
@@ -89,7 +102,7 @@ impl Collector {
             .collect();
         networks.sort_by(|a, b| a.device.cmp(&b.device));
         networks.truncate(MAX_DEVICES);
-        let load = System::load_average().unwrap_or_else(|_| sysinfo::LoadAvg { one: 0.0, five: 0.0, fifteen: 0.0 });
+        let load = System::load_average().unwrap_or(sysinfo::LoadAvg { one: 0.0, five: 0.0, fifteen: 0.0 });
         HostMetrics {
             cpu_usage_ratio: (f64::from(self.system.global_cpu_usage()) / 100.0).clamp(0.0, 1.0),
             cpu_count: self.system.cpus().len() as u32,

@@ -163,7 +163,10 @@ impl AgentConfig {
         let labels = root.string_map("labels").unwrap_or_default();
         for (k, v) in &labels {
             if !valid_label_name(k) {
-                root.error(&format!("labels.{k}"), "label names use letters, digits and '_' and do not start with a digit or \"__\"");
+                root.error(
+                    &format!("labels.{k}"),
+                    "label names use letters, digits and '_' and do not start with a digit or \"__\"",
+                );
             }
             if v.len() > 256 {
                 root.error(&format!("labels.{k}"), "label values are at most 256 bytes");
@@ -177,7 +180,9 @@ impl AgentConfig {
             Some(mut s) => {
                 let d = OutboxLimits::default();
                 let limits = OutboxLimits {
-                    max_age: s.duration_in("max_age", Duration::from_secs(60), Duration::from_secs(30 * 86400)).unwrap_or(d.max_age),
+                    max_age: s
+                        .duration_in("max_age", Duration::from_secs(60), Duration::from_secs(30 * 86400))
+                        .unwrap_or(d.max_age),
                     max_bytes: s.bytes("max_bytes").unwrap_or(d.max_bytes),
                 };
                 if limits.max_bytes < 64 << 10 {
@@ -197,16 +202,9 @@ impl AgentConfig {
         }
         root.finish();
         let config = match (name, coordinator, data_dir, report_interval, tls) {
-            (Some(name), Some(coordinator), Some(data_dir), Some(report_interval), Some(tls)) => Some(AgentConfig {
-                name,
-                coordinator,
-                data_dir,
-                report_interval,
-                labels,
-                tls,
-                outbox,
-                services,
-            }),
+            (Some(name), Some(coordinator), Some(data_dir), Some(report_interval), Some(tls)) => {
+                Some(AgentConfig { name, coordinator, data_dir, report_interval, labels, tls, outbox, services })
+            }
             _ => None,
         };
         match errors.clone().into_result(path, ()) {
@@ -224,7 +222,10 @@ fn check_coordinator_url(root: &Section, url: &str) {
     if uri.scheme_str() != Some("https") {
         root.error("coordinator", format!("\"{url}\" must start with https:// (fleet speaks only mutual TLS)"));
     } else if uri.host().is_none() || uri.port_u16().is_none() {
-        root.error("coordinator", format!("\"{url}\" needs a host and a port, for example https://coordinator.example:7443"));
+        root.error(
+            "coordinator",
+            format!("\"{url}\" needs a host and a port, for example https://coordinator.example:7443"),
+        );
     }
 }
 
@@ -258,7 +259,8 @@ fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceCon
             None
         }
     };
-    let start_secs = s.duration_in("start_secs", Duration::ZERO, Duration::from_secs(600)).unwrap_or(Duration::from_secs(1));
+    let start_secs =
+        s.duration_in("start_secs", Duration::ZERO, Duration::from_secs(600)).unwrap_or(Duration::from_secs(1));
     let start_retries = s.u64("start_retries").map(|n| n.min(1000) as u32).unwrap_or(5);
     let stop_signal = s.string("stop_signal").map(|v| v.trim_start_matches("SIG").to_ascii_uppercase());
     if let Some(sig) = &stop_signal
@@ -266,7 +268,8 @@ fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceCon
     {
         s.error("stop_signal", format!("unknown signal \"{sig}\"; use one of {}", SIGNALS.join(", ")));
     }
-    let stop_timeout = s.duration_in("stop_timeout", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::from_secs(10));
+    let stop_timeout =
+        s.duration_in("stop_timeout", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::from_secs(10));
     let memory_max = s.bytes("memory_max");
     let log_max_bytes = s.bytes("log_max_bytes").unwrap_or(10 << 20);
     if log_max_bytes < 4096 {
@@ -304,10 +307,13 @@ fn read_health(mut h: Section) -> Option<HealthCheck> {
     if let Some(url) = http {
         match url.parse::<tonic::transport::Uri>() {
             Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => probes.push(Probe::Http(url)),
-            Ok(u) if u.scheme_str() == Some("https") => {
-                h.error("http", format!("\"{url}\": https health checks are not supported; probe the service's plain-HTTP health port"))
+            Ok(u) if u.scheme_str() == Some("https") => h.error(
+                "http",
+                format!("\"{url}\": https health checks are not supported; probe the service's plain-HTTP health port"),
+            ),
+            _ => {
+                h.error("http", format!("invalid health URL \"{url}\"; write for example http://127.0.0.1:3001/health"))
             }
-            _ => h.error("http", format!("invalid health URL \"{url}\"; write for example http://127.0.0.1:3001/health")),
         }
     }
     if let Some(addr) = tcp {
@@ -323,10 +329,14 @@ fn read_health(mut h: Section) -> Option<HealthCheck> {
             probes.push(Probe::Exec(cmd));
         }
     }
-    let interval = h.duration_in("interval", Duration::from_millis(100), Duration::from_secs(3600)).unwrap_or(Duration::from_secs(5));
-    let timeout = h.duration_in("timeout", Duration::from_millis(10), Duration::from_secs(600)).unwrap_or(Duration::from_secs(2));
+    let interval = h
+        .duration_in("interval", Duration::from_millis(100), Duration::from_secs(3600))
+        .unwrap_or(Duration::from_secs(5));
+    let timeout =
+        h.duration_in("timeout", Duration::from_millis(10), Duration::from_secs(600)).unwrap_or(Duration::from_secs(2));
     let retries = h.u64("retries").map(|n| n.clamp(1, 100) as u32).unwrap_or(3);
-    let start_period = h.duration_in("start_period", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::ZERO);
+    let start_period =
+        h.duration_in("start_period", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::ZERO);
     let ok_count = probes.len();
     if ok_count > 1 {
         h.error("", "set exactly one of http, tcp or exec");
@@ -353,7 +363,8 @@ fn read_deploy(mut d: Section) -> Option<DeployConfig> {
     if keep_releases < 2 {
         d.error("keep_releases", "must be at least 2 (the current and the previous release are always kept)");
     }
-    let backup_paths: Vec<PathBuf> = d.string_list("backup_paths").unwrap_or_default().into_iter().map(PathBuf::from).collect();
+    let backup_paths: Vec<PathBuf> =
+        d.string_list("backup_paths").unwrap_or_default().into_iter().map(PathBuf::from).collect();
     for (i, p) in backup_paths.iter().enumerate() {
         if !p.is_absolute() {
             d.error(&format!("backup_paths[{i}]"), format!("\"{}\" must be an absolute path", p.display()));
@@ -412,7 +423,11 @@ mod tests {
         let p = write(dir.path(), &text);
         let err = AgentConfig::load(&p, || None).unwrap_err();
         let got: Vec<_> = err.errors.iter().map(|e| e.key.clone()).collect();
-        assert_eq!(got, ["services[0].command", "services[1].name", "services[1].restart", "services[1].health.http"], "{err}");
+        assert_eq!(
+            got,
+            ["services[0].command", "services[1].name", "services[1].restart", "services[1].health.http"],
+            "{err}"
+        );
         let text = err.to_string();
         assert!(text.contains("duplicate service name \"api\""), "{text}");
         assert!(text.contains("unknown restart policy \"sometimes\""), "{text}");

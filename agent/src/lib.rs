@@ -104,8 +104,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let new_report = Arc::new(Notify::new());
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(report_loop(config.report_interval, boot_id, collector, outbox.clone(), new_report.clone(), shutdown.clone()));
-    let ctx = session::SessionContext { coordinator: config.coordinator.clone(), hello, outbox: outbox.clone(), new_report };
+    tasks.spawn(report_loop(
+        config.report_interval,
+        boot_id,
+        collector,
+        outbox.clone(),
+        new_report.clone(),
+        shutdown.clone(),
+    ));
+    let ctx =
+        session::SessionContext { coordinator: config.coordinator.clone(), hello, outbox: outbox.clone(), new_report };
     tasks.spawn(session::run(ctx, tls, shutdown.clone()));
     tasks.close();
 

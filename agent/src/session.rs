@@ -162,7 +162,7 @@ async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &Cancellation
         if in_flight.len() < WINDOW {
             let batch = ctx.outbox.read_after(last_sent, WINDOW - in_flight.len()).map_err(|e| e.to_string())?;
             for (index, report) in batch {
-                let id = report.id.clone().unwrap_or_default();
+                let id = report.id.unwrap_or_default();
                 if tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }).is_err() {
                     return Ok(SessionEnd::Lost { reason: "the session's send queue closed".into(), welcomed: true });
                 }

@@ -111,8 +111,7 @@ impl Outbox {
                 std::fs::rename(&path, &aside)
                     .map_err(|e| StoreError::MoveAside { path: path.clone(), reason: fleet_common::io_reason(&e) })?;
                 opened = Opened::MovedAside(aside);
-                let db = open_db(&path)
-                    .map_err(|reason| StoreError::MoveAside { path: path.clone(), reason })?;
+                let db = open_db(&path).map_err(|reason| StoreError::MoveAside { path: path.clone(), reason })?;
                 Outbox::load(&path, db, limits)?
             }
         };
@@ -126,13 +125,20 @@ impl Outbox {
         let mut state = State::default();
         for item in outbox.iter() {
             let (k, v) = item.map_err(err)?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                err(sled::Error::Unsupported(format!("outbox key of {} bytes", k.len())))
-            })?);
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| err(sled::Error::Unsupported(format!("outbox key of {} bytes", k.len()))))?,
+            );
             let report = Report::decode(v.as_ref())
                 .map_err(|e| err(sled::Error::Unsupported(format!("outbox entry {index}: {e}"))))?;
             state.bytes += v.len() as u64;
-            state.entries.push_back(Entry { index, id: id_of(&report), timestamp_ms: report.timestamp_ms, size: v.len() as u64 });
+            state.entries.push_back(Entry {
+                index,
+                id: id_of(&report),
+                timestamp_ms: report.timestamp_ms,
+                size: v.len() as u64,
+            });
             state.next_index = index + 1;
         }
         if let Some(v) = meta.get(DROPPED_KEY).map_err(err)? {
@@ -170,7 +176,12 @@ impl Outbox {
             st.next_index += 1;
             self.outbox.insert(index.to_be_bytes(), bytes.as_slice()).map_err(|e| self.err(e))?;
             st.bytes += bytes.len() as u64;
-            st.entries.push_back(Entry { index, id: id_of(report), timestamp_ms: report.timestamp_ms, size: bytes.len() as u64 });
+            st.entries.push_back(Entry {
+                index,
+                id: id_of(report),
+                timestamp_ms: report.timestamp_ms,
+                size: bytes.len() as u64,
+            });
             let oldest_allowed = now_ms - self.limits.max_age.as_millis() as i64;
             let mut dropped = 0;
             while let Some(front) = st.entries.front().copied() {

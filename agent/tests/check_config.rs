@@ -34,7 +34,14 @@ fn every_bad_key_is_reported_with_the_file_and_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         let file = cfg.display().to_string();
-        for key in ["report_interval: invalid duration", "colour: unknown key", "services[0].command: is required", "services[0].restart: unknown restart policy \"sometimes\"", "services[0].health.http: invalid health URL", "services[1].name: duplicate service name \"api\""] {
+        for key in [
+            "report_interval: invalid duration",
+            "colour: unknown key",
+            "services[0].command: is required",
+            "services[0].restart: unknown restart policy \"sometimes\"",
+            "services[0].health.http: invalid health URL",
+            "services[1].name: duplicate service name \"api\"",
+        ] {
             assert!(err.contains(&format!("{file}: {key}")), "missing `{key}` in:\n{err}");
         }
     }
@@ -45,14 +52,21 @@ fn every_bad_key_is_reported_with_the_file_and_exit_2() {
 fn a_missing_config_file_or_bad_address_is_named() {
     let out = agent().args(["check-config", "--config", "/nonexistent/agent.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml: cannot read the config file: no such file"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/agent.toml: cannot read the config file: no such file")
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, format!("name = \"x\"\ncoordinator = \"coordinator:7443\"\ndata_dir = \"/tmp/x\"\n[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/x.pem\"\nkey = \"/nonexistent/x-key.pem\"\n")).unwrap();
+    std::fs::write(&cfg, "name = \"x\"\ncoordinator = \"coordinator:7443\"\ndata_dir = \"/tmp/x\"\n[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/x.pem\"\nkey = \"/nonexistent/x-key.pem\"\n").unwrap();
     let out = agent().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("coordinator: \"coordinator:7443\" must start with https://") || err.contains("coordinator: invalid URL"), "{err}");
+    assert!(
+        err.contains("coordinator: \"coordinator:7443\" must start with https://")
+            || err.contains("coordinator: invalid URL"),
+        "{err}"
+    );
     assert!(err.contains("tls.ca: cannot read /nonexistent/ca.pem: no such file"), "{err}");
 }

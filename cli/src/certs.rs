@@ -60,7 +60,9 @@ fn check_free(paths: &[&Path], force: bool) -> Result<(), CliError> {
 pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CliError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("fleet")));
-    let fail = |e: std::io::Error| CliError::failed(format!("cannot write {}: {}", path.display(), fleet_common::io_reason(&e)));
+    let fail = |e: std::io::Error| {
+        CliError::failed(format!("cannot write {}: {}", path.display(), fleet_common::io_reason(&e)))
+    };
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(fail)?;
     f.write_all(contents.as_bytes()).map_err(fail)?;
@@ -167,9 +169,8 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32, for
         Role::Coordinator => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
-    let mut san_list = vec![SanType::URI(
-        identity.uri().try_into().map_err(|e| CliError::usage(format!("identity: {e}")))?,
-    )];
+    let mut san_list =
+        vec![SanType::URI(identity.uri().try_into().map_err(|e| CliError::usage(format!("identity: {e}")))?)];
     let mut names: Vec<String> = sans.to_vec();
     if role == Role::Coordinator && names.is_empty() {
         // A coordinator certificate with no --san still works on this machine.
@@ -180,7 +181,9 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32, for
         match s.parse::<IpAddr>() {
             Ok(ip) => san_list.push(SanType::IpAddress(ip)),
             Err(_) => san_list.push(SanType::DnsName(
-                s.to_string().try_into().map_err(|e| CliError::usage(format!("--san {s}: not a DNS name or IP address: {e}")))?,
+                s.to_string()
+                    .try_into()
+                    .map_err(|e| CliError::usage(format!("--san {s}: not a DNS name or IP address: {e}")))?,
             )),
         }
     }
@@ -230,8 +233,15 @@ mod tests {
     fn coordinator_certificates_name_the_server() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), DEFAULT_TRUST_DOMAIN, 3650, false).unwrap();
-        let issued =
-            issue(dir.path(), Role::Coordinator, "coordinator", &["fleet.example".into(), "10.0.0.5".into()], 30, false).unwrap();
+        let issued = issue(
+            dir.path(),
+            Role::Coordinator,
+            "coordinator",
+            &["fleet.example".into(), "10.0.0.5".into()],
+            30,
+            false,
+        )
+        .unwrap();
         let pem = std::fs::read_to_string(&issued.cert).unwrap();
         let der = rustls_pem_der(&pem).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();

@@ -18,7 +18,8 @@ pub struct Target {
     pub tls: TlsFiles,
 }
 
-const HINT: &str = "set --ca/--cert/--key or FLEET_CA/FLEET_CERT/FLEET_KEY (under `fleetctl dev`: source .fleet-dev/fleetctl.env)";
+const HINT: &str =
+    "set --ca/--cert/--key or FLEET_CA/FLEET_CERT/FLEET_KEY (under `fleetctl dev`: source .fleet-dev/fleetctl.env)";
 
 impl Target {
     /// Takes the address and files from the command line and environment.
@@ -28,7 +29,11 @@ impl Target {
         };
         Ok(Target {
             addr: cli.addr.clone(),
-            tls: TlsFiles { ca: need(&cli.ca, "CA certificate")?, cert: need(&cli.cert, "client certificate")?, key: need(&cli.key, "client key")? },
+            tls: TlsFiles {
+                ca: need(&cli.ca, "CA certificate")?,
+                cert: need(&cli.cert, "client certificate")?,
+                key: need(&cli.key, "client key")?,
+            },
         })
     }
 
@@ -54,7 +59,11 @@ pub fn status_error(addr: &str, s: tonic::Status) -> CliError {
     // arrives as a status with a source; the source says what happened.
     if std::error::Error::source(&s).is_some() {
         let detail = fleet_common::tls::status_detail(&s);
-        return CliError::connect(format!("the connection to {addr} failed: {}{}", detail, fleet_common::tls::alert_hint(&detail)));
+        return CliError::connect(format!(
+            "the connection to {addr} failed: {}{}",
+            detail,
+            fleet_common::tls::alert_hint(&detail)
+        ));
     }
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => {

@@ -113,7 +113,9 @@ fn spawn(name: &str, bin: &Path, config: &Path, log: &Path) -> Result<Proc, CliE
     let mut cmd = Command::new(bin);
     cmd.arg("run").arg("--config").arg(config).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
     die_with_parent(&mut cmd);
-    let child = cmd.spawn().map_err(|e| CliError::failed(format!("cannot start {}: {}", bin.display(), fleet_common::io_reason(&e))))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| CliError::failed(format!("cannot start {}: {}", bin.display(), fleet_common::io_reason(&e))))?;
     Ok(Proc { name: name.to_string(), child, log: log.to_path_buf() })
 }
 
@@ -173,7 +175,11 @@ async fn wait_for_addrs(coord: &mut Proc, file: &Path) -> Result<(SocketAddr, So
             )));
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(CliError::failed(format!("fleet-coordinator did not start within {}s; see {}", STARTUP_DEADLINE.as_secs(), coord.log.display())));
+            return Err(CliError::failed(format!(
+                "fleet-coordinator did not start within {}s; see {}",
+                STARTUP_DEADLINE.as_secs(),
+                coord.log.display()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -184,7 +190,11 @@ async fn wait_online(target: &Target, procs: &mut [Proc]) -> Result<(), CliError
     loop {
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(CliError::failed(format!("{} exited ({status}) while starting; its last log lines:\n{}", p.name, tail(&p.log, 15))));
+                return Err(CliError::failed(format!(
+                    "{} exited ({status}) while starting; its last log lines:\n{}",
+                    p.name,
+                    tail(&p.log, 15)
+                )));
             }
         }
         if let Ok(mut c) = target.control().await
@@ -196,7 +206,11 @@ async fn wait_online(target: &Target, procs: &mut [Proc]) -> Result<(), CliError
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(CliError::failed(format!("the agents did not come online within {}s; see the logs in {}", STARTUP_DEADLINE.as_secs(), procs[0].log.parent().unwrap_or(Path::new(".")).display())));
+            return Err(CliError::failed(format!(
+                "the agents did not come online within {}s; see the logs in {}",
+                STARTUP_DEADLINE.as_secs(),
+                procs[0].log.parent().unwrap_or(Path::new(".")).display()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -208,7 +222,8 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let pki = dir.join("pki");
     let logs = dir.join("logs");
     for d in [&dir, &pki, &logs] {
-        std::fs::create_dir_all(d).map_err(|e| CliError::failed(format!("cannot create {}: {}", d.display(), fleet_common::io_reason(&e))))?;
+        std::fs::create_dir_all(d)
+            .map_err(|e| CliError::failed(format!("cannot create {}: {}", d.display(), fleet_common::io_reason(&e))))?;
     }
     let coordinator_bin = find_binary("fleet-coordinator", args.bin_dir.as_deref())?;
     let agent_bin = find_binary("fleet-agent", args.bin_dir.as_deref())?;

@@ -113,7 +113,13 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
         }));
         return Ok(());
     }
-    println!("coordinator  {} (fleet-coordinator {}, up {}, trust domain {})", target.addr, s.coordinator_version, human_duration(uptime), s.trust_domain);
+    println!(
+        "coordinator  {} (fleet-coordinator {}, up {}, trust domain {})",
+        target.addr,
+        s.coordinator_version,
+        human_duration(uptime),
+        s.trust_domain
+    );
     println!("hosts        {} online, {} offline", s.hosts_online, s.hosts_offline);
     println!("sessions     {}", s.sessions);
     println!(
@@ -128,7 +134,8 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
 /// `fleetctl hosts`.
 pub async fn hosts(target: &Target, output: Output) -> Result<(), CliError> {
     let mut client = target.control().await?;
-    let list = client.list_hosts(ListHostsRequest {}).await.map_err(|e| status_error(&target.addr, e))?.into_inner().hosts;
+    let list =
+        client.list_hosts(ListHostsRequest {}).await.map_err(|e| status_error(&target.addr, e))?.into_inner().hosts;
     if output == Output::Json {
         print_json(&Value::Array(list.iter().map(host_json).collect()));
         return Ok(());
@@ -184,7 +191,11 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
         print_json(&v);
         return Ok(());
     }
-    let status = if h.online { "online".to_string() } else { format!("offline since {} ({})", ago(h.last_seen_ms), h.last_disconnect_reason) };
+    let status = if h.online {
+        "online".to_string()
+    } else {
+        format!("offline since {} ({})", ago(h.last_seen_ms), h.last_disconnect_reason)
+    };
     let labels: Vec<String> = {
         let mut l: Vec<_> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         l.sort();
@@ -195,7 +206,11 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
     println!("address      {}", if h.peer_address.is_empty() { "-" } else { &h.peer_address });
     println!("hostname     {}", if h.hostname.is_empty() { "-" } else { &h.hostname });
     println!("os           {}", if h.os.is_empty() { "-" } else { &h.os });
-    println!("agent        fleet-agent {}, reporting every {}", h.agent_version, human_duration(std::time::Duration::from_millis(h.report_interval_ms)));
+    println!(
+        "agent        fleet-agent {}, reporting every {}",
+        h.agent_version,
+        human_duration(std::time::Duration::from_millis(h.report_interval_ms))
+    );
     println!("labels       {}", if labels.is_empty() { "-".to_string() } else { labels.join(", ") });
     println!("last report  {}", ago(h.last_report_ms));
     if h.metrics.is_some() {
@@ -205,9 +220,16 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
         println!("load         {:.2} {:.2} {:.2}", m.load1, m.load5, m.load15);
         println!("uptime       {}", human_duration(std::time::Duration::from_secs(m.uptime_seconds)));
     }
-    println!("history      {} reports since {}", resp.history_reports, if resp.history_oldest_ms > 0 { rfc3339(resp.history_oldest_ms) } else { "-".into() });
+    println!(
+        "history      {} reports since {}",
+        resp.history_reports,
+        if resp.history_oldest_ms > 0 { rfc3339(resp.history_oldest_ms) } else { "-".into() }
+    );
     if h.reports_dropped_total > 0 {
-        println!("dropped      {} reports (the agent's buffer overflowed while the coordinator was unreachable)", h.reports_dropped_total);
+        println!(
+            "dropped      {} reports (the agent's buffer overflowed while the coordinator was unreachable)",
+            h.reports_dropped_total
+        );
     }
     if !m.filesystems.is_empty() {
         println!();
@@ -216,15 +238,24 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
             .iter()
             .map(|f| {
                 let used = f.size_bytes.saturating_sub(f.avail_bytes);
-                vec![f.mountpoint.clone(), f.fstype.clone(), human_bytes(f.size_bytes), human_bytes(f.avail_bytes), format!("{:.0}%", used as f64 * 100.0 / f.size_bytes.max(1) as f64)]
+                vec![
+                    f.mountpoint.clone(),
+                    f.fstype.clone(),
+                    human_bytes(f.size_bytes),
+                    human_bytes(f.avail_bytes),
+                    format!("{:.0}%", used as f64 * 100.0 / f.size_bytes.max(1) as f64),
+                ]
             })
             .collect();
         print!("{}", table(&["MOUNTPOINT", "TYPE", "SIZE", "AVAIL", "USED"], &rows));
     }
     if !m.networks.is_empty() {
         println!();
-        let rows: Vec<Vec<String>> =
-            m.networks.iter().map(|n| vec![n.device.clone(), human_bytes(n.receive_bytes_total), human_bytes(n.transmit_bytes_total)]).collect();
+        let rows: Vec<Vec<String>> = m
+            .networks
+            .iter()
+            .map(|n| vec![n.device.clone(), human_bytes(n.receive_bytes_total), human_bytes(n.transmit_bytes_total)])
+            .collect();
         print!("{}", table(&["INTERFACE", "RECEIVED", "SENT"], &rows));
     }
     println!();
@@ -234,7 +265,16 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
         let rows: Vec<Vec<String>> = h
             .services
             .iter()
-            .map(|s| vec![s.name.clone(), s.state.clone(), if s.healthy { "yes".into() } else { "no".into() }, s.pid.to_string(), s.restarts.to_string(), s.version.clone()])
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.state.clone(),
+                    if s.healthy { "yes".into() } else { "no".into() },
+                    s.pid.to_string(),
+                    s.restarts.to_string(),
+                    s.version.clone(),
+                ]
+            })
             .collect();
         print!("{}", table(&["SERVICE", "STATE", "HEALTHY", "PID", "RESTARTS", "VERSION"], &rows));
     }
@@ -253,7 +293,8 @@ mod tests {
 
     #[test]
     fn host_json_has_the_contract_fields() {
-        let h = HostSummary { name: "pc2".into(), online: false, last_seen_ms: 1_700_000_000_000, ..Default::default() };
+        let h =
+            HostSummary { name: "pc2".into(), online: false, last_seen_ms: 1_700_000_000_000, ..Default::default() };
         let v = host_json(&h);
         assert_eq!(v["name"], "pc2");
         assert_eq!(v["status"], "offline");

@@ -11,9 +11,24 @@ fn fleetctl() -> Command {
 fn init_and_issue_write_certificates_and_private_keys() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = fleetctl().args(["certs", "init", "--dir"]).arg(d).args(["--trust-domain", "lab.example"]).output().unwrap();
+    let out =
+        fleetctl().args(["certs", "init", "--dir"]).arg(d).args(["--trust-domain", "lab.example"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = fleetctl().args(["certs", "issue", "coordinator", "coordinator", "--san", "fleet.lab.example", "--san", "10.1.2.3", "--dir"]).arg(d).output().unwrap();
+    let out = fleetctl()
+        .args([
+            "certs",
+            "issue",
+            "coordinator",
+            "coordinator",
+            "--san",
+            "fleet.lab.example",
+            "--san",
+            "10.1.2.3",
+            "--dir",
+        ])
+        .arg(d)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://lab.example/coordinator"));
     let out = fleetctl().args(["certs", "issue", "agent", "main-pc", "--days", "30", "--dir"]).arg(d).output().unwrap();

@@ -68,11 +68,7 @@ impl Errors {
     /// `Ok(value)` when nothing was recorded, otherwise every problem for `file`.
     pub fn into_result<T>(self, file: &Path, value: T) -> Result<T, ConfigErrors> {
         let errors = self.0.borrow().clone();
-        if errors.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigErrors { file: file.to_path_buf(), errors })
-        }
+        if errors.is_empty() { Ok(value) } else { Err(ConfigErrors { file: file.to_path_buf(), errors }) }
     }
 }
 
@@ -83,10 +79,9 @@ pub fn read_toml(path: &Path) -> Result<(Section, Errors), ConfigErrors> {
         file: path.to_path_buf(),
         errors: vec![KeyError { key: String::new(), message }],
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(format!("cannot read the config file: {}", crate::io_reason(&e)))
-    })?;
-    parse_toml(&text).map_err(|m| fail(m))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("cannot read the config file: {}", crate::io_reason(&e))))?;
+    parse_toml(&text).map_err(fail)
 }
 
 /// Parses TOML text into a root [`Section`].
@@ -202,7 +197,10 @@ impl Section {
         match humantime::parse_duration(s.trim()) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.error(key, format!("invalid duration \"{s}\": {e}; write for example \"500ms\", \"15s\", \"5m\" or \"1h\""));
+                self.error(
+                    key,
+                    format!("invalid duration \"{s}\": {e}; write for example \"500ms\", \"15s\", \"5m\" or \"1h\""),
+                );
                 None
             }
         }
@@ -233,7 +231,10 @@ impl Section {
             toml::Value::String(s) => match parse_bytes(&s) {
                 Some(n) => Some(n),
                 None => {
-                    self.error(key, format!("invalid size \"{s}\"; write for example \"64MiB\", \"10MB\" or a number of bytes"));
+                    self.error(
+                        key,
+                        format!("invalid size \"{s}\"; write for example \"64MiB\", \"10MB\" or a number of bytes"),
+                    );
                     None
                 }
             },
@@ -276,7 +277,10 @@ impl Section {
         match s.trim().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.error(key, format!("invalid address \"{s}\"; write IP:PORT, for example \"0.0.0.0:7443\" or \"[::]:7443\""));
+                self.error(
+                    key,
+                    format!("invalid address \"{s}\"; write IP:PORT, for example \"0.0.0.0:7443\" or \"[::]:7443\""),
+                );
                 None
             }
         }
@@ -290,7 +294,8 @@ impl Section {
                 for (i, item) in items.into_iter().enumerate() {
                     match item {
                         toml::Value::String(s) => out.push(s),
-                        other => self.error(&format!("{key}[{i}]"), format!("expected a string, found {}", type_name(&other))),
+                        other => self
+                            .error(&format!("{key}[{i}]"), format!("expected a string, found {}", type_name(&other))),
                     }
                 }
                 Some(out)
@@ -312,7 +317,9 @@ impl Section {
                         toml::Value::String(s) => {
                             out.insert(k, s);
                         }
-                        other => self.error(&format!("{key}.{k}"), format!("expected a string, found {}", type_name(&other))),
+                        other => {
+                            self.error(&format!("{key}.{k}"), format!("expected a string, found {}", type_name(&other)))
+                        }
                     }
                 }
                 Some(out)

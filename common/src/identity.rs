@@ -58,7 +58,9 @@ pub enum IdentityError {
     #[error("certificate carries no spiffe:// URI identity; issue it with `fleetctl certs issue`")]
     Missing,
     /// A URI that is not of the expected shape.
-    #[error("`{0}` is not a fleet identity (expected spiffe://<trust-domain>/agent|operator/<name> or spiffe://<trust-domain>/coordinator)")]
+    #[error(
+        "`{0}` is not a fleet identity (expected spiffe://<trust-domain>/agent|operator/<name> or spiffe://<trust-domain>/coordinator)"
+    )]
     Malformed(String),
 }
 
@@ -89,12 +91,8 @@ impl Identity {
         let role = parts.next().ok_or_else(malformed)?;
         let id = match (role, parts.next(), parts.next()) {
             ("coordinator", None, None) => Identity::new(trust_domain, Role::Coordinator, ""),
-            ("agent", Some(name), None) if valid_name(name) => {
-                Identity::new(trust_domain, Role::Agent, name)
-            }
-            ("operator", Some(name), None) if valid_name(name) => {
-                Identity::new(trust_domain, Role::Operator, name)
-            }
+            ("agent", Some(name), None) if valid_name(name) => Identity::new(trust_domain, Role::Agent, name),
+            ("operator", Some(name), None) if valid_name(name) => Identity::new(trust_domain, Role::Operator, name),
             _ => return Err(malformed()),
         };
         Ok(id)
@@ -102,11 +100,8 @@ impl Identity {
 
     /// Reads the fleet identity out of a DER certificate's URI SANs.
     pub fn from_cert_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        let san = cert.subject_alternative_name().map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
         let Some(san) = san else { return Err(IdentityError::Missing) };
         let mut first_error = None;
         for name in &san.value.general_names {
@@ -137,9 +132,7 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -155,10 +148,7 @@ mod tests {
         ] {
             assert_eq!(Identity::parse_uri(&id.uri()).unwrap(), id);
         }
-        assert_eq!(
-            Identity::new("d", Role::Coordinator, "x").uri(),
-            "spiffe://d/coordinator"
-        );
+        assert_eq!(Identity::new("d", Role::Coordinator, "x").uri(), "spiffe://d/coordinator");
     }
 
     #[test]
@@ -180,9 +170,7 @@ mod tests {
     #[test]
     fn reads_identity_from_certificate() {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.subject_alt_names.push(rcgen::SanType::URI(
-            "spiffe://fleet.local/agent/pc2".try_into().unwrap(),
-        ));
+        params.subject_alt_names.push(rcgen::SanType::URI("spiffe://fleet.local/agent/pc2".try_into().unwrap()));
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let id = Identity::from_cert_der(cert.der()).unwrap();

@@ -93,11 +93,7 @@ impl Clone for TlsMaterial {
 }
 
 fn read(path: &Path, hint: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read {
-        path: path.to_path_buf(),
-        reason: crate::io_reason(&e),
-        hint,
-    })
+    std::fs::read(path).map_err(|e| TlsError::Read { path: path.to_path_buf(), reason: crate::io_reason(&e), hint })
 }
 
 fn certs_from_pem(path: &Path, hint: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -156,10 +152,9 @@ impl TlsMaterial {
     /// A server configuration that requires a client certificate from the fleet CA and speaks
     /// TLS 1.3 with HTTP/2 only.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(self.root_store()?), provider())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(self.root_store()?), provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -321,9 +316,9 @@ impl tower::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            tokio::time::timeout(CONNECT_TIMEOUT, this.connect(uri))
-                .await
-                .unwrap_or_else(|_| Err(ConnectError::Timeout { addr: this.addr.clone(), secs: CONNECT_TIMEOUT.as_secs() }))
+            tokio::time::timeout(CONNECT_TIMEOUT, this.connect(uri)).await.unwrap_or_else(|_| {
+                Err(ConnectError::Timeout { addr: this.addr.clone(), secs: CONNECT_TIMEOUT.as_secs() })
+            })
         })
     }
 }
@@ -343,12 +338,9 @@ impl Connector {
             .connect(server_name, tcp)
             .await
             .map_err(|e| ConnectError::Handshake { addr: addr.clone(), reason: handshake_reason(&e) })?;
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or_else(|| ConnectError::Handshake { addr: addr.clone(), reason: "the server sent no certificate".into() })?;
+        let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| {
+            ConnectError::Handshake { addr: addr.clone(), reason: "the server sent no certificate".into() }
+        })?;
         match Identity::from_cert_der(peer) {
             Ok(id) if id.role == Role::Coordinator && id.trust_domain == self.trust_domain => {}
             Ok(id) => {

@@ -10,10 +10,10 @@ use crate::metrics::Metrics;
 
 /// The identity of the peer of `req`, which must belong to `trust_domain`.
 pub fn peer_identity<T>(req: &Request<T>, trust_domain: &str) -> Result<Identity, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))?;
-    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))?;
+    let certs =
+        req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))?;
+    let leaf =
+        certs.first().ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))?;
     let id = Identity::from_cert_der(leaf).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
     if id.trust_domain != trust_domain {
         return Err(Status::permission_denied(format!(

@@ -105,13 +105,20 @@ mod tests {
         .unwrap();
         let err = CoordinatorConfig::load(&p).unwrap_err();
         let keys: Vec<_> = err.errors.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["data_dir", "grpc.listen", "tls.ca", "tls.cert", "tls.key", "agents.offline_after", "alerts"], "{err}");
+        assert_eq!(
+            keys,
+            ["data_dir", "grpc.listen", "tls.ca", "tls.cert", "tls.key", "agents.offline_after", "alerts"],
+            "{err}"
+        );
         assert!(err.to_string().contains("invalid address \"localhost\""));
     }
 
     #[test]
     fn missing_file_is_named() {
         let err = CoordinatorConfig::load(Path::new("/nonexistent/coordinator.toml")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/coordinator.toml: cannot read the config file: no such file"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/coordinator.toml: cannot read the config file: no such file"),
+            "{err}"
+        );
     }
 }

@@ -38,7 +38,9 @@ pub struct ControlApi {
 impl ControlApi {
     fn host(&self, name: &str) -> Result<Arc<Host>, Status> {
         self.registry.get(name).ok_or_else(|| {
-            Status::not_found(format!("no host named \"{name}\"; `fleetctl hosts` lists the hosts this coordinator knows"))
+            Status::not_found(format!(
+                "no host named \"{name}\"; `fleetctl hosts` lists the hosts this coordinator knows"
+            ))
         })
     }
 

@@ -48,7 +48,9 @@ async fn metrics(State(s): State<HttpState>) -> Response {
 
 fn store_status(m: &Metrics) -> (bool, String) {
     match m.last_store_error() {
-        Some((at, e)) if fleet_common::now_ms() - at < 60_000 => (false, format!("group commit failed {}s ago: {e}", (fleet_common::now_ms() - at) / 1000)),
+        Some((at, e)) if fleet_common::now_ms() - at < 60_000 => {
+            (false, format!("group commit failed {}s ago: {e}", (fleet_common::now_ms() - at) / 1000))
+        }
         _ => (true, format!("{} reports stored since start", m.reports_stored.get())),
     }
 }

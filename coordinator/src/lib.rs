@@ -101,8 +101,13 @@ fn write_addrs(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> std::io::
 
 /// Runs the coordinator on the given listeners until `shutdown` is cancelled.
 pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| RunError::Setup(format!("cannot create data_dir {}: {}", config.data_dir.display(), fleet_common::io_reason(&e))))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        RunError::Setup(format!(
+            "cannot create data_dir {}: {}",
+            config.data_dir.display(),
+            fleet_common::io_reason(&e)
+        ))
+    })?;
     let tls = load_identity(&config)?;
     let trust_domain = tls.identity().trust_domain.clone();
     let started_at_ms = fleet_common::now_ms();
@@ -126,7 +131,13 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let http_addr = http.local_addr().map_err(|e| RunError::Serve(e.to_string()))?;
 
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(writer::retention_loop(store.clone(), registry.clone(), config.retention, Duration::from_secs(30), shutdown.clone()));
+    tasks.spawn(writer::retention_loop(
+        store.clone(),
+        registry.clone(),
+        config.retention,
+        Duration::from_secs(30),
+        shutdown.clone(),
+    ));
 
     // gRPC: our TLS accept loop feeds tonic.
     let server_config = tls.server_config().map_err(|e| RunError::Serve(e.to_string()))?;
@@ -186,7 +197,8 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         grpc_addr: grpc_addr.to_string(),
         shutdown: shutdown.clone(),
     };
-    let http_server = axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http_server =
+        axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     if let Err(e) = write_addrs(&config.data_dir, grpc_addr, http_addr) {
         tracing::warn!(error = %e, "cannot write {ADDRS_FILE}");

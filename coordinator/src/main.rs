@@ -46,7 +46,13 @@ fn main() -> ExitCode {
             return match CoordinatorConfig::load(&config) {
                 Ok(c) => match fleet_coordinator::load_identity(&c) {
                     Ok(tls) => {
-                        println!("{}: ok (identity {}, gRPC {}, HTTP {})", config.display(), tls.identity(), c.grpc_listen, c.http_listen);
+                        println!(
+                            "{}: ok (identity {}, gRPC {}, HTTP {})",
+                            config.display(),
+                            tls.identity(),
+                            c.grpc_listen,
+                            c.http_listen
+                        );
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

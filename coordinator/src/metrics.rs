@@ -170,9 +170,15 @@ fn fmt_value(v: f64) -> String {
 type HostGauge = (&'static str, &'static str, fn(&fleet_proto::v1::HostMetrics) -> f64);
 
 const HOST_GAUGES: [HostGauge; 9] = [
-    ("fleet_host_cpu_usage_ratio", "CPU busy time over wall time in the last report interval, 0 to 1, over all cores.", |m| m.cpu_usage_ratio),
+    (
+        "fleet_host_cpu_usage_ratio",
+        "CPU busy time over wall time in the last report interval, 0 to 1, over all cores.",
+        |m| m.cpu_usage_ratio,
+    ),
     ("fleet_host_memory_total_bytes", "Physical memory.", |m| m.memory_total_bytes as f64),
-    ("fleet_host_memory_available_bytes", "Memory available for new work without swapping.", |m| m.memory_available_bytes as f64),
+    ("fleet_host_memory_available_bytes", "Memory available for new work without swapping.", |m| {
+        m.memory_available_bytes as f64
+    }),
     ("fleet_host_swap_total_bytes", "Swap space.", |m| m.swap_total_bytes as f64),
     ("fleet_host_swap_used_bytes", "Swap space in use.", |m| m.swap_used_bytes as f64),
     ("fleet_host_load1", "Load average over 1 minute.", |m| m.load1),
@@ -188,24 +194,28 @@ pub fn render(registry: &Registry, m: &Metrics, sessions_open: usize, started_at
     // Snapshot each host once: one lock per host per scrape.
     let snaps: Vec<_> = hosts
         .iter()
-        .map(|h| {
-            h.with(|s| {
-                (h.name.clone(), s.session.is_some(), s.record.last_report_ms, s.latest.clone())
-            })
-        })
+        .map(|h| h.with(|s| (h.name.clone(), s.session.is_some(), s.record.last_report_ms, s.latest.clone())))
         .collect();
 
     e.family("fleet_agent_up", "gauge", "1 while the agent's session is up, 0 when it is offline.");
     for (name, online, _, _) in &snaps {
         e.sample("fleet_agent_up", &[("host", name)], if *online { 1.0 } else { 0.0 });
     }
-    e.family("fleet_agent_last_report_timestamp_seconds", "gauge", "When the agent took its newest stored report, in seconds since the Unix epoch.");
+    e.family(
+        "fleet_agent_last_report_timestamp_seconds",
+        "gauge",
+        "When the agent took its newest stored report, in seconds since the Unix epoch.",
+    );
     for (name, _, last, _) in &snaps {
         if *last > 0 {
             e.sample("fleet_agent_last_report_timestamp_seconds", &[("host", name)], *last as f64 / 1000.0);
         }
     }
-    e.family("fleet_agent_reports_dropped_total", "counter", "Reports the agent dropped from its buffer because it reached its size or age bound.");
+    e.family(
+        "fleet_agent_reports_dropped_total",
+        "counter",
+        "Reports the agent dropped from its buffer because it reached its size or age bound.",
+    );
     for (name, _, _, latest) in &snaps {
         if let Some(l) = latest {
             e.sample("fleet_agent_reports_dropped_total", &[("host", name)], l.reports_dropped_total as f64);
@@ -227,25 +237,53 @@ pub fn render(registry: &Registry, m: &Metrics, sessions_open: usize, started_at
     e.family("fleet_host_filesystem_size_bytes", "gauge", "Size of a mounted filesystem.");
     for (host, hm, _) in &online {
         for fs in &hm.filesystems {
-            e.sample("fleet_host_filesystem_size_bytes", &[("host", host), ("mountpoint", &fs.mountpoint)], fs.size_bytes as f64);
+            e.sample(
+                "fleet_host_filesystem_size_bytes",
+                &[("host", host), ("mountpoint", &fs.mountpoint)],
+                fs.size_bytes as f64,
+            );
         }
     }
-    e.family("fleet_host_filesystem_avail_bytes", "gauge", "Bytes of a mounted filesystem available to unprivileged users.");
+    e.family(
+        "fleet_host_filesystem_avail_bytes",
+        "gauge",
+        "Bytes of a mounted filesystem available to unprivileged users.",
+    );
     for (host, hm, _) in &online {
         for fs in &hm.filesystems {
-            e.sample("fleet_host_filesystem_avail_bytes", &[("host", host), ("mountpoint", &fs.mountpoint)], fs.avail_bytes as f64);
+            e.sample(
+                "fleet_host_filesystem_avail_bytes",
+                &[("host", host), ("mountpoint", &fs.mountpoint)],
+                fs.avail_bytes as f64,
+            );
         }
     }
-    e.family("fleet_host_network_receive_bytes_total", "counter", "Bytes received by a network interface since the machine booted.");
+    e.family(
+        "fleet_host_network_receive_bytes_total",
+        "counter",
+        "Bytes received by a network interface since the machine booted.",
+    );
     for (host, hm, _) in &online {
         for n in &hm.networks {
-            e.sample("fleet_host_network_receive_bytes_total", &[("host", host), ("device", &n.device)], n.receive_bytes_total as f64);
+            e.sample(
+                "fleet_host_network_receive_bytes_total",
+                &[("host", host), ("device", &n.device)],
+                n.receive_bytes_total as f64,
+            );
         }
     }
-    e.family("fleet_host_network_transmit_bytes_total", "counter", "Bytes transmitted by a network interface since the machine booted.");
+    e.family(
+        "fleet_host_network_transmit_bytes_total",
+        "counter",
+        "Bytes transmitted by a network interface since the machine booted.",
+    );
     for (host, hm, _) in &online {
         for n in &hm.networks {
-            e.sample("fleet_host_network_transmit_bytes_total", &[("host", host), ("device", &n.device)], n.transmit_bytes_total as f64);
+            e.sample(
+                "fleet_host_network_transmit_bytes_total",
+                &[("host", host), ("device", &n.device)],
+                n.transmit_bytes_total as f64,
+            );
         }
     }
     render_services(&mut e, &online);
@@ -261,10 +299,21 @@ fn render_services(e: &mut Exposition, online: &[OnlineHost<'_>]) {
         ("fleet_service_up", "gauge", "1 while the service runs (and is healthy, where it has a health check).", |s| {
             if s.state == "running" && s.healthy { 1.0 } else { 0.0 }
         }),
-        ("fleet_service_healthy", "gauge", "1 when the service's last health check passed.", |s| if s.healthy { 1.0 } else { 0.0 }),
-        ("fleet_service_restarts_total", "counter", "Restarts of the service since the agent started supervising it.", |s| s.restarts as f64),
-        ("fleet_service_memory_rss_bytes", "gauge", "Resident memory of the service's process.", |s| s.memory_rss_bytes as f64),
-        ("fleet_service_cpu_seconds_total", "counter", "CPU time used by the service's current process.", |s| s.cpu_seconds),
+        ("fleet_service_healthy", "gauge", "1 when the service's last health check passed.", |s| {
+            if s.healthy { 1.0 } else { 0.0 }
+        }),
+        (
+            "fleet_service_restarts_total",
+            "counter",
+            "Restarts of the service since the agent started supervising it.",
+            |s| s.restarts as f64,
+        ),
+        ("fleet_service_memory_rss_bytes", "gauge", "Resident memory of the service's process.", |s| {
+            s.memory_rss_bytes as f64
+        }),
+        ("fleet_service_cpu_seconds_total", "counter", "CPU time used by the service's current process.", |s| {
+            s.cpu_seconds
+        }),
     ];
     for (name, kind, help, get) in SERVICE {
         e.family(name, kind, help);
@@ -286,24 +335,59 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
     let (online, offline) = registry.counts();
     e.family("fleet_coordinator_build_info", "gauge", "Always 1; labels describe the running fleet-coordinator.");
     e.sample("fleet_coordinator_build_info", &[("version", fleet_common::VERSION)], 1.0);
-    e.family("fleet_coordinator_start_time_seconds", "gauge", "When the coordinator started, in seconds since the Unix epoch.");
+    e.family(
+        "fleet_coordinator_start_time_seconds",
+        "gauge",
+        "When the coordinator started, in seconds since the Unix epoch.",
+    );
     e.sample("fleet_coordinator_start_time_seconds", &[], started_at_ms as f64 / 1000.0);
     e.family("fleet_coordinator_hosts", "gauge", "Known hosts by status.");
     e.sample("fleet_coordinator_hosts", &[("status", "online")], online as f64);
     e.sample("fleet_coordinator_hosts", &[("status", "offline")], offline as f64);
     e.family("fleet_coordinator_sessions", "gauge", "Agent sessions open now.");
     e.sample("fleet_coordinator_sessions", &[], sessions_open as f64);
-    let counters: [(&str, &str, &[(&str, &str)], &Counter); 10] = [
+    type CounterRow<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a Counter);
+    let counters: [CounterRow<'_>; 10] = [
         ("fleet_coordinator_sessions_opened_total", "Agent sessions attached since start.", &[], &m.sessions_opened),
-        ("fleet_coordinator_sessions_rejected_total", "Agent sessions refused since start, by reason.", &[("reason", "identity")], &m.sessions_rejected_identity),
+        (
+            "fleet_coordinator_sessions_rejected_total",
+            "Agent sessions refused since start, by reason.",
+            &[("reason", "identity")],
+            &m.sessions_rejected_identity,
+        ),
         ("fleet_coordinator_sessions_rejected_total", "", &[("reason", "protocol")], &m.sessions_rejected_protocol),
-        ("fleet_coordinator_reports_received_total", "Reports received from agents, including duplicates.", &[], &m.reports_received),
+        (
+            "fleet_coordinator_reports_received_total",
+            "Reports received from agents, including duplicates.",
+            &[],
+            &m.reports_received,
+        ),
         ("fleet_coordinator_reports_stored_total", "Reports written to the store.", &[], &m.reports_stored),
-        ("fleet_coordinator_reports_duplicate_total", "Reports received again after they were stored; not written twice.", &[], &m.reports_duplicate),
+        (
+            "fleet_coordinator_reports_duplicate_total",
+            "Reports received again after they were stored; not written twice.",
+            &[],
+            &m.reports_duplicate,
+        ),
         ("fleet_coordinator_store_errors_total", "Group commits to the store that failed.", &[], &m.store_errors),
-        ("fleet_coordinator_tls_handshake_failures_total", "Incoming connections whose TLS handshake failed.", &[], &m.tls_handshake_failures),
-        ("fleet_coordinator_connections_refused_total", "Connections refused because max_connections was reached.", &[], &m.connections_refused),
-        ("fleet_coordinator_control_denied_total", "Operator API calls denied for lack of an operator identity.", &[], &m.control_denied),
+        (
+            "fleet_coordinator_tls_handshake_failures_total",
+            "Incoming connections whose TLS handshake failed.",
+            &[],
+            &m.tls_handshake_failures,
+        ),
+        (
+            "fleet_coordinator_connections_refused_total",
+            "Connections refused because max_connections was reached.",
+            &[],
+            &m.connections_refused,
+        ),
+        (
+            "fleet_coordinator_control_denied_total",
+            "Operator API calls denied for lack of an operator identity.",
+            &[],
+            &m.control_denied,
+        ),
     ];
     for (name, help, labels, c) in counters {
         if !help.is_empty() {
@@ -313,8 +397,16 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
     }
     e.family("fleet_coordinator_history_reports", "gauge", "Reports held in the history window.");
     e.sample("fleet_coordinator_history_reports", &[], registry.history_len() as f64);
-    e.histogram("fleet_coordinator_store_write_duration_seconds", "Time to write and flush one group commit.", &m.store_write_seconds);
-    e.histogram("fleet_coordinator_control_request_duration_seconds", "Time to answer one operator API call.", &m.control_seconds);
+    e.histogram(
+        "fleet_coordinator_store_write_duration_seconds",
+        "Time to write and flush one group commit.",
+        &m.store_write_seconds,
+    );
+    e.histogram(
+        "fleet_coordinator_control_request_duration_seconds",
+        "Time to answer one operator API call.",
+        &m.control_seconds,
+    );
 }
 
 #[cfg(test)]

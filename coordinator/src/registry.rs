@@ -81,7 +81,11 @@ impl Host {
                 peer_address: r.peer_address.clone(),
                 report_interval_ms: r.report_interval_ms,
                 reports_dropped_total: s.latest.as_ref().map(|l| l.reports_dropped_total).unwrap_or(0),
-                last_disconnect_reason: if s.session.is_some() { String::new() } else { r.last_disconnect_reason.clone() },
+                last_disconnect_reason: if s.session.is_some() {
+                    String::new()
+                } else {
+                    r.last_disconnect_reason.clone()
+                },
             }
         })
     }
@@ -156,7 +160,13 @@ impl Registry {
 
     /// Attaches a new session for the agent in `hello`, replacing (and ending) any session the
     /// host still had. The session ends on its own when `shutdown` is cancelled. Returns the host and the new session's handle.
-    pub fn attach(&self, hello: &Hello, peer: &str, now_ms: i64, shutdown: &CancellationToken) -> (Arc<Host>, SessionHandle) {
+    pub fn attach(
+        &self,
+        hello: &Hello,
+        peer: &str,
+        now_ms: i64,
+        shutdown: &CancellationToken,
+    ) -> (Arc<Host>, SessionHandle) {
         let host = {
             let existing = self.get(&hello.name);
             match existing {
@@ -165,7 +175,8 @@ impl Registry {
                     let mut map = self.hosts.write().expect("registry lock");
                     map.entry(hello.name.clone())
                         .or_insert_with(|| {
-                            let rec = HostRecord { name: hello.name.clone(), first_seen_ms: now_ms, ..Default::default() };
+                            let rec =
+                                HostRecord { name: hello.name.clone(), first_seen_ms: now_ms, ..Default::default() };
                             Arc::new(Host::new(hello.name.clone(), rec))
                         })
                         .clone()

@@ -64,7 +64,9 @@ impl AgentService for AgentApi {
         if id.role != Role::Agent {
             self.metrics.sessions_rejected_identity.inc();
             tracing::warn!(%peer, identity = %id, "agent session refused: not an agent identity");
-            return Err(Status::permission_denied(format!("{id} is not an agent identity; only agent certificates may attach")));
+            return Err(Status::permission_denied(format!(
+                "{id} is not an agent identity; only agent certificates may attach"
+            )));
         }
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -169,7 +171,7 @@ impl AgentApi {
                     };
                     match msg.msg {
                         Some(AgentMsg::Report(report)) => {
-                            let Some(id) = report.id.clone().filter(|i| i.boot_id != 0 && i.seq != 0) else {
+                            let Some(id) = report.id.filter(|i| i.boot_id != 0 && i.seq != 0) else {
                                 break ("the agent sent a report without an id".to_string(), Some(Status::invalid_argument("report.id must carry a boot id and a sequence number")));
                             };
                             match self.writer.store_report(host.clone(), Arc::new(report)).await {
@@ -215,7 +217,10 @@ async fn next_inbound(inbound: &mut Streaming<AgentMessage>) -> Inbound {
     match inbound.message().await {
         Ok(Some(m)) => Inbound::Message(m),
         Ok(None) => Inbound::End("the agent closed the session".to_string()),
-        Err(s) => Inbound::End(format!("the connection was lost ({})", if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() })),
+        Err(s) => Inbound::End(format!(
+            "the connection was lost ({})",
+            if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() }
+        )),
     }
 }
 

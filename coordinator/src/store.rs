@@ -186,11 +186,13 @@ impl Store {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
                 let s = e.to_string();
-                let reason = if s.contains("lock") || s.contains("WouldBlock") || s.contains("Resource temporarily unavailable") {
-                    format!("{s} (another process has it open)")
-                } else {
-                    s
-                };
+                let reason =
+                    if s.contains("lock") || s.contains("WouldBlock") || s.contains("Resource temporarily unavailable")
+                    {
+                        format!("{s} (another process has it open)")
+                    } else {
+                        s
+                    };
                 return Err(open_err(reason));
             }
             Err(_) => return Err(open_err("the store is damaged (reading it failed)".into())),
@@ -326,7 +328,13 @@ mod tests {
             }
             let mut writes: Vec<Write<'_>> = writes_data
                 .iter()
-                .map(|(seq, enc)| Write::Report { host: "pc2", timestamp_ms: *seq as i64 * 1000, boot_id: 7, seq: *seq, encoded: enc })
+                .map(|(seq, enc)| Write::Report {
+                    host: "pc2",
+                    timestamp_ms: *seq as i64 * 1000,
+                    boot_id: 7,
+                    seq: *seq,
+                    encoded: enc,
+                })
                 .collect();
             writes.push(Write::Host(&rec));
             s.commit(&writes).unwrap();

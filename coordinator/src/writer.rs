@@ -55,9 +55,16 @@ impl Writer {
     }
 
     /// Stores `report` of `host`; resolves once it is durable (or known to be stored).
-    pub async fn store_report(&self, host: Arc<Host>, report: Arc<Report>) -> Result<oneshot::Receiver<Result<Stored, String>>, String> {
+    pub async fn store_report(
+        &self,
+        host: Arc<Host>,
+        report: Arc<Report>,
+    ) -> Result<oneshot::Receiver<Result<Stored, String>>, String> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Report { host, report, reply }).await.map_err(|_| "the store writer has stopped".to_string())?;
+        self.tx
+            .send(Op::Report { host, report, reply })
+            .await
+            .map_err(|_| "the store writer has stopped".to_string())?;
         Ok(rx)
     }
 
@@ -99,10 +106,9 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         match op {
             Op::Report { host, report, reply } => {
                 metrics.reports_received.inc();
-                let id = report.id.clone().unwrap_or_default();
-                let (_, rec) = records
-                    .entry(host.name.clone())
-                    .or_insert_with(|| (host.clone(), host.with(|s| s.record.clone())));
+                let id = report.id.unwrap_or_default();
+                let (_, rec) =
+                    records.entry(host.name.clone()).or_insert_with(|| (host.clone(), host.with(|s| s.record.clone())));
                 let outcome = if rec.has_stored(id.boot_id, id.seq) {
                     Stored::Duplicate
                 } else {
@@ -112,7 +118,13 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
                     // A replayed report already older than the window is acknowledged (the
                     // agent may drop it) but not written: retention would delete it at once.
                     if report.timestamp_ms >= cutoff {
-                        encoded.push((host.name.clone(), report.timestamp_ms, id.boot_id, id.seq, report.encode_to_vec()));
+                        encoded.push((
+                            host.name.clone(),
+                            report.timestamp_ms,
+                            id.boot_id,
+                            id.seq,
+                            report.encode_to_vec(),
+                        ));
                     }
                     Stored::New
                 };
@@ -150,7 +162,10 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
     metrics.store_write_seconds.observe(started.elapsed().as_secs_f64());
     let (result, records) = match joined {
         Ok(r) => r,
-        Err(e) => (Err(crate::store::StoreError::Io { path: store.path().to_path_buf(), reason: e.to_string() }), HashMap::new()),
+        Err(e) => (
+            Err(crate::store::StoreError::Io { path: store.path().to_path_buf(), reason: e.to_string() }),
+            HashMap::new(),
+        ),
     };
 
     if let Err(e) = result {
@@ -172,7 +187,7 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
     for p in pending {
         if p.outcome == Stored::New {
             metrics.reports_stored.inc();
-            let id = p.report.id.clone().unwrap_or_default();
+            let id = p.report.id.unwrap_or_default();
             let ts = p.report.timestamp_ms;
             p.host.with(|s| {
                 if ts >= cutoff {

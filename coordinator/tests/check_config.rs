@@ -41,7 +41,10 @@ fn every_bad_key_is_reported_with_the_file_and_exit_2() {
 fn a_missing_config_file_is_named() {
     let out = coordinator().args(["run", "--config", "/nonexistent/coordinator.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/coordinator.toml: cannot read the config file: no such file"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/coordinator.toml: cannot read the config file: no such file")
+    );
 }
 
 #[test]

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fleet_common::tls::{TlsFiles, TlsMaterial, connect_coordinator};
@@ -20,11 +19,11 @@ use fleet_proto::v1::{HostSummary, ListHostsRequest, ListReportsRequest, StoredR
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::transport::Channel;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs end-to-end tests one at a time (a panicking test does not block the others).
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// The directory holding the workspace's binaries.
@@ -37,7 +36,11 @@ pub fn bin_dir() -> PathBuf {
 /// The path of a workspace binary; panics with the fix when it has not been built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --bins` first)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --bins` first)",
+        p.display()
+    );
     p
 }
 
@@ -87,7 +90,11 @@ impl Pki {
 
     /// The file set of `name`.
     pub fn files(&self, name: &str) -> TlsFiles {
-        TlsFiles { ca: self.dir.join("ca.pem"), cert: self.dir.join(format!("{name}.pem")), key: self.dir.join(format!("{name}-key.pem")) }
+        TlsFiles {
+            ca: self.dir.join("ca.pem"),
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}-key.pem")),
+        }
     }
 
     /// A `[tls]` table for `name`.
@@ -227,7 +234,15 @@ impl Cluster {
             pki.issue("agent", a);
         }
         fs::create_dir_all(tmp.path().join("logs")).expect("logs dir");
-        Cluster { tmp, pki, coordinator: None, agents: BTreeMap::new(), addr: String::new(), http: String::new(), opts: CoordinatorOpts::default() }
+        Cluster {
+            tmp,
+            pki,
+            coordinator: None,
+            agents: BTreeMap::new(),
+            addr: String::new(),
+            http: String::new(),
+            opts: CoordinatorOpts::default(),
+        }
     }
 
     /// The temporary directory.
@@ -256,7 +271,12 @@ impl Cluster {
         );
         fs::write(self.coordinator_config(), config).expect("write config");
         let cfg = self.coordinator_config();
-        let mut p = Proc::spawn("coordinator", &bin("fleet-coordinator"), &["run", "--config", cfg.to_str().unwrap()], &self.dir().join("logs/coordinator.log"));
+        let mut p = Proc::spawn(
+            "coordinator",
+            &bin("fleet-coordinator"),
+            &["run", "--config", cfg.to_str().unwrap()],
+            &self.dir().join("logs/coordinator.log"),
+        );
         let (grpc, http) = eventually(Duration::from_secs(20), "the coordinator to listen", || {
             let exited = p.child.try_wait().expect("try_wait");
             let text = fs::read_to_string(&addrs).ok();
@@ -296,7 +316,12 @@ impl Cluster {
     /// Starts agent `name` reporting every `report_interval`.
     pub fn start_agent(&mut self, name: &str, report_interval: Duration) {
         let cfg = self.agent_config(name, report_interval, "");
-        let p = Proc::spawn(name, &bin("fleet-agent"), &["run", "--config", cfg.to_str().unwrap()], &self.dir().join(format!("logs/{name}.log")));
+        let p = Proc::spawn(
+            name,
+            &bin("fleet-agent"),
+            &["run", "--config", cfg.to_str().unwrap()],
+            &self.dir().join(format!("logs/{name}.log")),
+        );
         self.agents.insert(name.to_string(), p);
     }
 
@@ -341,7 +366,13 @@ impl Cluster {
 
     /// The stored reports of `host`.
     pub async fn reports(&self, host: &str) -> Vec<StoredReport> {
-        self.control().await.list_reports(ListReportsRequest { host: host.into(), since_ms: 0, limit: 0 }).await.expect("list reports").into_inner().reports
+        self.control()
+            .await
+            .list_reports(ListReportsRequest { host: host.into(), since_ms: 0, limit: 0 })
+            .await
+            .expect("list reports")
+            .into_inner()
+            .reports
     }
 
     /// Runs fleetctl with this cluster's address and operator certificate.
@@ -373,7 +404,7 @@ impl Cluster {
 pub fn assert_contiguous(reports: &[StoredReport]) -> BTreeMap<u64, u64> {
     let mut by_boot: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for r in reports {
-        let id = r.id.clone().expect("report id");
+        let id = r.id.expect("report id");
         by_boot.entry(id.boot_id).or_default().push(id.seq);
     }
     let mut counts = BTreeMap::new();

@@ -7,7 +7,7 @@ use fleet_integration_tests::{Cluster, CoordinatorOpts, parse_metrics, promtool_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_come_online_and_fleetctl_agrees_with_metrics() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc", "pc2"]);
     c.start_coordinator(CoordinatorOpts::default()).await;
     c.start_agent("main-pc", Duration::from_millis(200));
@@ -31,8 +31,15 @@ async fn agents_come_online_and_fleetctl_agrees_with_metrics() {
         assert_eq!(total, h["memory_total_bytes"].as_f64(), "memory total of {name}");
         let cpu = metrics[&format!("fleet_host_cpu_usage_ratio{{host=\"{name}\"}}")];
         assert!((0.0..=1.0).contains(&cpu));
-        assert!(metrics.contains_key(&format!("fleet_host_network_receive_bytes_total{{host=\"{name}\",device=\"lo\"}}")), "{text}");
-        assert!(metrics.keys().any(|k| k.starts_with(&format!("fleet_host_filesystem_size_bytes{{host=\"{name}\",mountpoint="))));
+        assert!(
+            metrics.contains_key(&format!("fleet_host_network_receive_bytes_total{{host=\"{name}\",device=\"lo\"}}")),
+            "{text}"
+        );
+        assert!(
+            metrics
+                .keys()
+                .any(|k| k.starts_with(&format!("fleet_host_filesystem_size_bytes{{host=\"{name}\",mountpoint=")))
+        );
     }
     assert_eq!(metrics["fleet_coordinator_sessions"], 2.0);
     assert!(metrics["fleet_coordinator_reports_stored_total"] >= 2.0);
@@ -66,7 +73,7 @@ async fn agents_come_online_and_fleetctl_agrees_with_metrics() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fleetctl_exit_codes_say_what_went_wrong() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc"]);
     c.start_coordinator(CoordinatorOpts::default()).await;
     c.start_agent("main-pc", Duration::from_millis(200));
@@ -96,7 +103,11 @@ async fn fleetctl_exit_codes_say_what_went_wrong() {
 
     // No certificate configured: a usage error that says how to fix it.
     let out = fleet_integration_tests::run(
-        std::process::Command::new(fleet_integration_tests::bin("fleetctl")).args(["hosts"]).env_remove("FLEET_CERT").env_remove("FLEET_KEY").env_remove("FLEET_CA"),
+        std::process::Command::new(fleet_integration_tests::bin("fleetctl"))
+            .args(["hosts"])
+            .env_remove("FLEET_CERT")
+            .env_remove("FLEET_KEY")
+            .env_remove("FLEET_CA"),
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FLEET_CERT"));

@@ -11,12 +11,12 @@ use fleet_integration_tests::{Cluster, CoordinatorOpts, assert_contiguous, event
 const ROUNDS: u64 = 20;
 
 fn ids(reports: &[fleet_proto::v1::StoredReport]) -> BTreeSet<(u64, u64)> {
-    reports.iter().map(|r| r.id.clone().unwrap()).map(|i| (i.boot_id, i.seq)).collect()
+    reports.iter().map(|r| r.id.unwrap()).map(|i| (i.boot_id, i.seq)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_while_writing_never_loses_an_acknowledged_report() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc"]);
     c.start_coordinator(CoordinatorOpts { offline_after: Duration::from_secs(5), ..Default::default() }).await;
     c.start_agent("main-pc", Duration::from_millis(100));
@@ -68,7 +68,7 @@ fn corrupt_store(store: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_agent_store_is_moved_aside_and_the_agent_starts_clean() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc"]);
     c.start_coordinator(CoordinatorOpts::default()).await;
     c.start_agent("main-pc", Duration::from_millis(200));
@@ -95,7 +95,7 @@ async fn an_unreadable_agent_store_is_moved_aside_and_the_agent_starts_clean() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_coordinator_store_stops_the_coordinator_with_a_recovery_hint() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc"]);
     c.start_coordinator(CoordinatorOpts::default()).await;
     c.start_agent("main-pc", Duration::from_millis(200));
@@ -105,7 +105,9 @@ async fn an_unreadable_coordinator_store_stops_the_coordinator_with_a_recovery_h
     corrupt_store(&store);
 
     let out = fleet_integration_tests::run(
-        std::process::Command::new(fleet_integration_tests::bin("fleet-coordinator")).args(["run", "--config"]).arg(c.coordinator_config()),
+        std::process::Command::new(fleet_integration_tests::bin("fleet-coordinator"))
+            .args(["run", "--config"])
+            .arg(c.coordinator_config()),
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

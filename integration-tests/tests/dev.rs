@@ -68,7 +68,7 @@ async fn wait_up(dev: &mut Proc, dir: &Path) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_cluster_runs_and_leaves_nothing_behind() {
-    let _g = serial();
+    let _g = serial().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
 
@@ -76,10 +76,17 @@ async fn dev_cluster_runs_and_leaves_nothing_behind() {
     let mut dev = start_dev(&dir);
     let _ = std::fs::remove_file(dir.join("fleetctl.env"));
     let vars = wait_up(&mut dev, &dir).await;
-    let out = fleet_integration_tests::run(Command::new(bin("fleetctl")).args(["hosts", "-o", "json"]).envs(vars.iter().map(|(k, v)| (k, v))));
+    let out = fleet_integration_tests::run(
+        Command::new(bin("fleetctl")).args(["hosts", "-o", "json"]).envs(vars.iter().map(|(k, v)| (k, v))),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<_> = hosts.as_array().unwrap().iter().map(|h| (h["name"].as_str().unwrap().to_string(), h["status"].as_str().unwrap().to_string())).collect();
+    let names: Vec<_> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap().to_string(), h["status"].as_str().unwrap().to_string()))
+        .collect();
     assert_eq!(names, [("main-pc".to_string(), "online".to_string()), ("pc2".to_string(), "online".to_string())]);
     assert!(dev.log_text().contains("source "), "dev prints what to run next");
     assert_eq!(processes_under(&dir).len(), 3, "{:?}", processes_under(&dir));

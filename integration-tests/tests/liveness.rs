@@ -9,7 +9,7 @@ use rustix::process::Signal;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_agent_is_offline_within_two_seconds() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc", "pc2"]);
     c.start_coordinator(CoordinatorOpts { offline_after: Duration::from_secs(15), ..Default::default() }).await;
     c.start_agent("main-pc", Duration::from_millis(200));
@@ -18,7 +18,10 @@ async fn killed_agent_is_offline_within_two_seconds() {
 
     let killed = Instant::now();
     c.agent("pc2").kill9();
-    eventually(Duration::from_secs(2), "pc2 offline after kill -9", || async { (c.online("pc2").await == Some(false)).then_some(()) }).await;
+    eventually(Duration::from_secs(2), "pc2 offline after kill -9", || async {
+        (c.online("pc2").await == Some(false)).then_some(())
+    })
+    .await;
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(2), "offline after {took:?}");
 
@@ -26,13 +29,20 @@ async fn killed_agent_is_offline_within_two_seconds() {
     let hosts = c.hosts().await.unwrap();
     let pc2 = hosts.iter().find(|h| h.name == "pc2").unwrap();
     assert!(!pc2.online && pc2.last_seen_ms > 0);
-    assert!(pc2.last_disconnect_reason.contains("connection was lost") || pc2.last_disconnect_reason.contains("closed"), "{}", pc2.last_disconnect_reason);
+    assert!(
+        pc2.last_disconnect_reason.contains("connection was lost") || pc2.last_disconnect_reason.contains("closed"),
+        "{}",
+        pc2.last_disconnect_reason
+    );
     assert!(hosts.iter().find(|h| h.name == "main-pc").unwrap().online);
     let (_, text) = c.http_get("/metrics").await;
     let m = fleet_integration_tests::parse_metrics(&text);
     assert_eq!(m["fleet_agent_up{host=\"pc2\"}"], 0.0);
     assert_eq!(m["fleet_agent_up{host=\"main-pc\"}"], 1.0);
-    assert!(!m.contains_key("fleet_host_cpu_usage_ratio{host=\"pc2\"}"), "an offline host's metrics must not be exported as current");
+    assert!(
+        !m.contains_key("fleet_host_cpu_usage_ratio{host=\"pc2\"}"),
+        "an offline host's metrics must not be exported as current"
+    );
     let out = c.fleetctl(&["host", "pc2"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("offline since"), "{text}");
@@ -40,7 +50,7 @@ async fn killed_agent_is_offline_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stopped_agent_goes_offline_and_comes_back() {
-    let _g = serial();
+    let _g = serial().await;
     let offline_after = Duration::from_secs(2);
     let mut c = Cluster::new(&["main-pc", "pc2"]);
     c.start_coordinator(CoordinatorOpts { offline_after, ..Default::default() }).await;
@@ -54,7 +64,11 @@ async fn stopped_agent_goes_offline_and_comes_back() {
         (c.online("main-pc").await == Some(false)).then_some(())
     })
     .await;
-    assert!(stopped.elapsed() >= offline_after - Duration::from_millis(300), "offline too early: {:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() >= offline_after - Duration::from_millis(300),
+        "offline too early: {:?}",
+        stopped.elapsed()
+    );
     let hosts = c.hosts().await.unwrap();
     let reason = &hosts.iter().find(|h| h.name == "main-pc").unwrap().last_disconnect_reason;
     assert!(reason.contains("no message from the agent for 2s"), "{reason}");

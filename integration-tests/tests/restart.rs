@@ -8,7 +8,7 @@ use fleet_integration_tests::{Cluster, CoordinatorOpts, assert_contiguous, event
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_taken_during_a_coordinator_outage_arrive_once() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc", "pc2", "old-box"]);
     c.start_coordinator(CoordinatorOpts::default()).await;
     for a in ["main-pc", "pc2", "old-box"] {
@@ -18,7 +18,10 @@ async fn reports_taken_during_a_coordinator_outage_arrive_once() {
     // old-box leaves for good before the outage.
     let status = c.agent("old-box").terminate(Duration::from_secs(10));
     assert!(status.success(), "fleet-agent exits 0 on SIGTERM, got {status}");
-    eventually(Duration::from_secs(3), "old-box offline", || async { (c.online("old-box").await == Some(false)).then_some(()) }).await;
+    eventually(Duration::from_secs(3), "old-box offline", || async {
+        (c.online("old-box").await == Some(false)).then_some(())
+    })
+    .await;
     let old_box_seen = c.hosts().await.unwrap().into_iter().find(|h| h.name == "old-box").unwrap().last_seen_ms;
 
     // The outage.

@@ -20,7 +20,7 @@ async fn progress(c: &Cluster) -> Vec<(String, bool, i64)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn impostors_are_refused_and_genuine_sessions_continue() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc", "pc2"]);
     c.start_coordinator(CoordinatorOpts::default()).await;
     c.start_agent("main-pc", Duration::from_millis(200));
@@ -97,7 +97,13 @@ async fn impostors_are_refused_and_genuine_sessions_continue() {
     // 4. pc2's certificate attaching as main-pc.
     let tls = TlsMaterial::load(&c.pki.files("pc2")).unwrap();
     let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
-    let hello = Hello { name: "main-pc".into(), version: "0.1.0".into(), boot_id: 42, report_interval_ms: 200, ..Default::default() };
+    let hello = Hello {
+        name: "main-pc".into(),
+        version: "0.1.0".into(),
+        boot_id: 42,
+        report_interval_ms: 200,
+        ..Default::default()
+    };
     let stream = tokio_stream::iter(vec![AgentMessage { msg: Some(Msg::Hello(hello)) }]);
     let err = AgentServiceClient::new(ch).attach(stream).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -111,7 +117,10 @@ async fn impostors_are_refused_and_genuine_sessions_continue() {
     let tls = TlsMaterial::load(&c.pki.files("ops")).unwrap();
     let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
     let hello = Hello { name: "ops".into(), boot_id: 1, ..Default::default() };
-    let err = AgentServiceClient::new(ch).attach(tokio_stream::iter(vec![AgentMessage { msg: Some(Msg::Hello(hello)) }])).await.unwrap_err();
+    let err = AgentServiceClient::new(ch)
+        .attach(tokio_stream::iter(vec![AgentMessage { msg: Some(Msg::Hello(hello)) }]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     // The genuine agents never noticed: still online, the same sessions, still reporting.
@@ -136,15 +145,23 @@ async fn impostors_are_refused_and_genuine_sessions_continue() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_refuses_to_start_with_another_agents_certificate() {
-    let _g = serial();
+    let _g = serial().await;
     let mut c = Cluster::new(&["main-pc", "pc2"]);
     c.addr = "https://127.0.0.1:7443".into();
     // main-pc's config pointing at pc2's certificate.
     let cfg = c.agent_config("main-pc", Duration::from_secs(1), "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("main-pc.pem", "pc2.pem").replace("main-pc-key.pem", "pc2-key.pem");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("main-pc.pem", "pc2.pem")
+        .replace("main-pc-key.pem", "pc2-key.pem");
     std::fs::write(&cfg, text).unwrap();
-    let out = fleet_integration_tests::run(std::process::Command::new(fleet_integration_tests::bin("fleet-agent")).args(["run", "--config"]).arg(&cfg));
+    let out = fleet_integration_tests::run(
+        std::process::Command::new(fleet_integration_tests::bin("fleet-agent")).args(["run", "--config"]).arg(&cfg),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("carries identity spiffe://fleet.local/agent/pc2, but this agent is configured as \"main-pc\""), "{err}");
+    assert!(
+        err.contains("carries identity spiffe://fleet.local/agent/pc2, but this agent is configured as \"main-pc\""),
+        "{err}"
+    );
 }
