@@ -70,3 +70,21 @@ fn a_missing_config_file_or_bad_address_is_named() {
     );
     assert!(err.contains("tls.ca: cannot read /nonexistent/ca.pem: no such file"), "{err}");
 }
+
+#[test]
+fn the_example_configs_in_deploy_are_valid() {
+    for name in ["main-pc", "pc2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/{name}.toml"));
+        let text = std::fs::read_to_string(&example).unwrap();
+        let pki = dir.path().join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        let text = text.replace("/etc/fleet/pki", pki.to_str().unwrap());
+        let cfg = dir.path().join("agent.toml");
+        std::fs::write(&cfg, text).unwrap();
+        fleetctl::certs::init(&pki, "fleet.local", 30, false).unwrap();
+        fleetctl::certs::issue(&pki, fleet_common::identity::Role::Agent, name, &[], 30, false).unwrap();
+        let out = agent().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+        assert!(out.status.success(), "{}: {}", example.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}

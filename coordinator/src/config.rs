@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_common::config::{ConfigErrors, read_toml};
+use fleet_common::config::{ConfigErrors, Section, read_toml};
 use fleet_common::tls::TlsFiles;
 
 /// The whole coordinator configuration.
@@ -32,24 +32,8 @@ impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let (mut root, errors) = read_toml(path)?;
         let data_dir = root.required_path("data_dir");
-        let grpc_listen = match root.section("grpc") {
-            Some(mut s) => {
-                let a = s.socket_addr("listen");
-                s.finish();
-                a
-            }
-            None => None,
-        }
-        .or_else(|| Some("0.0.0.0:7443".parse().expect("valid default")));
-        let (http_listen, http_ok) = match root.section("http") {
-            Some(mut s) => {
-                let has = s.has("listen");
-                let a = s.socket_addr("listen");
-                s.finish();
-                (a.or(if has { None } else { Some("127.0.0.1:9090".parse().expect("valid default")) }), true)
-            }
-            None => (Some("127.0.0.1:9090".parse().expect("valid default")), true),
-        };
+        let grpc_listen = listen(&mut root, "grpc", "0.0.0.0:7443");
+        let http_listen = listen(&mut root, "http", "127.0.0.1:9090");
         let tls = TlsFiles::read(&mut root);
         let (offline_after, max_connections) = match root.section("agents") {
             Some(mut s) => {
@@ -74,7 +58,6 @@ impl CoordinatorConfig {
             None => None,
         };
         root.finish();
-        let _ = http_ok;
         let config = (|| {
             Some(CoordinatorConfig {
                 data_dir: data_dir?,
@@ -88,6 +71,14 @@ impl CoordinatorConfig {
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))
     }
+}
+
+/// Reads `[<table>] listen`, with `default` when the table or the key is absent.
+fn listen(root: &mut Section, table: &'static str, default: &str) -> Option<SocketAddr> {
+    let Some(mut s) = root.section(table) else { return default.parse().ok() };
+    let addr = if s.has("listen") { s.socket_addr("listen") } else { default.parse().ok() };
+    s.finish();
+    addr
 }
 
 #[cfg(test)]

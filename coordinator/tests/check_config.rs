@@ -72,3 +72,17 @@ fn a_port_in_use_is_a_config_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("address already in use") && err.contains("[grpc] listen"), "{err}");
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
+    let pki = dir.path().join("pki");
+    let text = std::fs::read_to_string(&example).unwrap().replace("/etc/fleet/pki", pki.to_str().unwrap());
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(&cfg, text).unwrap();
+    fleetctl::certs::init(&pki, "fleet.local", 30, false).unwrap();
+    fleetctl::certs::issue(&pki, fleet_common::identity::Role::Coordinator, "coordinator", &[], 30, false).unwrap();
+    let out = coordinator().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
