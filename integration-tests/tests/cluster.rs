@@ -69,6 +69,47 @@ async fn agents_come_online_and_fleetctl_agrees_with_metrics() {
     assert_eq!(health["parts"]["store"]["status"], "ok");
     assert_eq!(c.http_get("/health/live").await.0, 200);
     assert_eq!(c.http_get("/health/ready").await.0, 200);
+    let (code, page) = c.http_get("/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<td>main-pc</td><td class=on>online</td>"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let _g = serial().await;
+    let mut c = Cluster::new(&[]);
+    c.start_coordinator(CoordinatorOpts::default()).await;
+    let tls = fleet_common::tls::TlsMaterial::load(&c.pki.files("ops")).unwrap();
+    let channel = fleet_common::tls::connect_coordinator(&c.addr, &tls).await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "fleet.v1.AgentService", "fleet.v1.ControlService"] {
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "health of {service:?}");
+    }
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["fleet.v1.AgentService", "fleet.v1.ControlService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
