@@ -185,8 +185,8 @@ impl AgentConfig {
                         .unwrap_or(d.max_age),
                     max_bytes: s.bytes("max_bytes").unwrap_or(d.max_bytes),
                 };
-                if limits.max_bytes < 64 << 10 {
-                    s.error("max_bytes", "must be at least 64KiB");
+                if limits.max_bytes < 4 << 10 {
+                    s.error("max_bytes", "must be at least 4KiB");
                 }
                 s.finish();
                 limits

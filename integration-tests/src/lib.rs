@@ -195,11 +195,13 @@ pub struct CoordinatorOpts {
     pub grpc_port: u16,
     /// HTTP port (0 for any).
     pub http_port: u16,
+    /// Log as JSON lines instead of text.
+    pub json_logs: bool,
 }
 
 impl Default for CoordinatorOpts {
     fn default() -> Self {
-        CoordinatorOpts { offline_after: Duration::from_secs(3), grpc_port: 0, http_port: 0 }
+        CoordinatorOpts { offline_after: Duration::from_secs(3), grpc_port: 0, http_port: 0, json_logs: false }
     }
 }
 
@@ -271,10 +273,11 @@ impl Cluster {
         );
         fs::write(self.coordinator_config(), config).expect("write config");
         let cfg = self.coordinator_config();
+        let format = if opts.json_logs { "json" } else { "text" };
         let mut p = Proc::spawn(
             "coordinator",
             &bin("fleet-coordinator"),
-            &["run", "--config", cfg.to_str().unwrap()],
+            &["run", "--config", cfg.to_str().unwrap(), "--log-format", format],
             &self.dir().join("logs/coordinator.log"),
         );
         let (grpc, http) = eventually(Duration::from_secs(20), "the coordinator to listen", || {
@@ -315,7 +318,12 @@ impl Cluster {
 
     /// Starts agent `name` reporting every `report_interval`.
     pub fn start_agent(&mut self, name: &str, report_interval: Duration) {
-        let cfg = self.agent_config(name, report_interval, "");
+        self.start_agent_with(name, report_interval, "");
+    }
+
+    /// Starts agent `name` with `extra` TOML appended to its config.
+    pub fn start_agent_with(&mut self, name: &str, report_interval: Duration, extra: &str) {
+        let cfg = self.agent_config(name, report_interval, extra);
         let p = Proc::spawn(
             name,
             &bin("fleet-agent"),

@@ -85,7 +85,7 @@ async fn grpc_health_and_reflection_are_served() {
 
     let _g = serial().await;
     let mut c = Cluster::new(&[]);
-    c.start_coordinator(CoordinatorOpts::default()).await;
+    c.start_coordinator(CoordinatorOpts { json_logs: true, ..Default::default() }).await;
     let tls = fleet_common::tls::TlsMaterial::load(&c.pki.files("ops")).unwrap();
     let channel = fleet_common::tls::connect_coordinator(&c.addr, &tls).await.unwrap();
     let mut health = HealthClient::new(channel.clone());
@@ -110,6 +110,15 @@ async fn grpc_health_and_reflection_are_served() {
     for want in ["fleet.v1.AgentService", "fleet.v1.ControlService", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
+
+    // --log-format json: every line is one JSON object with a level and a message.
+    let log = c.coordinator.as_ref().unwrap().log_text();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO" && l["message"].as_str().unwrap_or("").contains("serving")),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

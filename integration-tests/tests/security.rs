@@ -67,6 +67,36 @@ async fn impostors_are_refused_and_genuine_sessions_continue() {
     })
     .await;
 
+    // 1b. TLS 1.2, even with a valid certificate, is refused.
+    let ops_files = c.pki.files("ops");
+    let chain: Vec<_> = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_file_iter(&ops_files.cert).unwrap().map(|c| c.unwrap()).collect()
+    };
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&ops_files.key).unwrap()
+    };
+    let roots12 = {
+        let pem = std::fs::read(&ops_files.ca).unwrap();
+        let mut store = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            store.add(cert.unwrap()).unwrap();
+        }
+        store
+    };
+    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots12)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let r = tokio_rustls::TlsConnector::from(Arc::new(tls12)).connect(name, tcp).await;
+    assert!(r.is_err(), "a TLS 1.2 handshake succeeded");
+
     // 2. A certificate from another CA: fleetctl fails with exit 3 and a reason.
     let other = Pki::new(&c.dir().join("other-pki"));
     other.issue("operator", "mallory");
