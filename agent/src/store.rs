@@ -201,7 +201,7 @@ impl Outbox {
                     dropped,
                     dropped_total = st.dropped_total,
                     "report buffer full (limits: {} or {}): dropped the oldest undelivered reports",
-                    humantime_short(self.limits.max_age),
+                    fleet_common::human_duration(self.limits.max_age),
                     fleet_common::human_bytes(self.limits.max_bytes)
                 );
             }
@@ -253,10 +253,6 @@ impl Outbox {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
     }
-}
-
-fn humantime_short(d: std::time::Duration) -> String {
-    fleet_common::human_duration(d)
 }
 
 #[cfg(test)]

@@ -176,7 +176,7 @@ impl TlsMaterial {
 }
 
 /// Why a connection to the coordinator could not be made, in words that say what to do next.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
     /// The address is not an `https://host:port` URL.
     #[error("invalid coordinator address `{addr}`: {reason}; use https://HOST:PORT")]
@@ -223,7 +223,7 @@ pub async fn connect_coordinator(addr: &str, tls: &TlsMaterial) -> Result<Channe
         trust_domain: tls.identity().trust_domain.clone(),
     };
     endpoint.connect_with_connector(connector).await.map_err(|e| match ConnectError::find(&e) {
-        Some(c) => clone_connect_error(c),
+        Some(c) => c.clone(),
         None => ConnectError::Tcp { addr: addr.to_string(), reason: chain_to_string(&e) },
     })
 }
@@ -248,20 +248,6 @@ fn coordinator_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true))
-}
-
-fn clone_connect_error(e: &ConnectError) -> ConnectError {
-    match e {
-        ConnectError::BadAddress { addr, reason } => {
-            ConnectError::BadAddress { addr: addr.clone(), reason: reason.clone() }
-        }
-        ConnectError::Tcp { addr, reason } => ConnectError::Tcp { addr: addr.clone(), reason: reason.clone() },
-        ConnectError::Handshake { addr, reason } => {
-            ConnectError::Handshake { addr: addr.clone(), reason: reason.clone() }
-        }
-        ConnectError::Timeout { addr, secs } => ConnectError::Timeout { addr: addr.clone(), secs: *secs },
-        ConnectError::Tls(s) => ConnectError::Tls(s.clone()),
-    }
 }
 
 /// Renders an error and its sources as one line.
