@@ -239,6 +239,9 @@ fn valid_label_name(k: &str) -> bool {
 fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceConfig> {
     let name = s.required_string("name");
     if let Some(n) = &name {
+        if valid_name(n) && !seen.contains(n) {
+            s.relabel(n);
+        }
         if !valid_name(n) {
             s.error("name", format!("\"{n}\" is not a valid service name: use 1-63 letters, digits, '-', '_' or '.'"));
         } else if !seen.insert(n.clone()) {
@@ -425,7 +428,7 @@ mod tests {
         let got: Vec<_> = err.errors.iter().map(|e| e.key.clone()).collect();
         assert_eq!(
             got,
-            ["services[0].command", "services[1].name", "services[1].restart", "services[1].health.http"],
+            ["services[api].command", "services[1].name", "services[1].restart", "services[1].health.http"],
             "{err}"
         );
         let text = err.to_string();

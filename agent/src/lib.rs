@@ -2,15 +2,19 @@
 //! and delivers them to the coordinator over a mutual-TLS session (DESIGN §5).
 //!
 //! Code map: [`config`] reads and validates the config file; [`collector`] reads host
-//! metrics; [`store`] is the durable outbox (the only module that knows the store's keys);
-//! [`session`] attaches to the coordinator and delivers the outbox; [`run`] wires them up.
+//! metrics; [`supervisor`] runs the services; [`store`] is the durable outbox and command
+//! journal (the only module that knows the store's keys); [`session`] attaches to the
+//! coordinator and delivers the outbox; [`commands`] applies the coordinator's commands;
+//! [`run`] wires them up.
 
 #![forbid(unsafe_code)]
 
 pub mod collector;
+pub mod commands;
 pub mod config;
 pub mod session;
 pub mod store;
+pub mod supervisor;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,8 +26,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::collector::Collector;
+use crate::commands::Dispatcher;
 use crate::config::AgentConfig;
 use crate::store::{Opened, Outbox, StoreError};
+use crate::supervisor::Supervisor;
+
+/// The least time between an early report (on a service state change) and the one before.
+pub const EARLY_REPORT_GAP: Duration = Duration::from_millis(250);
 
 /// How long shutdown may take before the agent gives up waiting for its tasks.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,12 +86,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Opened::Existing => tracing::info!(buffered = outbox.len(), "opened the agent store"),
         Opened::MovedAside(p) => tracing::error!(moved_to = %p.display(), "started with an empty store"),
     }
-    if !config.services.is_empty() {
-        tracing::warn!(
-            services = config.services.len(),
-            "[[services]] are validated but this fleet-agent version does not supervise them yet"
-        );
-    }
+    let services_shutdown = CancellationToken::new();
+    let supervisor = Arc::new(
+        Supervisor::start(&config.name, &config.data_dir, &config.services, services_shutdown.clone())
+            .await
+            .map_err(|e| RunError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?,
+    );
+    let dispatcher = Dispatcher::new(supervisor.clone(), outbox.clone());
     let collector = Arc::new(Mutex::new(Collector::new().map_err(RunError::Collector)?));
     let boot_id = loop {
         let id: u64 = rand::random();
@@ -108,16 +118,33 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         config.report_interval,
         boot_id,
         collector,
+        supervisor.clone(),
         outbox.clone(),
         new_report.clone(),
         shutdown.clone(),
     ));
-    let ctx =
-        session::SessionContext { coordinator: config.coordinator.clone(), hello, outbox: outbox.clone(), new_report };
+    let ctx = session::SessionContext {
+        coordinator: config.coordinator.clone(),
+        hello,
+        outbox: outbox.clone(),
+        new_report,
+        supervisor: supervisor.clone(),
+        dispatcher,
+    };
     tasks.spawn(session::run(ctx, tls, shutdown.clone()));
     tasks.close();
 
     shutdown.cancelled().await;
+    // Services first, each within its stop_timeout; the session stays up meanwhile.
+    tracing::info!(services = supervisor.all().len(), "stopping services");
+    services_shutdown.cancel();
+    let services_deadline = supervisor.max_stop_timeout() + Duration::from_secs(5);
+    if tokio::time::timeout(services_deadline, supervisor.wait()).await.is_err() {
+        tracing::warn!(
+            "services did not stop within {}; exiting anyway",
+            fleet_common::human_duration(services_deadline)
+        );
+    }
     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
         tracing::warn!("tasks did not stop within {}s; exiting anyway", DRAIN_TIMEOUT.as_secs());
     }
@@ -131,6 +158,7 @@ async fn report_loop(
     interval: Duration,
     boot_id: u64,
     collector: Arc<Mutex<Collector>>,
+    supervisor: Arc<Supervisor>,
     outbox: Arc<Outbox>,
     new_report: Arc<Notify>,
     shutdown: CancellationToken,
@@ -138,11 +166,25 @@ async fn report_loop(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            // A service changed state: report now rather than at the next tick, so the
+            // coordinator (and operators, and alerts) see it at once; at most every 250 ms.
+            _ = supervisor.changed() => {
+                let early = last + EARLY_REPORT_GAP;
+                if tokio::time::Instant::now() < early {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep_until(early) => {}
+                    }
+                }
+                tick.reset();
+            }
         }
+        last = tokio::time::Instant::now();
         let c = collector.clone();
         let host = match tokio::task::spawn_blocking(move || c.lock().expect("collector lock").collect()).await {
             Ok(h) => h,
@@ -157,7 +199,7 @@ async fn report_loop(
             id: Some(ReportId { boot_id, seq }),
             timestamp_ms: now,
             host: Some(host),
-            services: Vec::new(),
+            services: supervisor.statuses(),
             reports_dropped_total: outbox.dropped_total(),
         };
         if let Err(e) = outbox.push(&report, now).await {

@@ -10,17 +10,21 @@ use fleet_common::tls::{TlsMaterial, connect_coordinator};
 use fleet_proto::v1::agent_message::Msg as AgentMsg;
 use fleet_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
-use fleet_proto::v1::{AgentMessage, CommandState, CommandUpdate, Hello};
+use fleet_proto::v1::{AgentMessage, Hello};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::Dispatcher;
 use crate::store::Outbox;
+use crate::supervisor::Supervisor;
 
 /// Reports sent but not yet acknowledged, at most. Bounds memory on both sides during a replay.
 pub const WINDOW: usize = 128;
+/// Messages queued towards the coordinator (reports, command updates, log batches).
+const OUTBOUND: usize = 256;
 /// How long the coordinator may take to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -58,12 +62,16 @@ impl Backoff {
 pub struct SessionContext {
     /// The coordinator address.
     pub coordinator: String,
-    /// Hello as sent at the start of each session (services are refreshed by the caller).
+    /// Hello as sent at the start of each session (its services are refreshed each time).
     pub hello: Hello,
     /// The buffer of undelivered reports.
     pub outbox: Arc<Outbox>,
     /// Signalled whenever a report was added to the outbox.
     pub new_report: Arc<Notify>,
+    /// The supervised services.
+    pub supervisor: Arc<Supervisor>,
+    /// Runs the coordinator's commands.
+    pub dispatcher: Arc<Dispatcher>,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -107,15 +115,26 @@ enum SessionEnd {
 
 /// One session: returns how it ended, or why it could not start.
 async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationToken) -> Result<SessionEnd, String> {
+    let end = attach_inner(ctx, tls, shutdown).await;
+    // Log streams belong to the session they were asked on.
+    ctx.dispatcher.cancel_followers();
+    end
+}
+
+async fn attach_inner(
+    ctx: &SessionContext,
+    tls: &TlsMaterial,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, String> {
     let channel = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         c = connect_coordinator(&ctx.coordinator, tls) => c.map_err(|e| e.to_string())?,
     };
     let mut client = AgentServiceClient::new(channel);
-    // Capacity above the window, so sending a report never waits: the window is the bound.
-    let (tx, rx) = mpsc::channel::<AgentMessage>(WINDOW + 16);
-    tx.try_send(AgentMessage { msg: Some(AgentMsg::Hello(ctx.hello.clone())) })
-        .map_err(|e| format!("cannot queue hello: {e}"))?;
+    let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND);
+    let mut hello = ctx.hello.clone();
+    hello.services = ctx.supervisor.statuses();
+    tx.try_send(AgentMessage { msg: Some(AgentMsg::Hello(hello)) }).map_err(|e| format!("cannot queue hello: {e}"))?;
     let mut inbound = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         r = client.attach(ReceiverStream::new(rx)) => r.map_err(|s| status_reason(&s))?.into_inner(),
@@ -158,21 +177,24 @@ async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &Cancellation
     let mut in_flight: VecDeque<(u64, u64, u64)> = VecDeque::new();
     let mut last_sent: Option<u64> = None;
     loop {
-        // Fill the window from the buffer.
-        if in_flight.len() < WINDOW {
-            let batch = ctx.outbox.read_after(last_sent, WINDOW - in_flight.len()).map_err(|e| e.to_string())?;
-            for (index, report) in batch {
-                let id = report.id.unwrap_or_default();
-                if tx.try_send(AgentMessage { msg: Some(AgentMsg::Report(report)) }).is_err() {
+        let can_send = in_flight.len() < WINDOW && ctx.outbox.has_after(last_sent);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            _ = ctx.new_report.notified(), if !can_send => {}
+            // One report at a time, each when the queue has room: command updates and log
+            // lines share the queue, and a report is never dropped for lack of room.
+            permit = tx.reserve(), if can_send => {
+                let Ok(permit) = permit else {
                     return Ok(SessionEnd::Lost { reason: "the session's send queue closed".into(), welcomed: true });
-                }
+                };
+                let Some((index, report)) = ctx.outbox.read_after(last_sent, 1).map_err(|e| e.to_string())?.into_iter().next() else {
+                    continue;
+                };
+                let id = report.id.unwrap_or_default();
+                permit.send(AgentMessage { msg: Some(AgentMsg::Report(report)) });
                 in_flight.push_back((index, id.boot_id, id.seq));
                 last_sent = Some(index);
             }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-            _ = ctx.new_report.notified(), if in_flight.len() < WINDOW => {}
             msg = inbound.next() => {
                 let msg = match msg {
                     None => return Ok(SessionEnd::Lost { reason: "the coordinator closed the session".into(), welcomed: true }),
@@ -190,19 +212,7 @@ async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &Cancellation
                         in_flight.drain(..=pos);
                         ctx.outbox.remove_through(index).map_err(|e| e.to_string())?;
                     }
-                    Some(CoordMsg::Command(cmd)) => {
-                        // This agent version applies no commands yet; say so instead of staying silent,
-                        // so the coordinator (and the operator behind it) gets a clear answer.
-                        tracing::warn!(command_id = %cmd.id, kind = %cmd.kind, "rejecting a command this agent does not support");
-                        let update = CommandUpdate {
-                            command_id: cmd.id,
-                            state: CommandState::Rejected as i32,
-                            message: format!("fleet-agent {} does not support command kind \"{}\"", fleet_common::VERSION, cmd.kind),
-                        };
-                        if tx.try_send(AgentMessage { msg: Some(AgentMsg::CommandUpdate(update)) }).is_err() {
-                            return Ok(SessionEnd::Lost { reason: "the session's send queue closed".into(), welcomed: true });
-                        }
-                    }
+                    Some(CoordMsg::Command(cmd)) => ctx.dispatcher.handle(cmd, tx.clone()),
                     Some(CoordMsg::Welcome(_)) | None => {}
                 }
             }

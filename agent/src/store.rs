@@ -2,7 +2,8 @@
 //!
 //! Tree `outbox`: key = 8-byte big-endian insertion index, value = a protobuf `Report` taken
 //! but not yet acknowledged by the coordinator. Tree `meta`: counters that must survive
-//! restarts (`reports_dropped_total`).
+//! restarts (`reports_dropped_total`). Tree `commands`: key = command id, value = JSON
+//! [`Recorded`], the at-most-once journal of service commands (the newest 4096 are kept).
 //!
 //! A report is flushed to disk before it is sent, so a report the coordinator may have seen is
 //! never lost by an agent crash; the buffer is bounded by age and bytes, and every drop is
@@ -19,6 +20,21 @@ use prost::Message;
 use crate::config::OutboxLimits;
 
 const DROPPED_KEY: &[u8] = b"reports_dropped_total";
+/// Commands remembered for at-most-once delivery.
+pub const MAX_COMMANDS: usize = 4096;
+
+/// What the journal knows about a command.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    /// When it was accepted, in milliseconds since the epoch.
+    pub at_ms: i64,
+    /// Whether it completed (false: accepted, and the agent stopped before it finished).
+    pub finished: bool,
+    /// The final `CommandState` as its protobuf number.
+    pub state: i32,
+    /// The final message.
+    pub message: String,
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +53,7 @@ pub struct Outbox {
     db: sled::Db,
     outbox: sled::Tree,
     meta: sled::Tree,
+    commands: sled::Tree,
     limits: OutboxLimits,
     state: Mutex<State>,
 }
@@ -122,6 +139,7 @@ impl Outbox {
         let err = |source| StoreError::Sled { path: path.to_path_buf(), source };
         let outbox = db.open_tree("outbox").map_err(err)?;
         let meta = db.open_tree("meta").map_err(err)?;
+        let commands = db.open_tree("commands").map_err(err)?;
         let mut state = State::default();
         for item in outbox.iter() {
             let (k, v) = item.map_err(err)?;
@@ -144,7 +162,7 @@ impl Outbox {
         if let Some(v) = meta.get(DROPPED_KEY).map_err(err)? {
             state.dropped_total = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
         }
-        Ok(Outbox { path: path.to_path_buf(), db, outbox, meta, limits, state: Mutex::new(state) })
+        Ok(Outbox { path: path.to_path_buf(), db, outbox, meta, commands, limits, state: Mutex::new(state) })
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -249,6 +267,40 @@ impl Outbox {
         Ok(removed)
     }
 
+    /// Whether any buffered report comes after insertion index `after`.
+    pub fn has_after(&self, after: Option<u64>) -> bool {
+        let st = self.state.lock().expect("outbox lock");
+        st.entries.back().is_some_and(|e| after.is_none_or(|a| e.index > a))
+    }
+
+    /// What the journal knows about command `id`.
+    pub fn command(&self, id: &str) -> Result<Option<Recorded>, StoreError> {
+        let v = self.commands.get(id.as_bytes()).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Records command `id` (accepted or finished) durably, before it is acted on or answered.
+    pub async fn record_command(&self, id: &str, rec: &Recorded) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(rec).map_err(|e| self.err(sled::Error::Unsupported(e.to_string())))?;
+        self.commands.insert(id.as_bytes(), json).map_err(|e| self.err(e))?;
+        if self.commands.len() > MAX_COMMANDS {
+            // Forget the oldest entries; ids that old are never delivered again.
+            let mut all: Vec<(i64, sled::IVec)> = self
+                .commands
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (serde_json::from_slice::<Recorded>(&v).map(|r| r.at_ms).unwrap_or(0), k))
+                .collect();
+            all.sort_by_key(|(at, _)| *at);
+            let excess = all.len().saturating_sub(MAX_COMMANDS);
+            for (_, k) in all.into_iter().take(excess) {
+                self.commands.remove(k).map_err(|e| self.err(e))?;
+            }
+        }
+        self.db.flush_async().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Flushes outstanding writes; called on shutdown.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
@@ -312,6 +364,25 @@ mod tests {
         drop(o2);
         let (o2, _) = Outbox::open(dir2.path(), tiny).unwrap();
         assert_eq!(o2.dropped_total() as usize + kept.len(), 10, "the drop count survives a restart");
+    }
+
+    #[tokio::test]
+    async fn the_command_journal_survives_a_reopen_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (o, _) = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+            let rec = Recorded { at_ms: 1, finished: false, state: 0, message: String::new() };
+            o.record_command("c1", &rec).await.unwrap();
+        }
+        let (o, _) = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+        assert_eq!(o.command("c1").unwrap().map(|r| r.finished), Some(false));
+        assert_eq!(o.command("c2").unwrap(), None);
+        for i in 0..(MAX_COMMANDS + 10) {
+            let rec = Recorded { at_ms: 10 + i as i64, finished: true, state: 2, message: String::new() };
+            o.record_command(&format!("x{i}"), &rec).await.unwrap();
+        }
+        assert!(o.commands.len() <= MAX_COMMANDS);
+        assert_eq!(o.command("c1").unwrap(), None, "the oldest entry went first");
     }
 
     #[tokio::test]

@@ -37,9 +37,9 @@ fn every_bad_key_is_reported_with_the_file_and_exit_2() {
         for key in [
             "report_interval: invalid duration",
             "colour: unknown key",
-            "services[0].command: is required",
-            "services[0].restart: unknown restart policy \"sometimes\"",
-            "services[0].health.http: invalid health URL",
+            "services[api].command: is required",
+            "services[api].restart: unknown restart policy \"sometimes\"",
+            "services[api].health.http: invalid health URL",
             "services[1].name: duplicate service name \"api\"",
         ] {
             assert!(err.contains(&format!("{file}: {key}")), "missing `{key}` in:\n{err}");

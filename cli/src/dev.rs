@@ -1,6 +1,7 @@
 //! `fleetctl dev`: a whole fleet on this machine for trying fleet out and for development. It
 //! makes a PKI and configs in DIR, starts fleet-coordinator and agents `main-pc` and `pc2` as
-//! child processes, waits until both agents are online, writes `DIR/fleetctl.env`, and stays in
+//! child processes (each agent supervising a demo HTTP service, `web`, with a health check),
+//! waits until both agents are online and their services healthy, writes `DIR/fleetctl.env`, and stays in
 //! the foreground. Ctrl-C or SIGTERM stops everything it started; so does any child exiting on
 //! its own (after saying which and showing its last log lines). Children also get SIGTERM from
 //! the kernel if fleetctl itself dies, so nothing is left orphaned.
@@ -88,6 +89,13 @@ fn ensure_pki(pki: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A free port on the loopback interface for a demo service.
+fn free_port() -> Result<u16, CliError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| CliError::failed(format!("cannot find a free port: {e}")))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| CliError::failed(e.to_string()))
+}
+
 fn tls_section(pki: &Path, name: &str) -> String {
     format!(
         "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -157,6 +165,29 @@ async fn stop_all(procs: &mut [Proc]) {
     }
 }
 
+/// Stops services an agent left behind (it crashed, or did not stop them in time): the
+/// agent's pid files under `data_dir/run/` name their process groups.
+async fn stop_orphaned_services(dir: &Path) {
+    for agent in AGENTS {
+        let Ok(entries) = std::fs::read_dir(dir.join(agent).join("run")) else { continue };
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let Some(pg) = rustix::process::Pid::from_raw(pid) else { continue };
+            if rustix::process::test_kill_process_group(pg).is_err() {
+                continue;
+            }
+            eprintln!("stopping {} left running by {agent}", e.file_name().to_string_lossy().trim_end_matches(".pid"));
+            let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::TERM);
+            let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+            while rustix::process::test_kill_process_group(pg).is_ok() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 async fn wait_for_addrs(coord: &mut Proc, file: &Path) -> Result<(SocketAddr, SocketAddr), CliError> {
     let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
     loop {
@@ -201,7 +232,10 @@ async fn wait_online(target: &Target, procs: &mut [Proc]) -> Result<(), CliError
             && let Ok(r) = c.list_hosts(ListHostsRequest {}).await
         {
             let hosts = r.into_inner().hosts;
-            if AGENTS.iter().all(|a| hosts.iter().any(|h| h.name == *a && h.online && h.metrics.is_some())) {
+            let ready = |h: &fleet_proto::v1::HostSummary| {
+                h.online && h.metrics.is_some() && h.services.iter().any(|s| s.state == "running" && s.healthy)
+            };
+            if AGENTS.iter().all(|a| hosts.iter().any(|h| h.name == *a && ready(h))) {
                 return Ok(());
             }
         }
@@ -255,13 +289,22 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             _ = sigterm.recv() => return Err(CliError::failed("terminated")),
         };
         let addr = format!("https://127.0.0.1:{}", grpc.port());
+        let fleetctl = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find fleetctl itself: {e}")))?;
         for agent in AGENTS {
             let config = dir.join(format!("{agent}.toml"));
+            let web = free_port()?;
+            let health_file = dir.join(format!("{agent}-web.health"));
             let text = format!(
-                "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\ncoordinator = \"{addr}\"\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n[labels]\nenv = \"dev\"\n{}",
+                "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\ncoordinator = \"{addr}\"\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n[labels]\nenv = \"dev\"\n{}\n\
+                 # A demo service: write `fail` or `hang` into {} to watch fleet restart it.\n\
+                 [[services]]\nname = \"web\"\ncommand = \"{}\"\nargs = [\"demo-server\", \"--listen\", \"127.0.0.1:{web}\", \"--name\", \"web on {agent}\", \"--health-file\", \"{}\"]\nrestart = \"always\"\nstop_timeout = \"5s\"\n\
+                 [services.health]\nhttp = \"http://127.0.0.1:{web}/health\"\ninterval = \"2s\"\ntimeout = \"1s\"\nretries = 3\n",
                 dir.join(agent).display(),
                 humantime::format_duration(args.report_interval),
                 tls_section(&pki, agent),
+                health_file.display(),
+                fleetctl.display(),
+                health_file.display(),
             );
             certs::write_file(&config, &text, 0o644)?;
             procs.push(spawn(agent, &agent_bin, &config, &logs.join(format!("{agent}.log")))?);
@@ -290,6 +333,9 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         println!("  fleetctl status");
         println!("  fleetctl hosts");
         println!("  fleetctl host main-pc");
+        println!("  fleetctl services");
+        println!("  fleetctl logs main-pc web -f");
+        println!("  fleetctl restart pc2 web");
         println!("  curl -s http://{http}/metrics | grep '^fleet_'");
         println!();
         println!("logs: {}/*.log   data: {}", logs.display(), dir.display());
@@ -317,6 +363,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     .await;
     eprintln!("stopping the dev cluster");
     stop_all(&mut procs).await;
+    stop_orphaned_services(&dir).await;
     if result.is_ok() {
         eprintln!("stopped");
     }

@@ -2,20 +2,25 @@
 //! 2 usage or config error; 3 cannot connect or authenticate. Every error says what to do next.
 //!
 //! Code map: [`certs`] makes the PKI; [`client`] connects to the coordinator and maps gRPC
-//! failures to exit codes; [`views`] renders hosts and status as tables or JSON; [`dev`] runs
-//! a local cluster.
+//! failures to exit codes; [`views`] renders hosts and status as tables or JSON;
+//! [`services`] acts on services and reads logs and the audit log; [`dev`] runs a local
+//! cluster, and [`demo`] is the small HTTP service it supervises.
 
 #![deny(unsafe_code)]
 
 pub mod certs;
 pub mod client;
+pub mod demo;
 pub mod dev;
+pub mod services;
 pub mod views;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_common::identity::{DEFAULT_TRUST_DOMAIN, Role};
+use fleet_proto::v1::ServiceAction;
 
 /// A failure with the exit code it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +126,68 @@ pub enum Command {
         /// The host (agent) name.
         name: String,
     },
+    /// Services of every host, or of one.
+    Services {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Restart a service; returns once it runs again (and is healthy, where it has a check).
+    Restart {
+        /// Restart SERVICE on every host that has it, one host at a time.
+        #[arg(long)]
+        all: bool,
+        /// HOST SERVICE, or SERVICE with --all.
+        #[arg(required = true, num_args = 1..=2, value_names = ["HOST", "SERVICE"])]
+        targets: Vec<String>,
+        /// How long to wait for the outcome.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Start a service (also one that is fatal); returns once it runs (and is healthy).
+    Start(ServiceArgs),
+    /// Stop a service; it stays stopped until started.
+    Stop(ServiceArgs),
+    /// Show a service's captured output.
+    Logs {
+        /// Every service of every online host, prefixed with host/service.
+        #[arg(long)]
+        all: bool,
+        /// HOST [SERVICE] (without SERVICE: every service of HOST).
+        #[arg(num_args = 0..=2, value_names = ["HOST", "SERVICE"])]
+        targets: Vec<String>,
+        /// How many recent lines to show first (per service).
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        lines: u32,
+        /// Keep showing new lines as they are written.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// The audit log: who did what, when, and how it ended.
+    Audit {
+        /// How many of the newest entries.
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        n: u32,
+    },
+    /// A small HTTP service for trying fleet (used by `fleetctl dev`).
+    #[command(hide = true)]
+    DemoServer(demo::DemoArgs),
+}
+
+/// HOST SERVICE and how long to wait.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// The host.
+    pub host: String,
+    /// The service.
+    pub service: String,
+    /// How long to wait for the outcome.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write for example 30s or 2m"))
 }
 
 /// `certs` subcommands.
@@ -182,5 +249,53 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status => views::status(&client::Target::from_cli(&cli)?, cli.output).await,
         Command::Hosts => views::hosts(&client::Target::from_cli(&cli)?, cli.output).await,
         Command::Host { name } => views::host(&client::Target::from_cli(&cli)?, name, cli.output).await,
+        Command::Services { host } => {
+            services::list(&client::Target::from_cli(&cli)?, host.as_deref(), cli.output).await
+        }
+        Command::Restart { all, targets, timeout } => {
+            let t = client::Target::from_cli(&cli)?;
+            match (all, targets.as_slice()) {
+                (true, [service]) => services::restart_all(&t, service, *timeout, cli.output).await,
+                (false, [host, service]) => {
+                    services::one(&t, host, service, ServiceAction::Restart, *timeout, cli.output).await
+                }
+                (true, _) => Err(CliError::usage("with --all give only the service: fleetctl restart --all SERVICE")),
+                (false, _) => Err(CliError::usage("give the host and the service: fleetctl restart HOST SERVICE")),
+            }
+        }
+        Command::Start(a) => {
+            services::one(
+                &client::Target::from_cli(&cli)?,
+                &a.host,
+                &a.service,
+                ServiceAction::Start,
+                a.timeout,
+                cli.output,
+            )
+            .await
+        }
+        Command::Stop(a) => {
+            services::one(
+                &client::Target::from_cli(&cli)?,
+                &a.host,
+                &a.service,
+                ServiceAction::Stop,
+                a.timeout,
+                cli.output,
+            )
+            .await
+        }
+        Command::Logs { all, targets, lines, follow } => {
+            let t = client::Target::from_cli(&cli)?;
+            match (all, targets.as_slice()) {
+                (true, []) => services::logs(&t, "", "", *lines, *follow, cli.output).await,
+                (false, [host]) => services::logs(&t, host, "", *lines, *follow, cli.output).await,
+                (false, [host, service]) => services::logs(&t, host, service, *lines, *follow, cli.output).await,
+                (true, _) => Err(CliError::usage("--all takes no host or service: fleetctl logs --all [-f]")),
+                (false, _) => Err(CliError::usage("give a host and a service: fleetctl logs HOST SERVICE [-n N] [-f]")),
+            }
+        }
+        Command::Audit { n } => services::audit(&client::Target::from_cli(&cli)?, *n, cli.output).await,
+        Command::DemoServer(a) => demo::run(a.clone()).await,
     }
 }

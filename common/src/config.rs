@@ -126,6 +126,14 @@ impl Section {
         if self.prefix.is_empty() { key.to_string() } else { format!("{}.{key}", self.prefix) }
     }
 
+    /// Names this section in messages by `label` instead of its position: `services[api]`
+    /// rather than `services[1]`, once the entry's name is known.
+    pub fn relabel(&mut self, label: &str) {
+        if let Some(i) = self.prefix.rfind('[') {
+            self.prefix = format!("{}[{label}]", &self.prefix[..i]);
+        }
+    }
+
     /// This section's own key (empty for the root).
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -9,7 +9,9 @@ pub mod logging;
 pub mod shutdown;
 pub mod tls;
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The fleet version every binary reports.
@@ -34,6 +36,33 @@ pub fn io_reason(e: &io::Error) -> String {
             }
         }
     }
+}
+
+/// The last `n` lines of `path`, oldest first, reading backwards in blocks.
+pub fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut pos = len;
+    let mut data: Vec<u8> = Vec::new();
+    const BLOCK: u64 = 64 * 1024;
+    // n lines need n newlines, plus one for the line before them.
+    while pos > 0 && data.iter().filter(|&&b| b == b'\n').count() <= n {
+        let start = pos.saturating_sub(BLOCK);
+        let mut block = vec![0u8; (pos - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut block)?;
+        block.extend_from_slice(&data);
+        data = block;
+        pos = start;
+    }
+    let text = String::from_utf8_lossy(&data);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if pos > 0 && !lines.is_empty() {
+        // The first line read may be partial.
+        lines.remove(0);
+    }
+    let skip = lines.len().saturating_sub(n);
+    Ok(lines[skip..].iter().map(|s| s.to_string()).collect())
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -64,6 +93,19 @@ pub fn human_duration(d: Duration) -> String {
         60..3600 => two_units(s / 60, "m", s % 60, "s"),
         3600..86400 => two_units(s / 3600, "h", (s % 3600) / 60, "m"),
         _ => two_units(s / 86400, "d", (s % 86400) / 3600, "h"),
+    }
+}
+
+/// Formats a short duration for people with millisecond precision below a minute: "300ms",
+/// "1.5s", "10s", "4m 10s".
+pub fn human_duration_ms(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 && ms % 1000 != 0 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        human_duration(d)
     }
 }
 

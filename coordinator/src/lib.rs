@@ -9,7 +9,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod http;
@@ -121,6 +123,9 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let registry = Arc::new(Registry::from_loaded(loaded));
     tracing::info!(hosts = registry.len(), reports = registry.history_len(), store = %store.path().display(), "loaded the store");
 
+    let audit = audit::AuditLog::open(&config.data_dir)
+        .map_err(|e| RunError::Setup(format!("cannot open the audit log in {}: {e}", config.data_dir.display())))?;
+    let hub = Arc::new(commands::Hub::default());
     let metrics = Arc::new(Metrics::default());
     let sessions = Arc::new(AtomicUsize::new(0));
     let (writer, writer_task) = Writer::start(store.clone(), config.retention, metrics.clone());
@@ -166,6 +171,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         trust_domain: trust_domain.clone(),
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
+        hub: hub.clone(),
     };
     let control_api = control::ControlApi {
         registry: registry.clone(),
@@ -174,6 +180,8 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         started_at_ms,
         retention: config.retention,
         trust_domain: trust_domain.clone(),
+        hub: hub.clone(),
+        audit,
     };
     let operator_only = auth::OperatorOnly { trust_domain: trust_domain.clone(), metrics: metrics.clone() };
     // HTTP/2 keepalive notices a peer whose socket stays open but that no longer answers;

@@ -9,7 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use fleet_proto::v1::{Hello, HostSummary, Report, ReportId, StoredReport};
+use fleet_proto::v1::{Command, Hello, HostSummary, Report, ReportId, StoredReport};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{HostRecord, LoadedHost};
@@ -46,7 +47,12 @@ pub struct SessionHandle {
     pub generation: u64,
     /// Cancelled to end the session (replaced by a newer one, or shutdown).
     pub cancel: CancellationToken,
+    /// Commands to send to the agent over this session.
+    pub commands: mpsc::Sender<Command>,
 }
+
+/// Commands queued towards one agent session, at most.
+pub const COMMAND_QUEUE: usize = 256;
 
 impl Host {
     fn new(name: String, record: HostRecord) -> Self {
@@ -159,14 +165,15 @@ impl Registry {
     }
 
     /// Attaches a new session for the agent in `hello`, replacing (and ending) any session the
-    /// host still had. The session ends on its own when `shutdown` is cancelled. Returns the host and the new session's handle.
+    /// host still had. The session ends on its own when `shutdown` is cancelled. Returns the
+    /// host, the new session's handle and the queue of commands to send over it.
     pub fn attach(
         &self,
         hello: &Hello,
         peer: &str,
         now_ms: i64,
         shutdown: &CancellationToken,
-    ) -> (Arc<Host>, SessionHandle) {
+    ) -> (Arc<Host>, SessionHandle, mpsc::Receiver<Command>) {
         let host = {
             let existing = self.get(&hello.name);
             match existing {
@@ -183,9 +190,11 @@ impl Registry {
                 }
             }
         };
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let handle = SessionHandle {
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             cancel: shutdown.child_token(),
+            commands,
         };
         let replaced = host.with(|s| {
             let r = &mut s.record;
@@ -204,7 +213,7 @@ impl Registry {
         if let Some(old) = replaced {
             old.cancel.cancel();
         }
-        (host, handle)
+        (host, handle, command_rx)
     }
 
     /// Marks the session `generation` of `host` ended. A newer session (that replaced it) is
@@ -226,6 +235,11 @@ impl Registry {
         let all = self.all();
         let online = all.iter().filter(|h| h.online()).count();
         (online, all.len() - online)
+    }
+
+    /// The command queue of `host`'s current session, if it is online.
+    pub fn command_sender(&self, host: &Host) -> Option<mpsc::Sender<Command>> {
+        host.with(|s| s.session.as_ref().map(|h| h.commands.clone()))
     }
 
     /// Reports indexed in memory, over all hosts.

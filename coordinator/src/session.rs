@@ -11,8 +11,9 @@ use std::time::Duration;
 use fleet_common::identity::Role;
 use fleet_proto::v1::agent_message::Msg as AgentMsg;
 use fleet_proto::v1::agent_service_server::AgentService;
+use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
-use fleet_proto::v1::{Ack, AgentMessage, CoordinatorMessage, Hello, ReportId, Welcome};
+use fleet_proto::v1::{Ack, AgentMessage, CancelCommand, Command, CoordinatorMessage, Hello, ReportId, Welcome};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::peer_identity;
+use crate::commands::{Hub, Relay};
 use crate::metrics::Metrics;
 use crate::registry::{Host, Registry};
 use crate::writer::Writer;
@@ -49,6 +51,8 @@ pub struct AgentApi {
     pub sessions: Arc<AtomicUsize>,
     /// Cancelled on coordinator shutdown.
     pub shutdown: CancellationToken,
+    /// Commands in flight.
+    pub hub: Arc<Hub>,
 }
 
 #[tonic::async_trait]
@@ -118,7 +122,7 @@ impl AgentApi {
         tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
     ) {
         let now = fleet_common::now_ms();
-        let (host, handle) = self.registry.attach(&hello, &peer, now, &self.shutdown);
+        let (host, handle, mut commands) = self.registry.attach(&hello, &peer, now, &self.shutdown);
         self.sessions.fetch_add(1, Ordering::Relaxed);
         let _open = OpenSession(self.sessions.clone());
         self.metrics.sessions_opened.inc();
@@ -134,6 +138,12 @@ impl AgentApi {
             return;
         }
         tracing::info!(host = %hello.name, %peer, version = %hello.version, boot_id = hello.boot_id, "agent online");
+        // Commands that were waiting for an outcome when the last session ended go again; the
+        // agent's journal makes sure none is applied twice.
+        for cmd in self.hub.pending_for(&host.name) {
+            tracing::info!(host = %host.name, command_id = %cmd.id, "sending a pending command again");
+            let _ = tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Command(cmd)) }));
+        }
 
         let mut pending = FuturesOrdered::new();
         let mut silence = pin!(tokio::time::sleep(self.offline_after));
@@ -159,6 +169,11 @@ impl AgentApi {
                         Err(_) => break ("the store writer stopped".to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
                     }
                 }
+                Some(cmd) = commands.recv() => {
+                    if tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Command(cmd)) })).is_err() {
+                        break ("the agent is not reading its session".to_string(), None);
+                    }
+                }
                 _ = &mut silence => {
                     let msg = format!("no message from the agent for {}", humanize(self.offline_after));
                     break (msg.clone(), Some(Status::deadline_exceeded(msg)));
@@ -180,7 +195,21 @@ impl AgentApi {
                             }
                         }
                         Some(AgentMsg::CommandUpdate(u)) => {
-                            tracing::info!(host = %host.name, command_id = %u.command_id, state = u.state, message = %u.message, "command update");
+                            tracing::debug!(host = %host.name, command_id = %u.command_id, state = u.state, message = %u.message, "command update");
+                            self.hub.update(u);
+                        }
+                        Some(AgentMsg::LogBatch(batch)) => {
+                            let relay = self.hub.relay(&batch.command_id, &host.name, batch.lines);
+                            if relay == Relay::Cancel {
+                                // The operator went away or fell behind: stop the agent's stream.
+                                let cancel = Command {
+                                    id: crate::commands::new_id(),
+                                    issued_at_ms: fleet_common::now_ms(),
+                                    action: Some(CmdAction::Cancel(CancelCommand { command_id: batch.command_id })),
+                                    ..Default::default()
+                                };
+                                let _ = tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Command(cancel)) }));
+                            }
                         }
                         Some(AgentMsg::Hello(_)) => {
                             break ("the agent sent a second hello".to_string(), Some(Status::invalid_argument("hello may only be sent once per session")));
@@ -205,6 +234,7 @@ impl AgentApi {
             let _ = tx.try_send(Err(s));
         }
         if self.registry.detach(host, generation, reason, fleet_common::now_ms()) {
+            self.hub.host_gone(&host.name);
             tracing::info!(host = %host.name, %reason, "agent offline");
             self.writer.save_host(host.clone()).await;
         } else {

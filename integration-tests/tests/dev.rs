@@ -1,5 +1,5 @@
-//! `fleetctl dev`: the local cluster comes up with main-pc and pc2, fleetctl works with the env
-//! file it writes, and nothing it started outlives it: not on SIGTERM, not when a child
+//! `fleetctl dev`: the local cluster comes up with main-pc and pc2 and their demo services,
+//! fleetctl works with the env file it writes, and nothing it started outlives it: not on SIGTERM, not when a child
 //! crashes, not even when fleetctl itself is killed with SIGKILL.
 
 use std::path::Path;
@@ -18,7 +18,8 @@ fn processes_under(dir: &Path) -> Vec<(i32, String)> {
         let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         // Zombies have an empty command line; they are not running processes.
-        if cmd.contains(&needle) && (cmd.contains("fleet-agent") || cmd.contains("fleet-coordinator")) {
+        let ours = cmd.contains("fleet-agent") || cmd.contains("fleet-coordinator") || cmd.contains("demo-server");
+        if cmd.contains(&needle) && ours {
             out.push((pid, cmd));
         }
     }
@@ -89,7 +90,19 @@ async fn dev_cluster_runs_and_leaves_nothing_behind() {
         .collect();
     assert_eq!(names, [("main-pc".to_string(), "online".to_string()), ("pc2".to_string(), "online".to_string())]);
     assert!(dev.log_text().contains("source "), "dev prints what to run next");
-    assert_eq!(processes_under(&dir).len(), 3, "{:?}", processes_under(&dir));
+    // The coordinator, two agents, and each agent's demo service.
+    assert_eq!(processes_under(&dir).len(), 5, "{:?}", processes_under(&dir));
+    let out = fleet_integration_tests::run(
+        Command::new(bin("fleetctl")).args(["services", "-o", "json"]).envs(vars.iter().map(|(k, v)| (k, v))),
+    );
+    let services: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in services.as_array().unwrap() {
+        assert_eq!(
+            (s["name"].as_str(), s["state"].as_str(), s["healthy"].as_bool()),
+            (Some("web"), Some("running"), Some(true)),
+            "{s}"
+        );
+    }
     let status = dev.terminate(Duration::from_secs(30));
     assert!(status.success(), "fleetctl dev exits 0 on SIGTERM: {status}");
     assert!(processes_under(&dir).is_empty(), "left behind: {:?}", processes_under(&dir));

@@ -1,0 +1,306 @@
+//! Commands from the coordinator: service start/stop/restart, applied at most once per id
+//! (journalled durably before they are acted on), and log requests streamed back over the
+//! session. Each command runs in its own task so the session keeps reporting meanwhile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_proto::v1::agent_message::Msg as AgentMsg;
+use fleet_proto::v1::command::Action as CmdAction;
+use fleet_proto::v1::{
+    AgentMessage, Command, CommandState, CommandUpdate, LogBatch, LogLine, LogsCommand, ServiceAction,
+};
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::store::{Outbox, Recorded};
+use crate::supervisor::{Action, Supervisor};
+
+/// Default time a service command may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest time a service command may take.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Commands handled at once; more are rejected as busy.
+const MAX_CONCURRENT: usize = 64;
+/// Following log streams at once.
+const MAX_FOLLOWERS: usize = 32;
+/// Lines per LogBatch message.
+const BATCH: usize = 256;
+
+type Sender = mpsc::Sender<AgentMessage>;
+
+/// Runs commands against the supervisor.
+#[derive(Debug)]
+pub struct Dispatcher {
+    supervisor: Arc<Supervisor>,
+    store: Arc<Outbox>,
+    busy: Arc<Semaphore>,
+    /// Service commands being applied now, with the channel their final update goes out on
+    /// (a repeated delivery after a reconnect waits for the same outcome).
+    in_progress: Mutex<HashMap<String, watch::Receiver<Option<CommandUpdate>>>>,
+    /// Log streams, by command id.
+    followers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+}
+
+fn update(id: &str, state: CommandState, message: impl Into<String>) -> CommandUpdate {
+    CommandUpdate {
+        command_id: id.to_string(),
+        state: state as i32,
+        message: message.into(),
+        service: None,
+        log_tail: Vec::new(),
+    }
+}
+
+async fn send(tx: &Sender, u: CommandUpdate) {
+    let _ = tx.send(AgentMessage { msg: Some(AgentMsg::CommandUpdate(u)) }).await;
+}
+
+impl Dispatcher {
+    /// A dispatcher over `supervisor`, journalling in `store`.
+    pub fn new(supervisor: Arc<Supervisor>, store: Arc<Outbox>) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            supervisor,
+            store,
+            busy: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            in_progress: Mutex::new(HashMap::new()),
+            followers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Handles one command; updates go out on `tx`.
+    pub fn handle(self: &Arc<Self>, cmd: Command, tx: Sender) {
+        let Ok(permit) = self.busy.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                send(&tx, update(&cmd.id, CommandState::Rejected, "the agent is busy with other commands; retry")).await
+            });
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match cmd.action.clone() {
+                Some(CmdAction::Service(sc)) => {
+                    let action = sc.action();
+                    this.service_command(cmd, sc.service, action, tx).await
+                }
+                Some(CmdAction::Logs(l)) => this.logs_command(cmd.id, l, tx).await,
+                Some(CmdAction::Cancel(c)) => {
+                    let handle = this.followers.lock().expect("followers lock").remove(&c.command_id);
+                    if let Some(h) = handle {
+                        h.abort();
+                        send(&tx, update(&c.command_id, CommandState::Succeeded, "cancelled")).await;
+                    }
+                    send(&tx, update(&cmd.id, CommandState::Succeeded, "")).await;
+                }
+                None => {
+                    send(
+                        &tx,
+                        update(
+                            &cmd.id,
+                            CommandState::Rejected,
+                            format!("fleet-agent {} does not know this command", fleet_common::VERSION),
+                        ),
+                    )
+                    .await
+                }
+            }
+        });
+    }
+
+    /// Stops every log stream (the session they were going to ended).
+    pub fn cancel_followers(&self) {
+        for (_, h) in self.followers.lock().expect("followers lock").drain() {
+            h.abort();
+        }
+    }
+
+    async fn service_command(&self, cmd: Command, service: String, action: ServiceAction, tx: Sender) {
+        let id = cmd.id.clone();
+        // A delivery of a command that is still being applied waits for the same outcome.
+        let running = self.in_progress.lock().expect("in_progress lock").get(&id).cloned();
+        if let Some(mut rx) = running {
+            let _ = rx.wait_for(Option::is_some).await;
+            let u = rx.borrow().clone();
+            if let Some(u) = u {
+                send(&tx, u).await;
+            }
+            return;
+        }
+        match self.store.command(&id) {
+            Ok(Some(rec)) => {
+                let u = if rec.finished {
+                    let mut u =
+                        update(&id, CommandState::try_from(rec.state).unwrap_or(CommandState::Failed), rec.message);
+                    u.service = self.supervisor.get(&service).map(|h| h.report());
+                    u
+                } else {
+                    update(
+                        &id,
+                        CommandState::Failed,
+                        "the agent restarted while applying this command; it is not applied again: check the service and send a new command",
+                    )
+                };
+                send(&tx, u).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                send(&tx, update(&id, CommandState::Failed, format!("cannot read the command journal: {e}"))).await;
+                return;
+            }
+        }
+        let action = match action {
+            ServiceAction::Start => Action::Start,
+            ServiceAction::Stop => Action::Stop,
+            ServiceAction::Restart => Action::Restart,
+            ServiceAction::Unspecified => {
+                send(&tx, update(&id, CommandState::Rejected, "no action given")).await;
+                return;
+            }
+        };
+        let Some(handle) = self.supervisor.get(&service) else {
+            let names: Vec<_> = self.supervisor.all().iter().map(|h| h.config.name.as_str()).collect();
+            let msg = format!(
+                "no service named \"{service}\" on this host (it has: {})",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            );
+            send(&tx, update(&id, CommandState::Rejected, msg)).await;
+            return;
+        };
+        // Journal first: from here on, this id is never applied again.
+        let now = fleet_common::now_ms();
+        if let Err(e) = self
+            .store
+            .record_command(&id, &Recorded { at_ms: now, finished: false, state: 0, message: String::new() })
+            .await
+        {
+            send(&tx, update(&id, CommandState::Failed, format!("cannot journal the command, not applying it: {e}")))
+                .await;
+            return;
+        }
+        let (done_tx, done_rx) = watch::channel(None);
+        self.in_progress.lock().expect("in_progress lock").insert(id.clone(), done_rx);
+        send(&tx, update(&id, CommandState::Running, "")).await;
+        let by = if cmd.requested_by.is_empty() { "the coordinator".to_string() } else { cmd.requested_by.clone() };
+        tracing::info!(command_id = %id, service = %service, ?action, by = %by, "applying a service command");
+        let timeout =
+            if cmd.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(cmd.timeout_ms).min(MAX_TIMEOUT) };
+        let outcome = self.supervisor.request(&service, action, &by, timeout).await;
+        let mut u = match outcome {
+            Ok(msg) => update(&id, CommandState::Succeeded, msg),
+            Err((reason, tail)) => {
+                let mut u = update(&id, CommandState::Failed, reason);
+                u.log_tail = tail;
+                u
+            }
+        };
+        u.service = Some(handle.report());
+        let rec = Recorded { at_ms: now, finished: true, state: u.state, message: u.message.clone() };
+        if let Err(e) = self.store.record_command(&id, &rec).await {
+            tracing::error!(command_id = %id, error = %e, "cannot journal a command's outcome");
+        }
+        let _ = done_tx.send(Some(u.clone()));
+        self.in_progress.lock().expect("in_progress lock").remove(&id);
+        send(&tx, u).await;
+    }
+
+    async fn logs_command(self: &Arc<Self>, id: String, req: LogsCommand, tx: Sender) {
+        let handles: Vec<_> = if req.service.is_empty() {
+            self.supervisor.all().iter().collect()
+        } else {
+            match self.supervisor.get(&req.service) {
+                Some(h) => vec![h],
+                None => {
+                    send(
+                        &tx,
+                        update(
+                            &id,
+                            CommandState::Rejected,
+                            format!("no service named \"{}\" on this host", req.service),
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        };
+        let n = req.lines as usize;
+        if !req.follow {
+            for h in handles {
+                for chunk in h.log.tail(n).chunks(BATCH) {
+                    if !send_lines(&tx, &id, chunk.to_vec()).await {
+                        return;
+                    }
+                }
+            }
+            send(&tx, update(&id, CommandState::Succeeded, "")).await;
+            return;
+        }
+        if self.followers.lock().expect("followers lock").len() >= MAX_FOLLOWERS {
+            send(
+                &tx,
+                update(
+                    &id,
+                    CommandState::Rejected,
+                    format!("this agent already streams {MAX_FOLLOWERS} logs; stop one first"),
+                ),
+            )
+            .await;
+            return;
+        }
+        let mut tails = Vec::new();
+        let mut streams = Vec::new();
+        for h in &handles {
+            let (tail, rx) = h.log.follow(n);
+            tails.extend(tail);
+            let service = h.config.name.clone();
+            streams.push(BroadcastStream::new(rx).map(move |r| match r {
+                Ok(line) => line,
+                Err(BroadcastStreamRecvError::Lagged(k)) => LogLine {
+                    service: service.clone(),
+                    timestamp_ms: fleet_common::now_ms(),
+                    stream: "fleet".into(),
+                    line: format!("{k} lines skipped: the reader fell behind"),
+                    host: String::new(),
+                },
+            }));
+        }
+        // Interleave the backlog of several services by time.
+        tails.sort_by_key(|l| l.timestamp_ms);
+        let this = self.clone();
+        let task_id = id.clone();
+        let task = tokio::spawn(async move {
+            for chunk in tails.chunks(BATCH) {
+                if !send_lines(&tx, &task_id, chunk.to_vec()).await {
+                    return;
+                }
+            }
+            let mut merged = futures_util::stream::select_all(streams);
+            while let Some(first) = merged.next().await {
+                let mut lines = vec![first];
+                // Take whatever else is ready, up to a batch, without waiting.
+                while lines.len() < BATCH {
+                    match futures_util::FutureExt::now_or_never(merged.next()) {
+                        Some(Some(l)) => lines.push(l),
+                        _ => break,
+                    }
+                }
+                if !send_lines(&tx, &task_id, lines).await {
+                    break;
+                }
+            }
+            this.followers.lock().expect("followers lock").remove(&task_id);
+        });
+        self.followers.lock().expect("followers lock").insert(id, task.abort_handle());
+    }
+}
+
+async fn send_lines(tx: &Sender, id: &str, lines: Vec<LogLine>) -> bool {
+    tx.send(AgentMessage { msg: Some(AgentMsg::LogBatch(LogBatch { command_id: id.to_string(), lines })) })
+        .await
+        .is_ok()
+}
