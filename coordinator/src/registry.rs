@@ -96,6 +96,18 @@ impl Host {
         })
     }
 
+    /// Replaces one service's state in the newest report (from a command's outcome).
+    pub fn update_service(&self, svc: fleet_proto::v1::ServiceStatus) {
+        self.with(|s| {
+            if let Some(latest) = s.latest.as_mut() {
+                let report = Arc::make_mut(latest);
+                if let Some(slot) = report.services.iter_mut().find(|x| x.name == svc.name) {
+                    *slot = svc;
+                }
+            }
+        });
+    }
+
     /// Stored reports taken at or after `since_ms`, oldest first, at most the newest `limit`.
     pub fn reports(&self, since_ms: i64, limit: usize) -> Vec<StoredReport> {
         self.with(|s| {

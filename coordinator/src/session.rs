@@ -196,6 +196,11 @@ impl AgentApi {
                         }
                         Some(AgentMsg::CommandUpdate(u)) => {
                             tracing::debug!(host = %host.name, command_id = %u.command_id, state = u.state, message = %u.message, "command update");
+                            if let Some(svc) = &u.service {
+                                // The outcome carries the service's new state: show it now rather
+                                // than at the agent's next report.
+                                host.update_service(svc.clone());
+                            }
                             self.hub.update(u);
                         }
                         Some(AgentMsg::LogBatch(batch)) => {

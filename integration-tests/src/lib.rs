@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use fleet_common::tls::{TlsFiles, TlsMaterial, connect_coordinator};
 use fleet_proto::v1::control_service_client::ControlServiceClient;
-use fleet_proto::v1::{HostSummary, ListHostsRequest, ListReportsRequest, StoredReport};
+use fleet_proto::v1::{
+    HostSummary, ListHostsRequest, ListReportsRequest, ListServicesRequest, ServiceStatus, StoredReport,
+};
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::transport::Channel;
 
@@ -372,6 +374,30 @@ impl Cluster {
         .await
     }
 
+    /// The state of `host`'s service `name` as the coordinator knows it.
+    pub async fn service(&self, host: &str, name: &str) -> Option<ServiceStatus> {
+        let tls = TlsMaterial::load(&self.pki.files("ops")).ok()?;
+        let ch = connect_coordinator(&self.addr, &tls).await.ok()?;
+        let r = ControlServiceClient::new(ch).list_services(ListServicesRequest { host: host.into() }).await.ok()?;
+        r.into_inner().services.into_iter().filter_map(|s| s.service).find(|s| s.name == name)
+    }
+
+    /// Waits until `host`'s service `name` satisfies `pred`, and returns its state.
+    pub async fn wait_service(
+        &self,
+        host: &str,
+        name: &str,
+        deadline: Duration,
+        what: &str,
+        pred: impl Fn(&ServiceStatus) -> bool,
+    ) -> ServiceStatus {
+        eventually(deadline, &format!("{host}/{name}: {what}"), || async {
+            let s = self.service(host, name).await?;
+            pred(&s).then_some(s)
+        })
+        .await
+    }
+
     /// The stored reports of `host`.
     pub async fn reports(&self, host: &str) -> Vec<StoredReport> {
         self.control()
@@ -404,6 +430,39 @@ impl Cluster {
         let r = reqwest::get(format!("http://{}{path}", self.http)).await.expect("http get");
         let code = r.status().as_u16();
         (code, r.text().await.expect("body"))
+    }
+}
+
+/// A `[[services]]` table running `sh -c SCRIPT`, with extra keys appended.
+pub fn sh_service(name: &str, script: &str, extra: &str) -> String {
+    format!("\n[[services]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"-c\", {}]\n{extra}\n", toml_string(script))
+}
+
+/// A `[[services]]` table running the demo HTTP server on `port` with an HTTP health check;
+/// writing `fail` or `hang` into `health_file` makes its health check fail or hang.
+pub fn web_service(name: &str, port: u16, health_file: &Path, health: &str) -> String {
+    format!(
+        "\n[[services]]\nname = \"{name}\"\ncommand = {}\nargs = [\"demo-server\", \"--listen\", \"127.0.0.1:{port}\", \"--name\", \"{name}\", \"--health-file\", {}, \"--heartbeat\", \"0\"]\nstart_secs = \"200ms\"\nstop_timeout = \"5s\"\n[services.health]\nhttp = \"http://127.0.0.1:{port}/health\"\n{health}\n",
+        toml_string(bin("fleetctl").to_str().unwrap()),
+        toml_string(health_file.to_str().unwrap())
+    )
+}
+
+/// A TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => text.rfind(')').and_then(|i| text[i + 2..].chars().next()) != Some('Z'),
+        Err(_) => false,
     }
 }
 

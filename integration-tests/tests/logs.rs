@@ -1,0 +1,102 @@
+//! `fleetctl logs`: recent lines, following new ones across log rotation, and every host's
+//! services merged with `host/service` prefixes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fleet_integration_tests::{Cluster, CoordinatorOpts, bin, serial, sh_service};
+
+/// Prints numbered, 150-byte lines, 50 a second.
+const CHATTY: &str = "i=0; while true; do i=$((i+1)); echo \"line $i $(printf '%0130d' 0)\"; sleep 0.02; done";
+
+fn numbers(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "line").nth(1).and_then(|n| n.parse().ok()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_show_recent_lines_and_follow_across_rotation() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2", "main-pc"]);
+    c.start_coordinator(CoordinatorOpts::default()).await;
+    c.start_agent_with(
+        "pc2",
+        Duration::from_secs(1),
+        &sh_service("chatty", CHATTY, "log_max_bytes = \"8KiB\"\nlog_backups = 2"),
+    );
+    c.start_agent_with(
+        "main-pc",
+        Duration::from_secs(1),
+        &sh_service("hello", "echo hello from main-pc; exec sleep 1000", ""),
+    );
+    c.wait_service("pc2", "chatty", Duration::from_secs(10), "running", |s| s.state == "running").await;
+    c.wait_service("main-pc", "hello", Duration::from_secs(10), "running", |s| s.state == "running").await;
+
+    // -n: the newest lines, in order.
+    let out = c.fleetctl(&["logs", "pc2", "chatty", "-n", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let n = numbers(&lines);
+    assert_eq!(n.len(), 5, "{lines:?}");
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "{n:?}");
+    assert!(lines[0].starts_with("20") && lines[0].contains('Z'), "lines carry their time: {}", lines[0]);
+
+    // -f: new lines as they come, with no gap, while the file rotates underneath.
+    let f = c.pki.files("ops");
+    let mut follower = Command::new(bin("fleetctl"))
+        .args(["logs", "pc2", "chatty", "-f", "-n", "1"])
+        .env("FLEET_ADDR", &c.addr)
+        .env("FLEET_CA", &f.ca)
+        .env("FLEET_CERT", &f.cert)
+        .env("FLEET_KEY", &f.key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let rotated = c.dir().join("pc2/logs/chatty.log.1");
+    let first_rotation = std::fs::metadata(&rotated).and_then(|m| m.modified()).ok();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 200 && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            got.push(l);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let n = numbers(&got);
+    assert!(n.len() >= 200, "followed only {} lines", n.len());
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "a gap while following: {n:?}");
+    let later_rotation = std::fs::metadata(&rotated).and_then(|m| m.modified()).ok();
+    assert!(later_rotation.is_some() && later_rotation != first_rotation, "the log did not rotate while following");
+
+    // --all: every host's services, prefixed.
+    let out = c.fleetctl(&["logs", "--all", "-n", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("pc2/chatty ") && l.contains("line ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("main-pc/hello ") && l.ends_with("hello from main-pc")), "{text}");
+
+    // A service that does not exist is a clear error.
+    let out = c.fleetctl(&["logs", "pc2", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service named \"nosuch\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
