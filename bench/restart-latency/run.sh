@@ -134,7 +134,7 @@ startsecs = 0
 startretries = 1000
 EOF
 touch "$WORK/supervisord.starts"
-supervisord -c "$WORK/supervisord.conf" &
+supervisord -c "$WORK/supervisord.conf" > "$WORK/supervisord.out" 2>&1 &
 SUPERVISORD_PID=$!
 SCTL="supervisorctl -c $WORK/supervisord.conf"
 for _ in $(seq 200); do $SCTL status crasher 2>/dev/null | grep -q RUNNING && break; sleep 0.05; done

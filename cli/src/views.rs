@@ -269,14 +269,16 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
                 vec![
                     s.name.clone(),
                     s.state.clone(),
-                    if s.healthy { "yes".into() } else { "no".into() },
-                    s.pid.to_string(),
+                    crate::services::health_word(s).to_string(),
+                    if s.pid == 0 { "-".into() } else { s.pid.to_string() },
                     s.restarts.to_string(),
-                    s.version.clone(),
+                    if s.memory_rss_bytes == 0 { "-".into() } else { human_bytes(s.memory_rss_bytes) },
+                    if s.version.is_empty() { "-".into() } else { s.version.clone() },
+                    s.message.clone(),
                 ]
             })
             .collect();
-        print!("{}", table(&["SERVICE", "STATE", "HEALTHY", "PID", "RESTARTS", "VERSION"], &rows));
+        print!("{}", table(&["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MEMORY", "VERSION", "MESSAGE"], &rows));
     }
     Ok(())
 }
