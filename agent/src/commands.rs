@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use crate::deploy::{Deployer, Probation};
 use crate::store::{Outbox, Recorded};
 use crate::supervisor::{Action, Supervisor};
 
@@ -36,6 +37,7 @@ type Sender = mpsc::Sender<AgentMessage>;
 #[derive(Debug)]
 pub struct Dispatcher {
     supervisor: Arc<Supervisor>,
+    deployer: Arc<Deployer>,
     store: Arc<Outbox>,
     busy: Arc<Semaphore>,
     /// Service commands being applied now, with the channel their final update goes out on
@@ -45,6 +47,10 @@ pub struct Dispatcher {
     followers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
+fn requested_by(cmd: &Command) -> String {
+    if cmd.requested_by.is_empty() { "the coordinator".to_string() } else { cmd.requested_by.clone() }
+}
+
 fn update(id: &str, state: CommandState, message: impl Into<String>) -> CommandUpdate {
     CommandUpdate {
         command_id: id.to_string(),
@@ -52,6 +58,7 @@ fn update(id: &str, state: CommandState, message: impl Into<String>) -> CommandU
         message: message.into(),
         service: None,
         log_tail: Vec::new(),
+        releases: Vec::new(),
     }
 }
 
@@ -61,9 +68,10 @@ async fn send(tx: &Sender, u: CommandUpdate) {
 
 impl Dispatcher {
     /// A dispatcher over `supervisor`, journalling in `store`.
-    pub fn new(supervisor: Arc<Supervisor>, store: Arc<Outbox>) -> Arc<Dispatcher> {
+    pub fn new(supervisor: Arc<Supervisor>, deployer: Arc<Deployer>, store: Arc<Outbox>) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             supervisor,
+            deployer,
             store,
             busy: Arc::new(Semaphore::new(MAX_CONCURRENT)),
             in_progress: Mutex::new(HashMap::new()),
@@ -84,8 +92,41 @@ impl Dispatcher {
             let _permit = permit;
             match cmd.action.clone() {
                 Some(CmdAction::Service(sc)) => {
-                    let action = sc.action();
-                    this.service_command(cmd, sc.service, action, tx).await
+                    let action = match sc.action() {
+                        ServiceAction::Start => Action::Start,
+                        ServiceAction::Stop => Action::Stop,
+                        ServiceAction::Restart => Action::Restart,
+                        ServiceAction::Unspecified => {
+                            send(&tx, update(&cmd.id, CommandState::Rejected, "no action given")).await;
+                            return;
+                        }
+                    };
+                    let timeout = if cmd.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(cmd.timeout_ms).min(MAX_TIMEOUT) };
+                    let by = requested_by(&cmd);
+                    let (sup, svc) = (this.supervisor.clone(), sc.service.clone());
+                    this.journalled(&cmd, &sc.service, false, tx, async move { sup.request(&svc, action, &by, timeout).await }).await
+                }
+                Some(CmdAction::Deploy(d)) => {
+                    let p = Probation::from_ms(d.min_healthy_time_ms, d.healthy_deadline_ms);
+                    let dep = this.deployer.clone();
+                    let service = d.service.clone();
+                    this.journalled(&cmd, &service, true, tx, async move {
+                        dep.deploy(&d.service, &d.version, &d.sha256, d.size_bytes, p).await
+                    })
+                    .await
+                }
+                Some(CmdAction::Rollback(r)) => {
+                    let p = Probation::from_ms(r.min_healthy_time_ms, r.healthy_deadline_ms);
+                    let dep = this.deployer.clone();
+                    let service = r.service.clone();
+                    this.journalled(&cmd, &service, true, tx, async move { dep.rollback(&r.service, &r.to_version, p).await }).await
+                }
+                Some(CmdAction::Releases(r)) => {
+                    let u = match this.deployer.releases(&r.service) {
+                        Ok(releases) => CommandUpdate { releases, ..update(&cmd.id, CommandState::Succeeded, "") },
+                        Err((reason, _)) => update(&cmd.id, CommandState::Rejected, reason),
+                    };
+                    send(&tx, u).await;
                 }
                 Some(CmdAction::Logs(l)) => this.logs_command(cmd.id, l, tx).await,
                 Some(CmdAction::Cancel(c)) => {
@@ -118,7 +159,21 @@ impl Dispatcher {
         }
     }
 
-    async fn service_command(&self, cmd: Command, service: String, action: ServiceAction, tx: Sender) {
+    /// The state of `service` with its deployed version.
+    fn status(&self, service: &str) -> Option<fleet_proto::v1::ServiceStatus> {
+        let mut s = self.supervisor.get(service)?.report();
+        if let Some(v) = self.deployer.versions().remove(service) {
+            s.version = v;
+        }
+        Some(s)
+    }
+
+    /// Applies a command at most once: a repeated delivery gets the recorded outcome, the id is
+    /// journalled durably before `apply` runs, and the outcome is journalled before it is sent.
+    async fn journalled<F>(&self, cmd: &Command, service: &str, with_releases: bool, tx: Sender, apply: F)
+    where
+        F: std::future::Future<Output = Result<String, (String, Vec<String>)>>,
+    {
         let id = cmd.id.clone();
         // A delivery of a command that is still being applied waits for the same outcome.
         let running = self.in_progress.lock().expect("in_progress lock").get(&id).cloned();
@@ -133,9 +188,8 @@ impl Dispatcher {
         match self.store.command(&id) {
             Ok(Some(rec)) => {
                 let u = if rec.finished {
-                    let mut u =
-                        update(&id, CommandState::try_from(rec.state).unwrap_or(CommandState::Failed), rec.message);
-                    u.service = self.supervisor.get(&service).map(|h| h.report());
+                    let mut u = update(&id, CommandState::try_from(rec.state).unwrap_or(CommandState::Failed), rec.message);
+                    u.service = self.status(service);
                     u
                 } else {
                     update(
@@ -153,16 +207,7 @@ impl Dispatcher {
                 return;
             }
         }
-        let action = match action {
-            ServiceAction::Start => Action::Start,
-            ServiceAction::Stop => Action::Stop,
-            ServiceAction::Restart => Action::Restart,
-            ServiceAction::Unspecified => {
-                send(&tx, update(&id, CommandState::Rejected, "no action given")).await;
-                return;
-            }
-        };
-        let Some(handle) = self.supervisor.get(&service) else {
+        if self.supervisor.get(service).is_none() {
             let names: Vec<_> = self.supervisor.all().iter().map(|h| h.config.name.as_str()).collect();
             let msg = format!(
                 "no service named \"{service}\" on this host (it has: {})",
@@ -170,35 +215,25 @@ impl Dispatcher {
             );
             send(&tx, update(&id, CommandState::Rejected, msg)).await;
             return;
-        };
+        }
         // Journal first: from here on, this id is never applied again.
         let now = fleet_common::now_ms();
-        if let Err(e) = self
-            .store
-            .record_command(&id, &Recorded { at_ms: now, finished: false, state: 0, message: String::new() })
-            .await
-        {
-            send(&tx, update(&id, CommandState::Failed, format!("cannot journal the command, not applying it: {e}")))
-                .await;
+        if let Err(e) = self.store.record_command(&id, &Recorded { at_ms: now, finished: false, state: 0, message: String::new() }).await {
+            send(&tx, update(&id, CommandState::Failed, format!("cannot journal the command, not applying it: {e}"))).await;
             return;
         }
         let (done_tx, done_rx) = watch::channel(None);
         self.in_progress.lock().expect("in_progress lock").insert(id.clone(), done_rx);
         send(&tx, update(&id, CommandState::Running, "")).await;
-        let by = if cmd.requested_by.is_empty() { "the coordinator".to_string() } else { cmd.requested_by.clone() };
-        tracing::info!(command_id = %id, service = %service, ?action, by = %by, "applying a service command");
-        let timeout =
-            if cmd.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(cmd.timeout_ms).min(MAX_TIMEOUT) };
-        let outcome = self.supervisor.request(&service, action, &by, timeout).await;
-        let mut u = match outcome {
+        tracing::info!(command_id = %id, service, by = %requested_by(cmd), "applying a command");
+        let mut u = match apply.await {
             Ok(msg) => update(&id, CommandState::Succeeded, msg),
-            Err((reason, tail)) => {
-                let mut u = update(&id, CommandState::Failed, reason);
-                u.log_tail = tail;
-                u
-            }
+            Err((reason, tail)) => CommandUpdate { log_tail: tail, ..update(&id, CommandState::Failed, reason) },
         };
-        u.service = Some(handle.report());
+        u.service = self.status(service);
+        if with_releases {
+            u.releases = self.deployer.releases(service).unwrap_or_default();
+        }
         let rec = Recorded { at_ms: now, finished: true, state: u.state, message: u.message.clone() };
         if let Err(e) = self.store.record_command(&id, &rec).await {
             tracing::error!(command_id = %id, error = %e, "cannot journal a command's outcome");

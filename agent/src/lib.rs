@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collector::Collector;
 use crate::commands::Dispatcher;
+use crate::deploy::Deployer;
 use crate::config::AgentConfig;
 use crate::store::{Opened, Outbox, StoreError};
 use crate::supervisor::Supervisor;
@@ -87,13 +88,22 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Opened::Existing => tracing::info!(buffered = outbox.len(), "opened the agent store"),
         Opened::MovedAside(p) => tracing::error!(moved_to = %p.display(), "started with an empty store"),
     }
+    // A deploy interrupted by the agent stopping is rolled back before any service starts.
+    deploy::recover(&outbox, &config.services);
     let services_shutdown = CancellationToken::new();
     let supervisor = Arc::new(
         Supervisor::start(&config.name, &config.data_dir, &config.services, services_shutdown.clone())
             .await
             .map_err(|e| RunError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?,
     );
-    let dispatcher = Dispatcher::new(supervisor.clone(), outbox.clone());
+    let deployer = Arc::new(Deployer::new(
+        outbox.clone(),
+        supervisor.clone(),
+        &config.data_dir,
+        config.coordinator.clone(),
+        tls.clone(),
+    ));
+    let dispatcher = Dispatcher::new(supervisor.clone(), deployer.clone(), outbox.clone());
     let collector = Arc::new(Mutex::new(Collector::new().map_err(RunError::Collector)?));
     let boot_id = loop {
         let id: u64 = rand::random();
@@ -120,6 +130,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         boot_id,
         collector,
         supervisor.clone(),
+        deployer.clone(),
         outbox.clone(),
         new_report.clone(),
         shutdown.clone(),
@@ -154,12 +165,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
+/// Every service's state, with the committed release of deployed ones.
+fn statuses(supervisor: &Supervisor, deployer: &Deployer) -> Vec<fleet_proto::v1::ServiceStatus> {
+    let versions = deployer.versions();
+    let mut all = supervisor.statuses();
+    for s in &mut all {
+        if let Some(v) = versions.get(&s.name) {
+            s.version = v.clone();
+        }
+    }
+    all
+}
+
 /// Takes a report every `interval` and appends it to the outbox.
 async fn report_loop(
     interval: Duration,
     boot_id: u64,
     collector: Arc<Mutex<Collector>>,
     supervisor: Arc<Supervisor>,
+    deployer: Arc<Deployer>,
     outbox: Arc<Outbox>,
     new_report: Arc<Notify>,
     shutdown: CancellationToken,
@@ -200,7 +224,7 @@ async fn report_loop(
             id: Some(ReportId { boot_id, seq }),
             timestamp_ms: now,
             host: Some(host),
-            services: supervisor.statuses(),
+            services: statuses(&supervisor, &deployer),
             reports_dropped_total: outbox.dropped_total(),
         };
         if let Err(e) = outbox.push(&report, now).await {

@@ -4,6 +4,8 @@
 //! but not yet acknowledged by the coordinator. Tree `meta`: counters that must survive
 //! restarts (`reports_dropped_total`). Tree `commands`: key = command id, value = JSON
 //! [`Recorded`], the at-most-once journal of service commands (the newest 4096 are kept).
+//! Tree `releases`: key = service name, value = JSON `deploy::ServiceReleases` (its releases,
+//! current, previous, and a pending switch).
 //!
 //! A report is flushed to disk before it is sent, so a report the coordinator may have seen is
 //! never lost by an agent crash; the buffer is bounded by age and bytes, and every drop is
@@ -54,6 +56,7 @@ pub struct Outbox {
     outbox: sled::Tree,
     meta: sled::Tree,
     commands: sled::Tree,
+    releases: sled::Tree,
     limits: OutboxLimits,
     state: Mutex<State>,
 }
@@ -140,6 +143,7 @@ impl Outbox {
         let outbox = db.open_tree("outbox").map_err(err)?;
         let meta = db.open_tree("meta").map_err(err)?;
         let commands = db.open_tree("commands").map_err(err)?;
+        let releases = db.open_tree("releases").map_err(err)?;
         let mut state = State::default();
         for item in outbox.iter() {
             let (k, v) = item.map_err(err)?;
@@ -162,7 +166,7 @@ impl Outbox {
         if let Some(v) = meta.get(DROPPED_KEY).map_err(err)? {
             state.dropped_total = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
         }
-        Ok(Outbox { path: path.to_path_buf(), db, outbox, meta, commands, limits, state: Mutex::new(state) })
+        Ok(Outbox { path: path.to_path_buf(), db, outbox, meta, commands, releases, limits, state: Mutex::new(state) })
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -298,6 +302,34 @@ impl Outbox {
             }
         }
         self.db.flush_async().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The release state of `service` (empty when it was never deployed).
+    pub fn releases(&self, service: &str) -> Result<crate::deploy::ServiceReleases, StoreError> {
+        match self.releases.get(service.as_bytes()).map_err(|e| self.err(e))? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| self.err(sled::Error::Unsupported(format!("release state of {service}: {e}")))),
+            None => Ok(Default::default()),
+        }
+    }
+
+    fn put_releases(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(st).map_err(|e| self.err(sled::Error::Unsupported(e.to_string())))?;
+        self.releases.insert(service.as_bytes(), json).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Saves the release state of `service` durably.
+    pub async fn save_releases(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
+        self.put_releases(service, st)?;
+        self.db.flush_async().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Saves the release state of `service` durably, from non-async code.
+    pub fn save_releases_blocking(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
+        self.put_releases(service, st)?;
+        self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
 

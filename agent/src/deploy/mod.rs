@@ -1,4 +1,569 @@
 //! The deployer (DESIGN §5): releases of a service under its deploy root, switched atomically,
 //! watched through probation, and rolled back on their own when unhealthy.
+//!
+//! Layout under `root`: `releases/<version>-<sha256[..8]>/`, `current` (a symbolic link to one
+//! of them, replaced by rename so it is never missing or half-written), `backups/<release>/`
+//! (the service's `backup_paths` as they were just before that release was switched to).
+//!
+//! A deploy: fetch the artifact from the coordinator and verify its sha256; unpack into
+//! `releases/<id>.partial`; rename; back up `backup_paths`; write a durable *pending* record;
+//! switch `current`; restart; probation (healthy within `healthy_deadline`, then healthy for
+//! `min_healthy_time`); commit. Any failure after the switch rolls back: `current` goes back,
+//! the backup is restored, the service restarts, and the release is marked bad with the reason.
+//! An agent that starts and finds a pending record rolls back before starting any service.
 
 pub mod unpack;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_common::tls::{TlsMaterial, connect_coordinator};
+use fleet_proto::v1::agent_service_client::AgentServiceClient;
+use fleet_proto::v1::{FetchArtifactRequest, Release};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::config::{DeployConfig, ServiceConfig};
+use crate::store::Outbox;
+use crate::supervisor::{Action, Supervisor};
+
+/// The largest artifact an agent fetches.
+pub const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
+
+/// How long a switched-to release must prove itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Probation {
+    /// Healthy for this long after becoming healthy.
+    pub min_healthy_time: Duration,
+    /// Healthy within this long after the switch.
+    pub healthy_deadline: Duration,
+}
+
+impl Probation {
+    /// From a command's milliseconds, with the defaults of DESIGN §6 for 0.
+    pub fn from_ms(min_healthy_ms: u64, deadline_ms: u64) -> Self {
+        Probation {
+            min_healthy_time: if min_healthy_ms == 0 { Duration::from_secs(10) } else { Duration::from_millis(min_healthy_ms) },
+            healthy_deadline: if deadline_ms == 0 { Duration::from_secs(300) } else { Duration::from_millis(deadline_ms) },
+        }
+    }
+}
+
+/// One release kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// `<version>-<sha256[..8]>`, the directory name under `releases/`.
+    pub id: String,
+    /// The version.
+    pub version: String,
+    /// The artifact's digest.
+    pub sha256: String,
+    /// When it was last switched to (or unpacked).
+    pub deployed_at_ms: i64,
+    /// Whether it failed probation or was rolled back from.
+    pub bad: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// A switch in progress: what to go back to if the agent stops before it commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSwitch {
+    /// The release switched to.
+    pub to: String,
+    /// The release before it, if any.
+    pub from: Option<String>,
+    /// The backup of backup_paths taken before the switch.
+    pub backup: PathBuf,
+}
+
+/// Everything the agent keeps about one service's releases (in its store, key = service).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReleases {
+    /// Releases on disk, oldest first.
+    pub releases: Vec<ReleaseRecord>,
+    /// The committed release `current` points at.
+    pub current: Option<String>,
+    /// The release before it.
+    pub previous: Option<String>,
+    /// A switch not yet committed.
+    pub pending: Option<PendingSwitch>,
+}
+
+impl ServiceReleases {
+    fn record(&self, id: &str) -> Option<&ReleaseRecord> {
+        self.releases.iter().find(|r| r.id == id)
+    }
+
+    fn version_of(&self, id: &Option<String>) -> String {
+        id.as_ref().and_then(|i| self.record(i)).map(|r| r.version.clone()).unwrap_or_else(|| "none".into())
+    }
+
+    /// The releases as the protocol carries them, newest first.
+    pub fn to_proto(&self) -> Vec<Release> {
+        let mut v: Vec<Release> = self
+            .releases
+            .iter()
+            .map(|r| Release {
+                version: r.version.clone(),
+                sha256: r.sha256.clone(),
+                deployed_at_ms: r.deployed_at_ms,
+                current: self.current.as_deref() == Some(r.id.as_str()),
+                previous: self.previous.as_deref() == Some(r.id.as_str()),
+                bad: r.bad,
+                reason: r.reason.clone(),
+            })
+            .collect();
+        v.sort_by_key(|r| std::cmp::Reverse(r.deployed_at_ms));
+        v
+    }
+}
+
+/// A deploy or rollback failure: the reason and the service's last log lines.
+pub type Failure = (String, Vec<String>);
+
+/// Whether `v` is usable as a version (it becomes part of a directory name).
+pub fn valid_version(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+}
+
+fn io(what: &str, p: &Path, e: std::io::Error) -> String {
+    format!("{what} {}: {}", p.display(), fleet_common::io_reason(&e))
+}
+
+/// Points `root/current` at `releases/<id>` (or removes it for `None`) atomically: a new link
+/// under a temporary name, renamed over `current`, and the directory synced.
+pub fn switch_current(root: &Path, id: Option<&str>) -> Result<(), String> {
+    let current = root.join("current");
+    match id {
+        Some(id) => {
+            let tmp = root.join(".current.tmp");
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp).map_err(|e| io("cannot link", &tmp, e))?;
+            std::fs::rename(&tmp, &current).map_err(|e| io("cannot switch", &current, e))?;
+        }
+        None => match std::fs::remove_file(&current) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot remove", &current, e)),
+        },
+    }
+    unpack::sync_dir(root).map_err(|e| e.to_string())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        std::fs::set_permissions(dst, meta.permissions())?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(src, dst).map(|_| ())
+    }
+}
+
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a backup holds: each backup path and whether it existed.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    paths: Vec<(PathBuf, bool)>,
+}
+
+/// Copies `backup_paths` into `dir` (replacing what was there).
+fn take_backup(cfg: &DeployConfig, dir: &Path) -> Result<(), String> {
+    remove_any(dir).map_err(|e| io("cannot clear", dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    let mut manifest = Manifest { paths: Vec::new() };
+    for (i, p) in cfg.backup_paths.iter().enumerate() {
+        let exists = std::fs::symlink_metadata(p).is_ok();
+        if exists {
+            copy_tree(p, &dir.join(i.to_string())).map_err(|e| io("cannot back up", p, e))?;
+        }
+        manifest.paths.push((p.clone(), exists));
+    }
+    let json = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+    let mf = dir.join("manifest.json");
+    let mut f = std::fs::File::create(&mf).map_err(|e| io("cannot write", &mf, e))?;
+    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| io("cannot write", &mf, e))?;
+    Ok(())
+}
+
+/// Puts `backup_paths` back as the backup in `dir` recorded them.
+fn restore_backup(dir: &Path) -> Result<(), String> {
+    let mf = dir.join("manifest.json");
+    let text = std::fs::read(&mf).map_err(|e| io("cannot read", &mf, e))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", mf.display()))?;
+    for (i, (p, existed)) in manifest.paths.iter().enumerate() {
+        remove_any(p).map_err(|e| io("cannot remove", p, e))?;
+        if *existed {
+            copy_tree(&dir.join(i.to_string()), p).map_err(|e| io("cannot restore", p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs deploys and rollbacks for every deployable service.
+#[derive(Debug)]
+pub struct Deployer {
+    store: Arc<Outbox>,
+    supervisor: Arc<Supervisor>,
+    artifacts: PathBuf,
+    coordinator: String,
+    tls: TlsMaterial,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Rolls back switches left pending by an agent that stopped mid-deploy. Runs before any
+/// service starts, so the service starts on the release it had before.
+pub fn recover(store: &Outbox, services: &[ServiceConfig]) {
+    for svc in services {
+        let Some(cfg) = &svc.deploy else { continue };
+        let mut st = match store.releases(&svc.name) {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::error!(service = %svc.name, error = %e, "cannot read the release state");
+                continue;
+            }
+        };
+        let Some(p) = st.pending.take() else { continue };
+        tracing::warn!(service = %svc.name, release = %p.to, "found an unfinished deploy: rolling back before starting the service");
+        if let Err(e) = switch_current(&cfg.root, p.from.as_deref()) {
+            tracing::error!(service = %svc.name, error = %e, "cannot switch back");
+        }
+        if let Err(e) = restore_backup(&p.backup) {
+            tracing::error!(service = %svc.name, error = %e, "cannot restore the backup");
+        }
+        if let Some(r) = st.releases.iter_mut().find(|r| r.id == p.to) {
+            r.bad = true;
+            r.reason = "the agent stopped before the release passed its probation".into();
+        }
+        st.current = p.from;
+        if let Err(e) = store.save_releases_blocking(&svc.name, &st) {
+            tracing::error!(service = %svc.name, error = %e, "cannot save the release state");
+        }
+    }
+}
+
+impl Deployer {
+    /// A deployer fetching artifacts from `coordinator` with `tls`.
+    pub fn new(store: Arc<Outbox>, supervisor: Arc<Supervisor>, data_dir: &Path, coordinator: String, tls: TlsMaterial) -> Deployer {
+        Deployer { store, supervisor, artifacts: data_dir.join("artifacts"), coordinator, tls, locks: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self, service: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("deploy locks").entry(service.to_string()).or_default().clone()
+    }
+
+    fn config(&self, service: &str) -> Result<(ServiceConfig, DeployConfig), Failure> {
+        let h = self.supervisor.get(service).ok_or_else(|| (format!("no service named \"{service}\" on this host"), Vec::new()))?;
+        let d = h.config.deploy.clone().ok_or_else(|| {
+            (format!("{service} has no [services.deploy] section in this agent's config: it cannot be deployed"), Vec::new())
+        })?;
+        Ok((h.config.clone(), d))
+    }
+
+    /// The committed version of every deployed service.
+    pub fn versions(&self) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        for h in self.supervisor.all() {
+            if h.config.deploy.is_none() {
+                continue;
+            }
+            if let Ok(st) = self.store.releases(&h.config.name) {
+                let v = st.version_of(&st.current);
+                if st.current.is_some() {
+                    out.insert(h.config.name.clone(), v);
+                }
+            }
+        }
+        out
+    }
+
+    /// A service's releases.
+    pub fn releases(&self, service: &str) -> Result<Vec<Release>, Failure> {
+        self.config(service)?;
+        self.store.releases(service).map(|s| s.to_proto()).map_err(|e| (e.to_string(), Vec::new()))
+    }
+
+    async fn fetch(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
+        if size > MAX_ARTIFACT_BYTES {
+            return Err(format!("the artifact is {}, over this agent's limit of {}", fleet_common::human_bytes(size), fleet_common::human_bytes(MAX_ARTIFACT_BYTES)));
+        }
+        std::fs::create_dir_all(&self.artifacts).map_err(|e| io("cannot create", &self.artifacts, e))?;
+        let dest = self.artifacts.join(format!("{sha256}.tar.gz"));
+        let partial = self.artifacts.join(format!("{sha256}.partial"));
+        let channel = connect_coordinator(&self.coordinator, &self.tls).await.map_err(|e| e.to_string())?;
+        let mut stream = AgentServiceClient::new(channel)
+            .fetch_artifact(FetchArtifactRequest { sha256: sha256.to_string() })
+            .await
+            .map_err(|s| format!("cannot fetch artifact {sha256}: {}", s.message()))?
+            .into_inner();
+        let mut file = std::fs::File::create(&partial).map_err(|e| io("cannot create", &partial, e))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.message().await.map_err(|s| format!("fetching artifact {sha256}: {}", s.message()))? {
+            got += chunk.data.len() as u64;
+            if got > size.max(1) {
+                let _ = std::fs::remove_file(&partial);
+                return Err(format!("artifact {sha256} is larger than announced ({size} bytes)"));
+            }
+            hasher.update(&chunk.data);
+            file.write_all(&chunk.data).map_err(|e| io("cannot write", &partial, e))?;
+        }
+        file.sync_all().map_err(|e| io("cannot sync", &partial, e))?;
+        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if digest != sha256 {
+            let _ = std::fs::remove_file(&partial);
+            return Err(format!("sha256 mismatch: expected {sha256}, the fetched artifact has {digest}; nothing was unpacked"));
+        }
+        std::fs::rename(&partial, &dest).map_err(|e| io("cannot rename", &partial, e))?;
+        Ok(dest)
+    }
+
+    /// Deploys `version` (artifact `sha256`) of `service`.
+    pub async fn deploy(&self, service: &str, version: &str, sha256: &str, size: u64, probation: Probation) -> Result<String, Failure> {
+        let (_svc, cfg) = self.config(service)?;
+        if !valid_version(version) {
+            return Err((format!("invalid version \"{version}\": use letters, digits, '.', '_', '+' and '-'"), Vec::new()));
+        }
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err((format!("invalid sha256 \"{sha256}\""), Vec::new()));
+        }
+        let lock = self.lock(service);
+        let _guard = lock.lock().await;
+        let id = format!("{version}-{}", &sha256[..8]);
+        let mut st = self.store.releases(service).map_err(|e| (e.to_string(), Vec::new()))?;
+        if st.current.as_deref() == Some(id.as_str()) {
+            return Ok(format!("{service} {version} is already the current release"));
+        }
+        let releases = cfg.root.join("releases");
+        std::fs::create_dir_all(&releases).map_err(|e| (io("cannot create", &releases, e), Vec::new()))?;
+        let dir = releases.join(&id);
+        if !dir.exists() {
+            let archive = self.fetch(sha256, size).await.map_err(|e| (e, Vec::new()))?;
+            let partial = releases.join(format!("{id}.partial"));
+            let _ = std::fs::remove_dir_all(&partial);
+            let a = archive.clone();
+            let p = partial.clone();
+            let limits = unpack::Limits::default();
+            let unpacked = tokio::task::spawn_blocking(move || unpack::unpack(&a, &p, limits)).await.map_err(|e| (e.to_string(), Vec::new()))?;
+            let _ = std::fs::remove_file(&archive);
+            unpacked.map_err(|e| (format!("the artifact of {service} {version} was refused: {e}"), Vec::new()))?;
+            std::fs::rename(&partial, &dir).map_err(|e| (io("cannot rename", &partial, e), Vec::new()))?;
+            unpack::sync_dir(&releases).map_err(|e| (e.to_string(), Vec::new()))?;
+        }
+        let now = fleet_common::now_ms();
+        st.releases.retain(|r| r.id != id);
+        st.releases.push(ReleaseRecord { id: id.clone(), version: version.into(), sha256: sha256.into(), deployed_at_ms: now, bad: false, reason: String::new() });
+        self.switch(service, &cfg, st, &id, None, probation).await
+    }
+
+    /// Switches `service` back to `to_version` (empty: the previous release).
+    pub async fn rollback(&self, service: &str, to_version: &str, probation: Probation) -> Result<String, Failure> {
+        let (_svc, cfg) = self.config(service)?;
+        let lock = self.lock(service);
+        let _guard = lock.lock().await;
+        let mut st = self.store.releases(service).map_err(|e| (e.to_string(), Vec::new()))?;
+        let target = if to_version.is_empty() {
+            st.previous.clone().ok_or_else(|| (format!("{service} has no previous release to roll back to"), Vec::new()))?
+        } else {
+            st.releases
+                .iter()
+                .rev()
+                .find(|r| r.version == to_version)
+                .map(|r| r.id.clone())
+                .ok_or_else(|| {
+                    let have: Vec<_> = st.releases.iter().map(|r| r.version.as_str()).collect();
+                    (format!("{service} has no release {to_version} on this host (it has: {})", have.join(", ")), Vec::new())
+                })?
+        };
+        if st.current.as_deref() == Some(target.as_str()) {
+            return Ok(format!("{service} {} is already the current release", st.version_of(&Some(target))));
+        }
+        // Going back to the previous release also puts back the files as they were before the
+        // current one was deployed.
+        let restore = (st.previous.as_deref() == Some(target.as_str()))
+            .then(|| st.current.as_ref().map(|c| cfg.root.join("backups").join(c)))
+            .flatten()
+            .filter(|p| p.join("manifest.json").exists());
+        if let Some(r) = st.releases.iter_mut().find(|r| r.id == target) {
+            r.deployed_at_ms = fleet_common::now_ms();
+        }
+        let from = st.current.clone();
+        let msg = self.switch(service, &cfg, st, &target, restore, probation).await?;
+        if let Some(from) = from {
+            // The release rolled back from is marked bad, so it is not mistaken for a good one.
+            let mut st = self.store.releases(service).map_err(|e| (e.to_string(), Vec::new()))?;
+            if let Some(r) = st.releases.iter_mut().find(|r| r.id == from) {
+                r.bad = true;
+                r.reason = "rolled back by an operator".into();
+            }
+            self.store.save_releases(service, &st).await.map_err(|e| (e.to_string(), Vec::new()))?;
+        }
+        Ok(msg)
+    }
+
+    /// The transaction: backup, pending record, switch, restart, probation, then commit or
+    /// roll back.
+    async fn switch(
+        &self,
+        service: &str,
+        cfg: &DeployConfig,
+        mut st: ServiceReleases,
+        to: &str,
+        restore: Option<PathBuf>,
+        probation: Probation,
+    ) -> Result<String, Failure> {
+        let version = st.version_of(&Some(to.to_string()));
+        let from = st.current.clone();
+        let backup = cfg.root.join("backups").join(to);
+        take_backup(cfg, &backup).map_err(|e| (e, Vec::new()))?;
+        st.pending = Some(PendingSwitch { to: to.to_string(), from: from.clone(), backup: backup.clone() });
+        self.store.save_releases(service, &st).await.map_err(|e| (e.to_string(), Vec::new()))?;
+        switch_current(&cfg.root, Some(to)).map_err(|e| (e, Vec::new()))?;
+        if let Some(r) = &restore
+            && let Err(e) = restore_backup(r)
+        {
+            tracing::warn!(service, error = %e, "cannot restore the files of the earlier release");
+        }
+        tracing::info!(service, release = to, "switched; restarting for probation");
+        match self.probation(service, probation).await {
+            Ok(()) => {
+                st.previous = from;
+                st.current = Some(to.to_string());
+                st.pending = None;
+                if let Some(r) = st.releases.iter_mut().find(|r| r.id == to) {
+                    r.bad = false;
+                    r.reason.clear();
+                }
+                self.collect_garbage(cfg, &mut st);
+                self.store.save_releases(service, &st).await.map_err(|e| (e.to_string(), Vec::new()))?;
+                Ok(format!("{service} {version} is running and passed its probation"))
+            }
+            Err((reason, tail)) => {
+                tracing::warn!(service, release = to, %reason, "probation failed; rolling back");
+                let back = st.version_of(&from);
+                let mut notes = Vec::new();
+                if let Err(e) = switch_current(&cfg.root, from.as_deref()) {
+                    notes.push(e);
+                }
+                if let Err(e) = restore_backup(&backup) {
+                    notes.push(e);
+                }
+                if let Some(r) = st.releases.iter_mut().find(|r| r.id == to) {
+                    r.bad = true;
+                    r.reason = reason.clone();
+                }
+                st.pending = None;
+                self.store.save_releases(service, &st).await.map_err(|e| (e.to_string(), Vec::new()))?;
+                if from.is_some() {
+                    if let Err((e, _)) = self.supervisor.request(service, Action::Restart, "the deployer", probation.healthy_deadline).await {
+                        notes.push(format!("after the rollback: {e}"));
+                    }
+                } else {
+                    let _ = self.supervisor.request(service, Action::Stop, "the deployer", Duration::from_secs(60)).await;
+                }
+                let extra = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
+                Err((format!("{service} {version} {reason}; rolled back to {back}{extra}"), tail))
+            }
+        }
+    }
+
+    /// Restart, healthy within the deadline, then healthy for min_healthy_time.
+    async fn probation(&self, service: &str, p: Probation) -> Result<(), Failure> {
+        let h = self.supervisor.get(service).expect("checked by config()");
+        self.supervisor.request(service, Action::Restart, "the deployer", p.healthy_deadline).await.map_err(|(reason, tail)| {
+            // The supervisor's reasons start with the service name.
+            let reason = reason.strip_prefix(service).map(|r| r.trim_start().to_string()).unwrap_or(reason);
+            (reason, tail)
+        })?;
+        let start = h.report();
+        let until = tokio::time::Instant::now() + p.min_healthy_time;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100).min(p.min_healthy_time)).await;
+            let now = h.report();
+            if now.state != "running" || !now.healthy || now.pid != start.pid {
+                let why = if now.message.is_empty() { now.state.clone() } else { now.message.clone() };
+                return Err((format!("did not stay healthy for {}: {why}", fleet_common::human_duration_ms(p.min_healthy_time)), h.log.output_tail(10)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps keep_releases releases, never removing the current or the previous one.
+    fn collect_garbage(&self, cfg: &DeployConfig, st: &mut ServiceReleases) {
+        while st.releases.len() > cfg.keep_releases as usize {
+            let Some(pos) = st.releases.iter().position(|r| Some(&r.id) != st.current.as_ref() && Some(&r.id) != st.previous.as_ref()) else {
+                break;
+            };
+            let r = st.releases.remove(pos);
+            let _ = std::fs::remove_dir_all(cfg.root.join("releases").join(&r.id));
+            let _ = std::fs::remove_dir_all(cfg.root.join("backups").join(&r.id));
+            tracing::info!(release = %r.id, "removed an old release");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switching_current_is_atomic_and_reversible() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("releases/1.0-aaaaaaaa")).unwrap();
+        std::fs::create_dir_all(root.join("releases/2.0-bbbbbbbb")).unwrap();
+        switch_current(root, Some("1.0-aaaaaaaa")).unwrap();
+        assert_eq!(std::fs::read_link(root.join("current")).unwrap(), Path::new("releases/1.0-aaaaaaaa"));
+        switch_current(root, Some("2.0-bbbbbbbb")).unwrap();
+        assert_eq!(std::fs::read_link(root.join("current")).unwrap(), Path::new("releases/2.0-bbbbbbbb"));
+        assert!(!root.join(".current.tmp").exists());
+        switch_current(root, None).unwrap();
+        assert!(std::fs::symlink_metadata(root.join("current")).is_err());
+    }
+
+    #[test]
+    fn backups_restore_files_and_remove_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        let added = dir.path().join("added");
+        std::fs::create_dir_all(conf.join("sub")).unwrap();
+        std::fs::write(conf.join("sub/a.toml"), "v1").unwrap();
+        let cfg = DeployConfig { root: dir.path().join("root"), keep_releases: 5, backup_paths: vec![conf.clone(), added.clone()] };
+        let b = dir.path().join("backup");
+        take_backup(&cfg, &b).unwrap();
+        std::fs::write(conf.join("sub/a.toml"), "v2").unwrap();
+        std::fs::write(conf.join("new.toml"), "x").unwrap();
+        std::fs::write(&added, "created by v2").unwrap();
+        restore_backup(&b).unwrap();
+        assert_eq!(std::fs::read_to_string(conf.join("sub/a.toml")).unwrap(), "v1");
+        assert!(!conf.join("new.toml").exists());
+        assert!(!added.exists(), "a path that did not exist before is removed");
+    }
+
+    #[test]
+    fn versions_must_be_safe_names() {
+        assert!(valid_version("1.4.2+build-7"));
+        assert!(!valid_version("../1"));
+        assert!(!valid_version(""));
+        assert!(!valid_version("a b"));
+    }
+}

@@ -176,6 +176,13 @@ impl ServiceTask {
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(self.config.start_retries);
         let mut want_up = true;
+        if let Some(d) = &self.config.deploy
+            && std::fs::symlink_metadata(d.root.join("current")).is_err()
+        {
+            // Nothing to run until the first release is deployed.
+            want_up = false;
+            self.publish(|s| s.message = "no release deployed yet (fleetctl rollout start)".into());
+        }
         let mut waiting: Vec<Reply> = Vec::new();
         loop {
             if !want_up {
