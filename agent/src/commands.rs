@@ -101,10 +101,17 @@ impl Dispatcher {
                             return;
                         }
                     };
-                    let timeout = if cmd.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(cmd.timeout_ms).min(MAX_TIMEOUT) };
+                    let timeout = if cmd.timeout_ms == 0 {
+                        DEFAULT_TIMEOUT
+                    } else {
+                        Duration::from_millis(cmd.timeout_ms).min(MAX_TIMEOUT)
+                    };
                     let by = requested_by(&cmd);
                     let (sup, svc) = (this.supervisor.clone(), sc.service.clone());
-                    this.journalled(&cmd, &sc.service, false, tx, async move { sup.request(&svc, action, &by, timeout).await }).await
+                    this.journalled(&cmd, &sc.service, false, tx, async move {
+                        sup.request(&svc, action, &by, timeout).await
+                    })
+                    .await
                 }
                 Some(CmdAction::Deploy(d)) => {
                     let p = Probation::from_ms(d.min_healthy_time_ms, d.healthy_deadline_ms);
@@ -119,7 +126,10 @@ impl Dispatcher {
                     let p = Probation::from_ms(r.min_healthy_time_ms, r.healthy_deadline_ms);
                     let dep = this.deployer.clone();
                     let service = r.service.clone();
-                    this.journalled(&cmd, &service, true, tx, async move { dep.rollback(&r.service, &r.to_version, p).await }).await
+                    this.journalled(&cmd, &service, true, tx, async move {
+                        dep.rollback(&r.service, &r.to_version, p).await
+                    })
+                    .await
                 }
                 Some(CmdAction::Releases(r)) => {
                     let u = match this.deployer.releases(&r.service) {
@@ -188,7 +198,8 @@ impl Dispatcher {
         match self.store.command(&id) {
             Ok(Some(rec)) => {
                 let u = if rec.finished {
-                    let mut u = update(&id, CommandState::try_from(rec.state).unwrap_or(CommandState::Failed), rec.message);
+                    let mut u =
+                        update(&id, CommandState::try_from(rec.state).unwrap_or(CommandState::Failed), rec.message);
                     u.service = self.status(service);
                     u
                 } else {
@@ -218,8 +229,13 @@ impl Dispatcher {
         }
         // Journal first: from here on, this id is never applied again.
         let now = fleet_common::now_ms();
-        if let Err(e) = self.store.record_command(&id, &Recorded { at_ms: now, finished: false, state: 0, message: String::new() }).await {
-            send(&tx, update(&id, CommandState::Failed, format!("cannot journal the command, not applying it: {e}"))).await;
+        if let Err(e) = self
+            .store
+            .record_command(&id, &Recorded { at_ms: now, finished: false, state: 0, message: String::new() })
+            .await
+        {
+            send(&tx, update(&id, CommandState::Failed, format!("cannot journal the command, not applying it: {e}")))
+                .await;
             return;
         }
         let (done_tx, done_rx) = watch::channel(None);

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collector::Collector;
 use crate::commands::Dispatcher;
-use crate::deploy::Deployer;
 use crate::config::AgentConfig;
+use crate::deploy::Deployer;
 use crate::store::{Opened, Outbox, StoreError};
 use crate::supervisor::Supervisor;
 

@@ -308,7 +308,8 @@ impl Outbox {
     /// The release state of `service` (empty when it was never deployed).
     pub fn releases(&self, service: &str) -> Result<crate::deploy::ServiceReleases, StoreError> {
         match self.releases.get(service.as_bytes()).map_err(|e| self.err(e))? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| self.err(sled::Error::Unsupported(format!("release state of {service}: {e}")))),
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| self.err(sled::Error::Unsupported(format!("release state of {service}: {e}")))),
             None => Ok(Default::default()),
         }
     }

@@ -25,6 +25,8 @@ pub struct CoordinatorConfig {
     pub retention: Duration,
     /// Most agent sessions and operator connections open at once.
     pub max_connections: usize,
+    /// The largest artifact accepted.
+    pub artifact_max_bytes: u64,
 }
 
 impl CoordinatorConfig {
@@ -49,6 +51,14 @@ impl CoordinatorConfig {
             }
             None => (None, None),
         };
+        let artifact_max_bytes = match root.section("artifacts") {
+            Some(mut s) => {
+                let m = s.bytes("max_bytes");
+                s.finish();
+                m
+            }
+            None => None,
+        };
         let retention = match root.section("history") {
             Some(mut s) => {
                 let r = s.duration_in("retention", Duration::from_secs(60), Duration::from_secs(90 * 86400));
@@ -67,6 +77,7 @@ impl CoordinatorConfig {
                 offline_after: offline_after.unwrap_or(Duration::from_secs(15)),
                 retention: retention.unwrap_or(Duration::from_secs(3600)),
                 max_connections: max_connections.map(|m| m.max(1) as usize).unwrap_or(20_000),
+                artifact_max_bytes: artifact_max_bytes.unwrap_or(1 << 30),
             })
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))

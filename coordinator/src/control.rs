@@ -22,6 +22,13 @@ use crate::audit::{AuditLog, entry};
 use crate::commands::{Hub, Submitted, new_id};
 use crate::metrics::Metrics;
 use crate::registry::{Host, Registry};
+use crate::rollouts::{HostStep, RolloutRecord};
+use fleet_proto::v1::upload_artifact_request::Part;
+use fleet_proto::v1::{
+    ListReleasesRequest, ListReleasesResponse, ListRolloutsRequest, ListRolloutsResponse, ReleasesCommand,
+    RollbackCommand, RollbackRequest, Rollout, RolloutRequest, StartRolloutRequest, StatArtifactRequest,
+    StatArtifactResponse, UploadArtifactRequest, UploadArtifactResponse,
+};
 
 /// Default and longest wait for a service command's outcome.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,6 +59,10 @@ pub struct ControlApi {
     pub hub: Arc<Hub>,
     /// The audit log.
     pub audit: AuditLog,
+    /// Stored artifacts.
+    pub artifacts: crate::artifacts::Artifacts,
+    /// Rollouts.
+    pub rollouts: Arc<crate::rollouts::Rollouts>,
 }
 
 fn caller<T>(req: &Request<T>) -> String {
@@ -87,6 +98,42 @@ impl ControlApi {
                 "no host named \"{name}\"; `fleetctl hosts` lists the hosts this coordinator knows"
             ))
         })
+    }
+
+    /// Sends `command` to `host` and waits up to `timeout` for its outcome.
+    async fn ask(
+        &self,
+        host: &Host,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<fleet_proto::v1::CommandUpdate, Status> {
+        let Some(queue) = self.registry.command_sender(host) else { return Err(offline_error(host)) };
+        let id = command.id.clone();
+        let rx = match self.hub.submit(&host.name, command.clone())? {
+            Submitted::Done(u) => return Ok(u),
+            Submitted::Joined(rx) => rx,
+            Submitted::New(rx) => {
+                if queue.try_send(command).is_err() {
+                    self.hub.abandon(&id);
+                    return Err(Status::unavailable(format!(
+                        "{} is not accepting commands right now; retry",
+                        host.name
+                    )));
+                }
+                rx
+            }
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(u)) => Ok(u),
+            _ => {
+                self.hub.abandon(&id);
+                Err(Status::deadline_exceeded(format!(
+                    "no answer from {} within {}",
+                    host.name,
+                    fleet_common::human_duration_ms(timeout)
+                )))
+            }
+        }
     }
 
     fn timed<T>(&self, started: Instant, r: T) -> T {
@@ -332,5 +379,247 @@ impl ControlService for ControlApi {
         let entries =
             tokio::task::spawn_blocking(move || audit.last(n)).await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ListAuditResponse { entries: entries.into_iter().map(Into::into).collect() }))
+    }
+
+    async fn stat_artifact(&self, req: Request<StatArtifactRequest>) -> Result<Response<StatArtifactResponse>, Status> {
+        let size = self.artifacts.stat(&req.get_ref().sha256);
+        Ok(Response::new(StatArtifactResponse { exists: size.is_some(), size_bytes: size.unwrap_or(0) }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        req: Request<tonic::Streaming<UploadArtifactRequest>>,
+    ) -> Result<Response<UploadArtifactResponse>, Status> {
+        let who = caller(&req);
+        let mut stream = req.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("an upload starts with a header"));
+        };
+        let Some(Part::Header(header)) = first.part else {
+            return Err(Status::invalid_argument("an upload starts with a header"));
+        };
+        let sha = header.sha256.clone();
+        let name = header.name.clone();
+        let (size, existed) = self.artifacts.store(header, stream).await?;
+        if !existed {
+            tracing::info!(%who, sha256 = %sha, size, %name, "artifact uploaded");
+        }
+        Ok(Response::new(UploadArtifactResponse { sha256: sha, size_bytes: size, existed }))
+    }
+
+    async fn start_rollout(&self, req: Request<StartRolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        if !fleet_common::identity::valid_name(&r.service) {
+            return Err(Status::invalid_argument(format!("invalid service name \"{}\"", r.service)));
+        }
+        if r.version.is_empty()
+            || r.version.len() > 64
+            || !r.version.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_+".contains(&b))
+        {
+            return Err(Status::invalid_argument(format!(
+                "invalid version \"{}\": use letters, digits, '.', '_', '+' and '-'",
+                r.version
+            )));
+        }
+        let Some(size) = self.artifacts.stat(&r.sha256) else {
+            return Err(Status::failed_precondition(format!(
+                "the coordinator holds no artifact {}; upload it first",
+                r.sha256
+            )));
+        };
+        if let Some(id) = self.rollouts.active_for(&r.service) {
+            return Err(Status::failed_precondition(format!(
+                "rollout {id} of {} is still under way; wait for it, or `fleetctl rollout abort {id}`",
+                r.service
+            )));
+        }
+        let hosts: Vec<String> = if r.hosts.is_empty() {
+            self.registry
+                .all()
+                .iter()
+                .filter(|h| {
+                    h.with(|s| s.latest.as_ref().is_some_and(|l| l.services.iter().any(|x| x.name == r.service)))
+                })
+                .map(|h| h.name.clone())
+                .collect()
+        } else {
+            for h in &r.hosts {
+                self.host(h)?;
+            }
+            r.hosts.clone()
+        };
+        if hosts.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "no host reports a service named \"{}\"; name the hosts with --hosts",
+                r.service
+            )));
+        }
+        let mut dedup = std::collections::HashSet::new();
+        if !hosts.iter().all(|h| dedup.insert(h.clone())) {
+            return Err(Status::invalid_argument("a host is listed twice"));
+        }
+        if r.canary as usize > hosts.len() {
+            return Err(Status::invalid_argument(format!(
+                "--canary {} is more than the {} hosts",
+                r.canary,
+                hosts.len()
+            )));
+        }
+        let ms = |v: u64, d: u64| if v == 0 { d } else { v };
+        let now = fleet_common::now_ms();
+        let rec = RolloutRecord {
+            id: format!("r{}", &new_id()[..12]),
+            service: r.service.clone(),
+            version: r.version.clone(),
+            sha256: r.sha256.clone(),
+            size_bytes: size,
+            state: "running".into(),
+            reason: String::new(),
+            hosts: hosts
+                .iter()
+                .map(|h| HostStep {
+                    host: h.clone(),
+                    state: "pending".into(),
+                    message: String::new(),
+                    previous_version: String::new(),
+                    updated_at_ms: now,
+                })
+                .collect(),
+            max_parallel: r.max_parallel.max(1),
+            canary: r.canary,
+            auto_promote: r.auto_promote,
+            min_healthy_time_ms: ms(r.min_healthy_time_ms, 10_000),
+            healthy_deadline_ms: ms(r.healthy_deadline_ms, 300_000),
+            progress_deadline_ms: ms(r.progress_deadline_ms, 600_000),
+            auto_revert: !r.no_auto_revert,
+            promoted: r.canary == 0,
+            abort_requested: false,
+            created_by: who.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            last_progress_ms: now,
+        };
+        let msg = format!("{} {} to {}", rec.service, rec.version, hosts.join(","));
+        self.audit
+            .append(entry(&who, "rollout start", "", &rec.service, &rec.id, "requested", &msg))
+            .await
+            .map_err(|e| Status::internal(format!("cannot write the audit log, the rollout was not started: {e}")))?;
+        let rec = self.rollouts.create(rec).await.map_err(Status::internal)?;
+        tracing::info!(%who, rollout = %rec.id, "{msg}");
+        Ok(Response::new(rec.to_proto()))
+    }
+
+    async fn get_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let id = &req.get_ref().id;
+        let r = self
+            .rollouts
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("no rollout with id {id}; `fleetctl rollout list` lists them")))?;
+        Ok(Response::new(r.to_proto()))
+    }
+
+    type WatchRolloutStream = ReceiverStream<Result<Rollout, Status>>;
+
+    async fn watch_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let id = req.get_ref().id.clone();
+        let mut rx = self.rollouts.watch(&id).ok_or_else(|| Status::not_found(format!("no rollout with id {id}")))?;
+        let (tx, out) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let r = rx.borrow_and_update().clone();
+                let done = r.finished();
+                if tx.send(Ok(r.to_proto())).await.is_err() || done {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    async fn list_rollouts(&self, _: Request<ListRolloutsRequest>) -> Result<Response<ListRolloutsResponse>, Status> {
+        Ok(Response::new(ListRolloutsResponse {
+            rollouts: self.rollouts.list().iter().map(RolloutRecord::to_proto).collect(),
+        }))
+    }
+
+    async fn pause_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let who = caller(&req);
+        let r = self.rollouts.control(&req.get_ref().id, "pause", &who).await.map_err(Status::failed_precondition)?;
+        Ok(Response::new(r.to_proto()))
+    }
+
+    async fn resume_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let who = caller(&req);
+        let r = self.rollouts.control(&req.get_ref().id, "resume", &who).await.map_err(Status::failed_precondition)?;
+        Ok(Response::new(r.to_proto()))
+    }
+
+    async fn abort_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let who = caller(&req);
+        let r = self.rollouts.control(&req.get_ref().id, "abort", &who).await.map_err(Status::failed_precondition)?;
+        Ok(Response::new(r.to_proto()))
+    }
+
+    async fn rollback(&self, req: Request<RollbackRequest>) -> Result<Response<RunServiceCommandResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let host = self.host(&r.host)?;
+        let probation = Duration::from_millis(if r.healthy_deadline_ms == 0 { 300_000 } else { r.healthy_deadline_ms })
+            + Duration::from_millis(if r.min_healthy_time_ms == 0 { 10_000 } else { r.min_healthy_time_ms });
+        let id = new_id();
+        let to = if r.to_version.is_empty() { "the previous release".to_string() } else { r.to_version.clone() };
+        self.audit
+            .append(entry(&who, "rollback", &r.host, &r.service, &id, "requested", &format!("to {to}")))
+            .await
+            .map_err(|e| Status::internal(format!("cannot write the audit log, nothing was sent: {e}")))?;
+        let command = Command {
+            id: id.clone(),
+            issued_at_ms: fleet_common::now_ms(),
+            requested_by: who.clone(),
+            timeout_ms: probation.as_millis() as u64,
+            action: Some(CmdAction::Rollback(RollbackCommand {
+                service: r.service.clone(),
+                to_version: r.to_version.clone(),
+                min_healthy_time_ms: r.min_healthy_time_ms,
+                healthy_deadline_ms: r.healthy_deadline_ms,
+            })),
+        };
+        let u = match self.ask(&host, command, probation + Duration::from_secs(30)).await {
+            Ok(u) => u,
+            Err(s) => {
+                let _ =
+                    self.audit.append(entry(&who, "rollback", &r.host, &r.service, &id, "failed", s.message())).await;
+                return Err(s);
+            }
+        };
+        let word = if u.state == CommandState::Succeeded as i32 { "succeeded" } else { "failed" };
+        let _ = self.audit.append(entry(&who, "rollback", &r.host, &r.service, &id, word, &u.message)).await;
+        Ok(Response::new(RunServiceCommandResponse {
+            command_id: id,
+            state: u.state,
+            message: u.message,
+            service: u.service,
+            log_tail: u.log_tail,
+        }))
+    }
+
+    async fn list_releases(&self, req: Request<ListReleasesRequest>) -> Result<Response<ListReleasesResponse>, Status> {
+        let r = req.into_inner();
+        let host = self.host(&r.host)?;
+        let command = Command {
+            id: new_id(),
+            issued_at_ms: fleet_common::now_ms(),
+            action: Some(CmdAction::Releases(ReleasesCommand { service: r.service.clone() })),
+            ..Default::default()
+        };
+        let u = self.ask(&host, command, Duration::from_secs(15)).await?;
+        if u.state != CommandState::Succeeded as i32 {
+            return Err(Status::not_found(format!("{}: {}", r.host, u.message)));
+        }
+        Ok(Response::new(ListReleasesResponse { releases: u.releases }))
     }
 }

@@ -29,6 +29,8 @@ pub struct HttpState {
     pub grpc_addr: String,
     /// Cancelled when the coordinator begins shutting down (not ready any more).
     pub shutdown: CancellationToken,
+    /// Rollouts, for their metrics.
+    pub rollouts: Arc<crate::rollouts::Rollouts>,
 }
 
 /// The routes.
@@ -43,7 +45,8 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    let text = crate::metrics::render(&s.registry, &s.metrics, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
+    let mut text = crate::metrics::render(&s.registry, &s.metrics, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
+    crate::metrics::render_rollouts(&mut text, &s.rollouts);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod commands;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod rollouts;
 pub mod server;
 pub mod session;
 pub mod store;
@@ -94,6 +96,50 @@ pub fn load_identity(config: &CoordinatorConfig) -> Result<TlsMaterial, RunError
     Ok(tls)
 }
 
+/// Removes artifacts that no unfinished rollout and no host's current or previous release
+/// needs, every minute.
+async fn artifact_gc(
+    artifacts: artifacts::Artifacts,
+    registry: Arc<Registry>,
+    rollouts: Arc<rollouts::Rollouts>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut keep = rollouts.needed_artifacts();
+        // A host's current and previous releases: the latest rollout that moved each host to
+        // each version names the artifact.
+        let versions: std::collections::HashSet<(String, String)> = registry
+            .all()
+            .iter()
+            .flat_map(|h| h.with(|s| s.latest.as_ref().map(|l| l.services.clone()).unwrap_or_default()))
+            .map(|s| (s.name, s.version))
+            .collect();
+        for r in rollouts.list() {
+            let previous = r.hosts.iter().any(|h| versions.contains(&(r.service.clone(), h.previous_version.clone())));
+            if versions.contains(&(r.service.clone(), r.version.clone())) || previous {
+                keep.insert(r.sha256.clone());
+            }
+        }
+        // The newest rollouts of each service keep their artifacts too, so a rollback to the
+        // previous release can always be fetched again.
+        let mut per_service: std::collections::HashMap<String, usize> = Default::default();
+        for r in rollouts.list() {
+            let n = per_service.entry(r.service.clone()).or_default();
+            if *n < 2 && r.state == "succeeded" {
+                keep.insert(r.sha256.clone());
+                *n += 1;
+            }
+        }
+        let a = artifacts.clone();
+        let _ = tokio::task::spawn_blocking(move || a.collect_garbage(&keep)).await;
+    }
+}
+
 fn write_addrs(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> std::io::Result<()> {
     let body = serde_json::json!({ "grpc": grpc.to_string(), "http": http.to_string(), "pid": std::process::id() });
     let tmp = data_dir.join(format!("{ADDRS_FILE}.tmp"));
@@ -126,6 +172,12 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let audit = audit::AuditLog::open(&config.data_dir)
         .map_err(|e| RunError::Setup(format!("cannot open the audit log in {}: {e}", config.data_dir.display())))?;
     let hub = Arc::new(commands::Hub::default());
+    let artifacts = artifacts::Artifacts::open(&config.data_dir, config.artifact_max_bytes).map_err(|e| {
+        RunError::Setup(format!("cannot open the artifact store in {}: {e}", config.data_dir.display()))
+    })?;
+    let rollouts =
+        rollouts::Rollouts::start(store.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())
+            .map_err(RunError::Setup)?;
     let metrics = Arc::new(Metrics::default());
     let sessions = Arc::new(AtomicUsize::new(0));
     let (writer, writer_task) = Writer::start(store.clone(), config.retention, metrics.clone());
@@ -172,6 +224,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
         hub: hub.clone(),
+        artifacts: artifacts.clone(),
     };
     let control_api = control::ControlApi {
         registry: registry.clone(),
@@ -182,6 +235,8 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         trust_domain: trust_domain.clone(),
         hub: hub.clone(),
         audit,
+        artifacts: artifacts.clone(),
+        rollouts: rollouts.clone(),
     };
     let operator_only = auth::OperatorOnly { trust_domain: trust_domain.clone(), metrics: metrics.clone() };
     // HTTP/2 keepalive notices a peer whose socket stays open but that no longer answers;
@@ -197,6 +252,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown.clone().cancelled_owned());
     drop(writer);
 
+    tasks.spawn(artifact_gc(artifacts.clone(), registry.clone(), rollouts.clone(), shutdown.clone()));
     let http_state = http::HttpState {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -204,6 +260,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         started_at_ms,
         grpc_addr: grpc_addr.to_string(),
         shutdown: shutdown.clone(),
+        rollouts: rollouts.clone(),
     };
     let http_server =
         axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());

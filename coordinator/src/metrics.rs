@@ -409,6 +409,34 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
     );
 }
 
+/// Appends `fleet_rollouts_total{result}` and the progress of unfinished rollouts.
+pub fn render_rollouts(out: &mut String, rollouts: &crate::rollouts::Rollouts) {
+    let mut e = Exposition { out: std::mem::take(out) };
+    e.family("fleet_rollouts_total", "counter", "Rollouts that ended since the coordinator started, by result.");
+    let counts = rollouts.counts.by_result.lock().expect("counts lock").clone();
+    for result in ["succeeded", "failed", "rolled_back", "aborted"] {
+        e.sample("fleet_rollouts_total", &[("result", result)], counts.get(result).copied().unwrap_or(0) as f64);
+    }
+    let active: Vec<_> = rollouts.list().into_iter().filter(|r| !r.finished()).collect();
+    e.family("fleet_rollout_hosts", "gauge", "Hosts of unfinished rollouts, by state.");
+    for r in &active {
+        for state in ["pending", "deploying", "healthy", "failed", "reverting", "reverted"] {
+            let n = r.hosts.iter().filter(|h| h.state == state).count();
+            e.sample("fleet_rollout_hosts", &[("rollout", &r.id), ("service", &r.service), ("state", state)], n as f64);
+        }
+    }
+    e.family("fleet_rollout_progress_ratio", "gauge", "Share of an unfinished rollout's hosts that are done, 0 to 1.");
+    for r in &active {
+        let done = r.hosts.iter().filter(|h| h.state == "healthy").count();
+        e.sample(
+            "fleet_rollout_progress_ratio",
+            &[("rollout", &r.id), ("service", &r.service)],
+            done as f64 / r.hosts.len().max(1) as f64,
+        );
+    }
+    *out = e.out;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,10 @@ use fleet_proto::v1::agent_message::Msg as AgentMsg;
 use fleet_proto::v1::agent_service_server::AgentService;
 use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
-use fleet_proto::v1::{Ack, AgentMessage, CancelCommand, Command, CoordinatorMessage, Hello, ReportId, Welcome};
+use fleet_proto::v1::{
+    Ack, AgentMessage, ArtifactChunk, CancelCommand, Command, CoordinatorMessage, FetchArtifactRequest, Hello,
+    ReportId, Welcome,
+};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
@@ -53,11 +56,50 @@ pub struct AgentApi {
     pub shutdown: CancellationToken,
     /// Commands in flight.
     pub hub: Arc<Hub>,
+    /// Stored artifacts.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     type AttachStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+    type FetchArtifactStream = ReceiverStream<Result<ArtifactChunk, Status>>;
+
+    async fn fetch_artifact(
+        &self,
+        req: Request<FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        let id = peer_identity(&req, &self.trust_domain)?;
+        if id.role != Role::Agent {
+            return Err(Status::permission_denied(format!("{id} is not an agent identity")));
+        }
+        let sha = req.into_inner().sha256;
+        if !crate::artifacts::valid_sha256(&sha) || self.artifacts.stat(&sha).is_none() {
+            return Err(Status::not_found(format!("the coordinator holds no artifact {sha}")));
+        }
+        let mut file =
+            tokio::fs::File::open(self.artifacts.path(&sha)).await.map_err(|e| Status::internal(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx.send(Ok(ArtifactChunk { data: buf[..n].to_vec() })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("reading the artifact: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn attach(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -5,6 +5,7 @@
 //!   newest stored sequence number of each recent agent run (for de-duplication).
 //! - `r<name>\0<ts:8><boot:8><seq:8>` (big-endian) → a protobuf `Report`, at the time the agent
 //!   took it. Host names cannot contain `\0`, so a host's reports form one contiguous range.
+//! - `o<id>` → JSON `rollouts::RolloutRecord`, saved after every step of a rollout.
 //!
 //! Reports older than the retention are deleted by [`Store::trim`]. A store that cannot be
 //! opened is never silently replaced: the coordinator refuses to start and says how to recover.
@@ -293,6 +294,47 @@ impl Store {
     /// Flushes outstanding writes.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.io(e))
+    }
+
+    /// Saves a rollout durably (flushed before returning), forgetting the oldest finished
+    /// rollouts beyond [`crate::rollouts::MAX_ROLLOUTS`].
+    pub fn save_rollout(&self, r: &crate::rollouts::RolloutRecord) -> Result<(), StoreError> {
+        let mut key = vec![b'o'];
+        key.extend_from_slice(r.id.as_bytes());
+        let json = serde_json::to_vec(r).map_err(|e| self.io(e))?;
+        self.tree.insert(key, json).map_err(|e| self.io(e))?;
+        if self.tree.scan_prefix(b"o").count() > crate::rollouts::MAX_ROLLOUTS {
+            let mut done: Vec<(i64, sled::IVec)> = self
+                .tree
+                .scan_prefix(b"o")
+                .filter_map(Result::ok)
+                .filter_map(|(k, v)| {
+                    let r: crate::rollouts::RolloutRecord = serde_json::from_slice(&v).ok()?;
+                    r.finished().then_some((r.created_at_ms, k))
+                })
+                .collect();
+            done.sort_by_key(|(t, _)| *t);
+            let excess = self.tree.scan_prefix(b"o").count().saturating_sub(crate::rollouts::MAX_ROLLOUTS);
+            for (_, k) in done.into_iter().take(excess) {
+                self.tree.remove(k).map_err(|e| self.io(e))?;
+            }
+        }
+        self.db.flush().map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Every stored rollout.
+    pub fn load_rollouts(&self) -> Result<Vec<crate::rollouts::RolloutRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(b"o") {
+            let (k, v) = item.map_err(|e| self.io(e))?;
+            let r = serde_json::from_slice(&v).map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: format!("rollout {}: {e}", String::from_utf8_lossy(&k[1..])),
+            })?;
+            out.push(r);
+        }
+        Ok(out)
     }
 
     /// Where the store lives.

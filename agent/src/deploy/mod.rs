@@ -46,8 +46,16 @@ impl Probation {
     /// From a command's milliseconds, with the defaults of DESIGN §6 for 0.
     pub fn from_ms(min_healthy_ms: u64, deadline_ms: u64) -> Self {
         Probation {
-            min_healthy_time: if min_healthy_ms == 0 { Duration::from_secs(10) } else { Duration::from_millis(min_healthy_ms) },
-            healthy_deadline: if deadline_ms == 0 { Duration::from_secs(300) } else { Duration::from_millis(deadline_ms) },
+            min_healthy_time: if min_healthy_ms == 0 {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_millis(min_healthy_ms)
+            },
+            healthy_deadline: if deadline_ms == 0 {
+                Duration::from_secs(300)
+            } else {
+                Duration::from_millis(deadline_ms)
+            },
         }
     }
 }
@@ -127,7 +135,9 @@ pub type Failure = (String, Vec<String>);
 
 /// Whether `v` is usable as a version (it becomes part of a directory name).
 pub fn valid_version(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
 }
 
 fn io(what: &str, p: &Path, e: std::io::Error) -> String {
@@ -263,8 +273,21 @@ pub fn recover(store: &Outbox, services: &[ServiceConfig]) {
 
 impl Deployer {
     /// A deployer fetching artifacts from `coordinator` with `tls`.
-    pub fn new(store: Arc<Outbox>, supervisor: Arc<Supervisor>, data_dir: &Path, coordinator: String, tls: TlsMaterial) -> Deployer {
-        Deployer { store, supervisor, artifacts: data_dir.join("artifacts"), coordinator, tls, locks: Mutex::new(HashMap::new()) }
+    pub fn new(
+        store: Arc<Outbox>,
+        supervisor: Arc<Supervisor>,
+        data_dir: &Path,
+        coordinator: String,
+        tls: TlsMaterial,
+    ) -> Deployer {
+        Deployer {
+            store,
+            supervisor,
+            artifacts: data_dir.join("artifacts"),
+            coordinator,
+            tls,
+            locks: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self, service: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -272,9 +295,15 @@ impl Deployer {
     }
 
     fn config(&self, service: &str) -> Result<(ServiceConfig, DeployConfig), Failure> {
-        let h = self.supervisor.get(service).ok_or_else(|| (format!("no service named \"{service}\" on this host"), Vec::new()))?;
+        let h = self
+            .supervisor
+            .get(service)
+            .ok_or_else(|| (format!("no service named \"{service}\" on this host"), Vec::new()))?;
         let d = h.config.deploy.clone().ok_or_else(|| {
-            (format!("{service} has no [services.deploy] section in this agent's config: it cannot be deployed"), Vec::new())
+            (
+                format!("{service} has no [services.deploy] section in this agent's config: it cannot be deployed"),
+                Vec::new(),
+            )
         })?;
         Ok((h.config.clone(), d))
     }
@@ -304,7 +333,11 @@ impl Deployer {
 
     async fn fetch(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
         if size > MAX_ARTIFACT_BYTES {
-            return Err(format!("the artifact is {}, over this agent's limit of {}", fleet_common::human_bytes(size), fleet_common::human_bytes(MAX_ARTIFACT_BYTES)));
+            return Err(format!(
+                "the artifact is {}, over this agent's limit of {}",
+                fleet_common::human_bytes(size),
+                fleet_common::human_bytes(MAX_ARTIFACT_BYTES)
+            ));
         }
         std::fs::create_dir_all(&self.artifacts).map_err(|e| io("cannot create", &self.artifacts, e))?;
         let dest = self.artifacts.join(format!("{sha256}.tar.gz"));
@@ -318,7 +351,9 @@ impl Deployer {
         let mut file = std::fs::File::create(&partial).map_err(|e| io("cannot create", &partial, e))?;
         let mut hasher = sha2::Sha256::new();
         let mut got = 0u64;
-        while let Some(chunk) = stream.message().await.map_err(|s| format!("fetching artifact {sha256}: {}", s.message()))? {
+        while let Some(chunk) =
+            stream.message().await.map_err(|s| format!("fetching artifact {sha256}: {}", s.message()))?
+        {
             got += chunk.data.len() as u64;
             if got > size.max(1) {
                 let _ = std::fs::remove_file(&partial);
@@ -331,17 +366,29 @@ impl Deployer {
         let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if digest != sha256 {
             let _ = std::fs::remove_file(&partial);
-            return Err(format!("sha256 mismatch: expected {sha256}, the fetched artifact has {digest}; nothing was unpacked"));
+            return Err(format!(
+                "sha256 mismatch: expected {sha256}, the fetched artifact has {digest}; nothing was unpacked"
+            ));
         }
         std::fs::rename(&partial, &dest).map_err(|e| io("cannot rename", &partial, e))?;
         Ok(dest)
     }
 
     /// Deploys `version` (artifact `sha256`) of `service`.
-    pub async fn deploy(&self, service: &str, version: &str, sha256: &str, size: u64, probation: Probation) -> Result<String, Failure> {
+    pub async fn deploy(
+        &self,
+        service: &str,
+        version: &str,
+        sha256: &str,
+        size: u64,
+        probation: Probation,
+    ) -> Result<String, Failure> {
         let (_svc, cfg) = self.config(service)?;
         if !valid_version(version) {
-            return Err((format!("invalid version \"{version}\": use letters, digits, '.', '_', '+' and '-'"), Vec::new()));
+            return Err((
+                format!("invalid version \"{version}\": use letters, digits, '.', '_', '+' and '-'"),
+                Vec::new(),
+            ));
         }
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err((format!("invalid sha256 \"{sha256}\""), Vec::new()));
@@ -363,7 +410,9 @@ impl Deployer {
             let a = archive.clone();
             let p = partial.clone();
             let limits = unpack::Limits::default();
-            let unpacked = tokio::task::spawn_blocking(move || unpack::unpack(&a, &p, limits)).await.map_err(|e| (e.to_string(), Vec::new()))?;
+            let unpacked = tokio::task::spawn_blocking(move || unpack::unpack(&a, &p, limits))
+                .await
+                .map_err(|e| (e.to_string(), Vec::new()))?;
             let _ = std::fs::remove_file(&archive);
             unpacked.map_err(|e| (format!("the artifact of {service} {version} was refused: {e}"), Vec::new()))?;
             std::fs::rename(&partial, &dir).map_err(|e| (io("cannot rename", &partial, e), Vec::new()))?;
@@ -371,7 +420,14 @@ impl Deployer {
         }
         let now = fleet_common::now_ms();
         st.releases.retain(|r| r.id != id);
-        st.releases.push(ReleaseRecord { id: id.clone(), version: version.into(), sha256: sha256.into(), deployed_at_ms: now, bad: false, reason: String::new() });
+        st.releases.push(ReleaseRecord {
+            id: id.clone(),
+            version: version.into(),
+            sha256: sha256.into(),
+            deployed_at_ms: now,
+            bad: false,
+            reason: String::new(),
+        });
         self.switch(service, &cfg, st, &id, None, probation).await
     }
 
@@ -382,17 +438,17 @@ impl Deployer {
         let _guard = lock.lock().await;
         let mut st = self.store.releases(service).map_err(|e| (e.to_string(), Vec::new()))?;
         let target = if to_version.is_empty() {
-            st.previous.clone().ok_or_else(|| (format!("{service} has no previous release to roll back to"), Vec::new()))?
+            st.previous
+                .clone()
+                .ok_or_else(|| (format!("{service} has no previous release to roll back to"), Vec::new()))?
         } else {
-            st.releases
-                .iter()
-                .rev()
-                .find(|r| r.version == to_version)
-                .map(|r| r.id.clone())
-                .ok_or_else(|| {
-                    let have: Vec<_> = st.releases.iter().map(|r| r.version.as_str()).collect();
-                    (format!("{service} has no release {to_version} on this host (it has: {})", have.join(", ")), Vec::new())
-                })?
+            st.releases.iter().rev().find(|r| r.version == to_version).map(|r| r.id.clone()).ok_or_else(|| {
+                let have: Vec<_> = st.releases.iter().map(|r| r.version.as_str()).collect();
+                (
+                    format!("{service} has no release {to_version} on this host (it has: {})", have.join(", ")),
+                    Vec::new(),
+                )
+            })?
         };
         if st.current.as_deref() == Some(target.as_str()) {
             return Ok(format!("{service} {} is already the current release", st.version_of(&Some(target))));
@@ -474,11 +530,16 @@ impl Deployer {
                 st.pending = None;
                 self.store.save_releases(service, &st).await.map_err(|e| (e.to_string(), Vec::new()))?;
                 if from.is_some() {
-                    if let Err((e, _)) = self.supervisor.request(service, Action::Restart, "the deployer", probation.healthy_deadline).await {
+                    if let Err((e, _)) = self
+                        .supervisor
+                        .request(service, Action::Restart, "the deployer", probation.healthy_deadline)
+                        .await
+                    {
                         notes.push(format!("after the rollback: {e}"));
                     }
                 } else {
-                    let _ = self.supervisor.request(service, Action::Stop, "the deployer", Duration::from_secs(60)).await;
+                    let _ =
+                        self.supervisor.request(service, Action::Stop, "the deployer", Duration::from_secs(60)).await;
                 }
                 let extra = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
                 Err((format!("{service} {version} {reason}; rolled back to {back}{extra}"), tail))
@@ -489,11 +550,13 @@ impl Deployer {
     /// Restart, healthy within the deadline, then healthy for min_healthy_time.
     async fn probation(&self, service: &str, p: Probation) -> Result<(), Failure> {
         let h = self.supervisor.get(service).expect("checked by config()");
-        self.supervisor.request(service, Action::Restart, "the deployer", p.healthy_deadline).await.map_err(|(reason, tail)| {
-            // The supervisor's reasons start with the service name.
-            let reason = reason.strip_prefix(service).map(|r| r.trim_start().to_string()).unwrap_or(reason);
-            (reason, tail)
-        })?;
+        self.supervisor.request(service, Action::Restart, "the deployer", p.healthy_deadline).await.map_err(
+            |(reason, tail)| {
+                // The supervisor's reasons start with the service name.
+                let reason = reason.strip_prefix(service).map(|r| r.trim_start().to_string()).unwrap_or(reason);
+                (reason, tail)
+            },
+        )?;
         let start = h.report();
         let until = tokio::time::Instant::now() + p.min_healthy_time;
         while tokio::time::Instant::now() < until {
@@ -501,7 +564,10 @@ impl Deployer {
             let now = h.report();
             if now.state != "running" || !now.healthy || now.pid != start.pid {
                 let why = if now.message.is_empty() { now.state.clone() } else { now.message.clone() };
-                return Err((format!("did not stay healthy for {}: {why}", fleet_common::human_duration_ms(p.min_healthy_time)), h.log.output_tail(10)));
+                return Err((
+                    format!("did not stay healthy for {}: {why}", fleet_common::human_duration_ms(p.min_healthy_time)),
+                    h.log.output_tail(10),
+                ));
             }
         }
         Ok(())
@@ -510,7 +576,11 @@ impl Deployer {
     /// Keeps keep_releases releases, never removing the current or the previous one.
     fn collect_garbage(&self, cfg: &DeployConfig, st: &mut ServiceReleases) {
         while st.releases.len() > cfg.keep_releases as usize {
-            let Some(pos) = st.releases.iter().position(|r| Some(&r.id) != st.current.as_ref() && Some(&r.id) != st.previous.as_ref()) else {
+            let Some(pos) = st
+                .releases
+                .iter()
+                .position(|r| Some(&r.id) != st.current.as_ref() && Some(&r.id) != st.previous.as_ref())
+            else {
                 break;
             };
             let r = st.releases.remove(pos);
@@ -547,7 +617,11 @@ mod tests {
         let added = dir.path().join("added");
         std::fs::create_dir_all(conf.join("sub")).unwrap();
         std::fs::write(conf.join("sub/a.toml"), "v1").unwrap();
-        let cfg = DeployConfig { root: dir.path().join("root"), keep_releases: 5, backup_paths: vec![conf.clone(), added.clone()] };
+        let cfg = DeployConfig {
+            root: dir.path().join("root"),
+            keep_releases: 5,
+            backup_paths: vec![conf.clone(), added.clone()],
+        };
         let b = dir.path().join("backup");
         take_backup(&cfg, &b).unwrap();
         std::fs::write(conf.join("sub/a.toml"), "v2").unwrap();

@@ -93,7 +93,9 @@ fn no_symlink_on_the_way(root: &Path, rel: &Path, entry: &Path) -> Result<(), Un
     for c in rel.components() {
         cur.push(c);
         match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => return Err(refused(entry, "it would be written through a symbolic link")),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(refused(entry, "it would be written through a symbolic link"));
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err(&cur, e)),
@@ -148,7 +150,10 @@ fn unpack_inner(archive: &Path, dest: &Path, limits: Limits) -> Result<u64, Unpa
                 let size = entry.header().size().map_err(|e| UnpackError::Corrupt(e.to_string()))?;
                 bytes = bytes.saturating_add(size);
                 if bytes > limits.max_bytes {
-                    return Err(UnpackError::TooBig { what: "size", limit: fleet_common::human_bytes(limits.max_bytes) });
+                    return Err(UnpackError::TooBig {
+                        what: "size",
+                        limit: fleet_common::human_bytes(limits.max_bytes),
+                    });
                 }
                 mkdirs(dest, parent_rel, &raw)?;
                 no_symlink_on_the_way(dest, &rel, &raw)?;
@@ -182,7 +187,10 @@ fn unpack_inner(archive: &Path, dest: &Path, limits: Limits) -> Result<u64, Unpa
                     .ok_or_else(|| refused(&raw, "a symbolic link without a target"))?
                     .into_owned();
                 if resolve_inside(parent_rel, &link).is_none() {
-                    return Err(refused(&raw, format!("its link target {} leaves the release directory", link.display())));
+                    return Err(refused(
+                        &raw,
+                        format!("its link target {} leaves the release directory", link.display()),
+                    ));
                 }
                 mkdirs(dest, parent_rel, &raw)?;
                 no_symlink_on_the_way(dest, &rel, &raw)?;
@@ -210,7 +218,10 @@ fn unpack_inner(archive: &Path, dest: &Path, limits: Limits) -> Result<u64, Unpa
                 no_symlink_on_the_way(dest, &rel, &raw)?;
                 fs::hard_link(&source, &target).map_err(|e| io_err(&target, e))?;
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {
                 // Metadata the tar reader already applied to the next entry.
             }
             tar::EntryType::Char | tar::EntryType::Block => return Err(refused(&raw, "device nodes are not allowed")),
@@ -253,7 +264,10 @@ pub mod tests {
         b.into_inner().unwrap().finish().unwrap();
     }
 
-    fn try_unpack(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)], limits: Limits) -> (tempfile::TempDir, Result<u64, UnpackError>) {
+    fn try_unpack(
+        entries: &[(&str, tar::EntryType, &[u8], Option<&str>)],
+        limits: Limits,
+    ) -> (tempfile::TempDir, Result<u64, UnpackError>) {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.tar.gz");
         archive(&a, entries);
@@ -309,7 +323,11 @@ pub mod tests {
             ("absolute symlink", vec![("etc", T::Symlink, b"", Some("/etc"))], "leaves the release directory"),
             (
                 "file through an inside symlink",
-                vec![("d/", T::Directory, b"", None), ("l", T::Symlink, b"", Some("d")), ("l/x", T::Regular, b"x", None)],
+                vec![
+                    ("d/", T::Directory, b"", None),
+                    ("l", T::Symlink, b"", Some("d")),
+                    ("l/x", T::Regular, b"x", None),
+                ],
                 "written through a symbolic link",
             ),
             ("hard link out", vec![("h", T::Link, b"", Some("../a.tar.gz"))], "the path contains `..`"),
@@ -333,7 +351,8 @@ pub mod tests {
         assert!(matches!(r, Err(UnpackError::TooBig { what: "size", .. })), "{r:?}");
         let many: Vec<(String, tar::EntryType, &[u8], Option<&str>)> =
             (0..20).map(|i| (format!("f{i}"), T::Regular, &b"x"[..], None)).collect();
-        let many: Vec<(&str, tar::EntryType, &[u8], Option<&str>)> = many.iter().map(|(n, t, d, l)| (n.as_str(), *t, *d, *l)).collect();
+        let many: Vec<(&str, tar::EntryType, &[u8], Option<&str>)> =
+            many.iter().map(|(n, t, d, l)| (n.as_str(), *t, *d, *l)).collect();
         let (_d, r) = try_unpack(&many, Limits { max_bytes: 1 << 20, max_files: 10 });
         assert!(matches!(r, Err(UnpackError::TooBig { what: "file count", .. })), "{r:?}");
 

@@ -1,0 +1,673 @@
+//! The rollout engine (DESIGN §6): a persisted state machine per rollout, driven by one task.
+//!
+//! Hosts go in order, `max_parallel` at a time; the first `canary` hosts go first and the
+//! rollout then waits for promotion (`rollout resume`) unless `auto_promote`. A host is done
+//! when its agent committed the release (it became healthy within `healthy_deadline` and stayed
+//! healthy for `min_healthy_time`). A failed host stops the rollout; with `auto_revert` the
+//! hosts already moved go back to the release they had, still `max_parallel` at a time. Pause
+//! stops starting hosts; abort stops the rollout (and reverts, with auto_revert).
+//!
+//! The record is saved after every step. Commands to agents have ids derived from the rollout,
+//! the host and the step, so a coordinator restarted mid-rollout sends them again and the
+//! agents' journals answer with the outcome instead of acting twice: the rollout then
+//! completes or reverts by itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_proto::v1::command::Action as CmdAction;
+use fleet_proto::v1::{Command, CommandState, CommandUpdate, DeployCommand, RollbackCommand, Rollout, RolloutHost};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditLog, entry};
+use crate::commands::{Hub, Submitted};
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Rollouts kept in the store (the newest; finished ones beyond this are forgotten).
+pub const MAX_ROLLOUTS: usize = 1000;
+/// Extra time an agent gets beyond the probation to fetch and unpack.
+const FETCH_MARGIN: Duration = Duration::from_secs(300);
+
+/// One host of a rollout, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostStep {
+    /// The host.
+    pub host: String,
+    /// pending, deploying, healthy, failed, reverting, reverted.
+    pub state: String,
+    /// Details.
+    pub message: String,
+    /// The version it had before (empty when none).
+    pub previous_version: String,
+    /// When it last changed.
+    pub updated_at_ms: i64,
+}
+
+/// A rollout, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloutRecord {
+    /// Id.
+    pub id: String,
+    /// Service.
+    pub service: String,
+    /// Version.
+    pub version: String,
+    /// Artifact digest.
+    pub sha256: String,
+    /// Artifact size.
+    pub size_bytes: u64,
+    /// running, paused, waiting_promotion, reverting, succeeded, failed, rolled_back, aborted.
+    pub state: String,
+    /// Why it ended badly.
+    pub reason: String,
+    /// Hosts in order.
+    pub hosts: Vec<HostStep>,
+    /// Parameters.
+    pub max_parallel: u32,
+    /// Canary hosts.
+    pub canary: u32,
+    /// Promote without waiting.
+    pub auto_promote: bool,
+    /// Probation.
+    pub min_healthy_time_ms: u64,
+    /// Probation.
+    pub healthy_deadline_ms: u64,
+    /// Progress deadline.
+    pub progress_deadline_ms: u64,
+    /// Revert on failure.
+    pub auto_revert: bool,
+    /// Whether the canaries were promoted.
+    pub promoted: bool,
+    /// Whether an abort was asked for.
+    pub abort_requested: bool,
+    /// Who started it.
+    pub created_by: String,
+    /// When.
+    pub created_at_ms: i64,
+    /// Last change.
+    pub updated_at_ms: i64,
+    /// Last time a host finished (for the progress deadline).
+    pub last_progress_ms: i64,
+}
+
+impl RolloutRecord {
+    /// Whether the rollout has ended.
+    pub fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "rolled_back" | "aborted")
+    }
+
+    /// The protocol form.
+    pub fn to_proto(&self) -> Rollout {
+        Rollout {
+            id: self.id.clone(),
+            service: self.service.clone(),
+            version: self.version.clone(),
+            sha256: self.sha256.clone(),
+            state: self.state.clone(),
+            reason: self.reason.clone(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| RolloutHost {
+                    host: h.host.clone(),
+                    state: h.state.clone(),
+                    message: h.message.clone(),
+                    previous_version: h.previous_version.clone(),
+                    updated_at_ms: h.updated_at_ms,
+                })
+                .collect(),
+            max_parallel: self.max_parallel,
+            canary: self.canary,
+            auto_promote: self.auto_promote,
+            min_healthy_time_ms: self.min_healthy_time_ms,
+            healthy_deadline_ms: self.healthy_deadline_ms,
+            progress_deadline_ms: self.progress_deadline_ms,
+            auto_revert: self.auto_revert,
+            created_by: self.created_by.clone(),
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        }
+    }
+}
+
+/// Counts of finished rollouts by result, for `fleet_rollouts_total`.
+#[derive(Debug, Default)]
+pub struct RolloutCounts {
+    /// result → count since start.
+    pub by_result: Mutex<HashMap<String, u64>>,
+}
+
+struct Live {
+    record: watch::Sender<RolloutRecord>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Every rollout.
+pub struct Rollouts {
+    store: Store,
+    registry: Arc<Registry>,
+    hub: Arc<Hub>,
+    audit: AuditLog,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Finished rollouts by result.
+    pub counts: RolloutCounts,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Rollouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rollouts")
+    }
+}
+
+enum HostOutcome {
+    Done(String),
+    Failed(String),
+}
+
+impl Rollouts {
+    /// Loads every rollout from the store and resumes the unfinished ones.
+    pub fn start(
+        store: Store,
+        registry: Arc<Registry>,
+        hub: Arc<Hub>,
+        audit: AuditLog,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Rollouts>, String> {
+        let records = store.load_rollouts().map_err(|e| e.to_string())?;
+        let this = Arc::new(Rollouts {
+            store,
+            registry,
+            hub,
+            audit,
+            live: Mutex::new(HashMap::new()),
+            counts: RolloutCounts::default(),
+            shutdown,
+        });
+        for r in records {
+            let resume = !r.finished();
+            let id = r.id.clone();
+            this.insert(r);
+            if resume {
+                tracing::info!(rollout = %id, "resuming a rollout after a restart");
+                this.spawn(&id);
+            }
+        }
+        Ok(this)
+    }
+
+    fn insert(&self, r: RolloutRecord) -> Arc<Live> {
+        let (tx, _) = watch::channel(r.clone());
+        let live = Arc::new(Live { record: tx, wake: Arc::new(tokio::sync::Notify::new()) });
+        self.live.lock().expect("rollouts lock").insert(r.id.clone(), live.clone());
+        live
+    }
+
+    fn get_live(&self, id: &str) -> Option<Arc<Live>> {
+        self.live.lock().expect("rollouts lock").get(id).cloned()
+    }
+
+    /// A rollout by id.
+    pub fn get(&self, id: &str) -> Option<RolloutRecord> {
+        self.get_live(id).map(|l| l.record.borrow().clone())
+    }
+
+    /// A receiver of a rollout's changes.
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<RolloutRecord>> {
+        self.get_live(id).map(|l| l.record.subscribe())
+    }
+
+    /// Every rollout, newest first.
+    pub fn list(&self) -> Vec<RolloutRecord> {
+        let mut v: Vec<RolloutRecord> =
+            self.live.lock().expect("rollouts lock").values().map(|l| l.record.borrow().clone()).collect();
+        v.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
+        v
+    }
+
+    /// Digests any rollout still needs (for artifact garbage collection).
+    pub fn needed_artifacts(&self) -> std::collections::HashSet<String> {
+        self.list().into_iter().filter(|r| !r.finished()).map(|r| r.sha256).collect()
+    }
+
+    /// Whether a rollout of `service` is under way.
+    pub fn active_for(&self, service: &str) -> Option<String> {
+        self.list().into_iter().find(|r| r.service == service && !r.finished()).map(|r| r.id)
+    }
+
+    /// Registers and starts a new rollout.
+    pub async fn create(self: &Arc<Self>, r: RolloutRecord) -> Result<RolloutRecord, String> {
+        self.store.save_rollout(&r).map_err(|e| e.to_string())?;
+        let id = r.id.clone();
+        self.insert(r.clone());
+        self.spawn(&id);
+        Ok(r)
+    }
+
+    async fn save(&self, live: &Live, f: impl FnOnce(&mut RolloutRecord)) -> RolloutRecord {
+        let mut r = live.record.borrow().clone();
+        f(&mut r);
+        r.updated_at_ms = fleet_common::now_ms();
+        if let Err(e) = self.store.save_rollout(&r) {
+            tracing::error!(rollout = %r.id, error = %e, "cannot save a rollout");
+        }
+        live.record.send_replace(r.clone());
+        r
+    }
+
+    /// Applies an operator's pause, resume (promotion) or abort.
+    pub async fn control(&self, id: &str, action: &str, who: &str) -> Result<RolloutRecord, String> {
+        let live =
+            self.get_live(id).ok_or_else(|| format!("no rollout with id {id}; `fleetctl rollout list` lists them"))?;
+        let cur = live.record.borrow().clone();
+        if cur.finished() {
+            return Err(format!("rollout {id} has already ended ({})", cur.state));
+        }
+        let r = match action {
+            "pause" => {
+                self.save(&live, |r| {
+                    if r.state == "running" {
+                        r.state = "paused".into()
+                    }
+                })
+                .await
+            }
+            "resume" => {
+                self.save(&live, |r| {
+                    if r.state == "waiting_promotion" {
+                        r.promoted = true;
+                    }
+                    if matches!(r.state.as_str(), "paused" | "waiting_promotion") {
+                        r.state = "running".into();
+                    }
+                })
+                .await
+            }
+            "abort" => self.save(&live, |r| r.abort_requested = true).await,
+            _ => return Err(format!("unknown action {action}")),
+        };
+        live.wake.notify_one();
+        let _ = self
+            .audit
+            .append(entry(
+                who,
+                &format!("rollout {action}"),
+                "",
+                &r.service,
+                id,
+                "succeeded",
+                &format!("state {}", r.state),
+            ))
+            .await;
+        Ok(r)
+    }
+
+    fn spawn(self: &Arc<Self>, id: &str) {
+        let this = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Some(live) = this.get_live(&id) {
+                this.drive(&live).await;
+            }
+        });
+    }
+
+    fn previous_version(&self, host: &str, service: &str) -> String {
+        self.registry
+            .get(host)
+            .and_then(|h| {
+                h.with(|s| {
+                    s.latest
+                        .as_ref()
+                        .and_then(|l| l.services.iter().find(|x| x.name == service).map(|x| x.version.clone()))
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends a command to `host` (waiting up to `offline_wait` for it to come online) and waits
+    /// up to `timeout` for the outcome.
+    async fn run_on(
+        &self,
+        host: &str,
+        command: Command,
+        offline_wait: Duration,
+        timeout: Duration,
+    ) -> Result<CommandUpdate, String> {
+        let waited = tokio::time::Instant::now();
+        let queue = loop {
+            if let Some(h) = self.registry.get(host)
+                && let Some(q) = self.registry.command_sender(&h)
+            {
+                break q;
+            }
+            if waited.elapsed() >= offline_wait {
+                return Err(format!("{host} stayed offline for {}", fleet_common::human_duration(offline_wait)));
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err("the coordinator is shutting down".into()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        let id = command.id.clone();
+        let rx = match self.hub.submit(host, command.clone()).map_err(|s| s.message().to_string())? {
+            Submitted::Done(u) => return Ok(u),
+            Submitted::Joined(rx) => rx,
+            Submitted::New(rx) => {
+                if queue.try_send(command).is_err() {
+                    self.hub.abandon(&id);
+                    return Err(format!("{host} is not accepting commands right now"));
+                }
+                rx
+            }
+        };
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err("the coordinator is shutting down".into()),
+            r = tokio::time::timeout(timeout, rx) => match r {
+                Ok(Ok(u)) => Ok(u),
+                _ => {
+                    self.hub.abandon(&id);
+                    Err(format!("no outcome from {host} within {}", fleet_common::human_duration(timeout)))
+                }
+            },
+        }
+    }
+
+    async fn deploy_host(&self, r: &RolloutRecord, host: &str) -> HostOutcome {
+        let probation = Duration::from_millis(r.healthy_deadline_ms + r.min_healthy_time_ms);
+        let cmd = Command {
+            id: format!("{}-{host}-deploy", r.id),
+            issued_at_ms: fleet_common::now_ms(),
+            requested_by: r.created_by.clone(),
+            timeout_ms: probation.as_millis() as u64,
+            action: Some(CmdAction::Deploy(DeployCommand {
+                service: r.service.clone(),
+                version: r.version.clone(),
+                sha256: r.sha256.clone(),
+                size_bytes: r.size_bytes,
+                min_healthy_time_ms: r.min_healthy_time_ms,
+                healthy_deadline_ms: r.healthy_deadline_ms,
+            })),
+        };
+        match self.run_on(host, cmd, Duration::from_millis(r.healthy_deadline_ms), probation + FETCH_MARGIN).await {
+            Ok(u) if u.state == CommandState::Succeeded as i32 => HostOutcome::Done(u.message),
+            Ok(u) => {
+                let mut msg = u.message;
+                if !u.log_tail.is_empty() {
+                    msg.push_str("; last log lines:\n");
+                    msg.push_str(&u.log_tail.join("\n"));
+                }
+                HostOutcome::Failed(msg)
+            }
+            Err(e) => HostOutcome::Failed(e),
+        }
+    }
+
+    async fn revert_host(&self, r: &RolloutRecord, step: &HostStep) -> HostOutcome {
+        if step.previous_version.is_empty() {
+            return HostOutcome::Done("no earlier release to go back to".into());
+        }
+        let probation = Duration::from_millis(r.healthy_deadline_ms + r.min_healthy_time_ms);
+        let cmd = Command {
+            id: format!("{}-{}-revert", r.id, step.host),
+            issued_at_ms: fleet_common::now_ms(),
+            requested_by: r.created_by.clone(),
+            timeout_ms: probation.as_millis() as u64,
+            action: Some(CmdAction::Rollback(RollbackCommand {
+                service: r.service.clone(),
+                to_version: step.previous_version.clone(),
+                min_healthy_time_ms: r.min_healthy_time_ms,
+                healthy_deadline_ms: r.healthy_deadline_ms,
+            })),
+        };
+        match self.run_on(&step.host, cmd, Duration::from_millis(r.healthy_deadline_ms), probation + FETCH_MARGIN).await
+        {
+            Ok(u) if u.state == CommandState::Succeeded as i32 => {
+                HostOutcome::Done(format!("back on {}", step.previous_version))
+            }
+            Ok(u) => HostOutcome::Failed(u.message),
+            Err(e) => HostOutcome::Failed(e),
+        }
+    }
+
+    async fn set_host(&self, live: &Live, host: &str, state: &str, message: &str) -> RolloutRecord {
+        let now = fleet_common::now_ms();
+        self.save(live, |r| {
+            if let Some(h) = r.hosts.iter_mut().find(|h| h.host == host) {
+                h.state = state.into();
+                h.message = message.into();
+                h.updated_at_ms = now;
+            }
+            if state == "healthy" || state == "reverted" {
+                r.last_progress_ms = now;
+            }
+        })
+        .await
+    }
+
+    async fn finish(&self, live: &Live, state: &str, reason: &str) {
+        let r = self
+            .save(live, |r| {
+                r.state = state.into();
+                if !reason.is_empty() {
+                    r.reason = reason.into();
+                }
+            })
+            .await;
+        *self.counts.by_result.lock().expect("counts lock").entry(state.to_string()).or_default() += 1;
+        tracing::info!(rollout = %r.id, service = %r.service, version = %r.version, state, reason, "rollout ended");
+        let _ = self
+            .audit
+            .append(entry(
+                &r.created_by,
+                "rollout",
+                "",
+                &r.service,
+                &r.id,
+                state,
+                &format!("{} {}: {reason}", r.service, r.version),
+            ))
+            .await;
+    }
+
+    /// Runs hosts in `batch` (at most max_parallel) concurrently with `f`.
+    async fn drive(self: &Arc<Self>, live: &Live) {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let r = live.record.borrow().clone();
+            if r.finished() {
+                return;
+            }
+            if r.abort_requested && r.state != "reverting" {
+                if r.auto_revert && r.hosts.iter().any(|h| h.state == "healthy" || h.state == "deploying") {
+                    self.save(live, |r| {
+                        r.state = "reverting".into();
+                        r.reason = "aborted by an operator".into();
+                    })
+                    .await;
+                    continue;
+                }
+                self.finish(live, "aborted", "aborted by an operator").await;
+                return;
+            }
+            match r.state.as_str() {
+                "paused" | "waiting_promotion" => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = live.wake.notified() => {}
+                    }
+                    continue;
+                }
+                "reverting" => {
+                    self.revert(live).await;
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    let r = live.record.borrow().clone();
+                    let stuck: Vec<String> = r
+                        .hosts
+                        .iter()
+                        .filter(|h| h.state == "failed" && h.message.starts_with("revert failed"))
+                        .map(|h| h.host.clone())
+                        .collect();
+                    let end = if r.abort_requested { "aborted" } else { "rolled_back" };
+                    let reason = if stuck.is_empty() {
+                        r.reason.clone()
+                    } else {
+                        format!("{}; could not revert {}", r.reason, stuck.join(", "))
+                    };
+                    self.finish(live, end, &reason).await;
+                    return;
+                }
+                _ => {}
+            }
+            // Which hosts to start now.
+            let in_canary = |i: usize| (i as u32) < r.canary;
+            let canaries_done =
+                r.hosts.iter().enumerate().filter(|(i, _)| in_canary(*i)).all(|(_, h)| h.state == "healthy");
+            if r.canary > 0 && canaries_done && !r.promoted {
+                if r.auto_promote {
+                    self.save(live, |r| r.promoted = true).await;
+                } else {
+                    self.save(live, |r| r.state = "waiting_promotion".into()).await;
+                }
+                continue;
+            }
+            if r.hosts.iter().all(|h| h.state == "healthy") {
+                self.finish(live, "succeeded", "").await;
+                return;
+            }
+            let now = fleet_common::now_ms();
+            if now - r.last_progress_ms > r.progress_deadline_ms as i64 {
+                let reason = format!(
+                    "no host finished within the progress deadline of {}",
+                    fleet_common::human_duration(Duration::from_millis(r.progress_deadline_ms))
+                );
+                self.fail(live, &reason).await;
+                continue;
+            }
+            let eligible: Vec<usize> = r
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(i, h)| {
+                    (h.state == "pending" || h.state == "deploying") && (r.promoted || r.canary == 0 || in_canary(*i))
+                })
+                .map(|(i, _)| i)
+                .take(r.max_parallel.max(1) as usize)
+                .collect();
+            if eligible.is_empty() {
+                // Canaries still running elsewhere? Nothing to do but wait for a change.
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = live.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            let mut batch = tokio::task::JoinSet::new();
+            for i in eligible {
+                let host = r.hosts[i].host.clone();
+                if r.hosts[i].state == "pending" {
+                    let prev = self.previous_version(&host, &r.service);
+                    let now = fleet_common::now_ms();
+                    self.save(live, |r| {
+                        let h = &mut r.hosts[i];
+                        h.state = "deploying".into();
+                        h.previous_version = prev;
+                        h.message = String::new();
+                        h.updated_at_ms = now;
+                    })
+                    .await;
+                }
+                let this = self.clone();
+                let rec = live.record.borrow().clone();
+                batch.spawn(async move {
+                    let outcome = this.deploy_host(&rec, &host).await;
+                    (host, outcome)
+                });
+            }
+            let mut failure = None;
+            while let Some(res) = batch.join_next().await {
+                let Ok((host, outcome)) = res else { continue };
+                if self.shutdown.is_cancelled() {
+                    // Leave the host in "deploying": the next coordinator asks again.
+                    continue;
+                }
+                match outcome {
+                    HostOutcome::Done(msg) => {
+                        self.set_host(live, &host, "healthy", &msg).await;
+                    }
+                    HostOutcome::Failed(msg) => {
+                        self.set_host(live, &host, "failed", &msg).await;
+                        failure.get_or_insert(format!("{host}: {msg}"));
+                    }
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            if let Some(reason) = failure {
+                self.fail(live, &reason).await;
+            }
+        }
+    }
+
+    async fn fail(&self, live: &Live, reason: &str) {
+        let r = live.record.borrow().clone();
+        if r.auto_revert && r.hosts.iter().any(|h| h.state == "healthy") {
+            self.save(live, |r| {
+                r.state = "reverting".into();
+                r.reason = reason.into();
+            })
+            .await;
+        } else {
+            self.finish(live, "failed", reason).await;
+        }
+    }
+
+    /// Moves every host that took the new release back, max_parallel at a time.
+    async fn revert(self: &Arc<Self>, live: &Live) {
+        loop {
+            let r = live.record.borrow().clone();
+            let todo: Vec<HostStep> = r
+                .hosts
+                .iter()
+                .filter(|h| matches!(h.state.as_str(), "healthy" | "reverting" | "deploying"))
+                .take(r.max_parallel.max(1) as usize)
+                .cloned()
+                .collect();
+            if todo.is_empty() || self.shutdown.is_cancelled() {
+                return;
+            }
+            let mut batch = tokio::task::JoinSet::new();
+            for step in todo {
+                self.set_host(live, &step.host, "reverting", "").await;
+                let this = self.clone();
+                let rec = r.clone();
+                batch.spawn(async move {
+                    let outcome = this.revert_host(&rec, &step).await;
+                    (step.host, outcome)
+                });
+            }
+            while let Some(res) = batch.join_next().await {
+                let Ok((host, outcome)) = res else { continue };
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                match outcome {
+                    HostOutcome::Done(msg) => self.set_host(live, &host, "reverted", &msg).await,
+                    HostOutcome::Failed(msg) => {
+                        self.set_host(live, &host, "failed", &format!("revert failed: {msg}")).await
+                    }
+                };
+            }
+        }
+    }
+}
