@@ -91,6 +91,10 @@ pub struct DeployConfig {
     pub keep_releases: u32,
     /// Paths backed up before a switch and restored on rollback.
     pub backup_paths: Vec<PathBuf>,
+    /// Most bytes one release may unpack to.
+    pub max_size: u64,
+    /// Most entries one release archive may hold.
+    pub max_files: u64,
 }
 
 /// One `[[services]]` table.
@@ -373,8 +377,10 @@ fn read_deploy(mut d: Section) -> Option<DeployConfig> {
             d.error(&format!("backup_paths[{i}]"), format!("\"{}\" must be an absolute path", p.display()));
         }
     }
+    let max_size = d.bytes("max_size").unwrap_or(2 << 30);
+    let max_files = d.u64("max_files").unwrap_or(100_000);
     d.finish();
-    Some(DeployConfig { root: root?, keep_releases: keep_releases.min(1000) as u32, backup_paths })
+    Some(DeployConfig { root: root?, keep_releases: keep_releases.min(1000) as u32, backup_paths, max_size, max_files })
 }
 
 #[cfg(test)]

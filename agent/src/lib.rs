@@ -125,16 +125,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     let new_report = Arc::new(Notify::new());
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(report_loop(
-        config.report_interval,
+    let reporter = Reporter {
+        interval: config.report_interval,
         boot_id,
         collector,
-        supervisor.clone(),
-        deployer.clone(),
-        outbox.clone(),
-        new_report.clone(),
-        shutdown.clone(),
-    ));
+        supervisor: supervisor.clone(),
+        deployer: deployer.clone(),
+        outbox: outbox.clone(),
+        new_report: new_report.clone(),
+    };
+    tasks.spawn(reporter.run(shutdown.clone()));
     let ctx = session::SessionContext {
         coordinator: config.coordinator.clone(),
         hello,
@@ -177,8 +177,8 @@ fn statuses(supervisor: &Supervisor, deployer: &Deployer) -> Vec<fleet_proto::v1
     all
 }
 
-/// Takes a report every `interval` and appends it to the outbox.
-async fn report_loop(
+/// What the report loop reads from.
+struct Reporter {
     interval: Duration,
     boot_id: u64,
     collector: Arc<Mutex<Collector>>,
@@ -186,51 +186,57 @@ async fn report_loop(
     deployer: Arc<Deployer>,
     outbox: Arc<Outbox>,
     new_report: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
-    let mut last = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            // A service changed state: report now rather than at the next tick, so the
-            // coordinator (and operators, and alerts) see it at once; at most every 250 ms.
-            _ = supervisor.changed() => {
-                let early = last + EARLY_REPORT_GAP;
-                if tokio::time::Instant::now() < early {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep_until(early) => {}
+}
+
+impl Reporter {
+    /// Takes a report every `interval` (and early when a service changes state) and appends it
+    /// to the outbox.
+    async fn run(self, shutdown: CancellationToken) {
+        let Reporter { interval, boot_id, collector, supervisor, deployer, outbox, new_report } = self;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                // A service changed state: report now rather than at the next tick, so the
+                // coordinator (and operators, and alerts) see it at once; at most every 250 ms.
+                _ = supervisor.changed() => {
+                    let early = last + EARLY_REPORT_GAP;
+                    if tokio::time::Instant::now() < early {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep_until(early) => {}
+                        }
                     }
+                    tick.reset();
                 }
-                tick.reset();
             }
-        }
-        last = tokio::time::Instant::now();
-        let c = collector.clone();
-        let host = match tokio::task::spawn_blocking(move || c.lock().expect("collector lock").collect()).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %e, "collecting host metrics failed");
+            last = tokio::time::Instant::now();
+            let c = collector.clone();
+            let host = match tokio::task::spawn_blocking(move || c.lock().expect("collector lock").collect()).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "collecting host metrics failed");
+                    continue;
+                }
+            };
+            seq += 1;
+            let now = fleet_common::now_ms();
+            let report = Report {
+                id: Some(ReportId { boot_id, seq }),
+                timestamp_ms: now,
+                host: Some(host),
+                services: statuses(&supervisor, &deployer),
+                reports_dropped_total: outbox.dropped_total(),
+            };
+            if let Err(e) = outbox.push(&report, now).await {
+                tracing::error!(error = %e, seq, "cannot buffer a report; it is lost");
                 continue;
             }
-        };
-        seq += 1;
-        let now = fleet_common::now_ms();
-        let report = Report {
-            id: Some(ReportId { boot_id, seq }),
-            timestamp_ms: now,
-            host: Some(host),
-            services: statuses(&supervisor, &deployer),
-            reports_dropped_total: outbox.dropped_total(),
-        };
-        if let Err(e) = outbox.push(&report, now).await {
-            tracing::error!(error = %e, seq, "cannot buffer a report; it is lost");
-            continue;
+            new_report.notify_one();
         }
-        new_report.notify_one();
     }
 }

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod dev;
+pub mod rollout;
 pub mod services;
 pub mod views;
 
@@ -169,9 +170,67 @@ pub enum Command {
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
         n: u32,
     },
+    /// Deploy releases across hosts.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Switch one host's service back to an earlier release (with probation).
+    Rollback {
+        /// The host.
+        host: String,
+        /// The service.
+        service: String,
+        /// The version to go back to (default: the previous release).
+        #[arg(long = "to")]
+        to: Option<String>,
+        /// The release must stay healthy this long.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        min_healthy_time: Duration,
+        /// The release must be healthy within this long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        healthy_deadline: Duration,
+    },
+    /// A host's releases of a service: version, digest, when, current/previous/bad.
+    Releases {
+        /// The host.
+        host: String,
+        /// The service.
+        service: String,
+    },
     /// A small HTTP service for trying fleet (used by `fleetctl dev`).
     #[command(hide = true)]
     DemoServer(demo::DemoArgs),
+}
+
+/// `rollout` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Upload a release and deploy it across hosts; prints the rollout id.
+    Start(rollout::StartArgs),
+    /// Where a rollout stands.
+    Status {
+        /// The rollout id.
+        id: String,
+        /// Follow it until it ends; exit 1 if it does not succeed.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Every rollout, newest first.
+    List,
+    /// Stop starting new hosts.
+    Pause {
+        /// The rollout id.
+        id: String,
+    },
+    /// Continue a paused rollout, or promote one waiting after its canaries.
+    Resume {
+        /// The rollout id.
+        id: String,
+    },
+    /// Stop the rollout; hosts it moved go back unless it was started with --no-auto-revert.
+    Abort {
+        /// The rollout id.
+        id: String,
+    },
 }
 
 /// HOST SERVICE and how long to wait.
@@ -186,7 +245,7 @@ pub struct ServiceArgs {
     pub timeout: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write for example 30s or 2m"))
 }
 
@@ -296,6 +355,25 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Audit { n } => services::audit(&client::Target::from_cli(&cli)?, *n, cli.output).await,
+        Command::Rollout(r) => {
+            let t = client::Target::from_cli(&cli)?;
+            match r {
+                RolloutCommand::Start(a) => rollout::start(&t, a, cli.output).await,
+                RolloutCommand::Status { id, watch } => rollout::status(&t, id, *watch, cli.output).await,
+                RolloutCommand::List => rollout::list(&t, cli.output).await,
+                RolloutCommand::Pause { id } => rollout::control(&t, id, "pause", cli.output).await,
+                RolloutCommand::Resume { id } => rollout::control(&t, id, "resume", cli.output).await,
+                RolloutCommand::Abort { id } => rollout::control(&t, id, "abort", cli.output).await,
+            }
+        }
+        Command::Rollback { host, service, to, min_healthy_time, healthy_deadline } => {
+            let t = client::Target::from_cli(&cli)?;
+            rollout::rollback(&t, host, service, to.as_deref(), (*min_healthy_time, *healthy_deadline), cli.output)
+                .await
+        }
+        Command::Releases { host, service } => {
+            rollout::releases(&client::Target::from_cli(&cli)?, host, service, cli.output).await
+        }
         Command::DemoServer(a) => demo::run(a.clone()).await,
     }
 }

@@ -448,6 +448,50 @@ pub fn web_service(name: &str, port: u16, health_file: &Path, health: &str) -> S
     )
 }
 
+/// A deployable `[[services]]` table: `bin/start` of the current release, an HTTP health check
+/// on `port`, `conf` backed up around every switch.
+pub fn app_service(root: &Path, port: u16, conf: &Path, extra_deploy: &str) -> String {
+    format!(
+        "\n[[services]]\nname = \"app\"\ncommand = \"bin/start\"\nstart_secs = \"300ms\"\nstart_retries = 2\nstop_timeout = \"5s\"\nenv = {{ FLEETCTL = {}, PORT = \"{port}\", CONF = {} }}\n[services.health]\nhttp = \"http://127.0.0.1:{port}/health\"\ninterval = \"200ms\"\ntimeout = \"1s\"\nretries = 2\n[services.deploy]\nroot = {}\nbackup_paths = [{}]\n{extra_deploy}\n",
+        toml_string(bin("fleetctl").to_str().unwrap()),
+        toml_string(conf.to_str().unwrap()),
+        toml_string(root.to_str().unwrap()),
+        toml_string(conf.to_str().unwrap()),
+    )
+}
+
+/// Writes a release archive of the demo app at `version` to `path`; with `broken`, its start
+/// script writes into the config directory and exits 3 instead of serving.
+pub fn app_release(path: &Path, version: &str, broken: bool) {
+    let start = if broken {
+        format!(
+            "#!/bin/sh\necho \"written by {version}\" > \"$CONF/app.conf\"\necho \"{version} cannot start: missing setting\" >&2\nexit 3\n"
+        )
+    } else {
+        format!(
+            "#!/bin/sh\nmkdir -p \"$CONF\"\necho \"config of {version}\" > \"$CONF/app.conf\"\nexec \"$FLEETCTL\" demo-server --listen \"127.0.0.1:$PORT\" --name app --version {version} --heartbeat 0\n"
+        )
+    };
+    let gz =
+        flate2::write::GzEncoder::new(fs::File::create(path).expect("create archive"), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data, mode) in [("bin/start", start.as_bytes(), 0o755), ("VERSION", version.as_bytes(), 0o644)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).expect("path");
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_cksum();
+        b.append(&h, data).expect("append");
+    }
+    b.into_inner().expect("tar").finish().expect("gzip");
+}
+
+/// GET http://127.0.0.1:port/ and the body, if anything answers.
+pub async fn get_body(port: u16) -> Option<String> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?;
+    r.text().await.ok()
+}
+
 /// A TOML basic string.
 pub fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))

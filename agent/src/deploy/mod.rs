@@ -409,7 +409,7 @@ impl Deployer {
             let _ = std::fs::remove_dir_all(&partial);
             let a = archive.clone();
             let p = partial.clone();
-            let limits = unpack::Limits::default();
+            let limits = unpack::Limits { max_bytes: cfg.max_size, max_files: cfg.max_files };
             let unpacked = tokio::task::spawn_blocking(move || unpack::unpack(&a, &p, limits))
                 .await
                 .map_err(|e| (e.to_string(), Vec::new()))?;
@@ -621,6 +621,8 @@ mod tests {
             root: dir.path().join("root"),
             keep_releases: 5,
             backup_paths: vec![conf.clone(), added.clone()],
+            max_size: 1 << 20,
+            max_files: 100,
         };
         let b = dir.path().join("backup");
         take_backup(&cfg, &b).unwrap();

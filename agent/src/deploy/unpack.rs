@@ -311,7 +311,8 @@ pub mod tests {
 
     #[test]
     fn malicious_archives_are_refused_and_write_nothing_outside() {
-        let cases: Vec<(&str, Vec<(&str, tar::EntryType, &[u8], Option<&str>)>, &str)> = vec![
+        type Entry<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+        let cases: Vec<(&str, Vec<Entry<'_>>, &str)> = vec![
             ("absolute path", vec![("/tmp/evil", T::Regular, b"x", None)], "the path is absolute"),
             ("parent path", vec![("../evil", T::Regular, b"x", None)], "the path contains `..`"),
             ("nested parent", vec![("a/../../evil", T::Regular, b"x", None)], "the path contains `..`"),

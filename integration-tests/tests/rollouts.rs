@@ -1,0 +1,400 @@
+//! Deploys and rollouts end to end, with real agents main-pc and pc2 and real artifacts: v1
+//! then v2 everywhere; a failing release rolled back with its backup restored and the rollout
+//! stopped; canaries with promotion, pause and abort; manual rollbacks; archives that are
+//! refused; and a coordinator killed mid-rollout.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_integration_tests::{
+    Cluster, CoordinatorOpts, app_release, app_service, eventually, free_port, get_body, serial,
+};
+
+struct App {
+    c: Cluster,
+    ports: Vec<(String, u16)>,
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl App {
+    async fn start(hosts: &[&str], extra_deploy: &str) -> App {
+        let mut c = Cluster::new(hosts);
+        c.start_coordinator(CoordinatorOpts::default()).await;
+        let mut ports = Vec::new();
+        for h in hosts {
+            let port = free_port();
+            let svc = app_service(&c.dir().join(h).join("app"), port, &c.dir().join(h).join("conf"), extra_deploy);
+            c.start_agent_with(h, Duration::from_millis(500), &svc);
+            ports.push((h.to_string(), port));
+        }
+        c.wait_online(hosts, Duration::from_secs(15)).await;
+        for h in hosts {
+            c.wait_service(h, "app", Duration::from_secs(10), "reported", |_| true).await;
+        }
+        App { c, ports }
+    }
+
+    fn release(&self, version: &str, broken: bool) -> PathBuf {
+        let p = self.c.dir().join(format!("app-{version}.tar.gz"));
+        app_release(&p, version, broken);
+        p
+    }
+
+    fn rollout(&self, version: &str, artifact: &Path, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "rollout",
+            "start",
+            "app",
+            "--artifact",
+            artifact.to_str().unwrap(),
+            "--version",
+            version,
+            "--min-healthy-time",
+            "1s",
+            "--healthy-deadline",
+            "20s",
+        ];
+        args.extend_from_slice(extra);
+        self.c.fleetctl(&args)
+    }
+
+    async fn serves(&self, host: &str) -> Option<String> {
+        let port = self.ports.iter().find(|(h, _)| h == host)?.1;
+        get_body(port).await
+    }
+
+    fn releases(&self, host: &str) -> Vec<(String, String)> {
+        let out = self.c.fleetctl(&["releases", host, "app", "-o", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut s = vec![];
+                for k in ["current", "previous", "bad"] {
+                    if r[k].as_bool() == Some(true) {
+                        s.push(k);
+                    }
+                }
+                (r["version"].as_str().unwrap().to_string(), s.join(","))
+            })
+            .collect()
+    }
+
+    fn rollout_json(&self, id: &str) -> serde_json::Value {
+        let out = self.c.fleetctl(&["rollout", "status", id, "-o", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    async fn wait_rollout(&self, id: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        eventually(Duration::from_secs(60), what, || async {
+            let v = self.rollout_json(id);
+            pred(&v).then_some(v)
+        })
+        .await
+    }
+}
+
+fn host_state(r: &serde_json::Value, host: &str) -> String {
+    r["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["state"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v1_then_v2_everywhere_and_a_failing_release_is_rolled_back() {
+    let _g = serial().await;
+    let app = App::start(&["main-pc", "pc2"], "").await;
+    let s = app.c.service("pc2", "app").await.unwrap();
+    assert_eq!(s.state, "stopped");
+    assert!(s.message.contains("no release deployed yet"), "{}", s.message);
+
+    let v1 = app.release("1.0", false);
+    let out = app.rollout("1.0", &v1, &["--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let v2 = app.release("2.0", false);
+    let out = app.rollout("2.0", &v2, &["--watch", "--max-parallel", "2"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.lines().next().unwrap().starts_with('r'), "the rollout id comes first: {text}");
+    assert!(text.contains("main-pc healthy") && text.contains("pc2 healthy") && text.contains("succeeded"), "{text}");
+    for h in ["main-pc", "pc2"] {
+        assert_eq!(app.serves(h).await.as_deref(), Some("hello from app 2.0\n"));
+        assert_eq!(
+            app.releases(h),
+            [("2.0".to_string(), "current".to_string()), ("1.0".to_string(), "previous".to_string())]
+        );
+        let s = app.c.wait_service(h, "app", Duration::from_secs(5), "reports 2.0", |s| s.version == "2.0").await;
+        assert!(s.healthy);
+    }
+    let (_, metrics) = app.c.http_get("/metrics").await;
+    assert!(metrics.contains("fleet_service_info{host=\"pc2\",service=\"app\",version=\"2.0\"} 1"), "{metrics}");
+    assert!(metrics.contains("fleet_rollouts_total{result=\"succeeded\"} 2"), "{metrics}");
+
+    // A release that cannot start: the first host goes back on its own (files too), the
+    // rollout stops before the second host, and fleetctl says why.
+    let conf = app.c.dir().join("main-pc/conf/app.conf");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "config of 2.0\n");
+    let v3 = app.release("3.0", true);
+    let out = app.rollout("3.0", &v3, &["--watch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("failed") && err.contains("exited with status 3 during start"), "{err}");
+    assert!(err.contains("stderr: 3.0 cannot start: missing setting"), "the log tail is shown: {err}");
+    assert!(err.contains("rolled back to 2.0"), "{err}");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "config of 2.0\n", "backup_paths restored");
+    assert_eq!(app.serves("main-pc").await.as_deref(), Some("hello from app 2.0\n"));
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.0\n"));
+    let rel = app.releases("main-pc");
+    assert!(rel.contains(&("3.0".to_string(), "bad".to_string())), "{rel:?}");
+    assert!(rel.contains(&("2.0".to_string(), "current".to_string())), "{rel:?}");
+    assert!(!app.releases("pc2").iter().any(|(v, _)| v == "3.0"), "the rollout went on to pc2");
+    let list = stdout(&app.c.fleetctl(&["rollout", "list"]));
+    assert!(list.lines().nth(1).unwrap().contains("3.0") && list.contains("failed"), "{list}");
+    let audit = stdout(&app.c.fleetctl(&["audit", "-n", "100"]));
+    assert!(audit.contains("rollout start") && audit.contains("failed"), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canaries_promotion_pause_abort_and_manual_rollbacks() {
+    let _g = serial().await;
+    let app = App::start(&["main-pc", "pc2"], "").await;
+    let v1 = app.release("1.0", false);
+    assert!(app.rollout("1.0", &v1, &["--watch", "--max-parallel", "2"]).status.success());
+
+    // Canary: main-pc first, then the rollout waits for promotion.
+    let v2 = app.release("2.0", false);
+    let out = app.rollout("2.0", &v2, &["--canary", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let r = app.wait_rollout(&id, "waiting for promotion", |r| r["state"] == "waiting_promotion").await;
+    assert_eq!(host_state(&r, "main-pc"), "healthy");
+    assert_eq!(host_state(&r, "pc2"), "pending");
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 1.0\n"));
+    assert!(app.c.fleetctl(&["rollout", "resume", &id]).status.success());
+    let out = app.c.fleetctl(&["rollout", "status", &id, "--watch"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.0\n"));
+
+    // Abort after the canary: the canary goes back.
+    let v21 = app.release("2.1", false);
+    let id = stdout(&app.rollout("2.1", &v21, &["--canary", "1"])).trim().to_string();
+    app.wait_rollout(&id, "waiting for promotion", |r| r["state"] == "waiting_promotion").await;
+    assert_eq!(app.serves("main-pc").await.as_deref(), Some("hello from app 2.1\n"));
+    assert!(app.c.fleetctl(&["rollout", "abort", &id]).status.success());
+    let out = app.c.fleetctl(&["rollout", "status", &id, "--watch"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = app.rollout_json(&id);
+    assert_eq!(r["state"], "aborted");
+    assert_eq!(host_state(&r, "main-pc"), "reverted");
+    assert_eq!(app.serves("main-pc").await.as_deref(), Some("hello from app 2.0\n"));
+
+    // Pause: the host in progress finishes, the next one waits; resume finishes the rollout.
+    let v22 = app.release("2.2", false);
+    let id = stdout(&app.rollout("2.2", &v22, &[])).trim().to_string();
+    assert!(app.c.fleetctl(&["rollout", "pause", &id]).status.success());
+    let r = app
+        .wait_rollout(&id, "paused with main-pc done", |r| {
+            r["state"] == "paused" && host_state(r, "main-pc") == "healthy"
+        })
+        .await;
+    assert_eq!(host_state(&r, "pc2"), "pending");
+    tokio::time::sleep(Duration::from_secs(2)).await; // nothing must happen while paused
+    assert_eq!(host_state(&app.rollout_json(&id), "pc2"), "pending");
+    assert!(app.c.fleetctl(&["rollout", "resume", &id]).status.success());
+    assert!(app.c.fleetctl(&["rollout", "status", &id, "--watch"]).status.success());
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.2\n"));
+
+    // Manual rollback to the previous release, then --to a version.
+    let out = app.c.fleetctl(&["rollback", "pc2", "app", "--min-healthy-time", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.0\n"));
+    let out = app.c.fleetctl(&["rollback", "pc2", "app", "--to", "1.0", "--min-healthy-time", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 1.0\n"));
+    let rel = app.releases("pc2");
+    assert!(rel.contains(&("1.0".to_string(), "current".to_string())), "{rel:?}");
+    let out = app.c.fleetctl(&["rollback", "pc2", "app", "--to", "9.9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no release 9.9"), "{}", stderr(&out));
+}
+
+fn tar_entry(
+    b: &mut tar::Builder<flate2::write::GzEncoder<std::fs::File>>,
+    name: &str,
+    kind: tar::EntryType,
+    data: &[u8],
+    link: Option<&str>,
+) {
+    let mut h = tar::Header::new_gnu();
+    let bytes = name.as_bytes();
+    h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+    h.set_entry_type(kind);
+    h.set_mode(0o755);
+    h.set_size(data.len() as u64);
+    if let Some(l) = link {
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+fn evil_archive(path: &Path, entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) {
+    let gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (n, k, d, l) in entries {
+        tar_entry(&mut b, n, *k, d, *l);
+    }
+    b.into_inner().unwrap().finish().unwrap();
+}
+
+/// Every path under `dir`, relative.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malicious_and_broken_archives_are_refused() {
+    use tar::EntryType as T;
+    let _g = serial().await;
+    let app = App::start(&["pc2"], "max_size = \"64KiB\"\nmax_files = 20").await;
+    let v1 = app.release("1.0", false);
+    assert!(app.rollout("1.0", &v1, &["--watch"]).status.success());
+    let root = app.c.dir().join("pc2");
+    let before = tree(&root);
+    let big = vec![0u8; 100 * 1024];
+    let many: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
+    type Entry<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+    let cases: Vec<(&str, Vec<Entry<'_>>, &str)> = vec![
+        ("absolute", vec![("/tmp/fleet-evil", T::Regular, b"x", None)], "the path is absolute"),
+        ("dotdot", vec![("../../evil", T::Regular, b"x", None)], "the path contains `..`"),
+        (
+            "symlink",
+            vec![("out", T::Symlink, b"", Some("../../..")), ("out/evil", T::Regular, b"x", None)],
+            "leaves the release directory",
+        ),
+        ("hardlink", vec![("h", T::Link, b"", Some("../../conf/app.conf"))], "the path contains `..`"),
+        ("device", vec![("null", T::Char, b"", None)], "device nodes are not allowed"),
+        ("fifo", vec![("pipe", T::Fifo, b"", None)], "FIFOs are not allowed"),
+        ("big", vec![("blob", T::Regular, &big, None)], "exceeds the size limit of 64.0 KiB"),
+        (
+            "many",
+            many.iter().map(|n| (n.as_str(), T::Regular, &b"x"[..], None)).collect(),
+            "exceeds the file count limit of 20",
+        ),
+    ];
+    for (i, (what, entries, want)) in cases.into_iter().enumerate() {
+        let path = app.c.dir().join(format!("evil-{what}.tar.gz"));
+        evil_archive(&path, &entries);
+        let version = format!("6.{i}");
+        let out = app.rollout(&version, &path, &["--watch"]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
+        assert!(stderr(&out).contains(want), "{what}: {}", stderr(&out));
+    }
+    assert!(!Path::new("/tmp/fleet-evil").exists());
+
+    // A corrupt gzip.
+    let corrupt = app.c.dir().join("corrupt.tar.gz");
+    let mut bytes = std::fs::read(&v1).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    bytes[mid + 1] ^= 0xff;
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let out = app.rollout("7.0", &corrupt, &["--watch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("the archive is corrupt"), "{}", stderr(&out));
+
+    // A blob damaged on the coordinator after upload: the agent's digest check catches it.
+    let v8 = app.release("8.0", false);
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(&v8).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let out = app.c.fleetctl(&[
+        "rollout",
+        "start",
+        "app",
+        "--artifact",
+        v8.to_str().unwrap(),
+        "--version",
+        "8.0",
+        "--hosts",
+        "nosuch",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "an unknown host is refused before anything starts");
+    let blob = app.c.dir().join("coordinator/artifacts").join(&sha);
+    let mut b = std::fs::read(&blob).unwrap();
+    b[10] ^= 0xff;
+    std::fs::write(&blob, b).unwrap();
+    let out = app.rollout("8.0", &v8, &["--watch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("sha256 mismatch"), "{}", stderr(&out));
+
+    // Nothing was written outside the release directories, and pc2 still serves 1.0.
+    let after: Vec<String> = tree(&root)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .filter(|p| {
+            !p.starts_with("logs")
+                && !p.starts_with("store")
+                && !p.starts_with("app/backups")
+                && !p.starts_with("artifacts")
+        })
+        .collect();
+    assert!(after.is_empty(), "written outside the releases: {after:?}");
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 1.0\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_survives_a_coordinator_crash() {
+    let _g = serial().await;
+    let mut app = App::start(&["main-pc", "pc2"], "").await;
+    let v1 = app.release("1.0", false);
+    assert!(app.rollout("1.0", &v1, &["--watch", "--max-parallel", "2"]).status.success());
+    let v2 = app.release("2.0", false);
+    let out = app.c.fleetctl(&[
+        "rollout",
+        "start",
+        "app",
+        "--artifact",
+        v2.to_str().unwrap(),
+        "--version",
+        "2.0",
+        "--min-healthy-time",
+        "3s",
+        "--healthy-deadline",
+        "20s",
+    ]);
+    let id = stdout(&out).trim().to_string();
+    app.wait_rollout(&id, "main-pc deploying", |r| host_state(r, "main-pc") == "deploying").await;
+    app.c.coordinator.as_mut().unwrap().kill9();
+    let opts = app.c.opts.clone();
+    app.c.start_coordinator(opts).await;
+    let out = app.c.fleetctl(&["rollout", "status", &id, "--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    for h in ["main-pc", "pc2"] {
+        assert_eq!(app.serves(h).await.as_deref(), Some("hello from app 2.0\n"));
+        // The deploy on main-pc ran once: one 2.0 release, switched to once.
+        let log = std::fs::read_to_string(app.c.dir().join(h).join("logs/app.log")).unwrap();
+        assert_eq!(log.matches("app 2.0 listening").count(), 1, "{h} restarted into 2.0 more than once:\n{log}");
+    }
+}
