@@ -289,22 +289,33 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             _ = sigterm.recv() => return Err(CliError::failed("terminated")),
         };
         let addr = format!("https://127.0.0.1:{}", grpc.port());
+        let mut app_ports = Vec::new();
         let fleetctl = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find fleetctl itself: {e}")))?;
         for agent in AGENTS {
             let config = dir.join(format!("{agent}.toml"));
             let web = free_port()?;
+            let app = free_port()?;
+            app_ports.push(format!("{agent} http://127.0.0.1:{app}/"));
             let health_file = dir.join(format!("{agent}-web.health"));
             let text = format!(
                 "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\ncoordinator = \"{addr}\"\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n[labels]\nenv = \"dev\"\n{}\n\
                  # A demo service: write `fail` or `hang` into {} to watch fleet restart it.\n\
                  [[services]]\nname = \"web\"\ncommand = \"{}\"\nargs = [\"demo-server\", \"--listen\", \"127.0.0.1:{web}\", \"--name\", \"web on {agent}\", \"--health-file\", \"{}\"]\nrestart = \"always\"\nstop_timeout = \"5s\"\n\
-                 [services.health]\nhttp = \"http://127.0.0.1:{web}/health\"\ninterval = \"2s\"\ntimeout = \"1s\"\nretries = 3\n",
+                 [services.health]\nhttp = \"http://127.0.0.1:{web}/health\"\ninterval = \"2s\"\ntimeout = \"1s\"\nretries = 3\n\n\
+                 # The example app (deploy/example-app): nothing runs until a release is deployed.\n\
+                 [[services]]\nname = \"app\"\ncommand = \"bin/start\"\nenv = {{ FLEETCTL = \"{}\", PORT = \"{app}\", CONF = \"{}\" }}\nstop_timeout = \"5s\"\n\
+                 [services.health]\nhttp = \"http://127.0.0.1:{app}/health\"\ninterval = \"1s\"\ntimeout = \"1s\"\nretries = 3\n\
+                 [services.deploy]\nroot = \"{}\"\nbackup_paths = [\"{}\"]\n",
                 dir.join(agent).display(),
                 humantime::format_duration(args.report_interval),
                 tls_section(&pki, agent),
                 health_file.display(),
                 fleetctl.display(),
                 health_file.display(),
+                fleetctl.display(),
+                dir.join(agent).join("app-conf").display(),
+                dir.join(agent).join("app").display(),
+                dir.join(agent).join("app-conf").display(),
             );
             certs::write_file(&config, &text, 0o644)?;
             procs.push(spawn(agent, &agent_bin, &config, &logs.join(format!("{agent}.log")))?);
@@ -337,6 +348,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         println!("  fleetctl logs main-pc web -f");
         println!("  fleetctl restart pc2 web");
         println!("  curl -s http://{http}/metrics | grep '^fleet_'");
+        println!();
+        println!("deploy the example app (deploy/example-app) to both agents:");
+        println!("  deploy/example-app/build.sh 1.0 && fleetctl rollout start app --artifact app-1.0.tar.gz --version 1.0 --watch");
+        println!("  it then answers on {}", app_ports.join(" and "));
         println!();
         println!("logs: {}/*.log   data: {}", logs.display(), dir.display());
         println!("press Ctrl-C to stop everything");

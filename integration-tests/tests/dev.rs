@@ -97,15 +97,50 @@ async fn dev_cluster_runs_and_leaves_nothing_behind() {
     );
     let services: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for s in services.as_array().unwrap() {
-        assert_eq!(
-            (s["name"].as_str(), s["state"].as_str(), s["healthy"].as_bool()),
-            (Some("web"), Some("running"), Some(true)),
-            "{s}"
-        );
+        match s["name"].as_str() {
+            Some("web") => {
+                assert_eq!((s["state"].as_str(), s["healthy"].as_bool()), (Some("running"), Some(true)), "{s}")
+            }
+            Some("app") => assert!(s["message"].as_str().unwrap().contains("no release deployed yet"), "{s}"),
+            _ => panic!("unexpected service {s}"),
+        }
+    }
+
+    // The README's walkthrough: build the example app and roll it out to both agents.
+    let build = fleet_integration_tests::run(
+        Command::new("sh")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/example-app/build.sh"))
+            .args(["1.0", tmp.path().to_str().unwrap()]),
+    );
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let artifact = tmp.path().join("app-1.0.tar.gz");
+    let out = fleet_integration_tests::run(
+        Command::new(bin("fleetctl"))
+            .args(["rollout", "start", "app", "--artifact", artifact.to_str().unwrap(), "--version", "1.0"])
+            .args(["--min-healthy-time", "1s", "--watch"])
+            .envs(vars.iter().map(|(k, v)| (k, v))),
+    );
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let urls: Vec<String> = dev
+        .log_text()
+        .lines()
+        .find(|l| l.contains("it then answers on"))
+        .expect("fleetctl dev prints the app's addresses")
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(urls.len(), 2);
+    for u in &urls {
+        let body = reqwest::get(u).await.unwrap().text().await.unwrap();
+        assert_eq!(body, "hello from app 1.0\n");
     }
     let status = dev.terminate(Duration::from_secs(30));
     assert!(status.success(), "fleetctl dev exits 0 on SIGTERM: {status}");
     assert!(processes_under(&dir).is_empty(), "left behind: {:?}", processes_under(&dir));
+    for u in &urls {
+        assert!(reqwest::get(u).await.is_err(), "the app at {u} outlived the dev cluster");
+    }
 
     // 2. A crashed child stops the cluster with a clear message, and no orphan remains.
     let _ = std::fs::remove_file(dir.join("fleetctl.env"));
