@@ -463,14 +463,19 @@ pub fn app_service(root: &Path, port: u16, conf: &Path, extra_deploy: &str) -> S
 /// Writes a release archive of the demo app at `version` to `path`; with `broken`, its start
 /// script writes into the config directory and exits 3 instead of serving.
 pub fn app_release(path: &Path, version: &str, broken: bool) {
-    let start = if broken {
-        format!(
-            "#!/bin/sh\necho \"written by {version}\" > \"$CONF/app.conf\"\necho \"{version} cannot start: missing setting\" >&2\nexit 3\n"
-        )
-    } else {
-        format!(
-            "#!/bin/sh\nmkdir -p \"$CONF\"\necho \"config of {version}\" > \"$CONF/app.conf\"\nexec \"$FLEETCTL\" demo-server --listen \"127.0.0.1:$PORT\" --name app --version {version} --heartbeat 0\n"
-        )
+    app_release_on(path, version, if broken { Some("*") } else { None })
+}
+
+/// Like [`app_release`], broken only on the agent named `broken_on` (`*` for every agent).
+pub fn app_release_on(path: &Path, version: &str, broken_on: Option<&str>) {
+    let serve = format!(
+        "mkdir -p \"$CONF\"\necho \"config of {version}\" > \"$CONF/app.conf\"\nexec \"$FLEETCTL\" demo-server --listen \"127.0.0.1:$PORT\" --name app --version {version} --heartbeat 0\n"
+    );
+    let start = match broken_on {
+        Some(agent) => format!(
+            "#!/bin/sh\ncase \"$FLEET_AGENT\" in {agent})\necho \"written by {version}\" > \"$CONF/app.conf\"\necho \"{version} cannot start: missing setting\" >&2\nexit 3;;\nesac\n{serve}"
+        ),
+        None => format!("#!/bin/sh\n{serve}"),
     };
     let gz =
         flate2::write::GzEncoder::new(fs::File::create(path).expect("create archive"), flate2::Compression::fast());

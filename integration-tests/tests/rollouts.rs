@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_integration_tests::{
-    Cluster, CoordinatorOpts, app_release, app_service, eventually, free_port, get_body, serial,
+    Cluster, CoordinatorOpts, app_release, app_release_on, app_service, eventually, free_port, get_body, serial,
 };
 
 struct App {
@@ -397,4 +397,75 @@ async fn a_rollout_survives_a_coordinator_crash() {
         let log = std::fs::read_to_string(app.c.dir().join(h).join("logs/app.log")).unwrap();
         assert_eq!(log.matches("app 2.0 listening").count(), 1, "{h} restarted into 2.0 more than once:\n{log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_on_a_later_host_reverts_the_hosts_already_moved() {
+    let _g = serial().await;
+    let app = App::start(&["main-pc", "pc2"], "").await;
+    let v1 = app.release("1.0", false);
+    assert!(app.rollout("1.0", &v1, &["--watch", "--max-parallel", "2"]).status.success());
+    let v2 = app.c.dir().join("app-2.0.tar.gz");
+    app_release_on(&v2, "2.0", Some("pc2"));
+    let out = app.rollout("2.0", &v2, &["--watch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("rolled back") && err.contains("pc2: ") && err.contains("exited with status 3 during start"),
+        "{err}"
+    );
+    let text = stdout(&out);
+    assert!(text.contains("main-pc healthy") && text.contains("main-pc reverted"), "{text}");
+    for h in ["main-pc", "pc2"] {
+        assert_eq!(app.serves(h).await.as_deref(), Some("hello from app 1.0\n"), "{h}");
+    }
+    let list = app.c.fleetctl(&["rollout", "list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v[0]["state"], "rolled_back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_during_probation_rolls_back_before_starting() {
+    let _g = serial().await;
+    let mut app = App::start(&["pc2"], "").await;
+    let v1 = app.release("1.0", false);
+    assert!(app.rollout("1.0", &v1, &["--watch"]).status.success());
+    let v2 = app.release("2.0", false);
+    let out = app.c.fleetctl(&[
+        "rollout",
+        "start",
+        "app",
+        "--artifact",
+        v2.to_str().unwrap(),
+        "--version",
+        "2.0",
+        "--min-healthy-time",
+        "30s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    // Wait until pc2 serves 2.0: switched, in probation.
+    eventually(Duration::from_secs(30), "pc2 in probation on 2.0", || async {
+        (app.serves("pc2").await.as_deref() == Some("hello from app 2.0\n")).then_some(())
+    })
+    .await;
+    let current = app.c.dir().join("pc2/app/current");
+    assert!(std::fs::read_link(&current).unwrap().to_string_lossy().contains("2.0-"));
+    app.c.agent("pc2").kill9();
+    let port = app.ports[0].1;
+    let conf = app.c.dir().join("pc2/conf");
+    let svc = app_service(&app.c.dir().join("pc2/app"), port, &conf, "");
+    app.c.start_agent_with("pc2", Duration::from_millis(500), &svc);
+    // The new agent switched back before starting the service: it comes up on 1.0.
+    let body = eventually(Duration::from_secs(30), "pc2 serving again", || async { app.serves("pc2").await }).await;
+    assert_eq!(body, "hello from app 1.0\n");
+    assert!(std::fs::read_link(&current).unwrap().to_string_lossy().contains("1.0-"));
+    let log = app.c.agent("pc2").log_text();
+    assert!(log.contains("found an unfinished deploy: rolling back before starting the service"), "{log}");
+    let out = app.c.fleetctl(&["rollout", "status", &id, "--watch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("the agent restarted while applying this command"), "{}", stderr(&out));
+    let rel = app.releases("pc2");
+    assert!(rel.contains(&("1.0".to_string(), "current".to_string())), "{rel:?}");
+    assert!(rel.contains(&("2.0".to_string(), "bad".to_string())), "{rel:?}");
 }
