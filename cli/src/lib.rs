@@ -196,9 +196,23 @@ pub enum Command {
         /// The service.
         service: String,
     },
+    /// Alert and recording rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// A small HTTP service for trying fleet (used by `fleetctl dev`).
     #[command(hide = true)]
     DemoServer(demo::DemoArgs),
+}
+
+/// `rules` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Run rule unit tests in promtool's format (`promtool test rules`); exit 1 if any fails.
+    Test {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// `rollout` subcommands.
@@ -243,6 +257,33 @@ pub struct ServiceArgs {
     /// How long to wait for the outcome.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// `fleetctl rules test FILE...`: prints like promtool and fails if any test fails.
+fn rules_test(files: &[PathBuf]) -> Result<(), CliError> {
+    let mut failed = 0;
+    for f in files {
+        println!("Unit Testing:  {}", f.display());
+        match fleet_rules::unittest::run_file(f) {
+            Ok(o) if o.failures.is_empty() => println!("  SUCCESS\n"),
+            Ok(o) => {
+                failed += 1;
+                println!("  FAILED:");
+                for fail in &o.failures {
+                    println!("    {}", fail.replace('\n', "\n    "));
+                }
+                println!();
+            }
+            Err(e) => {
+                failed += 1;
+                println!("  FAILED:\n    {e}\n");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::failed(format!("{failed} of {} rule test files failed", files.len())));
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -374,6 +415,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Releases { host, service } => {
             rollout::releases(&client::Target::from_cli(&cli)?, host, service, cli.output).await
         }
+        Command::Rules(RulesCommand::Test { files }) => rules_test(files),
         Command::DemoServer(a) => demo::run(a.clone()).await,
     }
 }

@@ -1,0 +1,11 @@
+//! fleet's rules engine, shared by fleet-coordinator (which evaluates rules over its history)
+//! and fleetctl (which runs rule unit tests): PromQL evaluation ([`promql`]), rule files and
+//! alert state ([`rules`]), alert templates ([`template`]) and promtool's unit-test format
+//! ([`unittest`]).
+
+#![forbid(unsafe_code)]
+
+pub mod promql;
+pub mod rules;
+pub mod template;
+pub mod unittest;

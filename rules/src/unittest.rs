@@ -1,0 +1,415 @@
+//! Rule unit tests in promtool's format (`promtool test rules`): input series written as
+//! `a+bxn`, `a-bxn`, `axn`, `_` and `stale`; `alert_rule_test` comparing the firing alerts of a
+//! rule at a time; `promql_expr_test` comparing an expression's samples. The same file passes
+//! or fails here as it does with promtool.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use promql_parser::label::Matchers;
+use serde::Deserialize;
+
+use crate::promql::{self, Labels, NAME, STALE_NAN_BITS, Series, Storage, Value};
+use crate::rules::{self, AlertState, Appender, Group, Rule};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    #[serde(default)]
+    rule_files: Vec<String>,
+    evaluation_interval: Option<String>,
+    #[serde(default)]
+    group_eval_order: Vec<String>,
+    tests: Vec<TestGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestGroup {
+    interval: Option<String>,
+    #[serde(default)]
+    input_series: Vec<InputSeries>,
+    #[serde(default)]
+    alert_rule_test: Vec<AlertTest>,
+    #[serde(default)]
+    promql_expr_test: Vec<ExprTest>,
+    #[serde(default)]
+    external_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    external_url: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputSeries {
+    series: String,
+    values: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertTest {
+    eval_time: String,
+    alertname: String,
+    #[serde(default)]
+    exp_alerts: Vec<ExpAlert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpAlert {
+    #[serde(default)]
+    exp_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    exp_annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExprTest {
+    expr: String,
+    eval_time: String,
+    #[serde(default)]
+    exp_samples: Vec<ExpSample>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpSample {
+    labels: String,
+    value: serde_yaml::Value,
+}
+
+/// The outcome of one test file.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Failures, each a readable block.
+    pub failures: Vec<String>,
+}
+
+/// Expands promtool's value notation into one optional value per step.
+pub fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
+    let mut out = Vec::new();
+    for tok in text.split_whitespace() {
+        if tok == "_" {
+            out.push(None);
+            continue;
+        }
+        if tok == "stale" {
+            out.push(Some(f64::from_bits(STALE_NAN_BITS)));
+            continue;
+        }
+        if let Some((base, times)) = tok.split_once('x') {
+            let n: usize = times.parse().map_err(|_| format!("invalid repetition in \"{tok}\""))?;
+            if base == "_" {
+                out.extend(std::iter::repeat_n(None, n + 1));
+                continue;
+            }
+            // `a+b` or `a-b`: find the operator after the first character (a may be negative).
+            let op = base[1..].find(['+', '-']).map(|i| i + 1);
+            let (start, step) = match op {
+                Some(i) => {
+                    let a = promql::parse_float(&base[..i]).ok_or_else(|| format!("invalid number in \"{tok}\""))?;
+                    let b =
+                        promql::parse_float(&base[i + 1..]).ok_or_else(|| format!("invalid number in \"{tok}\""))?;
+                    (a, if &base[i..i + 1] == "-" { -b } else { b })
+                }
+                None => (promql::parse_float(base).ok_or_else(|| format!("invalid number in \"{tok}\""))?, 0.0),
+            };
+            for k in 0..=n {
+                out.push(Some(start + step * k as f64));
+            }
+            continue;
+        }
+        out.push(Some(promql::parse_float(tok).ok_or_else(|| format!("invalid value \"{tok}\""))?));
+    }
+    Ok(out)
+}
+
+/// Series for a unit test, plus what recording rules add.
+#[derive(Debug, Default)]
+struct TestStore {
+    series: BTreeMap<Labels, Vec<(i64, f64)>>,
+}
+
+impl Storage for TestStore {
+    fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
+        self.series
+            .iter()
+            .filter(|(l, _)| promql::matches(l, name, m))
+            .map(|(l, p)| Series {
+                labels: l.clone(),
+                points: p.iter().copied().filter(|(t, _)| *t > start && *t <= end).collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect()
+    }
+}
+
+impl Appender for TestStore {
+    fn append(&mut self, labels: Labels, t: i64, v: f64) {
+        let pts = self.series.entry(labels).or_default();
+        pts.retain(|(x, _)| *x != t);
+        pts.push((t, v));
+        pts.sort_by_key(|(x, _)| *x);
+    }
+}
+
+/// Parses `name{a="b"}` into a label set.
+fn parse_series(s: &str) -> Result<Labels, String> {
+    let expr = promql::parse(s).map_err(|e| format!("invalid series \"{s}\": {e}"))?;
+    let promql_parser::parser::Expr::VectorSelector(vs) = expr else { return Err(format!("\"{s}\" is not a series")) };
+    let mut l = Labels::new();
+    if let Some(n) = vs.name {
+        l.insert(NAME.into(), n);
+    }
+    for m in vs.matchers.matchers {
+        l.insert(m.name, m.value);
+    }
+    Ok(l)
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// An alert as a test compares it: labels and annotations.
+type AlertView = (Labels, BTreeMap<String, String>);
+
+fn fmt_alerts(list: &[AlertView]) -> String {
+    let items: Vec<String> = list
+        .iter()
+        .map(|(l, a)| {
+            let labels: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let ann: Vec<String> = a.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{{labels: {{{}}}, annotations: {{{}}}}}", labels.join(", "), ann.join(", "))
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn values_equal(a: f64, b: f64) -> bool {
+    if a.is_nan() && b.is_nan() {
+        return true;
+    }
+    if a == b {
+        return true;
+    }
+    // promtool compares with a small epsilon, so float noise in arithmetic does not fail tests.
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs())
+}
+
+/// Runs one promtool test file.
+pub fn run_file(path: &Path) -> Result<Outcome, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let file: TestFile = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let eval_interval = match &file.evaluation_interval {
+        Some(s) => rules::parse_duration(s).map_err(|e| format!("{}: evaluation_interval: {e}", path.display()))?,
+        None => Duration::from_secs(60),
+    };
+    if !file.group_eval_order.is_empty() {
+        return Err(format!("{}: group_eval_order is not supported by fleet", path.display()));
+    }
+    let rule_paths: Vec<PathBuf> = file.rule_files.iter().map(|f| dir.join(f)).collect();
+    // Validate the rule files once, so a broken one is reported with its name.
+    for p in &rule_paths {
+        rules::load_file(p).map_err(|e| e.to_string())?;
+    }
+    let mut outcome = Outcome::default();
+    for (i, tg) in file.tests.iter().enumerate() {
+        let name = tg.name.clone().unwrap_or_else(|| format!("test {}", i + 1));
+        if tg.external_url.is_some() {
+            return Err(format!("{}: {name}: external_url is not supported by fleet", path.display()));
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        for p in &rule_paths {
+            groups.extend(rules::load_file(p).map_err(|e| e.to_string())?);
+        }
+        run_group(tg, &name, &mut groups, eval_interval, &mut outcome)?;
+    }
+    Ok(outcome)
+}
+
+fn run_group(
+    tg: &TestGroup,
+    name: &str,
+    groups: &mut [Group],
+    eval_interval: Duration,
+    outcome: &mut Outcome,
+) -> Result<(), String> {
+    let interval = match &tg.interval {
+        Some(s) => rules::parse_duration(s).map_err(|e| format!("{name}: interval: {e}"))?,
+        None => eval_interval,
+    };
+    let mut store = TestStore::default();
+    for s in &tg.input_series {
+        let labels = parse_series(&s.series).map_err(|e| format!("{name}: {e}"))?;
+        let values = expand_values(&s.values).map_err(|e| format!("{name}: series {}: {e}", s.series))?;
+        let pts = store.series.entry(labels).or_default();
+        for (k, v) in values.into_iter().enumerate() {
+            if let Some(v) = v {
+                pts.push((k as i64 * ms(interval), v));
+            }
+        }
+    }
+    let mut alert_times: Vec<i64> = Vec::new();
+    for a in &tg.alert_rule_test {
+        alert_times.push(ms(rules::parse_duration(&a.eval_time).map_err(|e| format!("{name}: eval_time: {e}"))?));
+    }
+    let mut expr_times = Vec::new();
+    for e in &tg.promql_expr_test {
+        expr_times.push(ms(rules::parse_duration(&e.eval_time).map_err(|e| format!("{name}: eval_time: {e}"))?));
+    }
+    let maxt = alert_times.iter().chain(expr_times.iter()).copied().max().unwrap_or(0);
+    // Alerts of every rule at each alert test time.
+    let mut got_at: BTreeMap<i64, BTreeMap<String, Vec<AlertView>>> = BTreeMap::new();
+    let step = ms(eval_interval).max(1);
+    let mut t = 0;
+    while t <= maxt {
+        for g in groups.iter_mut() {
+            let gi = g.interval.map(ms).unwrap_or(step).max(1);
+            if t % gi == 0 {
+                g.eval(&mut store, t, &tg.external_labels);
+            }
+        }
+        // As promtool: an alert test at time T sees the evaluation at the last step at or
+        // before T.
+        for &at in alert_times.iter().filter(|&&at| at >= t && at < t + step) {
+            let snapshot = got_at.entry(at).or_default();
+            if !snapshot.is_empty() {
+                continue;
+            }
+            for g in groups.iter() {
+                for r in &g.rules {
+                    if let Rule::Alert(a) = r {
+                        let list = snapshot.entry(a.name.clone()).or_default();
+                        for al in a.alerts(AlertState::Firing) {
+                            list.push((al.labels.clone(), al.annotations.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        t += step;
+    }
+    for (a, &at) in tg.alert_rule_test.iter().zip(alert_times.iter()) {
+        let mut exp: Vec<(Labels, BTreeMap<String, String>)> = a
+            .exp_alerts
+            .iter()
+            .map(|e| {
+                let mut l: Labels = e.exp_labels.clone().into_iter().collect();
+                l.insert("alertname".into(), a.alertname.clone());
+                (l, e.exp_annotations.clone())
+            })
+            .collect();
+        let mut got = got_at.get(&at).and_then(|m| m.get(&a.alertname)).cloned().unwrap_or_default();
+        exp.sort();
+        got.sort();
+        if exp != got {
+            let mut msg = String::new();
+            let _ = write!(
+                msg,
+                "{name}: alertname: {}, time: {},\n    expected: {},\n         got: {}",
+                a.alertname,
+                a.eval_time,
+                fmt_alerts(&exp),
+                fmt_alerts(&got)
+            );
+            outcome.failures.push(msg);
+        }
+    }
+    for (e, &at) in tg.promql_expr_test.iter().zip(expr_times.iter()) {
+        let expr = promql::parse(&e.expr).map_err(|x| format!("{name}: expr \"{}\": {x}", e.expr))?;
+        let got: Vec<(Labels, f64)> = match promql::eval(&expr, &store, at) {
+            Ok(Value::Vector(v)) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
+            Ok(Value::Scalar(x)) => vec![(Labels::new(), x)],
+            Ok(_) => {
+                outcome.failures.push(format!(
+                    "{name}: expr: \"{}\", time: {}: the expression is not an instant vector",
+                    e.expr, e.eval_time
+                ));
+                continue;
+            }
+            Err(err) => {
+                outcome.failures.push(format!("{name}: expr: \"{}\", time: {}: {err}", e.expr, e.eval_time));
+                continue;
+            }
+        };
+        let mut exp: Vec<(Labels, f64)> = Vec::new();
+        for s in &e.exp_samples {
+            let l = if s.labels.trim().is_empty() {
+                Labels::new()
+            } else {
+                parse_series(&s.labels).map_err(|x| format!("{name}: {x}"))?
+            };
+            let v = match &s.value {
+                serde_yaml::Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+                serde_yaml::Value::String(x) => {
+                    promql::parse_float(x).ok_or_else(|| format!("{name}: invalid value {x}"))?
+                }
+                _ => return Err(format!("{name}: invalid expected value")),
+            };
+            exp.push((l, v));
+        }
+        let mut g = got.clone();
+        exp.sort_by(|a, b| a.0.cmp(&b.0));
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        let same = exp.len() == g.len() && exp.iter().zip(g.iter()).all(|(x, y)| x.0 == y.0 && values_equal(x.1, y.1));
+        if !same {
+            let show = |v: &[(Labels, f64)]| {
+                let items: Vec<String> = v
+                    .iter()
+                    .map(|(l, x)| format!("{} {}", promql::format_labels(l), crate::template::go_float(*x)))
+                    .collect();
+                format!("[{}]", items.join(", "))
+            };
+            outcome.failures.push(format!(
+                "{name}: expr: \"{}\", time: {},\n    expected: {},\n         got: {}",
+                e.expr,
+                e.eval_time,
+                show(&exp),
+                show(&g)
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_notation() {
+        assert_eq!(expand_values("1 2 _ 3").unwrap(), [Some(1.0), Some(2.0), None, Some(3.0)]);
+        assert_eq!(expand_values("1+2x2").unwrap(), [Some(1.0), Some(3.0), Some(5.0)]);
+        assert_eq!(expand_values("10-1x2").unwrap(), [Some(10.0), Some(9.0), Some(8.0)]);
+        assert_eq!(expand_values("-1+1x1").unwrap(), [Some(-1.0), Some(0.0)]);
+        assert_eq!(expand_values("1x3").unwrap().len(), 4);
+        assert_eq!(expand_values("_x2").unwrap(), [None, None, None]);
+        assert!(promql::is_stale(expand_values("stale").unwrap()[0].unwrap()));
+    }
+
+    fn corpus() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/rules")
+    }
+
+    #[test]
+    fn the_compat_corpus_passes() {
+        let dir = corpus();
+        if !dir.exists() {
+            // The corpus lives beside the repository (shared/); the end-to-end tests run it
+            // through fleetctl as well.
+            panic!("the compatibility corpus is missing at {}", dir.display());
+        }
+        for f in ["semantics.rules.test.yml", "fleet.rules.test.yml"] {
+            let o = run_file(&dir.join(f)).unwrap();
+            assert!(o.failures.is_empty(), "{f}:\n{}", o.failures.join("\n"));
+        }
+    }
+}
