@@ -199,6 +199,14 @@ pub enum Command {
     /// Alert and recording rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Evaluate a PromQL expression over the coordinator's history.
+    Query {
+        /// The expression, for example 'avg by (host) (fleet_host_cpu_usage_ratio)'.
+        expr: String,
+        /// Evaluation time: RFC 3339 or Unix seconds (default: now).
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// A small HTTP service for trying fleet (used by `fleetctl dev`).
     #[command(hide = true)]
     DemoServer(demo::DemoArgs),
@@ -257,6 +265,69 @@ pub struct ServiceArgs {
     /// How long to wait for the outcome.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// `fleetctl query EXPR [--at TIME]`.
+async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Output) -> Result<(), CliError> {
+    let time_ms = match at {
+        Some(s) => match s.parse::<f64>() {
+            Ok(f) => (f * 1000.0).round() as i64,
+            Err(_) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|_| {
+                    CliError::usage(format!("--at {s}: write RFC 3339 (2026-01-02T15:04:05Z) or Unix seconds"))
+                })?,
+        },
+        None => 0,
+    };
+    let mut c = target.control().await?;
+    let r = c
+        .query(fleet_proto::v1::QueryRequest { expr: expr.to_string(), time_ms, ..Default::default() })
+        .await
+        .map_err(|e| client::status_error(&target.addr, e))?
+        .into_inner();
+    let name = |l: &std::collections::HashMap<String, String>| {
+        let sorted: std::collections::BTreeMap<_, _> = l.iter().collect();
+        let metric = sorted.get(&"__name__".to_string()).map(|s| s.as_str()).unwrap_or("");
+        let rest: Vec<String> =
+            sorted.iter().filter(|(k, _)| k.as_str() != "__name__").map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        format!("{metric}{{{}}}", rest.join(", "))
+    };
+    if output == Output::Json {
+        let v = match r.result_type.as_str() {
+            "scalar" => serde_json::json!({ "resultType": "scalar", "result": [r.time_ms as f64 / 1000.0, r.scalar] }),
+            "string" => serde_json::json!({ "resultType": "string", "result": [r.time_ms as f64 / 1000.0, r.string] }),
+            t => serde_json::json!({
+                "resultType": t,
+                "result": r.series.iter().map(|s| serde_json::json!({
+                    "metric": s.labels,
+                    "values": s.points.iter().map(|p| serde_json::json!([p.time_ms as f64 / 1000.0, p.value])).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    match r.result_type.as_str() {
+        "scalar" => println!("{}", r.scalar),
+        "string" => println!("{}", r.string),
+        _ => {
+            if r.series.is_empty() {
+                println!("no data");
+            }
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            for s in &r.series {
+                for p in &s.points {
+                    rows.push(vec![name(&s.labels), format!("{}", p.value), fleet_common::rfc3339(p.time_ms)]);
+                }
+            }
+            rows.sort();
+            if !rows.is_empty() {
+                print!("{}", views::table(&["SERIES", "VALUE", "TIME"], &rows));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `fleetctl rules test FILE...`: prints like promtool and fails if any test fails.
@@ -416,6 +487,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             rollout::releases(&client::Target::from_cli(&cli)?, host, service, cli.output).await
         }
         Command::Rules(RulesCommand::Test { files }) => rules_test(files),
+        Command::Query { expr, at } => query(&client::Target::from_cli(&cli)?, expr, at.as_deref(), cli.output).await,
         Command::DemoServer(a) => demo::run(a.clone()).await,
     }
 }

@@ -63,6 +63,8 @@ pub struct ControlApi {
     pub artifacts: crate::artifacts::Artifacts,
     /// Rollouts.
     pub rollouts: Arc<crate::rollouts::Rollouts>,
+    /// The history as series.
+    pub tsdb: Arc<crate::tsdb::Tsdb>,
 }
 
 fn caller<T>(req: &Request<T>) -> String {
@@ -621,5 +623,54 @@ impl ControlService for ControlApi {
             return Err(Status::not_found(format!("{}: {}", r.host, u.message)));
         }
         Ok(Response::new(ListReleasesResponse { releases: u.releases }))
+    }
+
+    async fn query(
+        &self,
+        req: Request<fleet_proto::v1::QueryRequest>,
+    ) -> Result<Response<fleet_proto::v1::QueryResponse>, Status> {
+        use crate::query::{self, Answer, QueryError};
+        use fleet_proto::v1::{QueryPoint, QueryResponse, QuerySeries};
+        let t0 = Instant::now();
+        let r = req.into_inner();
+        let db = self.tsdb.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            if r.step_ms > 0 {
+                query::range(&*db, &r.expr, r.start_ms, r.end_ms, r.step_ms)
+            } else {
+                let t = if r.time_ms == 0 { fleet_common::now_ms() } else { r.time_ms };
+                query::instant(&*db, &r.expr, t)
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e {
+            QueryError::BadData(m) => Status::invalid_argument(m),
+            QueryError::Execution(m) => Status::failed_precondition(m),
+        })?;
+        let series = |l: fleet_rules::promql::Labels, pts: Vec<(i64, f64)>| QuerySeries {
+            labels: l.into_iter().collect(),
+            points: pts.into_iter().map(|(t, v)| QueryPoint { time_ms: t, value: v }).collect(),
+        };
+        let resp = match answer {
+            Answer::Vector(v, t) => QueryResponse {
+                result_type: "vector".into(),
+                series: v.into_iter().map(|(l, x)| series(l, vec![(t, x)])).collect(),
+                time_ms: t,
+                ..Default::default()
+            },
+            Answer::Matrix(m) => QueryResponse {
+                result_type: "matrix".into(),
+                series: m.into_iter().map(|(l, p)| series(l, p)).collect(),
+                ..Default::default()
+            },
+            Answer::Scalar(x, t) => {
+                QueryResponse { result_type: "scalar".into(), scalar: x, time_ms: t, ..Default::default() }
+            }
+            Answer::String(s, t) => {
+                QueryResponse { result_type: "string".into(), string: s, time_ms: t, ..Default::default() }
+            }
+        };
+        Ok(self.timed(t0, Response::new(resp)))
     }
 }

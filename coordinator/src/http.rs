@@ -31,10 +31,13 @@ pub struct HttpState {
     pub shutdown: CancellationToken,
     /// Rollouts, for their metrics.
     pub rollouts: Arc<crate::rollouts::Rollouts>,
+    /// The history, for the query API.
+    pub tsdb: Arc<crate::tsdb::Tsdb>,
 }
 
 /// The routes.
 pub fn router(state: HttpState) -> Router {
+    let api = crate::promapi::routes(state.tsdb.clone());
     Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
@@ -42,6 +45,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
         .with_state(state)
+        .merge(api)
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {

@@ -17,11 +17,14 @@ pub mod config;
 pub mod control;
 pub mod http;
 pub mod metrics;
+pub mod promapi;
+pub mod query;
 pub mod registry;
 pub mod rollouts;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tsdb;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -96,6 +99,28 @@ pub fn load_identity(config: &CoordinatorConfig) -> Result<TlsMaterial, RunError
     Ok(tls)
 }
 
+/// How often `fleet_agent_up` is recorded into the history.
+pub const UP_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Records `fleet_agent_up` for every known host (0 while offline), the way Prometheus records
+/// `up` per scrape; reports add their own 1s at the times they were taken.
+async fn sample_up(registry: Arc<Registry>, tsdb: Arc<tsdb::Tsdb>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(UP_SAMPLE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = fleet_common::now_ms();
+        for h in registry.all() {
+            let mut l = fleet_rules::promql::Labels::new();
+            l.insert(fleet_rules::promql::NAME.into(), "fleet_agent_up".into());
+            l.insert("host".into(), h.name.clone());
+            tsdb.append(l, now, if h.online() { 1.0 } else { 0.0 });
+        }
+    }
+}
+
 /// Removes artifacts that no unfinished rollout and no host's current or previous release
 /// needs, every minute.
 async fn artifact_gc(
@@ -167,6 +192,14 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         tokio::task::spawn_blocking(move || store.load(since)).await.map_err(|e| RunError::Serve(e.to_string()))??
     };
     let registry = Arc::new(Registry::from_loaded(loaded));
+    let tsdb = Arc::new(tsdb::Tsdb::new(config.retention.as_millis() as i64, tsdb::DEFAULT_MAX_SERIES));
+    {
+        let (store, db) = (store.clone(), tsdb.clone());
+        let n = tokio::task::spawn_blocking(move || store.replay_reports(since, |host, r| db.append_report(host, r)))
+            .await
+            .map_err(|e| RunError::Serve(e.to_string()))??;
+        tracing::info!(reports = n, series = tsdb.len(), "loaded the history into series");
+    }
     tracing::info!(hosts = registry.len(), reports = registry.history_len(), store = %store.path().display(), "loaded the store");
 
     let audit = audit::AuditLog::open(&config.data_dir)
@@ -180,7 +213,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
             .map_err(RunError::Setup)?;
     let metrics = Arc::new(Metrics::default());
     let sessions = Arc::new(AtomicUsize::new(0));
-    let (writer, writer_task) = Writer::start(store.clone(), config.retention, metrics.clone());
+    let (writer, writer_task) = Writer::start(store.clone(), config.retention, metrics.clone(), tsdb.clone());
 
     let grpc = tokio::net::TcpListener::from_std(listeners.grpc).map_err(|e| RunError::Serve(e.to_string()))?;
     let http = tokio::net::TcpListener::from_std(listeners.http).map_err(|e| RunError::Serve(e.to_string()))?;
@@ -191,10 +224,12 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     tasks.spawn(writer::retention_loop(
         store.clone(),
         registry.clone(),
+        tsdb.clone(),
         config.retention,
         Duration::from_secs(30),
         shutdown.clone(),
     ));
+    tasks.spawn(sample_up(registry.clone(), tsdb.clone(), shutdown.clone()));
 
     // gRPC: our TLS accept loop feeds tonic.
     let server_config = tls.server_config().map_err(|e| RunError::Serve(e.to_string()))?;
@@ -237,6 +272,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         audit,
         artifacts: artifacts.clone(),
         rollouts: rollouts.clone(),
+        tsdb: tsdb.clone(),
     };
     let operator_only = auth::OperatorOnly { trust_domain: trust_domain.clone(), metrics: metrics.clone() };
     // HTTP/2 keepalive notices a peer whose socket stays open but that no longer answers;
@@ -261,6 +297,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         grpc_addr: grpc_addr.to_string(),
         shutdown: shutdown.clone(),
         rollouts: rollouts.clone(),
+        tsdb: tsdb.clone(),
     };
     let http_server =
         axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());

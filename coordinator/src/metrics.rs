@@ -166,10 +166,35 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-/// One host family: name, type, help, and how to read the value from a host's metrics.
-type HostGauge = (&'static str, &'static str, fn(&fleet_proto::v1::HostMetrics) -> f64);
+/// One service family: name, type, help, and how to read the value.
+pub type SvcValue = (&'static str, &'static str, &'static str, fn(&fleet_proto::v1::ServiceStatus) -> f64);
+/// The per-service families of DESIGN §9 (fleet_service_info is written separately).
+pub const SERVICE: [SvcValue; 5] = [
+    ("fleet_service_up", "gauge", "1 while the service runs (and is healthy, where it has a health check).", |s| {
+        if s.state == "running" && s.healthy { 1.0 } else { 0.0 }
+    }),
+    ("fleet_service_healthy", "gauge", "1 when the service's last health check passed.", |s| {
+        if s.healthy { 1.0 } else { 0.0 }
+    }),
+    (
+        "fleet_service_restarts_total",
+        "counter",
+        "Restarts of the service since the agent started supervising it.",
+        |s| s.restarts as f64,
+    ),
+    ("fleet_service_memory_rss_bytes", "gauge", "Resident memory of the service's process.", |s| {
+        s.memory_rss_bytes as f64
+    }),
+    ("fleet_service_cpu_seconds_total", "counter", "CPU time used by the service's current process.", |s| {
+        s.cpu_seconds
+    }),
+];
 
-const HOST_GAUGES: [HostGauge; 9] = [
+/// One host family: name, type, help, and how to read the value from a host's metrics.
+pub type HostGauge = (&'static str, &'static str, fn(&fleet_proto::v1::HostMetrics) -> f64);
+
+/// The per-host gauges of DESIGN §9.
+pub const HOST_GAUGES: [HostGauge; 9] = [
     (
         "fleet_host_cpu_usage_ratio",
         "CPU busy time over wall time in the last report interval, 0 to 1, over all cores.",
@@ -294,27 +319,6 @@ pub fn render(registry: &Registry, m: &Metrics, sessions_open: usize, started_at
 type OnlineHost<'a> = (&'a String, &'a fleet_proto::v1::HostMetrics, &'a std::sync::Arc<fleet_proto::v1::Report>);
 
 fn render_services(e: &mut Exposition, online: &[OnlineHost<'_>]) {
-    type SvcValue = (&'static str, &'static str, &'static str, fn(&fleet_proto::v1::ServiceStatus) -> f64);
-    const SERVICE: [SvcValue; 5] = [
-        ("fleet_service_up", "gauge", "1 while the service runs (and is healthy, where it has a health check).", |s| {
-            if s.state == "running" && s.healthy { 1.0 } else { 0.0 }
-        }),
-        ("fleet_service_healthy", "gauge", "1 when the service's last health check passed.", |s| {
-            if s.healthy { 1.0 } else { 0.0 }
-        }),
-        (
-            "fleet_service_restarts_total",
-            "counter",
-            "Restarts of the service since the agent started supervising it.",
-            |s| s.restarts as f64,
-        ),
-        ("fleet_service_memory_rss_bytes", "gauge", "Resident memory of the service's process.", |s| {
-            s.memory_rss_bytes as f64
-        }),
-        ("fleet_service_cpu_seconds_total", "counter", "CPU time used by the service's current process.", |s| {
-            s.cpu_seconds
-        }),
-    ];
     for (name, kind, help, get) in SERVICE {
         e.family(name, kind, help);
         for (host, _, report) in online {

@@ -252,6 +252,22 @@ impl Store {
         Ok(hosts.into_values().collect())
     }
 
+    /// Calls `f` with every stored report taken at or after `since_ms`, oldest first per host.
+    pub fn replay_reports(&self, since_ms: i64, mut f: impl FnMut(&str, &Report)) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.tree.scan_prefix(b"r") {
+            let (k, v) = item.map_err(|e| self.io(e))?;
+            let Some((name, ts, _, _)) = parse_report_key(&k) else { continue };
+            if ts < since_ms {
+                continue;
+            }
+            let r = Report::decode(v.as_ref()).map_err(|e| self.io(format!("report of {name}: {e}")))?;
+            f(&name, &r);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Applies one group commit atomically and makes it durable before returning.
     pub fn commit(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();

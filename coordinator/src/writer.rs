@@ -48,9 +48,14 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task; it ends once every `Writer` clone is dropped and the queue is
     /// drained.
-    pub fn start(store: Store, retention: Duration, metrics: Arc<Metrics>) -> (Writer, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        store: Store,
+        retention: Duration,
+        metrics: Arc<Metrics>,
+        tsdb: Arc<crate::tsdb::Tsdb>,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, rx, retention, metrics));
+        let task = tokio::spawn(run(store, rx, retention, metrics, tsdb));
         (Writer { tx }, task)
     }
 
@@ -83,10 +88,16 @@ struct Pending {
     outcome: Stored,
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Op>, retention: Duration, metrics: Arc<Metrics>) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Op>,
+    retention: Duration,
+    metrics: Arc<Metrics>,
+    tsdb: Arc<crate::tsdb::Tsdb>,
+) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
-        commit_batch(&store, std::mem::take(&mut ops), retention, &metrics).await;
+        commit_batch(&store, std::mem::take(&mut ops), retention, &metrics, &tsdb).await;
     }
     if let Err(e) = store.flush() {
         tracing::error!(error = %e, "final store flush failed");
@@ -94,7 +105,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Op>, retention: Duration, metr
     tracing::debug!("store writer stopped");
 }
 
-async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics: &Metrics) {
+async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics: &Metrics, tsdb: &crate::tsdb::Tsdb) {
     let now = fleet_common::now_ms();
     let cutoff = now - retention.as_millis() as i64;
     // The record of every host this batch touches, with this batch's changes applied; the
@@ -189,6 +200,9 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
             metrics.reports_stored.inc();
             let id = p.report.id.unwrap_or_default();
             let ts = p.report.timestamp_ms;
+            if ts >= cutoff {
+                tsdb.append_report(&p.host.name, &p.report);
+            }
             p.host.with(|s| {
                 if ts >= cutoff {
                     s.history.push_back((id.boot_id, id.seq, ts));
@@ -207,10 +221,11 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
     }
 }
 
-/// Deletes reports older than the retention, on disk and in memory, every `every`.
+/// Deletes reports and samples older than the retention, on disk and in memory, every `every`.
 pub async fn retention_loop(
     store: Store,
     registry: Arc<crate::registry::Registry>,
+    tsdb: Arc<crate::tsdb::Tsdb>,
     retention: Duration,
     every: Duration,
     shutdown: tokio_util::sync::CancellationToken,
@@ -222,7 +237,9 @@ pub async fn retention_loop(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let cutoff = fleet_common::now_ms() - retention.as_millis() as i64;
+        let now = fleet_common::now_ms();
+        let cutoff = now - retention.as_millis() as i64;
+        tsdb.trim(now);
         for host in registry.all() {
             host.with(|s| {
                 while s.history.front().is_some_and(|&(_, _, ts)| ts < cutoff) {

@@ -1,0 +1,213 @@
+//! The Prometheus HTTP API subset (DESIGN §6) on the coordinator's HTTP port, with Prometheus'
+//! JSON shapes and error format: `/api/v1/query`, `/api/v1/query_range`, `/api/v1/series`,
+//! `/api/v1/labels`, `/api/v1/label/<name>/values`. Parameters come from the query string or a
+//! form body, as Prometheus accepts them (promtool and Grafana POST forms).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use fleet_rules::promql::{self, Labels};
+use serde_json::{Value, json};
+
+use crate::query::{self, Answer, QueryError};
+use crate::tsdb::Tsdb;
+
+/// The routes under /api/v1.
+pub fn routes(tsdb: Arc<Tsdb>) -> Router {
+    Router::new()
+        .route("/api/v1/query", get(instant).post(instant))
+        .route("/api/v1/query_range", get(range).post(range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .with_state(tsdb)
+}
+
+type Params = Vec<(String, String)>;
+
+fn params(q: Option<String>, body: &Bytes) -> Params {
+    let mut p: Params = q.as_deref().map(|q| serde_urlencoded::from_str(q).unwrap_or_default()).unwrap_or_default();
+    if !body.is_empty() {
+        p.extend(serde_urlencoded::from_bytes::<Params>(body).unwrap_or_default());
+    }
+    p
+}
+
+fn get_param<'a>(p: &'a Params, k: &str) -> Option<&'a str> {
+    p.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
+}
+
+fn error(code: StatusCode, kind: &str, msg: &str) -> Response {
+    (code, Json(json!({ "status": "error", "errorType": kind, "error": msg }))).into_response()
+}
+
+fn bad(msg: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_data", msg)
+}
+
+fn fail(e: QueryError) -> Response {
+    match e {
+        QueryError::BadData(m) => bad(&m),
+        QueryError::Execution(m) => error(StatusCode::UNPROCESSABLE_ENTITY, "execution", &m),
+    }
+}
+
+fn ok(data: Value) -> Response {
+    Json(json!({ "status": "success", "data": data })).into_response()
+}
+
+/// A float as Prometheus writes sample values.
+pub fn fmt_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn ts(ms: i64) -> Value {
+    json!(ms as f64 / 1000.0)
+}
+
+fn metric(l: &Labels) -> Value {
+    Value::Object(l.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+}
+
+fn answer_json(a: Answer) -> Value {
+    match a {
+        Answer::Vector(v, t) => json!({
+            "resultType": "vector",
+            "result": v.iter().map(|(l, x)| json!({ "metric": metric(l), "value": [ts(t), fmt_value(*x)] })).collect::<Vec<_>>(),
+        }),
+        Answer::Matrix(m) => json!({
+            "resultType": "matrix",
+            "result": m.iter().map(|(l, pts)| json!({
+                "metric": metric(l),
+                "values": pts.iter().map(|(t, x)| json!([ts(*t), fmt_value(*x)])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Answer::Scalar(x, t) => json!({ "resultType": "scalar", "result": [ts(t), fmt_value(x)] }),
+        Answer::String(s, t) => json!({ "resultType": "string", "result": [ts(t), s] }),
+    }
+}
+
+async fn instant(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(q, &body);
+    let Some(expr) = get_param(&p, "query") else { return bad("the query parameter is missing") };
+    let t = match get_param(&p, "time") {
+        Some(s) => match query::parse_time(s) {
+            Ok(t) => t,
+            Err(e) => return bad(&format!("invalid parameter \"time\": {e}")),
+        },
+        None => fleet_common::now_ms(),
+    };
+    let (db, expr) = (db.clone(), expr.to_string());
+    match tokio::task::spawn_blocking(move || query::instant(&*db, &expr, t)).await {
+        Ok(Ok(a)) => ok(answer_json(a)),
+        Ok(Err(e)) => fail(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    }
+}
+
+async fn range(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(q, &body);
+    let Some(expr) = get_param(&p, "query") else { return bad("the query parameter is missing") };
+    let parse = |k: &str, f: fn(&str) -> Result<i64, String>| -> Result<i64, Response> {
+        let v = get_param(&p, k).ok_or_else(|| bad(&format!("the {k} parameter is missing")))?;
+        f(v).map_err(|e| bad(&format!("invalid parameter \"{k}\": {e}")))
+    };
+    let (start, end, step) =
+        match (parse("start", query::parse_time), parse("end", query::parse_time), parse("step", query::parse_step)) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+        };
+    let (db, expr) = (db.clone(), expr.to_string());
+    match tokio::task::spawn_blocking(move || query::range(&*db, &expr, start, end, step)).await {
+        Ok(Ok(a)) => ok(answer_json(a)),
+        Ok(Err(e)) => fail(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    }
+}
+
+/// The time range of a metadata request (default: the whole history).
+fn window(p: &Params) -> Result<(i64, i64), Response> {
+    let start = match get_param(p, "start") {
+        Some(s) => query::parse_time(s).map_err(|e| bad(&format!("invalid parameter \"start\": {e}")))? - 1,
+        None => i64::MIN / 2,
+    };
+    let end = match get_param(p, "end") {
+        Some(s) => query::parse_time(s).map_err(|e| bad(&format!("invalid parameter \"end\": {e}")))?,
+        None => i64::MAX / 2,
+    };
+    Ok((start, end))
+}
+
+/// The label sets selected by every `match[]`, or all series without one.
+fn selected(db: &Tsdb, p: &Params, start: i64, end: i64, required: bool) -> Result<Vec<Labels>, Response> {
+    let matchers: Vec<&str> = p.iter().filter(|(k, _)| k == "match[]").map(|(_, v)| v.as_str()).collect();
+    if matchers.is_empty() {
+        if required {
+            return Err(bad("no match[] parameter provided"));
+        }
+        return Ok(db.label_sets(None, &promql_parser::label::Matchers::empty(), start, end));
+    }
+    let mut out = BTreeSet::new();
+    for m in matchers {
+        let e = promql::parse(m).map_err(|e| bad(&format!("invalid parameter \"match[]\": {e}")))?;
+        let promql_parser::parser::Expr::VectorSelector(vs) = e else {
+            return Err(bad(&format!("invalid parameter \"match[]\": {m} is not a series selector")));
+        };
+        out.extend(db.label_sets(vs.name.as_deref(), &vs.matchers, start, end));
+    }
+    Ok(out.into_iter().collect())
+}
+
+async fn series(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(q, &body);
+    let (start, end) = match window(&p) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match selected(&db, &p, start, end, true) {
+        Ok(sets) => ok(Value::Array(sets.iter().map(metric).collect())),
+        Err(r) => r,
+    }
+}
+
+async fn labels(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(q, &body);
+    let (start, end) = match window(&p) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match selected(&db, &p, start, end, false) {
+        Ok(sets) => {
+            let names: BTreeSet<&String> = sets.iter().flat_map(|l| l.keys()).collect();
+            ok(json!(names))
+        }
+        Err(r) => r,
+    }
+}
+
+async fn label_values(State(db): State<Arc<Tsdb>>, Path(name): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = params(q, &Bytes::new());
+    let (start, end) = match window(&p) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match selected(&db, &p, start, end, false) {
+        Ok(sets) => {
+            let values: BTreeSet<&String> = sets.iter().filter_map(|l| l.get(&name)).collect();
+            ok(json!(values))
+        }
+        Err(r) => r,
+    }
+}
