@@ -18,10 +18,13 @@ use crate::metrics::{HOST_GAUGES, SERVICE};
 /// Series kept at most, whatever the retention.
 pub const DEFAULT_MAX_SERIES: usize = 200_000;
 
+/// Samples by series, each oldest first.
+type SeriesMap = HashMap<Arc<Labels>, VecDeque<(i64, f64)>>;
+
 /// The series store.
 #[derive(Debug)]
 pub struct Tsdb {
-    series: RwLock<HashMap<Arc<Labels>, VecDeque<(i64, f64)>>>,
+    series: RwLock<SeriesMap>,
     retention_ms: i64,
     max_series: usize,
     dropped_series: std::sync::atomic::AtomicU64,
