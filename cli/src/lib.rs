@@ -196,9 +196,14 @@ pub enum Command {
         /// The service.
         service: String,
     },
-    /// Alert and recording rules.
-    #[command(subcommand)]
-    Rules(RulesCommand),
+    /// Alert and recording rules: without a subcommand, every group and rule with its state.
+    Rules {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        cmd: Option<RulesCommand>,
+    },
+    /// Pending and firing alerts.
+    Alerts,
     /// Evaluate a PromQL expression over the coordinator's history.
     Query {
         /// The expression, for example 'avg by (host) (fleet_host_cpu_usage_ratio)'.
@@ -215,6 +220,9 @@ pub enum Command {
 /// `rules` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
+    /// Read the rule files again on the coordinator (like SIGHUP); on an error the previous
+    /// rules stay active.
+    Reload,
     /// Run rule unit tests in promtool's format (`promtool test rules`); exit 1 if any fails.
     Test {
         /// Test files.
@@ -265,6 +273,104 @@ pub struct ServiceArgs {
     /// How long to wait for the outcome.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// `fleetctl rules`.
+async fn rules_list(target: &client::Target, output: Output) -> Result<(), CliError> {
+    let mut c = target.control().await?;
+    let groups = c
+        .list_rules(fleet_proto::v1::ListRulesRequest {})
+        .await
+        .map_err(|e| client::status_error(&target.addr, e))?
+        .into_inner()
+        .groups;
+    if output == Output::Json {
+        let v: Vec<serde_json::Value> = groups
+            .iter()
+            .map(|g| serde_json::json!({
+                "name": g.name, "file": g.file, "interval_seconds": g.interval_ms as f64 / 1000.0,
+                "last_evaluation": if g.last_evaluation_ms > 0 { serde_json::json!(fleet_common::rfc3339(g.last_evaluation_ms)) } else { serde_json::Value::Null },
+                "rules": g.rules.iter().map(|r| serde_json::json!({
+                    "type": r.r#type, "name": r.name, "expr": r.expr, "state": r.state, "health": r.health,
+                    "last_error": r.last_error, "pending": r.pending, "firing": r.firing,
+                })).collect::<Vec<_>>(),
+            }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    if groups.is_empty() {
+        println!("no rules loaded (set [alerting] rule_files in the coordinator's config)");
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for g in &groups {
+        let last = if g.last_evaluation_ms > 0 { fleet_common::rfc3339(g.last_evaluation_ms) } else { "never".into() };
+        for r in &g.rules {
+            let state = if r.r#type == "alerting" {
+                format!("{} ({} firing, {} pending)", r.state, r.firing, r.pending)
+            } else {
+                "-".into()
+            };
+            let health =
+                if r.last_error.is_empty() { r.health.clone() } else { format!("{}: {}", r.health, r.last_error) };
+            rows.push(vec![g.name.clone(), r.r#type.clone(), r.name.clone(), state, health, last.clone()]);
+        }
+    }
+    print!("{}", views::table(&["GROUP", "TYPE", "NAME", "STATE", "HEALTH", "LAST EVALUATION"], &rows));
+    Ok(())
+}
+
+/// `fleetctl rules reload`.
+async fn rules_reload(target: &client::Target) -> Result<(), CliError> {
+    let mut c = target.control().await?;
+    let r = c.reload_rules(fleet_proto::v1::ReloadRulesRequest {}).await.map_err(|e| match e.code() {
+        tonic::Code::InvalidArgument => CliError::failed(e.message().to_string()),
+        _ => client::status_error(&target.addr, e),
+    })?;
+    let r = r.into_inner();
+    println!("reloaded: {} groups, {} rules", r.groups, r.rules);
+    Ok(())
+}
+
+/// `fleetctl alerts`.
+async fn alerts(target: &client::Target, output: Output) -> Result<(), CliError> {
+    let mut c = target.control().await?;
+    let alerts = c
+        .list_alerts(fleet_proto::v1::ListAlertsRequest {})
+        .await
+        .map_err(|e| client::status_error(&target.addr, e))?
+        .into_inner()
+        .alerts;
+    if output == Output::Json {
+        let v: Vec<serde_json::Value> = alerts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "labels": a.labels, "annotations": a.annotations, "state": a.state,
+                    "active_at": fleet_common::rfc3339(a.active_at_ms), "value": a.value,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    if alerts.is_empty() {
+        println!("no alerts pending or firing");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = alerts
+        .iter()
+        .map(|a| {
+            let name = a.labels.get("alertname").cloned().unwrap_or_default();
+            let mut rest: Vec<String> =
+                a.labels.iter().filter(|(k, _)| k.as_str() != "alertname").map(|(k, v)| format!("{k}={v}")).collect();
+            rest.sort();
+            vec![name, a.state.clone(), rest.join(","), format!("{}", a.value), fleet_common::rfc3339(a.active_at_ms)]
+        })
+        .collect();
+    print!("{}", views::table(&["ALERT", "STATE", "LABELS", "VALUE", "SINCE"], &rows));
+    Ok(())
 }
 
 /// `fleetctl query EXPR [--at TIME]`.
@@ -486,7 +592,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Releases { host, service } => {
             rollout::releases(&client::Target::from_cli(&cli)?, host, service, cli.output).await
         }
-        Command::Rules(RulesCommand::Test { files }) => rules_test(files),
+        Command::Rules { cmd: Some(RulesCommand::Test { files }) } => rules_test(files),
+        Command::Rules { cmd: Some(RulesCommand::Reload) } => rules_reload(&client::Target::from_cli(&cli)?).await,
+        Command::Rules { cmd: None } => rules_list(&client::Target::from_cli(&cli)?, cli.output).await,
+        Command::Alerts => alerts(&client::Target::from_cli(&cli)?, cli.output).await,
         Command::Query { expr, at } => query(&client::Target::from_cli(&cli)?, expr, at.as_deref(), cli.output).await,
         Command::DemoServer(a) => demo::run(a.clone()).await,
     }

@@ -117,3 +117,11 @@ fn a_broken_rule_file_is_reported_with_its_name() {
     assert_eq!(code, Some(1));
     assert!(out.contains("bad.rules.yml:4: invalid expr"), "{out}");
 }
+
+#[test]
+fn the_default_rules_in_deploy_pass_their_tests_in_both_tools() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/fleet.rules.test.yml");
+    let (code, out) = fleetctl_test(&file);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(promtool_test(&file), Some(0));
+}

@@ -27,6 +27,37 @@ pub struct CoordinatorConfig {
     pub max_connections: usize,
     /// The largest artifact accepted.
     pub artifact_max_bytes: u64,
+    /// Alerting: rule files, evaluation, notifications.
+    pub alerting: AlertingConfig,
+}
+
+/// `[alerting]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertingConfig {
+    /// Rule file globs.
+    pub rule_files: Vec<String>,
+    /// Default evaluation interval of rule groups.
+    pub evaluation_interval: Duration,
+    /// Alertmanager base URLs (`http://host:9093`).
+    pub alertmanagers: Vec<String>,
+    /// Webhook URLs receiving Alertmanager's webhook format.
+    pub webhooks: Vec<String>,
+    /// Labels added to every alert (and visible as $externalLabels).
+    pub external_labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The rule files the globs name, sorted; a glob that matches nothing is not an error.
+pub fn expand_rule_files(globs: &[String]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for g in globs {
+        let paths = glob::glob(g).map_err(|e| format!("invalid pattern \"{g}\": {e}"))?;
+        for p in paths {
+            out.push(p.map_err(|e| e.to_string())?);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 impl CoordinatorConfig {
@@ -59,6 +90,41 @@ impl CoordinatorConfig {
             }
             None => None,
         };
+        let alerting = match root.section("alerting") {
+            Some(mut s) => {
+                let rule_files = s.string_list("rule_files").unwrap_or_default();
+                let evaluation_interval = s
+                    .duration_in("evaluation_interval", Duration::from_millis(100), Duration::from_secs(3600))
+                    .unwrap_or(Duration::from_secs(15));
+                let alertmanagers = s.string_list("alertmanagers").unwrap_or_default();
+                let webhooks = s.string_list("webhooks").unwrap_or_default();
+                let external_labels = s.string_map("external_labels").unwrap_or_default();
+                for (key, urls) in [("alertmanagers", &alertmanagers), ("webhooks", &webhooks)] {
+                    for (i, u) in urls.iter().enumerate() {
+                        let ok = u
+                            .parse::<tonic::transport::Uri>()
+                            .ok()
+                            .is_some_and(|x| x.scheme_str() == Some("http") && x.host().is_some());
+                        if !ok {
+                            s.error(&format!("{key}[{i}]"), format!("\"{u}\" is not an http:// URL"));
+                        }
+                    }
+                }
+                match expand_rule_files(&rule_files) {
+                    Ok(files) => {
+                        for f in files {
+                            if let Err(e) = fleet_rules::rules::load_file(&f) {
+                                s.error("rule_files", e.to_string());
+                            }
+                        }
+                    }
+                    Err(e) => s.error("rule_files", e),
+                }
+                s.finish();
+                AlertingConfig { rule_files, evaluation_interval, alertmanagers, webhooks, external_labels }
+            }
+            None => AlertingConfig { evaluation_interval: Duration::from_secs(15), ..Default::default() },
+        };
         let retention = match root.section("history") {
             Some(mut s) => {
                 let r = s.duration_in("retention", Duration::from_secs(60), Duration::from_secs(90 * 86400));
@@ -78,6 +144,7 @@ impl CoordinatorConfig {
                 retention: retention.unwrap_or(Duration::from_secs(3600)),
                 max_connections: max_connections.map(|m| m.max(1) as usize).unwrap_or(20_000),
                 artifact_max_bytes: artifact_max_bytes.unwrap_or(1 << 30),
+                alerting,
             })
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))

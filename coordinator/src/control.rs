@@ -65,6 +65,8 @@ pub struct ControlApi {
     pub rollouts: Arc<crate::rollouts::Rollouts>,
     /// The history as series.
     pub tsdb: Arc<crate::tsdb::Tsdb>,
+    /// Rules and alerts.
+    pub alerting: Arc<crate::alerting::Alerting>,
 }
 
 fn caller<T>(req: &Request<T>) -> String {
@@ -672,5 +674,101 @@ impl ControlService for ControlApi {
             }
         };
         Ok(self.timed(t0, Response::new(resp)))
+    }
+
+    async fn list_rules(
+        &self,
+        _: Request<fleet_proto::v1::ListRulesRequest>,
+    ) -> Result<Response<fleet_proto::v1::ListRulesResponse>, Status> {
+        use fleet_proto::v1::{ListRulesResponse, RuleGroupInfo, RuleInfo};
+        use fleet_rules::rules::{AlertState, Rule};
+        let mut groups = Vec::new();
+        for g in self.alerting.groups() {
+            let g = g.lock().expect("group lock");
+            let rules = g
+                .rules
+                .iter()
+                .map(|r| match r {
+                    Rule::Alert(a) => {
+                        let count = |s: AlertState| a.active.values().filter(|x| x.state == s).count() as u32;
+                        let (firing, pending) = (count(AlertState::Firing), count(AlertState::Pending));
+                        RuleInfo {
+                            r#type: "alerting".into(),
+                            name: a.name.clone(),
+                            expr: a.expr_text.clone(),
+                            state: if firing > 0 {
+                                "firing"
+                            } else if pending > 0 {
+                                "pending"
+                            } else {
+                                "inactive"
+                            }
+                            .into(),
+                            health: if a.last_error.is_some() { "err" } else { "ok" }.into(),
+                            last_error: a.last_error.clone().unwrap_or_default(),
+                            pending,
+                            firing,
+                            for_ms: a.hold.as_millis() as u64,
+                        }
+                    }
+                    Rule::Record(rr) => RuleInfo {
+                        r#type: "recording".into(),
+                        name: rr.name.clone(),
+                        expr: rr.expr_text.clone(),
+                        health: if rr.last_error.is_some() { "err" } else { "ok" }.into(),
+                        last_error: rr.last_error.clone().unwrap_or_default(),
+                        ..Default::default()
+                    },
+                })
+                .collect();
+            groups.push(RuleGroupInfo {
+                name: g.name.clone(),
+                file: g.file.display().to_string(),
+                interval_ms: self.alerting.group_interval(&g).as_millis() as u64,
+                last_evaluation_ms: g.last_eval.map(|(t, _)| t).unwrap_or(0),
+                evaluation_us: g.last_eval.map(|(_, d)| d.as_micros() as u64).unwrap_or(0),
+                rules,
+            });
+        }
+        Ok(Response::new(ListRulesResponse { groups }))
+    }
+
+    async fn list_alerts(
+        &self,
+        _: Request<fleet_proto::v1::ListAlertsRequest>,
+    ) -> Result<Response<fleet_proto::v1::ListAlertsResponse>, Status> {
+        let alerts = self
+            .alerting
+            .alerts()
+            .into_iter()
+            .map(|a| fleet_proto::v1::AlertInfo {
+                labels: a.labels.into_iter().collect(),
+                annotations: a.annotations.into_iter().collect(),
+                state: a.state.as_str().into(),
+                active_at_ms: a.active_at,
+                value: a.value,
+            })
+            .collect();
+        Ok(Response::new(fleet_proto::v1::ListAlertsResponse { alerts }))
+    }
+
+    async fn reload_rules(
+        &self,
+        req: Request<fleet_proto::v1::ReloadRulesRequest>,
+    ) -> Result<Response<fleet_proto::v1::ReloadRulesResponse>, Status> {
+        let who = caller(&req);
+        match self.alerting.reload() {
+            Ok((g, r)) => {
+                let _ = self
+                    .audit
+                    .append(entry(&who, "rules reload", "", "", "", "succeeded", &format!("{g} groups, {r} rules")))
+                    .await;
+                Ok(Response::new(fleet_proto::v1::ReloadRulesResponse { groups: g as u32, rules: r as u32 }))
+            }
+            Err(e) => {
+                let _ = self.audit.append(entry(&who, "rules reload", "", "", "", "failed", &e)).await;
+                Err(Status::invalid_argument(format!("{e}; the previous rules stay active")))
+            }
+        }
     }
 }

@@ -33,11 +33,13 @@ pub struct HttpState {
     pub rollouts: Arc<crate::rollouts::Rollouts>,
     /// The history, for the query API.
     pub tsdb: Arc<crate::tsdb::Tsdb>,
+    /// Rules and alerts.
+    pub alerting: Arc<crate::alerting::Alerting>,
 }
 
 /// The routes.
 pub fn router(state: HttpState) -> Router {
-    let api = crate::promapi::routes(state.tsdb.clone());
+    let api = crate::promapi::routes(state.tsdb.clone(), state.alerting.clone());
     Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
@@ -51,6 +53,7 @@ pub fn router(state: HttpState) -> Router {
 async fn metrics(State(s): State<HttpState>) -> Response {
     let mut text = crate::metrics::render(&s.registry, &s.metrics, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
     crate::metrics::render_rollouts(&mut text, &s.rollouts);
+    crate::metrics::render_alerting(&mut text, &s.alerting);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

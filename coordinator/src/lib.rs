@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerting;
 pub mod artifacts;
 pub mod audit;
 pub mod auth;
@@ -104,7 +105,12 @@ pub const UP_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Records `fleet_agent_up` for every known host (0 while offline), the way Prometheus records
 /// `up` per scrape; reports add their own 1s at the times they were taken.
-async fn sample_up(registry: Arc<Registry>, tsdb: Arc<tsdb::Tsdb>, shutdown: CancellationToken) {
+async fn sample_up(
+    registry: Arc<Registry>,
+    tsdb: Arc<tsdb::Tsdb>,
+    rollouts: Arc<rollouts::Rollouts>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(UP_SAMPLE_INTERVAL);
     loop {
         tokio::select! {
@@ -117,6 +123,14 @@ async fn sample_up(registry: Arc<Registry>, tsdb: Arc<tsdb::Tsdb>, shutdown: Can
             l.insert(fleet_rules::promql::NAME.into(), "fleet_agent_up".into());
             l.insert("host".into(), h.name.clone());
             tsdb.append(l, now, if h.online() { 1.0 } else { 0.0 });
+        }
+        // The coordinator's own rollout results, so rules can alert on rolled-back rollouts.
+        let counts = rollouts.counts.by_result.lock().expect("counts lock").clone();
+        for result in ["succeeded", "failed", "rolled_back", "aborted"] {
+            let mut l = fleet_rules::promql::Labels::new();
+            l.insert(fleet_rules::promql::NAME.into(), "fleet_rollouts_total".into());
+            l.insert("result".into(), result.into());
+            tsdb.append(l, now, counts.get(result).copied().unwrap_or(0) as f64);
         }
     }
 }
@@ -212,6 +226,27 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         rollouts::Rollouts::start(store.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())
             .map_err(RunError::Setup)?;
     let metrics = Arc::new(Metrics::default());
+    let alerting = alerting::Alerting::start(config.alerting.clone(), tsdb.clone(), store.clone(), shutdown.clone())
+        .map_err(|e| RunError::Setup(format!("rule files: {e}")))?;
+    {
+        // SIGHUP reloads the rule files, as it does for Prometheus.
+        let alerting = alerting.clone();
+        let shutdown = shutdown.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| RunError::Serve(e.to_string()))?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = hup.recv() => {
+                        if let Err(e) = alerting.reload() {
+                            tracing::error!(error = %e, "rule reload failed; the previous rules stay active");
+                        }
+                    }
+                }
+            }
+        });
+    }
     let sessions = Arc::new(AtomicUsize::new(0));
     let (writer, writer_task) = Writer::start(store.clone(), config.retention, metrics.clone(), tsdb.clone());
 
@@ -229,7 +264,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         Duration::from_secs(30),
         shutdown.clone(),
     ));
-    tasks.spawn(sample_up(registry.clone(), tsdb.clone(), shutdown.clone()));
+    tasks.spawn(sample_up(registry.clone(), tsdb.clone(), rollouts.clone(), shutdown.clone()));
 
     // gRPC: our TLS accept loop feeds tonic.
     let server_config = tls.server_config().map_err(|e| RunError::Serve(e.to_string()))?;
@@ -273,6 +308,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         artifacts: artifacts.clone(),
         rollouts: rollouts.clone(),
         tsdb: tsdb.clone(),
+        alerting: alerting.clone(),
     };
     let operator_only = auth::OperatorOnly { trust_domain: trust_domain.clone(), metrics: metrics.clone() };
     // HTTP/2 keepalive notices a peer whose socket stays open but that no longer answers;
@@ -298,6 +334,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         shutdown: shutdown.clone(),
         rollouts: rollouts.clone(),
         tsdb: tsdb.clone(),
+        alerting: alerting.clone(),
     };
     let http_server =
         axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());

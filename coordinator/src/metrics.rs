@@ -413,6 +413,45 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
     );
 }
 
+/// Appends `fleet_alerts_firing{alertname,severity}` and the notification counters.
+pub fn render_alerting(out: &mut String, alerting: &crate::alerting::Alerting) {
+    let mut e = Exposition { out: std::mem::take(out) };
+    let mut firing: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for a in alerting.alerts() {
+        if a.state == fleet_rules::rules::AlertState::Firing {
+            let key = (
+                a.labels.get("alertname").cloned().unwrap_or_default(),
+                a.labels.get("severity").cloned().unwrap_or_default(),
+            );
+            *firing.entry(key).or_default() += 1;
+        }
+    }
+    e.family("fleet_alerts_firing", "gauge", "Alerts firing now, by alert name and severity.");
+    for ((name, sev), n) in &firing {
+        e.sample("fleet_alerts_firing", &[("alertname", name), ("severity", sev)], *n as f64);
+    }
+    let m = &alerting.metrics;
+    e.family(
+        "fleet_coordinator_notifications_sent_total",
+        "counter",
+        "Alert batches delivered to an Alertmanager or webhook.",
+    );
+    e.sample("fleet_coordinator_notifications_sent_total", &[], m.sent.get() as f64);
+    e.family(
+        "fleet_coordinator_notifications_failed_total",
+        "counter",
+        "Alert batches that could not be delivered after retries.",
+    );
+    e.sample("fleet_coordinator_notifications_failed_total", &[], m.failed.get() as f64);
+    e.family(
+        "fleet_coordinator_notifications_dropped_total",
+        "counter",
+        "Alert batches dropped because the notification queue was full.",
+    );
+    e.sample("fleet_coordinator_notifications_dropped_total", &[], m.dropped.get() as f64);
+    *out = e.out;
+}
+
 /// Appends `fleet_rollouts_total{result}` and the progress of unfinished rollouts.
 pub fn render_rollouts(out: &mut String, rollouts: &crate::rollouts::Rollouts) {
     let mut e = Exposition { out: std::mem::take(out) };

@@ -19,7 +19,9 @@ use crate::query::{self, Answer, QueryError};
 use crate::tsdb::Tsdb;
 
 /// The routes under /api/v1.
-pub fn routes(tsdb: Arc<Tsdb>) -> Router {
+pub fn routes(tsdb: Arc<Tsdb>, alerting: Arc<crate::alerting::Alerting>) -> Router {
+    let rules =
+        Router::new().route("/api/v1/rules", get(rules)).route("/api/v1/alerts", get(alerts)).with_state(alerting);
     Router::new()
         .route("/api/v1/query", get(instant).post(instant))
         .route("/api/v1/query_range", get(range).post(range))
@@ -27,6 +29,65 @@ pub fn routes(tsdb: Arc<Tsdb>) -> Router {
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
         .with_state(tsdb)
+        .merge(rules)
+}
+
+fn alert_json(a: &fleet_rules::rules::Alert) -> Value {
+    json!({
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "state": a.state.as_str(),
+        "activeAt": fleet_common::rfc3339(a.active_at),
+        "value": fmt_value(a.value),
+    })
+}
+
+async fn rules(State(al): State<Arc<crate::alerting::Alerting>>) -> Response {
+    use fleet_rules::rules::{AlertState, Rule};
+    let mut groups = Vec::new();
+    for g in al.groups() {
+        let g = g.lock().expect("group lock");
+        let (last, took) = g
+            .last_eval
+            .map(|(t, d)| (fleet_common::rfc3339(t), d.as_secs_f64()))
+            .unwrap_or(("0001-01-01T00:00:00Z".into(), 0.0));
+        let rules: Vec<Value> = g
+            .rules
+            .iter()
+            .map(|r| match r {
+                Rule::Alert(a) => {
+                    let alerts: Vec<Value> = a.active.values().filter(|x| x.state != AlertState::Inactive).map(alert_json).collect();
+                    let state = if a.active.values().any(|x| x.state == AlertState::Firing) {
+                        "firing"
+                    } else if a.active.values().any(|x| x.state == AlertState::Pending) {
+                        "pending"
+                    } else {
+                        "inactive"
+                    };
+                    json!({
+                        "type": "alerting", "name": a.name, "query": a.expr_text, "duration": a.hold.as_secs_f64(),
+                        "keepFiringFor": a.keep_firing_for.as_secs_f64(), "labels": a.labels, "annotations": a.annotations,
+                        "alerts": alerts, "health": if a.last_error.is_some() { "err" } else { "ok" },
+                        "lastError": a.last_error.clone().unwrap_or_default(), "state": state, "lastEvaluation": last, "evaluationTime": 0.0,
+                    })
+                }
+                Rule::Record(rr) => json!({
+                    "type": "recording", "name": rr.name, "query": rr.expr_text, "labels": rr.labels,
+                    "health": if rr.last_error.is_some() { "err" } else { "ok" }, "lastError": rr.last_error.clone().unwrap_or_default(),
+                    "lastEvaluation": last, "evaluationTime": 0.0,
+                }),
+            })
+            .collect();
+        groups.push(json!({
+            "name": g.name, "file": g.file.display().to_string(), "interval": al.group_interval(&g).as_secs_f64(),
+            "rules": rules, "lastEvaluation": last, "evaluationTime": took, "limit": 0,
+        }));
+    }
+    ok(json!({ "groups": groups }))
+}
+
+async fn alerts(State(al): State<Arc<crate::alerting::Alerting>>) -> Response {
+    ok(json!({ "alerts": al.alerts().iter().map(alert_json).collect::<Vec<_>>() }))
 }
 
 type Params = Vec<(String, String)>;

@@ -6,6 +6,7 @@
 //! - `r<name>\0<ts:8><boot:8><seq:8>` (big-endian) → a protobuf `Report`, at the time the agent
 //!   took it. Host names cannot contain `\0`, so a host's reports form one contiguous range.
 //! - `o<id>` → JSON `rollouts::RolloutRecord`, saved after every step of a rollout.
+//! - `a<rule file>\0<group>` → JSON alert state of a rule group, saved after every evaluation.
 //!
 //! Reports older than the retention are deleted by [`Store::trim`]. A store that cannot be
 //! opened is never silently replaced: the coordinator refuses to start and says how to recover.
@@ -337,6 +338,25 @@ impl Store {
         }
         self.db.flush().map_err(|e| self.io(e))?;
         Ok(())
+    }
+
+    /// Saves the alert state of one rule group (not flushed: the next group commit or the
+    /// background flush makes it durable within a second).
+    pub fn save_alert_state(&self, group: &str, json: &[u8]) -> Result<(), StoreError> {
+        let mut key = vec![b'a'];
+        key.extend_from_slice(group.as_bytes());
+        self.tree.insert(key, json).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// The saved alert state of every rule group.
+    pub fn load_alert_state(&self) -> Result<std::collections::HashMap<String, Vec<u8>>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for item in self.tree.scan_prefix(b"a") {
+            let (k, v) = item.map_err(|e| self.io(e))?;
+            out.insert(String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec());
+        }
+        Ok(out)
     }
 
     /// Every stored rollout.

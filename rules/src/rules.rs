@@ -175,6 +175,8 @@ pub struct Alert {
     pub keep_firing_since: Option<i64>,
     /// The value of the last evaluation.
     pub value: f64,
+    /// When it was last sent to Alertmanager.
+    pub last_sent_ms: Option<i64>,
 }
 
 /// An alerting rule and its alerts.
@@ -405,6 +407,7 @@ impl AlertRule {
                     resolved_at: None,
                     keep_firing_since: None,
                     value: s.v,
+                    last_sent_ms: None,
                 },
             );
         }

@@ -1,0 +1,458 @@
+//! Rule evaluation on the coordinator (DESIGN §6): rule groups from `[alerting] rule_files`,
+//! each evaluated on its interval over the history; recording rules write back into it;
+//! alerts go to Alertmanager (API v2) and webhooks (Alertmanager's webhook format). Alert state
+//! is saved after every evaluation and restored at start, so a restart neither re-fires nor
+//! forgets an alert. Reloads (SIGHUP, `fleetctl rules reload`) keep the previous rules when a
+//! file is invalid.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_rules::promql::Labels;
+use fleet_rules::rules::{Alert, AlertState, Group, Rule};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AlertingConfig, expand_rule_files};
+use crate::metrics::Counter;
+use crate::store::Store;
+use crate::tsdb::{Tsdb, Writable};
+
+/// How often a firing alert is sent again.
+pub const RESEND_DELAY_MS: i64 = 60_000;
+/// Batches of alerts waiting to be sent, at most.
+const QUEUE: usize = 1024;
+/// Alerts per request.
+const BATCH: usize = 64;
+
+/// Notification counters.
+#[derive(Debug, Default)]
+pub struct NotifyMetrics {
+    /// Alerts delivered (per receiver).
+    pub sent: Counter,
+    /// Deliveries that failed after retries.
+    pub failed: Counter,
+    /// Batches dropped because the queue was full.
+    pub dropped: Counter,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedAlert {
+    labels: Labels,
+    state: String,
+    active_at: i64,
+    fired_at: Option<i64>,
+    last_sent: Option<i64>,
+}
+
+/// Alert state saved per group: rule name → alerts.
+type SavedGroup = BTreeMap<String, Vec<SavedAlert>>;
+
+/// An alert as notifiers send it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// Labels, external labels included.
+    pub labels: Labels,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// When it started firing (ms).
+    pub starts_at: i64,
+    /// When it ends (resolved time, or a validity horizon while firing).
+    pub ends_at: i64,
+    /// Whether it is resolved.
+    pub resolved: bool,
+}
+
+/// The rule manager.
+pub struct Alerting {
+    config: AlertingConfig,
+    tsdb: Arc<Tsdb>,
+    store: Store,
+    groups: Mutex<Vec<Arc<Mutex<Group>>>>,
+    running: Mutex<CancellationToken>,
+    shutdown: CancellationToken,
+    notify: mpsc::Sender<Vec<Outgoing>>,
+    /// Notification counters.
+    pub metrics: Arc<NotifyMetrics>,
+}
+
+impl std::fmt::Debug for Alerting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Alerting")
+    }
+}
+
+fn group_key(g: &Group) -> String {
+    format!("{}\0{}", g.file.display(), g.name)
+}
+
+fn load(config: &AlertingConfig) -> Result<Vec<Group>, String> {
+    let mut out = Vec::new();
+    for f in expand_rule_files(&config.rule_files)? {
+        out.extend(fleet_rules::rules::load_file(&f).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+impl Alerting {
+    /// Loads the rules, restores saved alert state, and starts evaluating and notifying.
+    pub fn start(
+        config: AlertingConfig,
+        tsdb: Arc<Tsdb>,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Alerting>, String> {
+        let groups = load(&config)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let metrics = Arc::new(NotifyMetrics::default());
+        tokio::spawn(deliver(config.alertmanagers.clone(), config.webhooks.clone(), rx, metrics.clone()));
+        let this = Arc::new(Alerting {
+            config,
+            tsdb,
+            store,
+            groups: Mutex::new(Vec::new()),
+            running: Mutex::new(CancellationToken::new()),
+            shutdown,
+            notify: tx,
+            metrics,
+        });
+        let saved = this.store.load_alert_state().map_err(|e| e.to_string())?;
+        let groups: Vec<Group> = groups
+            .into_iter()
+            .map(|mut g| {
+                if let Some(bytes) = saved.get(&group_key(&g))
+                    && let Ok(s) = serde_json::from_slice::<SavedGroup>(bytes)
+                {
+                    restore(&mut g, &s);
+                }
+                g
+            })
+            .collect();
+        this.install(groups);
+        Ok(this)
+    }
+
+    fn interval(&self, g: &Group) -> Duration {
+        g.interval.unwrap_or(self.config.evaluation_interval)
+    }
+
+    fn install(self: &Arc<Self>, groups: Vec<Group>) {
+        let token = self.shutdown.child_token();
+        let old = std::mem::replace(&mut *self.running.lock().expect("alerting lock"), token.clone());
+        old.cancel();
+        let groups: Vec<Arc<Mutex<Group>>> = groups.into_iter().map(|g| Arc::new(Mutex::new(g))).collect();
+        for g in &groups {
+            let this = self.clone();
+            let g = g.clone();
+            let token = token.clone();
+            tokio::spawn(async move { this.run_group(g, token).await });
+        }
+        *self.groups.lock().expect("alerting lock") = groups;
+    }
+
+    /// Reads the rule files again; on error the current rules stay.
+    pub fn reload(self: &Arc<Self>) -> Result<(usize, usize), String> {
+        let mut fresh = load(&self.config)?;
+        // Alerts carry over into the same rule of the same group.
+        let current = self.groups.lock().expect("alerting lock").clone();
+        for g in &mut fresh {
+            if let Some(old) = current.iter().find(|o| group_key(&o.lock().expect("group lock")) == group_key(g)) {
+                let old = old.lock().expect("group lock");
+                restore(g, &snapshot(&old));
+            }
+        }
+        let n_rules = fresh.iter().map(|g| g.rules.len()).sum();
+        let n_groups = fresh.len();
+        self.install(fresh);
+        tracing::info!(groups = n_groups, rules = n_rules, "rules reloaded");
+        Ok((n_groups, n_rules))
+    }
+
+    async fn run_group(self: Arc<Self>, group: Arc<Mutex<Group>>, token: CancellationToken) {
+        let interval = self.interval(&group.lock().expect("group lock"));
+        let step = interval.as_millis().max(1) as i64;
+        loop {
+            // Evaluate on multiples of the interval, as Prometheus aligns groups.
+            let now = fleet_common::now_ms();
+            let next = (now / step + 1) * step;
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis((next - now) as u64)) => {}
+            }
+            let tsdb = self.tsdb.clone();
+            let external = self.config.external_labels.clone();
+            let g = group.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                let mut g = g.lock().expect("group lock");
+                let mut w = Writable(tsdb);
+                g.eval(&mut w, next, &external);
+                let outgoing = to_send(&mut g, next, step, &external);
+                (outgoing, snapshot(&g), group_key(&g))
+            })
+            .await;
+            let Ok((outgoing, saved, key)) = out else { continue };
+            if let Ok(json) = serde_json::to_vec(&saved)
+                && let Err(e) = self.store.save_alert_state(&key, &json)
+            {
+                tracing::warn!(error = %e, "cannot save alert state");
+            }
+            for chunk in outgoing.chunks(BATCH) {
+                if self.notify.try_send(chunk.to_vec()).is_err() {
+                    self.metrics.dropped.inc();
+                }
+            }
+        }
+    }
+
+    /// Every group, for listing.
+    pub fn groups(&self) -> Vec<Arc<Mutex<Group>>> {
+        self.groups.lock().expect("alerting lock").clone()
+    }
+
+    /// The evaluation interval of a group.
+    pub fn group_interval(&self, g: &Group) -> Duration {
+        self.interval(g)
+    }
+
+    /// Pending and firing alerts, firing first.
+    pub fn alerts(&self) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for g in self.groups() {
+            let g = g.lock().expect("group lock");
+            for r in &g.rules {
+                if let Rule::Alert(a) = r {
+                    out.extend(a.active.values().filter(|x| x.state != AlertState::Inactive).cloned());
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (b.state == AlertState::Firing).cmp(&(a.state == AlertState::Firing)).then(a.labels.cmp(&b.labels))
+        });
+        out
+    }
+}
+
+fn snapshot(g: &Group) -> SavedGroup {
+    let mut out = SavedGroup::new();
+    for r in &g.rules {
+        if let Rule::Alert(a) = r {
+            let list = a
+                .active
+                .values()
+                .filter(|x| x.state != AlertState::Inactive)
+                .map(|x| SavedAlert {
+                    labels: x.labels.clone(),
+                    state: x.state.as_str().into(),
+                    active_at: x.active_at,
+                    fired_at: x.fired_at,
+                    last_sent: x.last_sent_ms,
+                })
+                .collect();
+            out.insert(a.name.clone(), list);
+        }
+    }
+    out
+}
+
+fn restore(g: &mut Group, saved: &SavedGroup) {
+    for r in &mut g.rules {
+        let Rule::Alert(a) = r else { continue };
+        let Some(list) = saved.get(&a.name) else { continue };
+        for s in list {
+            let state = if s.state == "firing" { AlertState::Firing } else { AlertState::Pending };
+            a.active.insert(
+                s.labels.clone(),
+                Alert {
+                    labels: s.labels.clone(),
+                    annotations: BTreeMap::new(),
+                    state,
+                    active_at: s.active_at,
+                    fired_at: s.fired_at,
+                    resolved_at: None,
+                    keep_firing_since: None,
+                    value: f64::NAN,
+                    last_sent_ms: s.last_sent,
+                },
+            );
+        }
+    }
+}
+
+/// The alerts of `g` that need sending at `t`, as Prometheus' `sendAlerts`.
+fn to_send(g: &mut Group, t: i64, interval_ms: i64, external: &BTreeMap<String, String>) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    let delta = interval_ms.max(RESEND_DELAY_MS);
+    for r in &mut g.rules {
+        let Rule::Alert(a) = r else { continue };
+        for al in a.active.values_mut() {
+            if al.state == AlertState::Pending {
+                continue;
+            }
+            let resolved_after_sent = al.resolved_at.is_some_and(|r| al.last_sent_ms.is_none_or(|s| r > s));
+            let due = al.last_sent_ms.is_none_or(|s| s + RESEND_DELAY_MS <= t);
+            if !(resolved_after_sent || (al.state == AlertState::Firing && due)) {
+                continue;
+            }
+            al.last_sent_ms = Some(t);
+            let mut labels = al.labels.clone();
+            for (k, v) in external {
+                labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            out.push(Outgoing {
+                labels,
+                annotations: al.annotations.clone(),
+                starts_at: al.fired_at.unwrap_or(al.active_at),
+                ends_at: al.resolved_at.unwrap_or(t + 4 * delta),
+                resolved: al.state == AlertState::Inactive,
+            });
+        }
+    }
+    out
+}
+
+fn rfc3339(ms: i64) -> String {
+    fleet_common::rfc3339(ms)
+}
+
+fn am_body(batch: &[Outgoing]) -> Value {
+    Value::Array(
+        batch
+            .iter()
+            .map(|a| {
+                json!({
+                    "labels": a.labels,
+                    "annotations": a.annotations,
+                    "startsAt": rfc3339(a.starts_at),
+                    "endsAt": rfc3339(a.ends_at),
+                    "generatorURL": "",
+                })
+            })
+            .collect(),
+    )
+}
+
+fn webhook_body(batch: &[Outgoing]) -> Value {
+    let firing = batch.iter().any(|a| !a.resolved);
+    let common = |f: &dyn Fn(&Outgoing) -> &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        let mut it = batch.iter();
+        let Some(first) = it.next() else { return BTreeMap::new() };
+        let mut c = f(first).clone();
+        for a in it {
+            c.retain(|k, v| f(a).get(k) == Some(v));
+        }
+        c
+    };
+    json!({
+        "version": "4",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "status": if firing { "firing" } else { "resolved" },
+        "receiver": "fleet",
+        "groupLabels": {},
+        "commonLabels": common(&|a: &Outgoing| &a.labels),
+        "commonAnnotations": common(&|a: &Outgoing| &a.annotations),
+        "externalURL": "",
+        "alerts": batch.iter().map(|a| json!({
+            "status": if a.resolved { "resolved" } else { "firing" },
+            "labels": a.labels,
+            "annotations": a.annotations,
+            "startsAt": rfc3339(a.starts_at),
+            "endsAt": if a.resolved { rfc3339(a.ends_at) } else { "0001-01-01T00:00:00Z".to_string() },
+            "generatorURL": "",
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Sends batches to every receiver, with retries; failures are counted, never fatal.
+async fn deliver(
+    alertmanagers: Vec<String>,
+    webhooks: Vec<String>,
+    mut rx: mpsc::Receiver<Vec<Outgoing>>,
+    metrics: Arc<NotifyMetrics>,
+) {
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the notification client");
+            return;
+        }
+    };
+    while let Some(batch) = rx.recv().await {
+        let mut targets: Vec<(String, Value)> = Vec::new();
+        for am in &alertmanagers {
+            targets.push((format!("{}/api/v2/alerts", am.trim_end_matches('/')), am_body(&batch)));
+        }
+        for w in &webhooks {
+            targets.push((w.clone(), webhook_body(&batch)));
+        }
+        for (url, body) in targets {
+            let mut delay = Duration::from_millis(200);
+            let mut ok = false;
+            for attempt in 1..=3 {
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        ok = true;
+                        break;
+                    }
+                    Ok(r) => tracing::warn!(%url, status = %r.status(), attempt, "alert delivery refused"),
+                    Err(e) => tracing::warn!(%url, error = %e, attempt, "alert delivery failed"),
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            if ok {
+                metrics.sent.inc();
+            } else {
+                metrics.failed.inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firing_alerts_are_resent_every_minute_and_resolved_ones_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.yml");
+        std::fs::write(&p, "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: x > 0\n").unwrap();
+        let mut groups = fleet_rules::rules::load_file(&p).unwrap();
+        let g = &mut groups[0];
+        let Rule::Alert(a) = &mut g.rules[0] else { panic!() };
+        let labels: Labels = [("alertname".to_string(), "A".to_string())].into();
+        a.active.insert(
+            labels.clone(),
+            Alert {
+                labels,
+                annotations: BTreeMap::new(),
+                state: AlertState::Firing,
+                active_at: 0,
+                fired_at: Some(0),
+                resolved_at: None,
+                keep_firing_since: None,
+                value: 1.0,
+                last_sent_ms: None,
+            },
+        );
+        let ext: BTreeMap<String, String> = [("dc".to_string(), "x".to_string())].into();
+        let first = to_send(g, 1_000, 15_000, &ext);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].ends_at, 1_000 + 4 * 60_000);
+        assert_eq!(first[0].labels.get("dc").map(String::as_str), Some("x"));
+        assert!(to_send(g, 30_000, 15_000, &ext).is_empty(), "not again within the resend delay");
+        assert_eq!(to_send(g, 61_000, 15_000, &ext).len(), 1);
+        let Rule::Alert(a) = &mut g.rules[0] else { panic!() };
+        for al in a.active.values_mut() {
+            al.state = AlertState::Inactive;
+            al.resolved_at = Some(70_000);
+        }
+        let resolved = to_send(g, 70_000, 15_000, &ext);
+        assert!(resolved[0].resolved && resolved[0].ends_at == 70_000);
+        assert!(to_send(g, 75_000, 15_000, &ext).is_empty(), "resolved alerts are sent once");
+    }
+}
