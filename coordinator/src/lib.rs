@@ -100,7 +100,8 @@ pub fn load_identity(config: &CoordinatorConfig) -> Result<TlsMaterial, RunError
     Ok(tls)
 }
 
-/// How often `fleet_agent_up` is recorded into the history.
+/// How often `fleet_agent_up` is recorded into the history (at most; as often as rules are
+/// evaluated when that is more often).
 pub const UP_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Records `fleet_agent_up` for every known host (0 while offline), the way Prometheus records
@@ -109,9 +110,10 @@ async fn sample_up(
     registry: Arc<Registry>,
     tsdb: Arc<tsdb::Tsdb>,
     rollouts: Arc<rollouts::Rollouts>,
+    every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(UP_SAMPLE_INTERVAL);
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -119,10 +121,7 @@ async fn sample_up(
         }
         let now = fleet_common::now_ms();
         for h in registry.all() {
-            let mut l = fleet_rules::promql::Labels::new();
-            l.insert(fleet_rules::promql::NAME.into(), "fleet_agent_up".into());
-            l.insert("host".into(), h.name.clone());
-            tsdb.append(l, now, if h.online() { 1.0 } else { 0.0 });
+            tsdb.append(tsdb::up_labels(&h.name), now, if h.online() { 1.0 } else { 0.0 });
         }
         // The coordinator's own rollout results, so rules can alert on rolled-back rollouts.
         let counts = rollouts.counts.by_result.lock().expect("counts lock").clone();
@@ -264,7 +263,8 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         Duration::from_secs(30),
         shutdown.clone(),
     ));
-    tasks.spawn(sample_up(registry.clone(), tsdb.clone(), rollouts.clone(), shutdown.clone()));
+    let up_every = UP_SAMPLE_INTERVAL.min(config.alerting.evaluation_interval);
+    tasks.spawn(sample_up(registry.clone(), tsdb.clone(), rollouts.clone(), up_every, shutdown.clone()));
 
     // gRPC: our TLS accept loop feeds tonic.
     let server_config = tls.server_config().map_err(|e| RunError::Serve(e.to_string()))?;
@@ -295,6 +295,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         shutdown: shutdown.clone(),
         hub: hub.clone(),
         artifacts: artifacts.clone(),
+        tsdb: tsdb.clone(),
     };
     let control_api = control::ControlApi {
         registry: registry.clone(),

@@ -58,6 +58,8 @@ pub struct AgentApi {
     pub hub: Arc<Hub>,
     /// Stored artifacts.
     pub artifacts: crate::artifacts::Artifacts,
+    /// The history, where a host going offline is recorded at once.
+    pub tsdb: Arc<crate::tsdb::Tsdb>,
 }
 
 #[tonic::async_trait]
@@ -280,8 +282,11 @@ impl AgentApi {
         if let Some(s) = status {
             let _ = tx.try_send(Err(s));
         }
-        if self.registry.detach(host, generation, reason, fleet_common::now_ms()) {
+        let now = fleet_common::now_ms();
+        if self.registry.detach(host, generation, reason, now) {
             self.hub.host_gone(&host.name);
+            // Rules see the host down at once, not at the next up sample.
+            self.tsdb.append(crate::tsdb::up_labels(&host.name), now, 0.0);
             tracing::info!(host = %host.name, %reason, "agent offline");
             self.writer.save_host(host.clone()).await;
         } else {

@@ -36,12 +36,17 @@ fn labels(name: &str, pairs: &[(&str, &str)]) -> Labels {
     l
 }
 
+/// The labels of `fleet_agent_up` for `host`.
+pub fn up_labels(host: &str) -> Labels {
+    labels("fleet_agent_up", &[("host", host)])
+}
+
 /// The samples one report carries, as (labels, value).
 pub fn report_samples(host: &str, r: &Report) -> Vec<(Labels, f64)> {
     let mut out = Vec::with_capacity(64);
     // A report is proof of life at the time it was taken (offline hosts get their 0s from the
     // up sampler).
-    out.push((labels("fleet_agent_up", &[("host", host)]), 1.0));
+    out.push((up_labels(host), 1.0));
     out.push((labels("fleet_agent_reports_dropped_total", &[("host", host)]), r.reports_dropped_total as f64));
     if let Some(m) = &r.host {
         for (name, _, get) in HOST_GAUGES {

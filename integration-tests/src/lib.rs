@@ -199,11 +199,19 @@ pub struct CoordinatorOpts {
     pub http_port: u16,
     /// Log as JSON lines instead of text.
     pub json_logs: bool,
+    /// More TOML appended to the config (an `[alerting]` table, say).
+    pub extra: String,
 }
 
 impl Default for CoordinatorOpts {
     fn default() -> Self {
-        CoordinatorOpts { offline_after: Duration::from_secs(3), grpc_port: 0, http_port: 0, json_logs: false }
+        CoordinatorOpts {
+            offline_after: Duration::from_secs(3),
+            grpc_port: 0,
+            http_port: 0,
+            json_logs: false,
+            extra: String::new(),
+        }
     }
 }
 
@@ -272,7 +280,7 @@ impl Cluster {
             opts.http_port,
             opts.offline_after.as_millis(),
             self.pki.toml("coordinator")
-        );
+        ) + &opts.extra;
         fs::write(self.coordinator_config(), config).expect("write config");
         let cfg = self.coordinator_config();
         let format = if opts.json_logs { "json" } else { "text" };

@@ -1,0 +1,128 @@
+//! Alerting end to end with a real Alertmanager (Debian's prometheus-alertmanager): a killed
+//! agent's alert reaches Alertmanager within `for` + 2 evaluation intervals and is resolved
+//! when the agent is back; alert state survives a coordinator restart; an invalid rule file on
+//! reload is reported with file and line and the previous rules stay active.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fleet_integration_tests::{Cluster, CoordinatorOpts, Proc, eventually, free_port, serial};
+
+const RULES: &str = "groups:\n  - name: fleet\n    interval: 1s\n    rules:\n      - alert: FleetAgentDown\n        expr: fleet_agent_up == 0\n        for: 2s\n        labels:\n          severity: critical\n        annotations:\n          summary: \"agent on {{ $labels.host }} is down\"\n";
+
+fn start_alertmanager(c: &Cluster) -> (Proc, u16) {
+    let dir = c.dir().join("alertmanager");
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("am.yml");
+    std::fs::write(&conf, "route:\n  receiver: devnull\n  group_wait: 0s\nreceivers:\n  - name: devnull\n").unwrap();
+    let port = free_port();
+    let p = Proc::spawn(
+        "alertmanager",
+        Path::new("/usr/bin/prometheus-alertmanager"),
+        &[
+            &format!("--config.file={}", conf.display()),
+            &format!("--storage.path={}", dir.display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=",
+        ],
+        &c.dir().join("logs/alertmanager.log"),
+    );
+    (p, port)
+}
+
+async fn am_alerts(port: u16) -> Option<Vec<serde_json::Value>> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/api/v2/alerts")).await.ok()?.text().await.ok()?;
+    serde_json::from_str::<Vec<serde_json::Value>>(&body).ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_agent_alerts_alertmanager_and_resolves() {
+    let _g = serial().await;
+    assert!(
+        Path::new("/usr/bin/prometheus-alertmanager").exists(),
+        "install prometheus-alertmanager (.ci/run does this)"
+    );
+    let mut c = Cluster::new(&["main-pc", "pc2"]);
+    let (_am, am_port) = start_alertmanager(&c);
+    eventually(Duration::from_secs(20), "alertmanager to answer", || async { am_alerts(am_port).await.map(|_| ()) })
+        .await;
+    let rules = c.dir().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("fleet.yml"), RULES).unwrap();
+    let extra = format!(
+        "[alerting]\nrule_files = [\"{}/*.yml\"]\nevaluation_interval = \"1s\"\nalertmanagers = [\"http://127.0.0.1:{am_port}\"]\nexternal_labels = {{ cluster = \"test\" }}\n",
+        rules.display()
+    );
+    c.start_coordinator(CoordinatorOpts { extra, ..Default::default() }).await;
+    c.start_agent("main-pc", Duration::from_millis(200));
+    c.start_agent("pc2", Duration::from_millis(200));
+    c.wait_online(&["main-pc", "pc2"], Duration::from_secs(10)).await;
+    let rules_out = String::from_utf8_lossy(&c.fleetctl(&["rules"]).stdout).into_owned();
+    assert!(rules_out.contains("FleetAgentDown") && rules_out.contains("inactive"), "{rules_out}");
+
+    // Killed: in Alertmanager within for (2s) + 2 evaluation intervals (1s each).
+    let killed = Instant::now();
+    c.agent("pc2").kill9();
+    let alert = eventually(Duration::from_secs(10), "FleetAgentDown in Alertmanager", || async {
+        am_alerts(am_port).await?.into_iter().find(|a| a["labels"]["alertname"] == "FleetAgentDown")
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_millis(4000 + 700), "reached Alertmanager after {took:?}");
+    assert_eq!(alert["labels"]["host"], "pc2");
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert_eq!(alert["labels"]["cluster"], "test", "external labels are added");
+    assert_eq!(alert["annotations"]["summary"], "agent on pc2 is down");
+
+    let out = c.fleetctl(&["alerts", "-o", "json"]);
+    let alerts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(alerts[0]["state"], "firing");
+    let active_at = alerts[0]["active_at"].clone();
+    let (_, text) = c.http_get("/metrics").await;
+    assert!(text.contains("fleet_alerts_firing{alertname=\"FleetAgentDown\",severity=\"critical\"} 1"), "{text}");
+    let (_, api) = c.http_get("/api/v1/alerts").await;
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["data"]["alerts"][0]["state"], "firing");
+
+    // A coordinator restart neither forgets nor re-fires the alert.
+    c.coordinator.as_mut().unwrap().kill9();
+    let opts = c.opts.clone();
+    c.start_coordinator(opts).await;
+    let after = eventually(Duration::from_secs(10), "the alert to be evaluated again", || async {
+        let out = c.fleetctl(&["alerts", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v.as_array()?.len() == 1 && v[0]["state"] == "firing").then_some(v)
+    })
+    .await;
+    assert_eq!(after[0]["active_at"], active_at, "the alert keeps the time it became active");
+
+    // A broken rule file on reload: reported with file and line; the old rules stay.
+    std::fs::write(
+        rules.join("broken.yml"),
+        "groups:\n  - name: b\n    rules:\n      - alert: B\n        expr: up ==\n",
+    )
+    .unwrap();
+    let out = c.fleetctl(&["rules", "reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.yml:4: invalid expr") && err.contains("previous rules stay active"), "{err}");
+    c.coordinator.as_ref().unwrap().signal(rustix::process::Signal::HUP);
+    let log = c.coordinator.as_ref().unwrap();
+    eventually(Duration::from_secs(5), "the SIGHUP reload to be refused", || async {
+        log.log_text().contains("rule reload failed; the previous rules stay active").then_some(())
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&c.fleetctl(&["rules"]).stdout).contains("FleetAgentDown"));
+    std::fs::remove_file(rules.join("broken.yml")).unwrap();
+    assert!(c.fleetctl(&["rules", "reload"]).status.success());
+
+    // Back: Alertmanager sees it resolved.
+    c.start_agent("pc2", Duration::from_millis(200));
+    eventually(Duration::from_secs(15), "the alert resolved in Alertmanager", || async {
+        let list = am_alerts(am_port).await?;
+        (!list.iter().any(|a| a["labels"]["alertname"] == "FleetAgentDown")).then_some(())
+    })
+    .await;
+    let (_, text) = c.http_get("/metrics").await;
+    assert!(!text.contains("fleet_alerts_firing{alertname=\"FleetAgentDown\""), "{text}");
+}
