@@ -146,16 +146,51 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32, for
     };
     let ca_pem = read(&ca_cert_path)?;
     let ca_key_pem = read(&ca_key_path)?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)
-        .map_err(|e| CliError::usage(format!("{} is not a usable private key: {e}", ca_key_path.display())))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-        .map_err(|e| CliError::usage(format!("{} is not a usable CA certificate: {e}", ca_cert_path.display())))?;
-    let trust_domain = ca_trust_domain(&ca_pem).unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
-    let identity = Identity::new(trust_domain, role, name);
-
     let cert_path = dir.join(format!("{name}.pem"));
     let key_path = dir.join(format!("{name}-key.pem"));
     check_free(&[&cert_path, &key_path], force)?;
+    let minted = mint(&ca_pem, &ca_key_pem, role, name, sans, days).map_err(|e| CliError {
+        code: e.code,
+        message: e
+            .message
+            .replace("the CA key", &ca_key_path.display().to_string())
+            .replace("the CA certificate", &ca_cert_path.display().to_string()),
+    })?;
+    write_file(&key_path, &minted.key_pem, 0o600)?;
+    write_file(&cert_path, &minted.cert_pem, 0o644)?;
+    Ok(Issued { cert: cert_path, key: key_path, identity: minted.identity })
+}
+
+/// A certificate and key made in memory.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    /// The identity it carries.
+    pub identity: Identity,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+/// Issues a certificate for `role` `name` signed by the CA given as PEM, in memory (for
+/// `certs issue` and for tools such as fleet-loadgen that need many identities).
+pub fn mint(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    role: Role,
+    name: &str,
+    sans: &[String],
+    days: u32,
+) -> Result<Minted, CliError> {
+    if !valid_name(name) {
+        return Err(CliError::usage(format!("invalid name \"{name}\"")));
+    }
+    let ca_key = KeyPair::from_pem(ca_key_pem)
+        .map_err(|e| CliError::usage(format!("the CA key is not a usable private key: {e}")))?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)
+        .map_err(|e| CliError::usage(format!("the CA certificate is not usable: {e}")))?;
+    let trust_domain = ca_trust_domain(ca_pem).unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+    let identity = Identity::new(trust_domain, role, name);
 
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -191,9 +226,7 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32, for
     validity(&mut params, days);
     let key = KeyPair::generate().map_err(|e| CliError::failed(format!("cannot generate a key: {e}")))?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| CliError::failed(format!("cannot sign: {e}")))?;
-    write_file(&key_path, &key.serialize_pem(), 0o600)?;
-    write_file(&cert_path, &cert.pem(), 0o644)?;
-    Ok(Issued { cert: cert_path, key: key_path, identity })
+    Ok(Minted { identity, cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 #[cfg(test)]

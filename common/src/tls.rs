@@ -136,6 +136,22 @@ impl TlsMaterial {
         Ok(material)
     }
 
+    /// Material from PEM text in memory (for tools that mint identities, such as
+    /// fleet-loadgen).
+    pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, TlsError> {
+        let pem = |what: &'static str| TlsError::Empty { path: PathBuf::from("(memory)"), what, hint: HINT_CERT };
+        let roots: Vec<_> = CertificateDer::pem_slice_iter(ca).filter_map(Result::ok).collect();
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(cert).filter_map(Result::ok).collect();
+        if roots.is_empty() {
+            return Err(pem("PEM CA certificate"));
+        }
+        let first = chain.first().ok_or_else(|| pem("PEM certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| pem("PEM private key"))?;
+        let identity = Identity::from_cert_der(first)
+            .map_err(|source| TlsError::Identity { path: PathBuf::from("(memory)"), source })?;
+        Ok(TlsMaterial { roots, chain, key, identity })
+    }
+
     /// This party's identity, from its certificate.
     pub fn identity(&self) -> &Identity {
         &self.identity

@@ -1,0 +1,300 @@
+//! fleet-loadgen: simulates N agents against a coordinator, each a real mutual-TLS session
+//! with its own certificate minted from the CA in `--pki DIR`, sending reports of the size and
+//! shape a real agent with 5 services sends. Progress goes to stderr; at the end one JSON line
+//! on stdout: agents, reports_sent, reports_acked, ack_p50_ms, ack_p99_ms, errors,
+//! connect_failures.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use fleet_common::identity::Role;
+use fleet_common::tls::{TlsMaterial, connect_coordinator};
+use fleet_proto::v1::agent_message::Msg;
+use fleet_proto::v1::agent_service_client::AgentServiceClient;
+use fleet_proto::v1::coordinator_message::Msg as CMsg;
+use fleet_proto::v1::{
+    AgentMessage, Filesystem, Hello, HostMetrics, NetworkInterface, Report, ReportId, ServiceStatus,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+/// Simulates many fleet agents against one coordinator.
+#[derive(Parser, Debug)]
+#[command(name = "fleet-loadgen", version)]
+struct Args {
+    /// The coordinator's gRPC address.
+    #[arg(long, default_value = "https://127.0.0.1:7443")]
+    addr: String,
+    /// A directory with the fleet CA: ca.pem and ca-key.pem.
+    #[arg(long)]
+    pki: PathBuf,
+    /// Simulated agents.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Report interval of each agent.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    report_interval: Duration,
+    /// How long to run.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Agent name prefix.
+    #[arg(long, default_value = "load")]
+    prefix: String,
+    /// Over how long the agents connect (default: one report interval).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ramp: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    connect_failures: AtomicU64,
+    connected: AtomicU64,
+    /// Ack latencies in microseconds (bounded: at most 4 million kept).
+    latencies: std::sync::Mutex<Vec<u32>>,
+}
+
+const MAX_LATENCIES: usize = 4_000_000;
+
+fn report(boot: u64, seq: u64, i: u64) -> Report {
+    let services = (0..5)
+        .map(|s| ServiceStatus {
+            name: format!("svc{s}"),
+            state: "running".into(),
+            healthy: true,
+            pid: 1000 + s,
+            restarts: 0,
+            uptime_seconds: seq * 5,
+            cpu_seconds: seq as f64 * 0.01,
+            memory_rss_bytes: 50 << 20,
+            version: "1.0.0".into(),
+            message: String::new(),
+            has_health_check: true,
+        })
+        .collect();
+    Report {
+        id: Some(ReportId { boot_id: boot, seq }),
+        timestamp_ms: fleet_common::now_ms(),
+        host: Some(HostMetrics {
+            cpu_usage_ratio: ((i + seq) % 100) as f64 / 100.0,
+            cpu_count: 8,
+            memory_total_bytes: 32 << 30,
+            memory_available_bytes: 20 << 30,
+            swap_total_bytes: 2 << 30,
+            swap_used_bytes: 0,
+            filesystems: ["/", "/boot", "/home", "/var"]
+                .iter()
+                .map(|m| Filesystem {
+                    mountpoint: m.to_string(),
+                    device: "/dev/sda1".into(),
+                    fstype: "ext4".into(),
+                    size_bytes: 500 << 30,
+                    avail_bytes: 200 << 30,
+                })
+                .collect(),
+            networks: ["eth0", "lo", "docker0"]
+                .iter()
+                .map(|d| NetworkInterface {
+                    device: d.to_string(),
+                    receive_bytes_total: seq * 1_000_000,
+                    transmit_bytes_total: seq * 500_000,
+                })
+                .collect(),
+            load1: 0.5,
+            load5: 0.4,
+            load15: 0.3,
+            uptime_seconds: 100_000 + seq * 5,
+        }),
+        services,
+        reports_dropped_total: 0,
+    }
+}
+
+async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, start_at: Instant, end_at: Instant) {
+    tokio::time::sleep_until(start_at.into()).await;
+    let name = format!("{}-{i}", args.prefix);
+    let boot: u64 = rand::random::<u64>() | 1;
+    let mut seq = 0u64;
+    while Instant::now() < end_at {
+        let channel = match connect_coordinator(&args.addr, &tls).await {
+            Ok(c) => c,
+            Err(_) => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1500)).await;
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+        let hello = Hello {
+            name: name.clone(),
+            version: fleet_common::VERSION.into(),
+            boot_id: boot,
+            report_interval_ms: args.report_interval.as_millis() as u64,
+            ..Default::default()
+        };
+        let _ = tx.send(AgentMessage { msg: Some(Msg::Hello(hello)) }).await;
+        let mut inbound =
+            match AgentServiceClient::new(channel).attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+                Ok(r) => r.into_inner(),
+                Err(_) => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+        let mut tick = tokio::time::interval(args.report_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ended = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end_at.into()) => break true,
+                _ = tick.tick() => {
+                    seq += 1;
+                    in_flight.push_back((seq, Instant::now()));
+                    if tx.send(AgentMessage { msg: Some(Msg::Report(report(boot, seq, i as u64))) }).await.is_err() {
+                        break false;
+                    }
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                m = inbound.next() => match m {
+                    Some(Ok(m)) => {
+                        if let Some(CMsg::Ack(a)) = m.msg {
+                            let acked = a.id.map(|x| x.seq).unwrap_or(0);
+                            let now = Instant::now();
+                            let mut lat = Vec::new();
+                            while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
+                                let (_, at) = in_flight.pop_front().expect("checked");
+                                lat.push(now.duration_since(at).as_micros().min(u32::MAX as u128) as u32);
+                            }
+                            stats.acked.fetch_add(lat.len() as u64, Ordering::Relaxed);
+                            let mut l = stats.latencies.lock().expect("stats lock");
+                            if l.len() < MAX_LATENCIES {
+                                l.extend(lat);
+                            }
+                        }
+                    }
+                    _ => break false,
+                },
+            }
+        };
+        stats.connected.fetch_sub(1, Ordering::Relaxed);
+        if ended {
+            // Give outstanding acks a moment, then stop.
+            let grace = Instant::now() + Duration::from_secs(2);
+            while !in_flight.is_empty() && Instant::now() < grace {
+                match tokio::time::timeout(Duration::from_millis(200), inbound.next()).await {
+                    Ok(Some(Ok(m))) => {
+                        if let Some(CMsg::Ack(a)) = m.msg {
+                            let acked = a.id.map(|x| x.seq).unwrap_or(0);
+                            let now = Instant::now();
+                            while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
+                                let (_, at) = in_flight.pop_front().expect("checked");
+                                stats.acked.fetch_add(1, Ordering::Relaxed);
+                                let mut l = stats.latencies.lock().expect("stats lock");
+                                if l.len() < MAX_LATENCIES {
+                                    l.push(now.duration_since(at).as_micros() as u32);
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+            return;
+        }
+        stats.errors.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200 + rand::random::<u64>() % 800)).await;
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() -> ExitCode {
+    let args = Arc::new(Args::parse());
+    let ca = std::fs::read_to_string(args.pki.join("ca.pem"));
+    let ca_key = std::fs::read_to_string(args.pki.join("ca-key.pem"));
+    let (Ok(ca), Ok(ca_key)) = (ca, ca_key) else {
+        eprintln!(
+            "error: cannot read {0}/ca.pem and {0}/ca-key.pem; create them with `fleetctl certs init --dir {0}`",
+            args.pki.display()
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        eprintln!("minting {} agent certificates...", args.agents);
+        let mut materials = Vec::with_capacity(args.agents);
+        for i in 0..args.agents {
+            let m = match fleetctl::certs::mint(&ca, &ca_key, Role::Agent, &format!("{}-{i}", args.prefix), &[], 2) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {}", e.message);
+                    return ExitCode::from(2);
+                }
+            };
+            match TlsMaterial::from_pem(ca.as_bytes(), m.cert_pem.as_bytes(), m.key_pem.as_bytes()) {
+                Ok(t) => materials.push(t),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        let stats = Arc::new(Stats::default());
+        let start = Instant::now();
+        let ramp = args.ramp.unwrap_or(args.report_interval);
+        let end = start + ramp + args.duration;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, tls) in materials.into_iter().enumerate() {
+            let at = start + ramp.mul_f64(i as f64 / args.agents.max(1) as f64);
+            tasks.spawn(agent(i, args.clone(), tls, stats.clone(), at, end));
+        }
+        let progress = {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    eprintln!(
+                        "{:>5}s connected {} sent {} acked {} errors {} connect failures {}",
+                        start.elapsed().as_secs(),
+                        stats.connected.load(Ordering::Relaxed),
+                        stats.sent.load(Ordering::Relaxed),
+                        stats.acked.load(Ordering::Relaxed),
+                        stats.errors.load(Ordering::Relaxed),
+                        stats.connect_failures.load(Ordering::Relaxed)
+                    );
+                }
+            })
+        };
+        while tasks.join_next().await.is_some() {}
+        progress.abort();
+        let mut l = std::mem::take(&mut *stats.latencies.lock().expect("stats lock"));
+        l.sort_unstable();
+        let out = serde_json::json!({
+            "agents": args.agents,
+            "reports_sent": stats.sent.load(Ordering::Relaxed),
+            "reports_acked": stats.acked.load(Ordering::Relaxed),
+            "ack_p50_ms": percentile(&l, 0.5),
+            "ack_p99_ms": percentile(&l, 0.99),
+            "errors": stats.errors.load(Ordering::Relaxed),
+            "connect_failures": stats.connect_failures.load(Ordering::Relaxed),
+        });
+        println!("{out}");
+        ExitCode::SUCCESS
+    })
+}
