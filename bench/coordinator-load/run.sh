@@ -21,7 +21,7 @@ SIZES=("$@")
 mkdir -p "$OUT"
 (cd "$ROOT" && cargo build --release --bins -q)
 BIN=$ROOT/target/release
-ulimit -n 1048576 2>/dev/null || ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"  # every agent is one socket on each side
 
 WORK=$(mktemp -d)
 cleanup() {

@@ -23,6 +23,8 @@ pub struct CoordinatorConfig {
     pub offline_after: Duration,
     /// How long reports are kept in the history.
     pub retention: Duration,
+    /// Most series the history holds; samples of further series are dropped (and counted).
+    pub max_series: usize,
     /// Most agent sessions and operator connections open at once.
     pub max_connections: usize,
     /// The largest artifact accepted.
@@ -125,13 +127,17 @@ impl CoordinatorConfig {
             }
             None => AlertingConfig { evaluation_interval: Duration::from_secs(15), ..Default::default() },
         };
-        let retention = match root.section("history") {
+        let (retention, max_series) = match root.section("history") {
             Some(mut s) => {
                 let r = s.duration_in("retention", Duration::from_secs(60), Duration::from_secs(90 * 86400));
+                let m = s.u64("max_series");
+                if m == Some(0) {
+                    s.error("max_series", "must be at least 1");
+                }
                 s.finish();
-                r
+                (r, m)
             }
-            None => None,
+            None => (None, None),
         };
         root.finish();
         let config = (|| {
@@ -142,6 +148,7 @@ impl CoordinatorConfig {
                 tls: tls?,
                 offline_after: offline_after.unwrap_or(Duration::from_secs(15)),
                 retention: retention.unwrap_or(Duration::from_secs(3600)),
+                max_series: max_series.map(|m| m.max(1) as usize).unwrap_or(crate::tsdb::DEFAULT_MAX_SERIES),
                 max_connections: max_connections.map(|m| m.max(1) as usize).unwrap_or(20_000),
                 artifact_max_bytes: artifact_max_bytes.unwrap_or(1 << 30),
                 alerting,

@@ -53,7 +53,7 @@ pub fn router(state: HttpState) -> Router {
 async fn metrics(State(s): State<HttpState>) -> Response {
     let mut text = crate::metrics::render(&s.registry, &s.metrics, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
     crate::metrics::render_rollouts(&mut text, &s.rollouts);
-    crate::metrics::render_alerting(&mut text, &s.alerting);
+    crate::metrics::render_alerting(&mut text, &s.alerting, &s.tsdb);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

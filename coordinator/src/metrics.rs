@@ -413,9 +413,18 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
     );
 }
 
-/// Appends `fleet_alerts_firing{alertname,severity}` and the notification counters.
-pub fn render_alerting(out: &mut String, alerting: &crate::alerting::Alerting) {
+/// Appends `fleet_alerts_firing{alertname,severity}`, the notification counters and the size
+/// of the history.
+pub fn render_alerting(out: &mut String, alerting: &crate::alerting::Alerting, tsdb: &crate::tsdb::Tsdb) {
     let mut e = Exposition { out: std::mem::take(out) };
+    e.family("fleet_coordinator_history_series", "gauge", "Series held in the history.");
+    e.sample("fleet_coordinator_history_series", &[], tsdb.len() as f64);
+    e.family(
+        "fleet_coordinator_history_series_dropped_total",
+        "counter",
+        "Samples dropped because the history reached [history] max_series.",
+    );
+    e.sample("fleet_coordinator_history_series_dropped_total", &[], tsdb.dropped_series() as f64);
     let mut firing: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for a in alerting.alerts() {
         if a.state == fleet_rules::rules::AlertState::Firing {
