@@ -296,7 +296,7 @@ async fn rules_list(target: &client::Target, output: Output) -> Result<(), CliEr
                 })).collect::<Vec<_>>(),
             }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::views::print_json(&v);
         return Ok(());
     }
     if groups.is_empty() {
@@ -352,7 +352,7 @@ async fn alerts(target: &client::Target, output: Output) -> Result<(), CliError>
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::views::print_json(&v);
         return Ok(());
     }
     if alerts.is_empty() {
@@ -411,7 +411,7 @@ async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Ou
                 })).collect::<Vec<_>>(),
             }),
         };
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::views::print_json(&v);
         return Ok(());
     }
     match r.result_type.as_str() {

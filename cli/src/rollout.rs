@@ -151,7 +151,7 @@ pub async fn start(target: &Target, a: &StartArgs, output: Output) -> Result<(),
     };
     let r = c.start_rollout(req).await.map_err(|e| status_error(&target.addr, e))?.into_inner();
     if output == Output::Json && !a.watch {
-        println!("{}", serde_json::to_string_pretty(&rollout_json(&r)).unwrap_or_default());
+        crate::views::print_json(&rollout_json(&r));
         return Ok(());
     }
     println!("{}", r.id);
@@ -267,7 +267,7 @@ pub async fn watch(target: &Target, id: &str, output: Output) -> Result<(), CliE
     }
     let r = last.ok_or_else(|| CliError::failed("the coordinator sent nothing"))?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rollout_json(&r)).unwrap_or_default());
+        crate::views::print_json(&rollout_json(&r));
     }
     if !ended(&r) {
         return Err(CliError::connect(
@@ -289,7 +289,7 @@ pub async fn status(target: &Target, id: &str, follow: bool, output: Output) -> 
         .map_err(|e| status_error(&target.addr, e))?
         .into_inner();
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rollout_json(&r)).unwrap_or_default());
+        crate::views::print_json(&rollout_json(&r));
     } else {
         print!("{}", render(&r));
         if !r.reason.is_empty() {
@@ -345,7 +345,7 @@ pub async fn control(target: &Target, id: &str, action: &str, output: Output) ->
     .map_err(|e| status_error(&target.addr, e))?
     .into_inner();
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&rollout_json(&r)).unwrap_or_default());
+        crate::views::print_json(&rollout_json(&r));
     } else {
         let verb = match action {
             "pause" => "paused",
@@ -419,7 +419,7 @@ pub async fn releases(target: &Target, host: &str, service: &str, output: Output
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&Value::Array(v)).unwrap_or_default());
+        crate::views::print_json(&Value::Array(v));
         return Ok(());
     }
     if list.is_empty() {

@@ -155,7 +155,7 @@ fn outcome(
             "pid": r.service.as_ref().map(|s| s.pid),
             "log_tail": r.log_tail,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::views::print_json(&v);
         return if ok { Ok(()) } else { Err(CliError::failed(with_host(&r.message, service, host))) };
     }
     if ok {
@@ -289,7 +289,7 @@ pub async fn audit(target: &Target, n: u32, output: Output) -> Result<(), CliErr
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&Value::Array(v)).unwrap_or_default());
+        crate::views::print_json(&Value::Array(v));
         return Ok(());
     }
     if entries.is_empty() {

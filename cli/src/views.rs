@@ -82,8 +82,9 @@ pub fn host_json(h: &HostSummary) -> Value {
     })
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+/// Prints one JSON document, pretty.
+pub fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn pct(r: f64) -> String {
