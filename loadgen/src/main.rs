@@ -122,12 +122,15 @@ async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, s
     let name = format!("{}-{i}", args.prefix);
     let boot: u64 = rand::random::<u64>() | 1;
     let mut seq = 0u64;
+    // The agent's own reconnect policy: jittered exponential backoff, capped at 30s.
+    let mut backoff = fleet_agent::session::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     while Instant::now() < end_at {
         let channel = match connect_coordinator(&args.addr, &tls).await {
             Ok(c) => c,
             Err(_) => {
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1500)).await;
+                tokio::time::sleep(backoff.next_delay(&mut rng)).await;
                 continue;
             }
         };
@@ -212,7 +215,7 @@ async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, s
             return;
         }
         stats.errors.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(200 + rand::random::<u64>() % 800)).await;
+        tokio::time::sleep(backoff.next_delay(&mut rng)).await;
     }
 }
 
