@@ -469,3 +469,29 @@ async fn an_agent_killed_during_probation_rolls_back_before_starting() {
     assert!(rel.contains(&("1.0".to_string(), "current".to_string())), "{rel:?}");
     assert!(rel.contains(&("2.0".to_string(), "bad".to_string())), "{rel:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_releases_are_pruned_but_never_current_or_previous() {
+    let _g = serial().await;
+    let app = App::start(&["pc2"], "keep_releases = 2").await;
+    for v in ["1.0", "2.0", "3.0"] {
+        let a = app.release(v, false);
+        let out = app.rollout(v, &a, &["--watch"]);
+        assert!(out.status.success(), "{v}: {}", stderr(&out));
+    }
+    assert_eq!(
+        app.releases("pc2"),
+        [("3.0".to_string(), "current".to_string()), ("2.0".to_string(), "previous".to_string())]
+    );
+    let mut dirs: Vec<String> = std::fs::read_dir(app.c.dir().join("pc2/app/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    assert!(dirs[0].starts_with("2.0-") && dirs[1].starts_with("3.0-"), "{dirs:?}");
+    // The previous release is still there to go back to.
+    let out = app.c.fleetctl(&["rollback", "pc2", "app", "--min-healthy-time", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.0\n"));
+}
