@@ -4,7 +4,8 @@
 # this machine. The load generator and the coordinator share the machine's cores.
 #
 #   bench/coordinator-load/run.sh [N...]              default: 1000 5000 10000
-#   INTERVAL=5s DURATION=60s bench/coordinator-load/run.sh 2000
+#   INTERVAL=5s DURATION=60s WARMUP=10s bench/coordinator-load/run.sh 2000   (WARMUP: leave the first
+#   seconds after the connection ramp out of the latency percentiles)
 #
 # For each N it prints one Markdown row: coordinator CPU (cores, averaged over the run) and
 # peak RSS, ack latency p50/p99, reports sent/acked, errors, the store's write rate, the time
@@ -63,7 +64,7 @@ EOF
   HTTP=$(sed -E 's/.*"http":"([^"]+)".*/\1/' "$DATA/coordinator.addrs.json")
   t0=$(cpu_ticks "$COORD"); s0=$(date +%s.%N)
   "$BIN/fleet-loadgen" --addr "https://$GRPC" --pki "$WORK/pki" --agents "$N" \
-    --report-interval "$INTERVAL" --duration "$DURATION" > "$OUT/loadgen-$N.json" 2> "$OUT/loadgen-$N.log" &
+    --report-interval "$INTERVAL" --duration "$DURATION" --warmup "${WARMUP:-0s}" > "$OUT/loadgen-$N.json" 2> "$OUT/loadgen-$N.log" &
   LG=$!
   # Scrape /metrics once the load is on (after the ramp), and time it.
   sleep "$(( ${INTERVAL%s} + 5 ))"

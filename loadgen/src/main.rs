@@ -48,6 +48,10 @@ struct Args {
     /// Over how long the agents connect (default: one report interval).
     #[arg(long, value_parser = humantime::parse_duration)]
     ramp: Option<Duration>,
+    /// Leave out of the latency percentiles the reports sent before the ramp plus this long
+    /// (to see the steady state apart from the connection storm); default 0.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
 }
 
 #[derive(Default)]
@@ -59,6 +63,8 @@ struct Stats {
     connected: AtomicU64,
     /// Ack latencies in microseconds (bounded: at most 4 million kept).
     latencies: std::sync::Mutex<Vec<u32>>,
+    /// Reports sent before this are not in the percentiles.
+    measure_from: std::sync::OnceLock<Instant>,
 }
 
 const MAX_LATENCIES: usize = 4_000_000;
@@ -173,11 +179,16 @@ async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, s
                             let acked = a.id.map(|x| x.seq).unwrap_or(0);
                             let now = Instant::now();
                             let mut lat = Vec::new();
+                            let from = stats.measure_from.get().copied();
+                            let mut n = 0;
                             while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
                                 let (_, at) = in_flight.pop_front().expect("checked");
-                                lat.push(now.duration_since(at).as_micros().min(u32::MAX as u128) as u32);
+                                n += 1;
+                                if from.is_none_or(|f| at >= f) {
+                                    lat.push(now.duration_since(at).as_micros().min(u32::MAX as u128) as u32);
+                                }
                             }
-                            stats.acked.fetch_add(lat.len() as u64, Ordering::Relaxed);
+                            stats.acked.fetch_add(n, Ordering::Relaxed);
                             let mut l = stats.latencies.lock().expect("stats lock");
                             if l.len() < MAX_LATENCIES {
                                 l.extend(lat);
@@ -261,6 +272,7 @@ fn main() -> ExitCode {
         let stats = Arc::new(Stats::default());
         let start = Instant::now();
         let ramp = args.ramp.unwrap_or(args.report_interval);
+        let _ = stats.measure_from.set(start + ramp + args.warmup);
         let end = start + ramp + args.duration;
         let mut tasks = tokio::task::JoinSet::new();
         for (i, tls) in materials.into_iter().enumerate() {
@@ -290,6 +302,7 @@ fn main() -> ExitCode {
         l.sort_unstable();
         let out = serde_json::json!({
             "agents": args.agents,
+            "latency_samples": l.len(),
             "reports_sent": stats.sent.load(Ordering::Relaxed),
             "reports_acked": stats.acked.load(Ordering::Relaxed),
             "ack_p50_ms": percentile(&l, 0.5),
