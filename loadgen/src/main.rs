@@ -69,6 +69,29 @@ struct Stats {
 
 const MAX_LATENCIES: usize = 4_000_000;
 
+impl Stats {
+    /// Retires every in-flight report up to `acked` and records its latency,
+    /// unless it was sent during warm-up.
+    fn record_ack(&self, in_flight: &mut VecDeque<(u64, Instant)>, acked: u64) {
+        let now = Instant::now();
+        let from = self.measure_from.get().copied();
+        let mut lat = Vec::new();
+        let mut n = 0;
+        while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
+            let (_, at) = in_flight.pop_front().expect("checked");
+            n += 1;
+            if from.is_none_or(|f| at >= f) {
+                lat.push(now.duration_since(at).as_micros().min(u32::MAX as u128) as u32);
+            }
+        }
+        self.acked.fetch_add(n, Ordering::Relaxed);
+        let mut l = self.latencies.lock().expect("stats lock");
+        if l.len() < MAX_LATENCIES {
+            l.extend(lat);
+        }
+    }
+}
+
 fn report(boot: u64, seq: u64, i: u64) -> Report {
     let services = (0..5)
         .map(|s| ServiceStatus {
@@ -176,23 +199,7 @@ async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, s
                 m = inbound.next() => match m {
                     Some(Ok(m)) => {
                         if let Some(CMsg::Ack(a)) = m.msg {
-                            let acked = a.id.map(|x| x.seq).unwrap_or(0);
-                            let now = Instant::now();
-                            let mut lat = Vec::new();
-                            let from = stats.measure_from.get().copied();
-                            let mut n = 0;
-                            while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
-                                let (_, at) = in_flight.pop_front().expect("checked");
-                                n += 1;
-                                if from.is_none_or(|f| at >= f) {
-                                    lat.push(now.duration_since(at).as_micros().min(u32::MAX as u128) as u32);
-                                }
-                            }
-                            stats.acked.fetch_add(n, Ordering::Relaxed);
-                            let mut l = stats.latencies.lock().expect("stats lock");
-                            if l.len() < MAX_LATENCIES {
-                                l.extend(lat);
-                            }
+                            stats.record_ack(&mut in_flight, a.id.map(|x| x.seq).unwrap_or(0));
                         }
                     }
                     _ => break false,
@@ -207,16 +214,7 @@ async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, s
                 match tokio::time::timeout(Duration::from_millis(200), inbound.next()).await {
                     Ok(Some(Ok(m))) => {
                         if let Some(CMsg::Ack(a)) = m.msg {
-                            let acked = a.id.map(|x| x.seq).unwrap_or(0);
-                            let now = Instant::now();
-                            while in_flight.front().is_some_and(|(s, _)| *s <= acked) {
-                                let (_, at) = in_flight.pop_front().expect("checked");
-                                stats.acked.fetch_add(1, Ordering::Relaxed);
-                                let mut l = stats.latencies.lock().expect("stats lock");
-                                if l.len() < MAX_LATENCIES {
-                                    l.push(now.duration_since(at).as_micros() as u32);
-                                }
-                            }
+                            stats.record_ack(&mut in_flight, a.id.map(|x| x.seq).unwrap_or(0));
                         }
                     }
                     Ok(_) => break,

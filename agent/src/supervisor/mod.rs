@@ -9,7 +9,7 @@ pub mod policy;
 pub mod procinfo;
 pub mod service;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -258,11 +258,6 @@ impl Supervisor {
 }
 
 impl Handle {
-    /// Where the service's log lives.
-    pub fn log_path(&self) -> PathBuf {
-        self.log.path().to_path_buf()
-    }
-
     /// The service's state as reports carry it.
     pub fn report(&self) -> ServiceStatus {
         let s = self.status.borrow().clone();
