@@ -320,7 +320,8 @@ impl Store {
         key.extend_from_slice(r.id.as_bytes());
         let json = serde_json::to_vec(r).map_err(|e| self.io(e))?;
         self.tree.insert(key, json).map_err(|e| self.io(e))?;
-        if self.tree.scan_prefix(b"o").count() > crate::rollouts::MAX_ROLLOUTS {
+        let total = self.tree.scan_prefix(b"o").count();
+        if total > crate::rollouts::MAX_ROLLOUTS {
             let mut done: Vec<(i64, sled::IVec)> = self
                 .tree
                 .scan_prefix(b"o")
@@ -331,7 +332,7 @@ impl Store {
                 })
                 .collect();
             done.sort_by_key(|(t, _)| *t);
-            let excess = self.tree.scan_prefix(b"o").count().saturating_sub(crate::rollouts::MAX_ROLLOUTS);
+            let excess = total - crate::rollouts::MAX_ROLLOUTS;
             for (_, k) in done.into_iter().take(excess) {
                 self.tree.remove(k).map_err(|e| self.io(e))?;
             }
