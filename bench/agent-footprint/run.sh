@@ -12,7 +12,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if ! command -v prometheus-node-exporter >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-node-exporter >/dev/null
 fi
-(cd "$ROOT" && cargo build --release --bins -q)
+[ -n "${NOBUILD:-}" ] || (cd "$ROOT" && cargo build --release --bins -q)
 BIN=$ROOT/target/release
 WORK=$(mktemp -d)
 cleanup() {

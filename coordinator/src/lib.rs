@@ -205,7 +205,10 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         tokio::task::spawn_blocking(move || store.load(since)).await.map_err(|e| RunError::Serve(e.to_string()))??
     };
     let registry = Arc::new(Registry::from_loaded(loaded));
-    let tsdb = Arc::new(tsdb::Tsdb::new(config.retention.as_millis() as i64, config.max_series));
+    let history_dir = config.data_dir.join("history");
+    let tsdb = tsdb::Tsdb::on_disk(history_dir.clone(), config.retention.as_millis() as i64, config.max_series)
+        .map_err(|e| RunError::Setup(format!("cannot use {} for the history: {e}", history_dir.display())))?;
+    let tsdb = Arc::new(tsdb);
     {
         let (store, db) = (store.clone(), tsdb.clone());
         let n = tokio::task::spawn_blocking(move || store.replay_reports(since, |host, r| db.append_report(host, r)))

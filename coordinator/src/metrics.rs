@@ -420,6 +420,19 @@ pub fn render_alerting(out: &mut String, alerting: &crate::alerting::Alerting, t
         "Samples dropped because the history reached [history] max_series.",
     );
     e.sample("fleet_coordinator_history_series_dropped_total", &[], tsdb.dropped_series() as f64);
+    let (disk_bytes, chunk_errors) = tsdb.chunk_files();
+    e.family(
+        "fleet_coordinator_history_disk_bytes",
+        "gauge",
+        "Bytes of full history chunks in segment files under data_dir/history.",
+    );
+    e.sample("fleet_coordinator_history_disk_bytes", &[], disk_bytes as f64);
+    e.family(
+        "fleet_coordinator_history_chunk_errors_total",
+        "counter",
+        "History chunks that could not be written to disk (kept in memory instead) or read back.",
+    );
+    e.sample("fleet_coordinator_history_chunk_errors_total", &[], chunk_errors as f64);
     let mut firing: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for a in alerting.alerts() {
         if a.state == fleet_rules::rules::AlertState::Firing {

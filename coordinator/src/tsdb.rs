@@ -6,7 +6,10 @@
 //! The series are rebuilt from the durable report store at start-up; `fleet_agent_up` is
 //! sampled from the registry every few seconds, the way Prometheus records `up` at each scrape.
 
-use std::collections::{HashMap, VecDeque};
+mod chunk;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use fleet_proto::v1::Report;
@@ -18,122 +21,253 @@ use crate::metrics::{HOST_GAUGES, SERVICE};
 /// Series kept at most, whatever the retention.
 pub const DEFAULT_MAX_SERIES: usize = 200_000;
 
-/// Samples by series, each oldest first.
-type SeriesMap = HashMap<Arc<Labels>, VecDeque<(i64, f64)>>;
+/// An interned string.
+type Sym = u32;
+
+/// A series' labels other than the metric name: (name, value) pairs sorted by name.
+type Key = Box<[(Sym, Sym)]>;
+
+/// Label names and values, each stored once however many series carry it (every series of a
+/// host repeats `host="…"`, every series of a metric its name).
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Arc<str>, Sym>,
+    strings: Vec<Arc<str>>,
+}
+
+impl Interner {
+    fn get(&self, s: &str) -> Option<Sym> {
+        self.ids.get(s).copied()
+    }
+
+    fn intern(&mut self, s: &str) -> Sym {
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = self.strings.len() as Sym;
+        let s: Arc<str> = s.into();
+        self.strings.push(s.clone());
+        self.ids.insert(s, id);
+        id
+    }
+
+    fn resolve(&self, id: Sym) -> &str {
+        &self.strings[id as usize]
+    }
+}
+
+/// Series by metric name, then by the rest of their labels.
+#[derive(Debug, Default)]
+struct Inner {
+    strings: Interner,
+    by_name: HashMap<Sym, HashMap<Key, chunk::Samples>>,
+    series: usize,
+    files: chunk::ChunkFiles,
+    /// Samples before this time are past the retention, even where their chunk is still kept.
+    cutoff_ms: i64,
+}
+
+impl Inner {
+    /// The interned key of `pairs`, if every string is known (a series with an unknown string
+    /// cannot exist yet).
+    fn lookup(&self, pairs: &[(&str, &str)]) -> Option<Key> {
+        pairs.iter().map(|(k, v)| Some((self.strings.get(k)?, self.strings.get(v)?))).collect()
+    }
+
+    fn samples_mut(
+        &mut self,
+        name: &str,
+        pairs: &mut [(&str, &str)],
+        max_series: usize,
+    ) -> Option<(&mut chunk::Samples, &mut chunk::ChunkFiles)> {
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let known = self.strings.get(name).zip(self.lookup(pairs));
+        let exists = known.as_ref().is_some_and(|(n, k)| self.by_name.get(n).is_some_and(|m| m.contains_key(k)));
+        if !exists && self.series >= max_series {
+            return None;
+        }
+        let (n, key) = match known {
+            Some(nk) => nk,
+            None => {
+                let n = self.strings.intern(name);
+                let key = pairs.iter().map(|(k, v)| (self.strings.intern(k), self.strings.intern(v))).collect();
+                (n, key)
+            }
+        };
+        if !exists {
+            self.series += 1;
+        }
+        Some((self.by_name.entry(n).or_default().entry(key).or_default(), &mut self.files))
+    }
+
+    fn labels(&self, name: Sym, key: &Key) -> Labels {
+        let mut l: Labels = key
+            .iter()
+            .map(|&(k, v)| (self.strings.resolve(k).to_string(), self.strings.resolve(v).to_string()))
+            .collect();
+        l.insert(NAME.into(), self.strings.resolve(name).to_string());
+        l
+    }
+
+    /// Rebuilds the interner from the strings live series use, once most are dead (host and
+    /// version labels come and go).
+    fn compact_strings(&mut self) {
+        if self.strings.strings.len() < 1024 || self.strings.strings.len() < 4 * (self.series + self.by_name.len()) {
+            return;
+        }
+        let old = std::mem::take(&mut self.strings);
+        let by_name = std::mem::take(&mut self.by_name);
+        for (n, series) in by_name {
+            let n = self.strings.intern(old.resolve(n));
+            let m: HashMap<Key, chunk::Samples> = series
+                .into_iter()
+                .map(|(key, s)| {
+                    let key = key
+                        .iter()
+                        .map(|&(k, v)| (self.strings.intern(old.resolve(k)), self.strings.intern(old.resolve(v))))
+                        .collect();
+                    (key, s)
+                })
+                .collect();
+            self.by_name.insert(n, m);
+        }
+    }
+}
 
 /// The series store.
 #[derive(Debug)]
 pub struct Tsdb {
-    series: RwLock<SeriesMap>,
+    inner: RwLock<Inner>,
     retention_ms: i64,
     max_series: usize,
-    dropped_series: std::sync::atomic::AtomicU64,
-}
-
-fn labels(name: &str, pairs: &[(&str, &str)]) -> Labels {
-    let mut l: Labels = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    l.insert(NAME.into(), name.into());
-    l
+    dropped_series: AtomicU64,
 }
 
 /// The labels of `fleet_agent_up` for `host`.
 pub fn up_labels(host: &str) -> Labels {
-    labels("fleet_agent_up", &[("host", host)])
+    let mut l = Labels::new();
+    l.insert(NAME.into(), "fleet_agent_up".into());
+    l.insert("host".into(), host.into());
+    l
 }
 
-/// The samples one report carries, as (labels, value).
-pub fn report_samples(host: &str, r: &Report) -> Vec<(Labels, f64)> {
-    let mut out = Vec::with_capacity(64);
+/// Calls `f(name, labels, value)` for every sample one report carries.
+pub fn report_samples(host: &str, r: &Report, mut f: impl FnMut(&str, &mut [(&str, &str)], f64)) {
     // A report is proof of life at the time it was taken (offline hosts get their 0s from the
     // up sampler).
-    out.push((up_labels(host), 1.0));
-    out.push((labels("fleet_agent_reports_dropped_total", &[("host", host)]), r.reports_dropped_total as f64));
+    f("fleet_agent_up", &mut [("host", host)], 1.0);
+    f("fleet_agent_reports_dropped_total", &mut [("host", host)], r.reports_dropped_total as f64);
     if let Some(m) = &r.host {
         for (name, _, get) in HOST_GAUGES {
-            out.push((labels(name, &[("host", host)]), get(m)));
+            f(name, &mut [("host", host)], get(m));
         }
         for fs in &m.filesystems {
-            let l = [("host", host), ("mountpoint", fs.mountpoint.as_str())];
-            out.push((labels("fleet_host_filesystem_size_bytes", &l), fs.size_bytes as f64));
-            out.push((labels("fleet_host_filesystem_avail_bytes", &l), fs.avail_bytes as f64));
+            let mut l = [("host", host), ("mountpoint", fs.mountpoint.as_str())];
+            f("fleet_host_filesystem_size_bytes", &mut l, fs.size_bytes as f64);
+            f("fleet_host_filesystem_avail_bytes", &mut l, fs.avail_bytes as f64);
         }
         for n in &m.networks {
-            let l = [("host", host), ("device", n.device.as_str())];
-            out.push((labels("fleet_host_network_receive_bytes_total", &l), n.receive_bytes_total as f64));
-            out.push((labels("fleet_host_network_transmit_bytes_total", &l), n.transmit_bytes_total as f64));
+            let mut l = [("host", host), ("device", n.device.as_str())];
+            f("fleet_host_network_receive_bytes_total", &mut l, n.receive_bytes_total as f64);
+            f("fleet_host_network_transmit_bytes_total", &mut l, n.transmit_bytes_total as f64);
         }
     }
     for s in &r.services {
-        let l = [("host", host), ("service", s.name.as_str())];
+        let mut l = [("host", host), ("service", s.name.as_str())];
         for (name, _, _, get) in SERVICE {
-            out.push((labels(name, &l), get(s)));
+            f(name, &mut l, get(s));
         }
-        out.push((
-            labels(
-                "fleet_service_info",
-                &[("host", host), ("service", s.name.as_str()), ("version", s.version.as_str())],
-            ),
-            1.0,
-        ));
+        let mut l = [("host", host), ("service", s.name.as_str()), ("version", s.version.as_str())];
+        f("fleet_service_info", &mut l, 1.0);
     }
-    out
+}
+
+/// What the store holds, for `/metrics` and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Series.
+    pub series: usize,
+    /// Samples in them.
+    pub samples: usize,
+    /// Bytes of compressed samples in memory.
+    pub sample_bytes: usize,
+    /// Bytes of compressed samples in segment files.
+    pub disk_bytes: u64,
+    /// Chunks that could not be written to or read from their segment file.
+    pub chunk_errors: u64,
 }
 
 impl Tsdb {
-    /// An empty store keeping `retention_ms` of samples in at most `max_series` series.
+    /// An empty store keeping `retention_ms` of samples in at most `max_series` series, all in
+    /// memory.
     pub fn new(retention_ms: i64, max_series: usize) -> Tsdb {
-        Tsdb { series: RwLock::new(HashMap::new()), retention_ms, max_series, dropped_series: Default::default() }
+        Tsdb { inner: RwLock::new(Inner::default()), retention_ms, max_series, dropped_series: Default::default() }
     }
 
-    /// Adds a sample; keeps each series ordered by time (replayed reports may be older).
-    pub fn append(&self, labels: Labels, t: i64, v: f64) {
-        let mut map = self.series.write().expect("tsdb lock");
-        let len = map.len();
-        let max = self.max_series;
-        let Some(points) = (match map.get_mut(&labels) {
-            Some(p) => Some(p),
-            None if len < max => Some(map.entry(Arc::new(labels)).or_default()),
-            None => None,
-        }) else {
-            self.dropped_series.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return;
-        };
-        match points.back() {
-            Some(&(last, _)) if last < t => points.push_back((t, v)),
-            None => points.push_back((t, v)),
-            _ => {
-                let i = points.partition_point(|&(x, _)| x < t);
-                if points.get(i).is_some_and(|&(x, _)| x == t) {
-                    points[i].1 = v;
-                } else {
-                    points.insert(i, (t, v));
-                }
+    /// Like [`Tsdb::new`], with full chunks moved to segment files in `dir` (emptied first:
+    /// the history is rebuilt from the report store at start-up).
+    pub fn on_disk(dir: std::path::PathBuf, retention_ms: i64, max_series: usize) -> std::io::Result<Tsdb> {
+        let db = Tsdb::new(retention_ms, max_series);
+        db.write().files = chunk::ChunkFiles::open(dir)?;
+        Ok(db)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("tsdb lock")
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().expect("tsdb lock")
+    }
+
+    fn append_locked(&self, inner: &mut Inner, name: &str, pairs: &mut [(&str, &str)], t: i64, v: f64) {
+        match inner.samples_mut(name, pairs, self.max_series) {
+            Some((s, files)) => s.append(t, v, files),
+            None => {
+                self.dropped_series.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// Adds every sample of a report.
+    /// Adds a sample; keeps each series ordered by time (replayed reports may be older).
+    pub fn append(&self, labels: Labels, t: i64, v: f64) {
+        let name = labels.get(NAME).map(String::as_str).unwrap_or_default();
+        let mut pairs: Vec<(&str, &str)> =
+            labels.iter().filter(|(k, _)| k.as_str() != NAME).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.append_locked(&mut self.write(), name, &mut pairs, t, v);
+    }
+
+    /// Adds every sample of a report, under one lock.
     pub fn append_report(&self, host: &str, r: &Report) {
-        for (l, v) in report_samples(host, r) {
-            self.append(l, r.timestamp_ms, v);
-        }
+        let mut inner = self.write();
+        report_samples(host, r, |name, pairs, v| self.append_locked(&mut inner, name, pairs, r.timestamp_ms, v));
     }
 
     /// Drops samples older than the retention and series left empty.
     pub fn trim(&self, now_ms: i64) {
         let cutoff = now_ms - self.retention_ms;
-        let mut map = self.series.write().expect("tsdb lock");
-        map.retain(|_, p| {
-            while p.front().is_some_and(|&(t, _)| t < cutoff) {
-                p.pop_front();
-            }
-            !p.is_empty()
-        });
+        let mut inner = self.write();
+        inner.cutoff_ms = inner.cutoff_ms.max(cutoff);
+        let mut removed = 0;
+        for series in inner.by_name.values_mut() {
+            series.retain(|_, s| {
+                let keep = s.trim(cutoff);
+                removed += usize::from(!keep);
+                keep
+            });
+            series.shrink_to_fit();
+        }
+        inner.by_name.retain(|_, m| !m.is_empty());
+        inner.series -= removed;
+        inner.files.trim(cutoff);
+        if removed > 0 {
+            inner.compact_strings();
+        }
     }
 
     /// Number of series.
     pub fn len(&self) -> usize {
-        self.series.read().expect("tsdb lock").len()
+        self.read().series
     }
 
     /// Whether there is no series.
@@ -143,7 +277,29 @@ impl Tsdb {
 
     /// Samples refused because the series limit was reached.
     pub fn dropped_series(&self) -> u64 {
-        self.dropped_series.load(std::sync::atomic::Ordering::Relaxed)
+        self.dropped_series.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in segment files, and chunks that could not be written or read.
+    pub fn chunk_files(&self) -> (u64, u64) {
+        let inner = self.read();
+        (inner.files.disk_bytes(), inner.files.errors())
+    }
+
+    /// Counts series, samples and their bytes (walks every series: for benchmarks and tests).
+    pub fn footprint(&self) -> Footprint {
+        let inner = self.read();
+        let mut f = Footprint {
+            series: inner.series,
+            disk_bytes: inner.files.disk_bytes(),
+            chunk_errors: inner.files.errors(),
+            ..Default::default()
+        };
+        for s in inner.by_name.values().flat_map(|m| m.values()) {
+            f.samples += s.len();
+            f.sample_bytes += s.heap_bytes();
+        }
+        f
     }
 
     /// Every label set matching, with samples in `(start, end]` (for `/api/v1/series`).
@@ -154,16 +310,31 @@ impl Tsdb {
 
 impl Storage for Tsdb {
     fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
-        let map = self.series.read().expect("tsdb lock");
+        let inner = self.read();
+        let start = start.max(inner.cutoff_ms - 1);
+        let names: Vec<Sym> = match name {
+            Some(n) => inner.strings.get(n).into_iter().collect(),
+            None => inner.by_name.keys().copied().collect(),
+        };
         let mut out = Vec::new();
-        for (l, points) in map.iter() {
-            if !fleet_rules::promql::matches(l, name, m) {
-                continue;
-            }
-            let from = points.partition_point(|&(t, _)| t <= start);
-            let to = points.partition_point(|&(t, _)| t <= end);
-            if from < to {
-                out.push(Series { labels: (**l).clone(), points: points.range(from..to).copied().collect() });
+        for n in names {
+            let Some(series) = inner.by_name.get(&n) else { continue };
+            let metric = inner.strings.resolve(n);
+            for (key, samples) in series {
+                let get = |label: &str| {
+                    if label == NAME {
+                        return Some(metric);
+                    }
+                    key.iter().find(|(k, _)| inner.strings.resolve(*k) == label).map(|&(_, v)| inner.strings.resolve(v))
+                };
+                if !fleet_rules::promql::matches_with(get, name, m) {
+                    continue;
+                }
+                let mut points = Vec::new();
+                samples.range(start, end, &inner.files, &mut points);
+                if !points.is_empty() {
+                    out.push(Series { labels: inner.labels(n, key), points });
+                }
             }
         }
         out
@@ -219,7 +390,10 @@ mod tests {
     fn the_series_limit_holds() {
         let db = Tsdb::new(3_600_000, 2);
         for i in 0..5 {
-            db.append(labels("x", &[("i", &i.to_string())]), 0, 1.0);
+            let mut l = Labels::new();
+            l.insert(NAME.into(), "x".into());
+            l.insert("i".into(), i.to_string());
+            db.append(l, 0, 1.0);
         }
         assert_eq!(db.len(), 2);
         assert_eq!(db.dropped_series(), 3);

@@ -17,9 +17,7 @@ use fleet_common::tls::{TlsMaterial, connect_coordinator};
 use fleet_proto::v1::agent_message::Msg;
 use fleet_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_proto::v1::coordinator_message::Msg as CMsg;
-use fleet_proto::v1::{
-    AgentMessage, Filesystem, Hello, HostMetrics, NetworkInterface, Report, ReportId, ServiceStatus,
-};
+use fleet_proto::v1::{AgentMessage, Hello};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -92,65 +90,12 @@ impl Stats {
     }
 }
 
-fn report(boot: u64, seq: u64, i: u64) -> Report {
-    let services = (0..5)
-        .map(|s| ServiceStatus {
-            name: format!("svc{s}"),
-            state: "running".into(),
-            healthy: true,
-            pid: 1000 + s,
-            restarts: 0,
-            uptime_seconds: seq * 5,
-            cpu_seconds: seq as f64 * 0.01,
-            memory_rss_bytes: 50 << 20,
-            version: "1.0.0".into(),
-            message: String::new(),
-            has_health_check: true,
-        })
-        .collect();
-    Report {
-        id: Some(ReportId { boot_id: boot, seq }),
-        timestamp_ms: fleet_common::now_ms(),
-        host: Some(HostMetrics {
-            cpu_usage_ratio: ((i + seq) % 100) as f64 / 100.0,
-            cpu_count: 8,
-            memory_total_bytes: 32 << 30,
-            memory_available_bytes: 20 << 30,
-            swap_total_bytes: 2 << 30,
-            swap_used_bytes: 0,
-            filesystems: ["/", "/boot", "/home", "/var"]
-                .iter()
-                .map(|m| Filesystem {
-                    mountpoint: m.to_string(),
-                    device: "/dev/sda1".into(),
-                    fstype: "ext4".into(),
-                    size_bytes: 500 << 30,
-                    avail_bytes: 200 << 30,
-                })
-                .collect(),
-            networks: ["eth0", "lo", "docker0"]
-                .iter()
-                .map(|d| NetworkInterface {
-                    device: d.to_string(),
-                    receive_bytes_total: seq * 1_000_000,
-                    transmit_bytes_total: seq * 500_000,
-                })
-                .collect(),
-            load1: 0.5,
-            load5: 0.4,
-            load15: 0.3,
-            uptime_seconds: 100_000 + seq * 5,
-        }),
-        services,
-        reports_dropped_total: 0,
-    }
-}
-
 async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, start_at: Instant, end_at: Instant) {
     tokio::time::sleep_until(start_at.into()).await;
     let name = format!("{}-{i}", args.prefix);
-    let boot: u64 = rand::random::<u64>() | 1;
-    let mut seq = 0u64;
+    let mut host = fleet_loadgen::SimHost::new(i as u64, rand::random());
+    let boot = host.boot_id();
+    let interval_s = args.report_interval.as_secs().max(1);
     // The agent's own reconnect policy: jittered exponential backoff, capped at 30s.
     let mut backoff = fleet_agent::session::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
@@ -189,9 +134,10 @@ async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, s
             tokio::select! {
                 _ = tokio::time::sleep_until(end_at.into()) => break true,
                 _ = tick.tick() => {
-                    seq += 1;
+                    let report = host.next_report(fleet_common::now_ms(), interval_s);
+                    let seq = report.id.unwrap_or_default().seq;
                     in_flight.push_back((seq, Instant::now()));
-                    if tx.send(AgentMessage { msg: Some(Msg::Report(report(boot, seq, i as u64))) }).await.is_err() {
+                    if tx.send(AgentMessage { msg: Some(Msg::Report(report)) }).await.is_err() {
                         break false;
                     }
                     stats.sent.fetch_add(1, Ordering::Relaxed);

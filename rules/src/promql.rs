@@ -896,12 +896,18 @@ fn absent_labels(e: &Expr) -> Labels {
 
 /// Whether a series with `labels` matches the selector's name and matchers.
 pub fn matches(labels: &Labels, name: Option<&str>, matchers: &Matchers) -> bool {
+    matches_with(|k| labels.get(k).map(String::as_str), name, matchers)
+}
+
+/// [`matches`] over any label lookup: `get(label)` is the label's value, `None` when absent
+/// (`__name__` included).
+pub fn matches_with<'a>(get: impl Fn(&str) -> Option<&'a str>, name: Option<&str>, matchers: &Matchers) -> bool {
     if let Some(n) = name
-        && labels.get(NAME).map(String::as_str) != Some(n)
+        && get(NAME) != Some(n)
     {
         return false;
     }
-    let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or("");
+    let get = |k: &str| get(k).unwrap_or("");
     let all = matchers.matchers.iter().all(|m| m.is_match(get(&m.name)));
     if !matchers.or_matchers.is_empty() {
         return matchers.or_matchers.iter().any(|group| group.iter().all(|m| m.is_match(get(&m.name))));

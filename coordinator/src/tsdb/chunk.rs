@@ -1,0 +1,717 @@
+//! Compressed runs of one series' samples: the timestamps as delta-of-deltas and the values as
+//! the XOR of each with the one before, after Gorilla (Pelkonen et al., VLDB 2015), the
+//! encoding Prometheus' chunks use. An agent reporting every few seconds produces timestamps
+//! whose delta-of-delta is a few milliseconds (9 bits) and values that are mostly unchanged
+//! (1 bit) or differ in a few mantissa bits, so a sample costs one or two bytes instead of 16.
+//!
+//! A [`Head`] takes samples in time order; when it holds [`CHUNK_SAMPLES`] it is sealed, and
+//! [`ChunkFiles`] moves the sealed bit stream out of memory into a segment file (as
+//! Prometheus' head does with its full chunks), keeping only where it lies and its time range.
+//! Queries read sealed chunks back with positioned reads; the page cache keeps the recent ones
+//! warm without counting against the coordinator's resident memory. The files are a cache of
+//! the report store: they are emptied at start-up, when the history is rebuilt from it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Samples per chunk before it is sealed (10 minutes at a 5 s report interval).
+pub const CHUNK_SAMPLES: u16 = 120;
+
+/// A segment file is closed for writing at this size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Appends bits to a byte vector, most significant bit first.
+#[derive(Debug, Default, Clone)]
+struct BitWriter {
+    buf: Vec<u8>,
+    /// Bits used in the last byte (0 when it is full or there is none).
+    used: u8,
+}
+
+impl BitWriter {
+    fn write_bit(&mut self, bit: bool) {
+        if self.used == 0 {
+            self.buf.push(0);
+        }
+        if bit {
+            *self.buf.last_mut().expect("a byte was pushed") |= 0x80 >> self.used;
+        }
+        self.used = (self.used + 1) % 8;
+    }
+
+    /// Writes the low `n` bits of `v` (n ≤ 64).
+    fn write_bits(&mut self, v: u64, n: u8) {
+        let mut n = n;
+        while n > 0 {
+            if self.used == 0 {
+                self.buf.push(0);
+            }
+            let free = 8 - self.used;
+            let take = free.min(n);
+            let bits = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
+            *self.buf.last_mut().expect("a byte was pushed") |= bits << (free - take);
+            self.used = (self.used + take) % 8;
+            n -= take;
+        }
+    }
+}
+
+/// Reads what [`BitWriter`] wrote.
+struct BitReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl BitReader<'_> {
+    fn read_bit(&mut self) -> bool {
+        let b = self.buf[self.pos / 8] & (0x80 >> (self.pos % 8)) != 0;
+        self.pos += 1;
+        b
+    }
+
+    fn read_bits(&mut self, n: u8) -> u64 {
+        let mut v = 0u64;
+        let mut n = n;
+        while n > 0 {
+            let off = (self.pos % 8) as u8;
+            let avail = 8 - off;
+            let take = avail.min(n);
+            let byte = self.buf[self.pos / 8];
+            let bits = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
+            v = (v << take) | u64::from(bits);
+            self.pos += usize::from(take);
+            n -= take;
+        }
+        v
+    }
+}
+
+/// Delta-of-delta buckets: (prefix bits, prefix length, payload bits).
+const DOD_BUCKETS: [(u64, u8, u8); 5] =
+    [(0b10, 2, 7), (0b110, 3, 9), (0b1110, 4, 12), (0b11110, 5, 32), (0b11111, 5, 64)];
+
+fn fits(v: i64, bits: u8) -> bool {
+    bits == 64 || (-(1i64 << (bits - 1))..(1i64 << (bits - 1))).contains(&v)
+}
+
+fn sign_extend(v: u64, bits: u8) -> i64 {
+    if bits == 64 {
+        return v as i64;
+    }
+    let shift = 64 - u32::from(bits);
+    ((v << shift) as i64) >> shift
+}
+
+/// The open chunk of a series, taking samples in time order.
+#[derive(Debug, Clone)]
+pub struct Head {
+    w: BitWriter,
+    n: u16,
+    first_t: i64,
+    last_t: i64,
+    last_delta: i64,
+    last_v: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl Head {
+    /// A chunk whose first sample is (t, v).
+    pub fn new(t: i64, v: f64) -> Head {
+        let mut w = BitWriter::default();
+        w.write_bits(v.to_bits(), 64);
+        Head { w, n: 1, first_t: t, last_t: t, last_delta: 0, last_v: v.to_bits(), leading: 0xff, trailing: 0 }
+    }
+
+    /// Rebuilds a chunk from samples in time order (at least one).
+    fn from_points(points: &[(i64, f64)]) -> Head {
+        let mut h = Head::new(points[0].0, points[0].1);
+        for &(t, v) in &points[1..] {
+            h.push(t, v);
+        }
+        h
+    }
+
+    /// Appends a sample newer than every sample in the chunk.
+    pub fn push(&mut self, t: i64, v: f64) {
+        debug_assert!(t > self.last_t, "samples go in time order");
+        let delta = t.wrapping_sub(self.last_t);
+        let dod = delta.wrapping_sub(self.last_delta);
+        if dod == 0 {
+            self.w.write_bit(false);
+        } else {
+            let &(prefix, len, bits) =
+                DOD_BUCKETS.iter().find(|&&(_, _, bits)| fits(dod, bits)).expect("the last bucket takes any value");
+            self.w.write_bits(prefix, len);
+            self.w.write_bits(dod as u64, bits);
+        }
+        let v = v.to_bits();
+        let xor = v ^ self.last_v;
+        if xor == 0 {
+            self.w.write_bit(false);
+        } else {
+            self.w.write_bit(true);
+            let leading = (xor.leading_zeros() as u8).min(31);
+            let trailing = xor.trailing_zeros() as u8;
+            if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
+                self.w.write_bit(false);
+                self.w.write_bits(xor >> self.trailing, 64 - self.leading - self.trailing);
+            } else {
+                self.w.write_bit(true);
+                let sig = 64 - leading - trailing;
+                self.w.write_bits(u64::from(leading), 5);
+                // 64 significant bits are written as 0: a 6-bit field holds 0..=63.
+                self.w.write_bits(u64::from(sig % 64), 6);
+                self.w.write_bits(xor >> trailing, sig);
+                self.leading = leading;
+                self.trailing = trailing;
+            }
+        }
+        self.last_delta = delta;
+        self.last_t = t;
+        self.last_v = v;
+        self.n += 1;
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> u16 {
+        self.n
+    }
+
+    /// Timestamp of the newest sample.
+    pub fn last_t(&self) -> i64 {
+        self.last_t
+    }
+
+    /// Timestamp of the oldest sample.
+    pub fn first_t(&self) -> i64 {
+        self.first_t
+    }
+
+    /// The samples, oldest first.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter::new(self.first_t, self.n, &self.w.buf)
+    }
+
+    /// The bit stream.
+    fn stream(&self) -> &[u8] {
+        &self.w.buf
+    }
+
+    /// Bytes this chunk holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.w.buf.capacity()
+    }
+}
+
+/// A full chunk: its time range, and its bit stream in memory or in a segment file.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    first_t: i64,
+    last_t: i64,
+    n: u16,
+    at: Place,
+}
+
+#[derive(Debug, Clone)]
+enum Place {
+    Memory(Box<[u8]>),
+    File { segment: u32, offset: u32, len: u32 },
+}
+
+impl Sealed {
+    /// Timestamp of the oldest sample.
+    pub fn first_t(&self) -> i64 {
+        self.first_t
+    }
+
+    /// Timestamp of the newest sample.
+    pub fn last_t(&self) -> i64 {
+        self.last_t
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> u16 {
+        self.n
+    }
+
+    /// Bytes this chunk holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.at {
+            Place::Memory(b) => b.len(),
+            Place::File { .. } => 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    file: File,
+    len: u64,
+    /// The newest sample of any chunk written to it: once that is past the retention, so is
+    /// everything in the file.
+    last_t: i64,
+}
+
+/// Where sealed chunks live: segment files under a directory, or memory when there is none
+/// (or when a write fails, so nothing is lost).
+#[derive(Debug, Default)]
+pub struct ChunkFiles {
+    dir: Option<PathBuf>,
+    segments: BTreeMap<u32, Segment>,
+    next: u32,
+    bytes: u64,
+    write_errors: u64,
+    read_errors: AtomicU64,
+}
+
+impl ChunkFiles {
+    /// Sealed chunks stay in memory.
+    #[cfg(test)]
+    pub fn memory() -> ChunkFiles {
+        ChunkFiles::default()
+    }
+
+    /// Sealed chunks go to segment files in `dir`, which is created, or emptied of old ones.
+    pub fn open(dir: PathBuf) -> std::io::Result<ChunkFiles> {
+        std::fs::create_dir_all(&dir)?;
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with("chunks-") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        Ok(ChunkFiles { dir: Some(dir), ..Default::default() })
+    }
+
+    /// Seals a full head: writes its stream to the newest segment, or keeps it in memory.
+    pub fn seal(&mut self, h: &Head) -> Sealed {
+        let at = match self.write(h.stream(), h.last_t()) {
+            Some(at) => at,
+            None => Place::Memory(h.stream().into()),
+        };
+        Sealed { first_t: h.first_t(), last_t: h.last_t(), n: h.len(), at }
+    }
+
+    fn write(&mut self, stream: &[u8], last_t: i64) -> Option<Place> {
+        let dir = self.dir.as_ref()?;
+        let current = self.segments.last_key_value().filter(|(_, s)| s.len < SEGMENT_BYTES).map(|(&k, _)| k);
+        let id = match current {
+            Some(id) => id,
+            None => {
+                let id = self.next;
+                let path = dir.join(format!("chunks-{id:06}"));
+                let file =
+                    match std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path) {
+                        Ok(f) => f,
+                        Err(e) => return self.failed(&e),
+                    };
+                self.next += 1;
+                self.segments.insert(id, Segment { file, len: 0, last_t });
+                id
+            }
+        };
+        let seg = self.segments.get_mut(&id).expect("just found or made");
+        if let Err(e) = (&seg.file).write_all(stream) {
+            // A short write leaves bytes nobody points at; the next chunk starts after them.
+            seg.len = seg.file.metadata().map(|m| m.len()).unwrap_or(SEGMENT_BYTES);
+            return self.failed(&e);
+        }
+        let offset = seg.len as u32;
+        seg.len += stream.len() as u64;
+        seg.last_t = seg.last_t.max(last_t);
+        self.bytes += stream.len() as u64;
+        Some(Place::File { segment: id, offset, len: stream.len() as u32 })
+    }
+
+    fn failed(&mut self, e: &std::io::Error) -> Option<Place> {
+        if self.write_errors == 0 {
+            tracing::error!(error = %e, "cannot write history chunks to disk; keeping them in memory");
+        }
+        self.write_errors += 1;
+        None
+    }
+
+    /// The samples of a sealed chunk, oldest first (none if its file cannot be read).
+    pub fn points(&self, c: &Sealed, out: &mut Vec<(i64, f64)>, keep: impl Fn(i64) -> bool) {
+        match &c.at {
+            Place::Memory(b) => out.extend(Iter::new(c.first_t, c.n, b).filter(|p| keep(p.0))),
+            &Place::File { segment, offset, len } => {
+                let mut buf = vec![0u8; len as usize];
+                let read = self.segments.get(&segment).map(|s| s.file.read_exact_at(&mut buf, u64::from(offset)));
+                match read {
+                    Some(Ok(())) => out.extend(Iter::new(c.first_t, c.n, &buf).filter(|p| keep(p.0))),
+                    _ => {
+                        if self.read_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::error!(segment, "cannot read a history chunk back from disk");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes segment files whose every chunk ends before `cutoff`.
+    pub fn trim(&mut self, cutoff: i64) {
+        let newest = self.segments.last_key_value().map(|(&k, _)| k);
+        let expired: Vec<u32> =
+            self.segments.iter().filter(|&(&k, s)| Some(k) != newest && s.last_t < cutoff).map(|(&k, _)| k).collect();
+        for k in expired {
+            if let (Some(s), Some(dir)) = (self.segments.remove(&k), &self.dir) {
+                self.bytes -= s.len.min(self.bytes);
+                let _ = std::fs::remove_file(dir.join(format!("chunks-{k:06}")));
+            }
+        }
+    }
+
+    /// Bytes in segment files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Chunks that could not be written (and stayed in memory) or read back.
+    pub fn errors(&self) -> u64 {
+        self.write_errors + self.read_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Decodes a chunk's samples, oldest first.
+pub struct Iter<'a> {
+    r: BitReader<'a>,
+    left: u16,
+    started: bool,
+    t: i64,
+    delta: i64,
+    v: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl<'a> Iter<'a> {
+    fn new(first_t: i64, n: u16, stream: &'a [u8]) -> Iter<'a> {
+        Iter {
+            r: BitReader { buf: stream, pos: 0 },
+            left: n,
+            started: false,
+            t: first_t,
+            delta: 0,
+            v: 0,
+            leading: 0,
+            trailing: 0,
+        }
+    }
+}
+
+impl Iterator for Iter<'_> {
+    type Item = (i64, f64);
+
+    fn next(&mut self) -> Option<(i64, f64)> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        if !self.started {
+            self.started = true;
+            self.v = self.r.read_bits(64);
+            return Some((self.t, f64::from_bits(self.v)));
+        }
+        let mut len = 0;
+        while len < 5 && self.r.read_bit() {
+            len += 1;
+        }
+        let dod = match len {
+            0 => 0,
+            _ => {
+                let bits = DOD_BUCKETS[len - 1].2;
+                sign_extend(self.r.read_bits(bits), bits)
+            }
+        };
+        self.delta = self.delta.wrapping_add(dod);
+        self.t = self.t.wrapping_add(self.delta);
+        if self.r.read_bit() {
+            if self.r.read_bit() {
+                self.leading = self.r.read_bits(5) as u8;
+                let sig = match self.r.read_bits(6) as u8 {
+                    0 => 64,
+                    s => s,
+                };
+                self.trailing = 64 - self.leading - sig;
+            }
+            let sig = 64 - self.leading - self.trailing;
+            self.v ^= self.r.read_bits(sig) << self.trailing;
+        }
+        Some((self.t, f64::from_bits(self.v)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::from(self.left), Some(usize::from(self.left)))
+    }
+}
+
+/// One series' samples: sealed chunks oldest first, then the open one.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    sealed: Vec<Sealed>,
+    head: Option<Head>,
+}
+
+impl Samples {
+    /// Adds a sample, keeping time order; a sample at a time already present replaces it.
+    pub fn append(&mut self, t: i64, v: f64, files: &mut ChunkFiles) {
+        match &mut self.head {
+            Some(h) if h.last_t() < t => {
+                h.push(t, v);
+                if h.len() >= CHUNK_SAMPLES {
+                    self.sealed.push(files.seal(h));
+                    self.head = None;
+                }
+            }
+            None if self.sealed.last().is_none_or(|c| c.last_t() < t) => self.head = Some(Head::new(t, v)),
+            _ => self.insert(t, v, files),
+        }
+    }
+
+    /// The slow path for a sample older than the newest: the chunk it falls in is decoded and
+    /// rebuilt (replayed reports are rare and short).
+    fn insert(&mut self, t: i64, v: f64, files: &mut ChunkFiles) {
+        let head_from = self.head.as_ref().map(Head::first_t);
+        if head_from.is_some_and(|f| f <= t) || (self.sealed.is_empty() && self.head.is_some()) {
+            let h = self.head.as_ref().expect("checked");
+            let mut points: Vec<_> = h.iter().collect();
+            put(&mut points, t, v);
+            self.head = Some(Head::from_points(&points));
+            return;
+        }
+        // The first sealed chunk that ends at or after t; or the newest sealed one if t falls
+        // between it and the head.
+        let i = self.sealed.partition_point(|c| c.last_t() < t).min(self.sealed.len() - 1);
+        let mut points = Vec::new();
+        files.points(&self.sealed[i], &mut points, |_| true);
+        put(&mut points, t, v);
+        let (a, b) = points.split_at(points.len().min(usize::from(CHUNK_SAMPLES)));
+        let mut rebuilt = vec![files.seal(&Head::from_points(a))];
+        if !b.is_empty() {
+            rebuilt.push(files.seal(&Head::from_points(b)));
+        }
+        self.sealed.splice(i..=i, rebuilt);
+    }
+
+    /// Drops every chunk whose samples all fall before `cutoff`; reports whether any is left.
+    pub fn trim(&mut self, cutoff: i64) -> bool {
+        let expired = self.sealed.partition_point(|c| c.last_t() < cutoff);
+        self.sealed.drain(..expired);
+        if self.head.as_ref().is_some_and(|h| h.last_t() < cutoff) {
+            self.head = None;
+        }
+        !self.sealed.is_empty() || self.head.is_some()
+    }
+
+    /// Samples in `(start, end]`, oldest first.
+    pub fn range(&self, start: i64, end: i64, files: &ChunkFiles, out: &mut Vec<(i64, f64)>) {
+        let from = self.sealed.partition_point(|c| c.last_t() <= start);
+        for c in &self.sealed[from..] {
+            if c.first_t() > end {
+                return;
+            }
+            files.points(c, out, |t| t > start && t <= end);
+        }
+        if let Some(h) = &self.head
+            && h.first_t() <= end
+            && h.last_t() > start
+        {
+            out.extend(h.iter().filter(|&(t, _)| t > start && t <= end));
+        }
+    }
+
+    /// Bytes held on the heap for the samples.
+    pub fn heap_bytes(&self) -> usize {
+        self.sealed.capacity() * std::mem::size_of::<Sealed>()
+            + self.sealed.iter().map(Sealed::heap_bytes).sum::<usize>()
+            + self.head.as_ref().map_or(0, Head::heap_bytes)
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.sealed.iter().map(|c| usize::from(c.len())).sum::<usize>()
+            + self.head.as_ref().map_or(0, |h| usize::from(h.len()))
+    }
+}
+
+/// Inserts (t, v) into time-ordered points, replacing a sample at the same time.
+fn put(points: &mut Vec<(i64, f64)>, t: i64, v: f64) {
+    let i = points.partition_point(|&(x, _)| x < t);
+    if points.get(i).is_some_and(|&(x, _)| x == t) {
+        points[i].1 = v;
+    } else {
+        points.insert(i, (t, v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(points: &[(i64, f64)]) {
+        let mut h = Head::new(points[0].0, points[0].1);
+        for &(t, v) in &points[1..] {
+            h.push(t, v);
+        }
+        let back: Vec<_> = h.iter().collect();
+        let mut files = ChunkFiles::memory();
+        let mut sealed = Vec::new();
+        let c = files.seal(&h);
+        files.points(&c, &mut sealed, |_| true);
+        for (got, want) in [(&back, points), (&sealed, points)] {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(g.0, w.0);
+                assert_eq!(g.1.to_bits(), w.1.to_bits(), "values come back bit for bit");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kind_of_step_comes_back_exactly() {
+        roundtrip(&[(1000, 1.0)]);
+        // Regular, jittered, long gaps, huge gaps; constant, slowly and wildly changing values,
+        // special floats.
+        let mut pts = vec![(1_700_000_000_000i64, 0.0)];
+        let steps = [5000i64, 5000, 5003, 4990, 5300, 7000, 60_000, 1, 9_000_000_000, 5000, 5000];
+        let values = [0.0, 0.5, 0.51, f64::NAN, f64::INFINITY, -0.0, 1e300, 42.0, 42.0, f64::MIN_POSITIVE, -3.25];
+        for (s, v) in steps.iter().zip(values) {
+            let t = pts.last().unwrap().0 + s;
+            pts.push((t, v));
+        }
+        roundtrip(&pts);
+        let stale = f64::from_bits(fleet_rules::promql::STALE_NAN_BITS);
+        roundtrip(&[(0, 1.0), (1, stale), (2, 1.0), (i64::MAX / 2, 5.0)]);
+    }
+
+    #[test]
+    fn a_realistic_series_compresses_to_a_few_bits_a_sample() {
+        let mut h = Head::new(0, 0.0);
+        let mut x = 12345u64;
+        for i in 1..CHUNK_SAMPLES as i64 {
+            // ±3 ms of jitter, a counter growing by a few thousand a sample.
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            h.push(i * 5000 + (x >> 62) as i64 - 1, (i * 4096 + (x >> 52) as i64) as f64);
+        }
+        let bytes = ChunkFiles::memory().seal(&h).heap_bytes();
+        assert!(bytes < usize::from(CHUNK_SAMPLES) * 6, "{bytes} bytes for {CHUNK_SAMPLES} samples");
+    }
+
+    #[test]
+    fn samples_out_of_order_land_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = ChunkFiles::open(dir.path().join("history")).unwrap();
+        let mut s = Samples::default();
+        let n = 3 * i64::from(CHUNK_SAMPLES);
+        // Every other sample first, then the rest, newest first: most go through insert.
+        for t in (0..n).filter(|t| t % 2 == 0) {
+            s.append(t * 10, t as f64, &mut files);
+        }
+        for t in (0..n).filter(|t| t % 2 == 1).rev() {
+            s.append(t * 10, t as f64, &mut files);
+        }
+        s.append(50, -1.0, &mut files); // replaces sample 5
+        let mut out = Vec::new();
+        s.range(-1, i64::MAX, &files, &mut out);
+        assert_eq!(out.len(), n as usize);
+        assert!(out.windows(2).all(|w| w[0].0 < w[1].0), "time order");
+        assert_eq!(out[5], (50, -1.0));
+        assert_eq!(out[7], (70, 7.0));
+        assert_eq!(s.len(), n as usize);
+        out.clear();
+        s.range(100, 200, &files, &mut out);
+        assert_eq!(out.first().unwrap().0, 110, "start is exclusive");
+        assert_eq!(out.last().unwrap().0, 200, "end is inclusive");
+    }
+
+    #[test]
+    fn random_appends_agree_with_a_sorted_map() {
+        let mut x = 7u64;
+        let mut rand = move |n: u64| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for _ in 0..20 {
+            let mut files = ChunkFiles::memory();
+            let mut s = Samples::default();
+            let mut model = std::collections::BTreeMap::new();
+            let mut now = 0i64;
+            for _ in 0..1500 {
+                // Mostly in order; sometimes a late sample, sometimes a duplicate time.
+                let t = match rand(10) {
+                    0 => now - rand(4000) as i64,
+                    1 => now,
+                    _ => {
+                        now += 1 + rand(10) as i64;
+                        now
+                    }
+                };
+                let v = match rand(3) {
+                    0 => 1.0,
+                    1 => rand(1000) as f64 / 7.0,
+                    _ => t as f64,
+                };
+                s.append(t, v, &mut files);
+                model.insert(t, v);
+            }
+            let cutoff = rand(now as u64) as i64;
+            s.trim(cutoff);
+            let end = now - rand(100) as i64;
+            let start = (cutoff + rand(100) as i64).min(end);
+            let mut got = Vec::new();
+            s.range(start, end, &files, &mut got);
+            let want: Vec<_> = model.range(..=end).filter(|&(&t, _)| t > start).map(|(&t, &v)| (t, v)).collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn trim_drops_whole_expired_chunks_only() {
+        let mut files = ChunkFiles::memory();
+        let mut s = Samples::default();
+        for t in 0..(2 * i64::from(CHUNK_SAMPLES) + 10) {
+            s.append(t, 1.0, &mut files);
+        }
+        assert!(s.trim(i64::from(CHUNK_SAMPLES) + 5));
+        assert_eq!(s.len(), i64::from(CHUNK_SAMPLES) as usize + 10, "the first chunk went, the second stays whole");
+        assert!(!s.trim(i64::MAX));
+    }
+
+    #[test]
+    fn sealed_chunks_live_in_segment_files_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("history");
+        std::fs::create_dir_all(&history).unwrap();
+        std::fs::write(history.join("chunks-000007"), b"left by an earlier run").unwrap();
+        let mut files = ChunkFiles::open(history.clone()).unwrap();
+        assert!(!history.join("chunks-000007").exists(), "old segments are removed at start-up");
+        let mut s = Samples::default();
+        let n = 5 * i64::from(CHUNK_SAMPLES);
+        for t in 0..n {
+            s.append(t * 1000, (t * t) as f64, &mut files);
+        }
+        assert_eq!(
+            s.heap_bytes() - s.sealed.capacity() * std::mem::size_of::<Sealed>(),
+            s.head.as_ref().map_or(0, Head::heap_bytes),
+            "sealed chunks hold no sample bytes in memory"
+        );
+        assert!(files.disk_bytes() > 0);
+        let mut out = Vec::new();
+        s.range(-1, i64::MAX, &files, &mut out);
+        assert_eq!(out.len(), n as usize);
+        assert!(out.iter().all(|&(t, v)| v == ((t / 1000) * (t / 1000)) as f64));
+        // Everything expires: the segment being written stays, older ones go.
+        s.trim(i64::MAX);
+        files.trim(i64::MAX);
+        let left = std::fs::read_dir(&history).unwrap().count();
+        assert!(left <= 1, "{left} segment files left");
+        assert_eq!(files.errors(), 0);
+    }
+}
