@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out_dir.join("fleet_v1_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
     Ok(())

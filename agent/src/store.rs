@@ -96,6 +96,10 @@ pub enum Opened {
     MovedAside(PathBuf),
 }
 
+/// sled's page cache (its default is 1 GiB): the agent appends to its outbox and reads it back
+/// once, so a small cache is enough and keeps the agent's memory small whatever the outbox holds.
+const CACHE_BYTES: u64 = 4 << 20;
+
 fn id_of(r: &Report) -> (u64, u64) {
     r.id.as_ref().map(|i| (i.boot_id, i.seq)).unwrap_or_default()
 }
@@ -103,7 +107,9 @@ fn id_of(r: &Report) -> (u64, u64) {
 fn open_db(path: &Path) -> Result<sled::Db, String> {
     let p = path.to_path_buf();
     // sled panics on some kinds of damage instead of returning an error; treat both alike.
-    match std::panic::catch_unwind(move || sled::Config::new().path(p).flush_every_ms(Some(1000)).open()) {
+    match std::panic::catch_unwind(move || {
+        sled::Config::new().path(p).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open()
+    }) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the store panicked while opening".to_string()),

@@ -17,6 +17,11 @@ use fleet_proto::v1::Report;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+/// sled's page cache (its default is 1 GiB). The store is written far more than read: reads
+/// happen at start-up and for `fleetctl host`/`list_reports`, queries use the history in
+/// [`crate::tsdb`], so a small cache costs little and keeps the coordinator's memory bounded.
+const CACHE_BYTES: u64 = 64 << 20;
+
 /// Newest stored sequence number of one agent run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootMark {
@@ -184,7 +189,9 @@ impl Store {
         let path = data_dir.join("store");
         let open_err = |reason: String| StoreError::Open { path: path.clone(), reason };
         let p = path.clone();
-        let db = match std::panic::catch_unwind(move || sled::Config::new().path(p).flush_every_ms(Some(1000)).open()) {
+        let db = match std::panic::catch_unwind(move || {
+            sled::Config::new().path(p).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open()
+        }) {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
                 let s = e.to_string();

@@ -21,6 +21,10 @@ use crate::metrics::{HOST_GAUGES, SERVICE};
 /// Series kept at most, whatever the retention.
 pub const DEFAULT_MAX_SERIES: usize = 200_000;
 
+/// Hash maps keyed by interned ids and label strings: foldhash is several times faster than
+/// SipHash on these short keys and still seeded per process.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// An interned string.
 type Sym = u32;
 
@@ -31,7 +35,7 @@ type Key = Box<[(Sym, Sym)]>;
 /// host repeats `host="…"`, every series of a metric its name).
 #[derive(Debug, Default)]
 struct Interner {
-    ids: HashMap<Arc<str>, Sym>,
+    ids: Map<Arc<str>, Sym>,
     strings: Vec<Arc<str>>,
 }
 
@@ -60,20 +64,18 @@ impl Interner {
 #[derive(Debug, Default)]
 struct Inner {
     strings: Interner,
-    by_name: HashMap<Sym, HashMap<Key, chunk::Samples>>,
+    by_name: Map<Sym, Map<Key, chunk::Samples>>,
     series: usize,
+    /// The key being looked up.
+    scratch: Vec<(Sym, Sym)>,
     files: chunk::ChunkFiles,
     /// Samples before this time are past the retention, even where their chunk is still kept.
     cutoff_ms: i64,
 }
 
 impl Inner {
-    /// The interned key of `pairs`, if every string is known (a series with an unknown string
-    /// cannot exist yet).
-    fn lookup(&self, pairs: &[(&str, &str)]) -> Option<Key> {
-        pairs.iter().map(|(k, v)| Some((self.strings.get(k)?, self.strings.get(v)?))).collect()
-    }
-
+    /// The samples of the series `name{pairs}`, created if the series limit allows. Finding an
+    /// existing series allocates nothing: the key is built in a reused buffer.
     fn samples_mut(
         &mut self,
         name: &str,
@@ -81,22 +83,27 @@ impl Inner {
         max_series: usize,
     ) -> Option<(&mut chunk::Samples, &mut chunk::ChunkFiles)> {
         pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let known = self.strings.get(name).zip(self.lookup(pairs));
-        let exists = known.as_ref().is_some_and(|(n, k)| self.by_name.get(n).is_some_and(|m| m.contains_key(k)));
-        if !exists && self.series >= max_series {
+        self.scratch.clear();
+        let mut known = self.strings.get(name);
+        for (k, v) in pairs.iter() {
+            match (self.strings.get(k), self.strings.get(v)) {
+                (Some(k), Some(v)) => self.scratch.push((k, v)),
+                _ => known = None,
+            }
+        }
+        if let Some(n) = known
+            && self.by_name.get(&n).is_some_and(|m| m.contains_key(self.scratch.as_slice()))
+        {
+            let samples =
+                self.by_name.get_mut(&n).and_then(|m| m.get_mut(self.scratch.as_slice())).expect("just found");
+            return Some((samples, &mut self.files));
+        }
+        if self.series >= max_series {
             return None;
         }
-        let (n, key) = match known {
-            Some(nk) => nk,
-            None => {
-                let n = self.strings.intern(name);
-                let key = pairs.iter().map(|(k, v)| (self.strings.intern(k), self.strings.intern(v))).collect();
-                (n, key)
-            }
-        };
-        if !exists {
-            self.series += 1;
-        }
+        let n = self.strings.intern(name);
+        let key: Key = pairs.iter().map(|(k, v)| (self.strings.intern(k), self.strings.intern(v))).collect();
+        self.series += 1;
         Some((self.by_name.entry(n).or_default().entry(key).or_default(), &mut self.files))
     }
 
@@ -119,7 +126,7 @@ impl Inner {
         let by_name = std::mem::take(&mut self.by_name);
         for (n, series) in by_name {
             let n = self.strings.intern(old.resolve(n));
-            let m: HashMap<Key, chunk::Samples> = series
+            let m: Map<Key, chunk::Samples> = series
                 .into_iter()
                 .map(|(key, s)| {
                     let key = key
