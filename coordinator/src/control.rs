@@ -43,6 +43,8 @@ pub const MAX_LIST_REPORTS: usize = 100_000;
 /// The ControlService implementation.
 #[derive(Clone)]
 pub struct ControlApi {
+    /// The durable store, for the reports of one host.
+    pub store: crate::store::Store,
     /// Cluster state.
     pub registry: Arc<Registry>,
     /// Self metrics.
@@ -96,6 +98,15 @@ fn offline_error(host: &Host) -> Status {
 }
 
 impl ControlApi {
+    /// Reads a host's stored reports off the async threads.
+    async fn host_reports(&self, host: &str, since_ms: i64, limit: usize) -> Result<crate::store::HostReports, Status> {
+        let (store, host) = (self.store.clone(), host.to_string());
+        tokio::task::spawn_blocking(move || store.host_reports(&host, since_ms, limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("cannot read the report store: {e}")))
+    }
+
     fn host(&self, name: &str) -> Result<Arc<Host>, Status> {
         self.registry.get(name).ok_or_else(|| {
             Status::not_found(format!(
@@ -117,7 +128,7 @@ impl ControlApi {
             Submitted::Done(u) => return Ok(u),
             Submitted::Joined(rx) => rx,
             Submitted::New(rx) => {
-                if queue.try_send(command).is_err() {
+                if queue.try_send(Box::new(command)).is_err() {
                     self.hub.abandon(&id);
                     return Err(Status::unavailable(format!(
                         "{} is not accepting commands right now; retry",
@@ -174,8 +185,12 @@ impl ControlService for ControlApi {
     async fn get_host(&self, req: Request<GetHostRequest>) -> Result<Response<GetHostResponse>, Status> {
         let t = Instant::now();
         let host = self.host(&req.get_ref().name)?;
-        let (n, oldest) = host.with(|s| (s.history.len(), s.history.iter().map(|h| h.2).min().unwrap_or(0)));
-        let resp = GetHostResponse { host: Some(host.summary()), history_reports: n as u64, history_oldest_ms: oldest };
+        let held = self.host_reports(&host.name, i64::MIN, 0).await?;
+        let resp = GetHostResponse {
+            host: Some(host.summary()),
+            history_reports: held.count,
+            history_oldest_ms: held.oldest_ms,
+        };
         Ok(self.timed(t, Response::new(resp)))
     }
 
@@ -184,7 +199,16 @@ impl ControlService for ControlApi {
         let r = req.get_ref();
         let host = self.host(&r.host)?;
         let limit = if r.limit == 0 { MAX_LIST_REPORTS } else { (r.limit as usize).min(MAX_LIST_REPORTS) };
-        let reports = host.reports(r.since_ms, limit);
+        let reports = self
+            .host_reports(&host.name, r.since_ms, limit)
+            .await?
+            .newest
+            .into_iter()
+            .map(|r| fleet_proto::v1::StoredReport {
+                id: Some(fleet_proto::v1::ReportId { boot_id: r.boot_id, seq: r.seq }),
+                timestamp_ms: r.timestamp_ms,
+            })
+            .collect();
         Ok(self.timed(t, Response::new(ListReportsResponse { reports })))
     }
 
@@ -254,7 +278,7 @@ impl ControlService for ControlApi {
                     return Err(Status::internal(format!("cannot write the audit log, the command was not sent: {e}")));
                 }
                 tracing::info!(%who, host = %r.host, service = %r.service, action = name, command_id = %id, "service command");
-                if queue.try_send(command).is_err() {
+                if queue.try_send(Box::new(command)).is_err() {
                     self.hub.abandon(&id);
                     let msg = format!(
                         "{} is not accepting commands right now (its queue is full or its session just ended); retry",
@@ -338,7 +362,7 @@ impl ControlService for ControlApi {
                 })),
                 ..Default::default()
             };
-            if queue.try_send(command).is_err() {
+            if queue.try_send(Box::new(command)).is_err() {
                 self.hub.remove_logs(&id);
                 continue;
             }
@@ -367,7 +391,7 @@ impl ControlService for ControlApi {
                         action: Some(CmdAction::Cancel(CancelCommand { command_id: id })),
                         ..Default::default()
                     };
-                    let _ = queue.try_send(cancel);
+                    let _ = queue.try_send(Box::new(cancel));
                 }
             });
         }

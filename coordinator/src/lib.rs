@@ -301,6 +301,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         tsdb: tsdb.clone(),
     };
     let control_api = control::ControlApi {
+        store: store.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
         sessions: sessions.clone(),

@@ -358,7 +358,7 @@ impl Rollouts {
             Submitted::Done(u) => return Ok(u),
             Submitted::Joined(rx) => rx,
             Submitted::New(rx) => {
-                if queue.try_send(command).is_err() {
+                if queue.try_send(Box::new(command)).is_err() {
                     self.hub.abandon(&id);
                     return Err(format!("{host} is not accepting commands right now"));
                 }

@@ -64,7 +64,7 @@ pub struct AgentApi {
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    type AttachStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+    type AttachStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
     type FetchArtifactStream = ReceiverStream<Result<ArtifactChunk, Status>>;
 
     async fn fetch_artifact(
@@ -138,8 +138,23 @@ impl AgentService for AgentApi {
         }
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let api = self.clone();
-        tokio::spawn(async move { api.session(hello, peer, inbound, tx).await });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(async move { api.session(hello, peer, inbound, Outbound(tx)).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|m| *m))))
+    }
+}
+
+/// The queue of messages to one agent. Its entries are boxed: a tokio channel allocates its
+/// slots 32 at a time, and 32 unboxed `Result<CoordinatorMessage, Status>` are 5 KiB per
+/// session before anything is sent.
+struct Outbound(mpsc::Sender<Box<Result<CoordinatorMessage, Status>>>);
+
+impl Outbound {
+    async fn send(&self, m: Result<CoordinatorMessage, Status>) -> Result<(), ()> {
+        self.0.send(Box::new(m)).await.map_err(drop)
+    }
+
+    fn try_send(&self, m: Result<CoordinatorMessage, Status>) -> Result<(), ()> {
+        self.0.try_send(Box::new(m)).map_err(drop)
     }
 }
 
@@ -158,13 +173,7 @@ enum Inbound {
 }
 
 impl AgentApi {
-    async fn session(
-        self,
-        hello: Hello,
-        peer: String,
-        mut inbound: Streaming<AgentMessage>,
-        tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
-    ) {
+    async fn session(self, hello: Hello, peer: String, mut inbound: Streaming<AgentMessage>, tx: Outbound) {
         let now = fleet_common::now_ms();
         let (host, handle, mut commands) = self.registry.attach(&hello, &peer, now, &self.shutdown);
         self.sessions.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +223,7 @@ impl AgentApi {
                     }
                 }
                 Some(cmd) = commands.recv() => {
-                    if tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Command(cmd)) })).is_err() {
+                    if tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Command(*cmd)) })).is_err() {
                         break ("the agent is not reading its session".to_string(), None);
                     }
                 }
@@ -271,14 +280,7 @@ impl AgentApi {
         self.end(&host, handle.generation, &reason, status, &tx).await;
     }
 
-    async fn end(
-        &self,
-        host: &Arc<Host>,
-        generation: u64,
-        reason: &str,
-        status: Option<Status>,
-        tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
-    ) {
+    async fn end(&self, host: &Arc<Host>, generation: u64, reason: &str, status: Option<Status>, tx: &Outbound) {
         if let Some(s) = status {
             let _ = tx.try_send(Err(s));
         }

@@ -168,10 +168,21 @@ pub struct LoadedReport {
 pub struct LoadedHost {
     /// The persisted record.
     pub record: HostRecord,
-    /// Reports within the retention window, oldest first.
-    pub reports: Vec<LoadedReport>,
+    /// Reports held within the retention window.
+    pub held: u64,
     /// The newest report, decoded.
     pub latest: Option<Report>,
+}
+
+/// What [`Store::host_reports`] found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HostReports {
+    /// Reports of the host held.
+    pub count: u64,
+    /// When the oldest was taken (0 if none).
+    pub oldest_ms: i64,
+    /// The newest ones asked for, oldest first.
+    pub newest: std::collections::VecDeque<LoadedReport>,
 }
 
 /// One write of a group commit.
@@ -230,7 +241,7 @@ impl Store {
         let mut latest_key: std::collections::HashMap<String, sled::IVec> = Default::default();
         for item in self.tree.scan_prefix(b"r") {
             let (k, _) = item.map_err(|e| open_err(e.to_string()))?;
-            let (name, ts, boot_id, seq) =
+            let (name, ts, _, _) =
                 parse_report_key(&k).ok_or_else(|| open_err(format!("malformed report key {k:?}")))?;
             if ts < since_ms {
                 expired.remove(k);
@@ -241,7 +252,7 @@ impl Store {
                 record: HostRecord { name: name.clone(), ..Default::default() },
                 ..Default::default()
             });
-            h.reports.push(LoadedReport { boot_id, seq, timestamp_ms: ts });
+            h.held += 1;
             latest_key.insert(name, k);
         }
         for (name, k) in latest_key {
@@ -293,6 +304,31 @@ impl Store {
         self.tree.apply_batch(batch).map_err(|e| self.io(e))?;
         self.db.flush().map_err(|e| self.io(e))?;
         Ok(())
+    }
+
+    /// How many reports of `host` are held, the oldest one's time, and the newest `limit` taken
+    /// at or after `since_ms`, oldest first (read from the store: the coordinator keeps no index
+    /// of stored reports in memory).
+    pub fn host_reports(&self, host: &str, since_ms: i64, limit: usize) -> Result<HostReports, StoreError> {
+        let start = report_key(host, i64::MIN, 0, 0);
+        let mut end = start[..host.len() + 1].to_vec();
+        end.push(1);
+        let mut out = HostReports::default();
+        for item in self.tree.range(start..end) {
+            let (k, _) = item.map_err(|e| self.io(e))?;
+            let Some((_, ts, boot_id, seq)) = parse_report_key(&k) else { continue };
+            if out.count == 0 {
+                out.oldest_ms = ts;
+            }
+            out.count += 1;
+            if ts >= since_ms && limit > 0 {
+                if out.newest.len() == limit {
+                    out.newest.pop_front();
+                }
+                out.newest.push_back(LoadedReport { boot_id, seq, timestamp_ms: ts });
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes `host`'s reports taken before `before_ms`; returns how many.
@@ -432,8 +468,15 @@ mod tests {
         let h = &hosts[0];
         assert_eq!(h.record.last_stored(), Some(BootMark { boot_id: 7, seq: 4 }));
         assert!(h.record.has_stored(7, 3) && !h.record.has_stored(7, 5) && !h.record.has_stored(8, 1));
-        let seqs: Vec<_> = h.reports.iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, [3, 4], "seq 1 was trimmed, seq 2 is older than the window");
+        assert_eq!(h.held, 2, "seq 1 was trimmed, seq 2 is older than the window");
+        let found = s.host_reports("pc2", 0, 10).unwrap();
+        let seqs: Vec<_> = found.newest.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!((found.count, found.oldest_ms), (2, 3000));
+        let newest = s.host_reports("pc2", 0, 1).unwrap();
+        assert_eq!(newest.newest.iter().map(|r| r.seq).collect::<Vec<_>>(), [4], "the limit keeps the newest");
+        assert_eq!(s.host_reports("pc2", 3500, 10).unwrap().newest.len(), 1, "since_ms filters");
+        assert_eq!(s.host_reports("pc", 0, 10).unwrap().count, 0, "another host's reports are not counted");
         assert_eq!(h.latest.as_ref().unwrap().timestamp_ms, 4000);
     }
 

@@ -13,7 +13,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::registry::{Host, MAX_INDEXED_REPORTS};
+use crate::registry::Host;
 use crate::store::{HostRecord, Store, Write};
 
 /// Most operations in one group commit.
@@ -198,18 +198,12 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
     for p in pending {
         if p.outcome == Stored::New {
             metrics.reports_stored.inc();
-            let id = p.report.id.unwrap_or_default();
             let ts = p.report.timestamp_ms;
             if ts >= cutoff {
                 tsdb.append_report(&p.host.name, &p.report);
             }
             p.host.with(|s| {
-                if ts >= cutoff {
-                    s.history.push_back((id.boot_id, id.seq, ts));
-                    if s.history.len() > MAX_INDEXED_REPORTS {
-                        s.history.pop_front();
-                    }
-                }
+                s.held += 1;
                 if s.latest.as_ref().is_none_or(|l| l.timestamp_ms <= ts) {
                     s.latest = Some(p.report.clone());
                 }
@@ -241,15 +235,13 @@ pub async fn retention_loop(
         let cutoff = now - retention.as_millis() as i64;
         tsdb.trim(now);
         for host in registry.all() {
-            host.with(|s| {
-                while s.history.front().is_some_and(|&(_, _, ts)| ts < cutoff) {
-                    s.history.pop_front();
-                }
-            });
             let store = store.clone();
             let name = host.name.clone();
             match tokio::task::spawn_blocking(move || store.trim(&name, cutoff)).await {
-                Ok(Ok(n)) if n > 0 => tracing::debug!(host = %host.name, reports = n, "trimmed history"),
+                Ok(Ok(n)) if n > 0 => {
+                    host.with(|s| s.held = s.held.saturating_sub(n as u64));
+                    tracing::debug!(host = %host.name, reports = n, "trimmed history");
+                }
                 Ok(Err(e)) => tracing::warn!(host = %host.name, error = %e, "cannot trim history"),
                 _ => {}
             }
