@@ -29,13 +29,15 @@ pub struct LogFile {
     max_bytes: u64,
     backups: u32,
     inner: Mutex<Inner>,
-    live: broadcast::Sender<LogLine>,
 }
 
 #[derive(Debug)]
 struct Inner {
     file: Option<File>,
     size: u64,
+    /// Lines for followers; made by the first follower and dropped once none is left (a
+    /// channel's buffer is allocated up front: [`FOLLOW_BUFFER`] lines for every service).
+    live: Option<broadcast::Sender<LogLine>>,
 }
 
 /// Cuts `text` to at most [`MAX_LINE`] bytes on a character boundary.
@@ -75,14 +77,12 @@ impl LogFile {
         let path = dir.join(format!("{service}.log"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        let (live, _) = broadcast::channel(FOLLOW_BUFFER);
         Ok(Arc::new(LogFile {
             service: service.to_string(),
             path,
             max_bytes,
             backups,
-            inner: Mutex::new(Inner { file: Some(file), size }),
-            live,
+            inner: Mutex::new(Inner { file: Some(file), size, live: None }),
         }))
     }
 
@@ -134,14 +134,19 @@ impl LogFile {
             Ok(()) => inner.size += line.len() as u64,
             Err(e) => tracing::warn!(service = %self.service, error = %e, "cannot write the service log"),
         }
-        // Followers see the line once it is in the file; no follower is fine.
-        let _ = self.live.send(LogLine {
-            service: self.service.clone(),
-            timestamp_ms: now,
-            stream: stream.to_string(),
-            line: text.to_string(),
-            host: String::new(),
-        });
+        // Followers see the line once it is in the file.
+        if inner.live.as_ref().is_some_and(|l| l.receiver_count() == 0) {
+            inner.live = None;
+        }
+        if let Some(live) = &inner.live {
+            let _ = live.send(LogLine {
+                service: self.service.clone(),
+                timestamp_ms: now,
+                stream: stream.to_string(),
+                line: text.to_string(),
+                host: String::new(),
+            });
+        }
     }
 
     fn tail_locked(&self, n: usize) -> Vec<LogLine> {
@@ -177,8 +182,8 @@ impl LogFile {
     /// The newest `n` lines and a receiver of every line written after them: taken under the
     /// writer's lock, so nothing is missed or repeated between the two.
     pub fn follow(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
-        let _guard = self.inner.lock().expect("log lock");
-        let rx = self.live.subscribe();
+        let mut inner = self.inner.lock().expect("log lock");
+        let rx = inner.live.get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0).subscribe();
         (self.tail_locked(n), rx)
     }
 
@@ -251,5 +256,18 @@ mod tests {
         for i in 0..10 {
             assert_eq!(rx.recv().await.unwrap().line, format!("after {i}"));
         }
+        // A second follower sees what comes after it joined; once every follower has left,
+        // nothing is buffered for followers, and a new one starts afresh.
+        let (_, mut rx2) = log.follow(0);
+        log.write("stdout", "both");
+        assert_eq!(rx.recv().await.unwrap().line, "both");
+        assert_eq!(rx2.recv().await.unwrap().line, "both");
+        drop((rx, rx2));
+        log.write("stdout", "nobody");
+        assert!(log.inner.lock().unwrap().live.is_none(), "no follower, no follow buffer");
+        let (tail, mut rx3) = log.follow(1);
+        assert_eq!(tail[0].line, "nobody");
+        log.write("stdout", "again");
+        assert_eq!(rx3.recv().await.unwrap().line, "again");
     }
 }
