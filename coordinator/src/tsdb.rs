@@ -19,7 +19,7 @@ use promql_parser::label::Matchers;
 use crate::metrics::{HOST_GAUGES, SERVICE};
 
 /// Series kept at most, whatever the retention.
-pub const DEFAULT_MAX_SERIES: usize = 200_000;
+pub const DEFAULT_MAX_SERIES: usize = 1_000_000;
 
 /// Hash maps keyed by interned ids and label strings: foldhash is several times faster than
 /// SipHash on these short keys and still seeded per process.
@@ -298,9 +298,10 @@ impl Tsdb {
         let inner = self.read();
         let mut f = Footprint {
             series: inner.series,
+            sample_bytes: inner.files.memory_bytes(),
             disk_bytes: inner.files.disk_bytes(),
             chunk_errors: inner.files.errors(),
-            ..Default::default()
+            samples: 0,
         };
         for s in inner.by_name.values().flat_map(|m| m.values()) {
             f.samples += s.len();

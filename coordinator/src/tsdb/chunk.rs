@@ -33,9 +33,18 @@ struct BitWriter {
 }
 
 impl BitWriter {
+    /// Starts a new byte. The buffer grows 32 bytes at a time, not by doubling: an open chunk
+    /// lives for 120 samples, and every series has one.
+    fn push_byte(&mut self) {
+        if self.buf.len() == self.buf.capacity() {
+            self.buf.reserve_exact(32);
+        }
+        self.buf.push(0);
+    }
+
     fn write_bit(&mut self, bit: bool) {
         if self.used == 0 {
-            self.buf.push(0);
+            self.push_byte();
         }
         if bit {
             *self.buf.last_mut().expect("a byte was pushed") |= 0x80 >> self.used;
@@ -48,7 +57,7 @@ impl BitWriter {
         let mut n = n;
         while n > 0 {
             if self.used == 0 {
-                self.buf.push(0);
+                self.push_byte();
             }
             let free = 8 - self.used;
             let take = free.min(n);
@@ -208,19 +217,28 @@ impl Head {
     }
 }
 
-/// A full chunk: its time range, and its bit stream in memory or in a segment file.
-#[derive(Debug, Clone)]
+/// A full chunk: its time range, and where its bit stream lies. 24 bytes: a series holds one
+/// for every 120 samples of its retention.
+#[derive(Debug, Clone, Copy)]
 pub struct Sealed {
     first_t: i64,
-    last_t: i64,
+    /// `last_t - first_t`; a chunk never spans more (see [`fits_span`]).
+    span: u32,
+    /// A segment file, or [`MEMORY`].
+    segment: u32,
+    /// Byte offset in the segment, or the id of a chunk kept in memory.
+    offset: u32,
+    /// Bytes of the stream.
+    bytes: u16,
     n: u16,
-    at: Place,
 }
 
-#[derive(Debug, Clone)]
-enum Place {
-    Memory(Box<[u8]>),
-    File { segment: u32, offset: u32, len: u32 },
+/// The `segment` of a chunk kept in memory (no history directory, or a failed write).
+const MEMORY: u32 = u32::MAX;
+
+/// Whether a sample at `t` may join a chunk that starts at `first_t`.
+fn fits_span(first_t: i64, t: i64) -> bool {
+    t.checked_sub(first_t).is_some_and(|d| u32::try_from(d).is_ok())
 }
 
 impl Sealed {
@@ -231,20 +249,12 @@ impl Sealed {
 
     /// Timestamp of the newest sample.
     pub fn last_t(&self) -> i64 {
-        self.last_t
+        self.first_t + i64::from(self.span)
     }
 
     /// Number of samples.
     pub fn len(&self) -> u16 {
         self.n
-    }
-
-    /// Bytes this chunk holds on the heap.
-    pub fn heap_bytes(&self) -> usize {
-        match &self.at {
-            Place::Memory(b) => b.len(),
-            Place::File { .. } => 0,
-        }
     }
 }
 
@@ -264,6 +274,10 @@ pub struct ChunkFiles {
     dir: Option<PathBuf>,
     segments: BTreeMap<u32, Segment>,
     next: u32,
+    /// Chunks kept in memory, by id: (newest sample, stream).
+    memory: BTreeMap<u32, (i64, Box<[u8]>)>,
+    next_memory: u32,
+    memory_bytes: usize,
     bytes: u64,
     write_errors: u64,
     read_errors: AtomicU64,
@@ -290,14 +304,39 @@ impl ChunkFiles {
 
     /// Seals a full head: writes its stream to the newest segment, or keeps it in memory.
     pub fn seal(&mut self, h: &Head) -> Sealed {
-        let at = match self.write(h.stream(), h.last_t()) {
+        let stream = h.stream();
+        debug_assert!(h.len() <= CHUNK_SAMPLES && fits_span(h.first_t(), h.last_t()));
+        let (segment, offset) = match self.write(stream, h.last_t()) {
             Some(at) => at,
-            None => Place::Memory(h.stream().into()),
+            None => {
+                let id = self.next_memory;
+                self.next_memory = self.next_memory.wrapping_add(1);
+                self.memory_bytes += stream.len();
+                self.memory.insert(id, (h.last_t(), stream.into()));
+                (MEMORY, id)
+            }
         };
-        Sealed { first_t: h.first_t(), last_t: h.last_t(), n: h.len(), at }
+        Sealed {
+            first_t: h.first_t(),
+            span: (h.last_t() - h.first_t()) as u32,
+            segment,
+            offset,
+            bytes: stream.len() as u16,
+            n: h.len(),
+        }
     }
 
-    fn write(&mut self, stream: &[u8], last_t: i64) -> Option<Place> {
+    /// Forgets a chunk that was replaced (segment files keep the bytes until they expire).
+    pub fn release(&mut self, c: &Sealed) {
+        if c.segment == MEMORY
+            && let Some((_, b)) = self.memory.remove(&c.offset)
+        {
+            self.memory_bytes -= b.len();
+        }
+    }
+
+    /// Appends a stream to the newest segment: (segment, offset).
+    fn write(&mut self, stream: &[u8], last_t: i64) -> Option<(u32, u32)> {
         let dir = self.dir.as_ref()?;
         let current = self.segments.last_key_value().filter(|(_, s)| s.len < SEGMENT_BYTES).map(|(&k, _)| k);
         let id = match current {
@@ -325,10 +364,10 @@ impl ChunkFiles {
         seg.len += stream.len() as u64;
         seg.last_t = seg.last_t.max(last_t);
         self.bytes += stream.len() as u64;
-        Some(Place::File { segment: id, offset, len: stream.len() as u32 })
+        Some((id, offset))
     }
 
-    fn failed(&mut self, e: &std::io::Error) -> Option<Place> {
+    fn failed(&mut self, e: &std::io::Error) -> Option<(u32, u32)> {
         if self.write_errors == 0 {
             tracing::error!(error = %e, "cannot write history chunks to disk; keeping them in memory");
         }
@@ -338,24 +377,26 @@ impl ChunkFiles {
 
     /// The samples of a sealed chunk, oldest first (none if its file cannot be read).
     pub fn points(&self, c: &Sealed, out: &mut Vec<(i64, f64)>, keep: impl Fn(i64) -> bool) {
-        match &c.at {
-            Place::Memory(b) => out.extend(Iter::new(c.first_t, c.n, b).filter(|p| keep(p.0))),
-            &Place::File { segment, offset, len } => {
-                let mut buf = vec![0u8; len as usize];
-                let read = self.segments.get(&segment).map(|s| s.file.read_exact_at(&mut buf, u64::from(offset)));
-                match read {
-                    Some(Ok(())) => out.extend(Iter::new(c.first_t, c.n, &buf).filter(|p| keep(p.0))),
-                    _ => {
-                        if self.read_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                            tracing::error!(segment, "cannot read a history chunk back from disk");
-                        }
-                    }
+        if c.segment == MEMORY {
+            if let Some((_, b)) = self.memory.get(&c.offset) {
+                out.extend(Iter::new(c.first_t, c.n, b).filter(|p| keep(p.0)));
+            }
+            return;
+        }
+        let mut buf = vec![0u8; usize::from(c.bytes)];
+        let read = self.segments.get(&c.segment).map(|s| s.file.read_exact_at(&mut buf, u64::from(c.offset)));
+        match read {
+            Some(Ok(())) => out.extend(Iter::new(c.first_t, c.n, &buf).filter(|p| keep(p.0))),
+            _ => {
+                if self.read_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::error!(segment = c.segment, "cannot read a history chunk back from disk");
                 }
             }
         }
     }
 
-    /// Deletes segment files whose every chunk ends before `cutoff`.
+    /// Deletes segment files, and forgets chunks kept in memory, whose every sample is older
+    /// than `cutoff`.
     pub fn trim(&mut self, cutoff: i64) {
         let newest = self.segments.last_key_value().map(|(&k, _)| k);
         let expired: Vec<u32> =
@@ -366,6 +407,20 @@ impl ChunkFiles {
                 let _ = std::fs::remove_file(dir.join(format!("chunks-{k:06}")));
             }
         }
+        let mut freed = 0;
+        self.memory.retain(|_, (last_t, b)| {
+            let keep = *last_t >= cutoff;
+            if !keep {
+                freed += b.len();
+            }
+            keep
+        });
+        self.memory_bytes -= freed;
+    }
+
+    /// Bytes of chunks kept in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 
     /// Bytes in segment files.
@@ -462,11 +517,21 @@ pub struct Samples {
 impl Samples {
     /// Adds a sample, keeping time order; a sample at a time already present replaces it.
     pub fn append(&mut self, t: i64, v: f64, files: &mut ChunkFiles) {
+        if let Some(h) = &self.head
+            && h.last_t() < t
+            && !fits_span(h.first_t(), t)
+        {
+            // Over 49 days since the chunk began: it ends here.
+            let sealed = files.seal(h);
+            self.push_sealed(sealed);
+            self.head = None;
+        }
         match &mut self.head {
             Some(h) if h.last_t() < t => {
                 h.push(t, v);
                 if h.len() >= CHUNK_SAMPLES {
-                    self.sealed.push(files.seal(h));
+                    let sealed = files.seal(h);
+                    self.push_sealed(sealed);
                     self.head = None;
                 }
             }
@@ -475,15 +540,30 @@ impl Samples {
         }
     }
 
+    fn push_sealed(&mut self, c: Sealed) {
+        // Exactly as many slots as chunks: a series holds a few for its whole life.
+        self.sealed.reserve_exact(1);
+        self.sealed.push(c);
+    }
+
     /// The slow path for a sample older than the newest: the chunk it falls in is decoded and
     /// rebuilt (replayed reports are rare and short).
     fn insert(&mut self, t: i64, v: f64, files: &mut ChunkFiles) {
         let head_from = self.head.as_ref().map(Head::first_t);
         if head_from.is_some_and(|f| f <= t) || (self.sealed.is_empty() && self.head.is_some()) {
-            let h = self.head.as_ref().expect("checked");
+            let h = self.head.take().expect("checked");
             let mut points: Vec<_> = h.iter().collect();
             put(&mut points, t, v);
-            self.head = Some(Head::from_points(&points));
+            let (mut full, rest) = chunk_points(&points);
+            let open = (rest.len() < usize::from(CHUNK_SAMPLES)).then_some(rest);
+            if open.is_none() {
+                full.push(rest);
+            }
+            for c in full {
+                let sealed = files.seal(&Head::from_points(c));
+                self.push_sealed(sealed);
+            }
+            self.head = open.map(Head::from_points);
             return;
         }
         // The first sealed chunk that ends at or after t; or the newest sealed one if t falls
@@ -492,11 +572,10 @@ impl Samples {
         let mut points = Vec::new();
         files.points(&self.sealed[i], &mut points, |_| true);
         put(&mut points, t, v);
-        let (a, b) = points.split_at(points.len().min(usize::from(CHUNK_SAMPLES)));
-        let mut rebuilt = vec![files.seal(&Head::from_points(a))];
-        if !b.is_empty() {
-            rebuilt.push(files.seal(&Head::from_points(b)));
-        }
+        files.release(&self.sealed[i]);
+        let (full, rest) = chunk_points(&points);
+        let rebuilt: Vec<Sealed> =
+            full.into_iter().chain(Some(rest)).map(|c| files.seal(&Head::from_points(c))).collect();
         self.sealed.splice(i..=i, rebuilt);
     }
 
@@ -529,9 +608,7 @@ impl Samples {
 
     /// Bytes held on the heap for the samples.
     pub fn heap_bytes(&self) -> usize {
-        self.sealed.capacity() * std::mem::size_of::<Sealed>()
-            + self.sealed.iter().map(Sealed::heap_bytes).sum::<usize>()
-            + self.head.as_ref().map_or(0, Head::heap_bytes)
+        self.sealed.capacity() * std::mem::size_of::<Sealed>() + self.head.as_ref().map_or(0, Head::heap_bytes)
     }
 
     /// Number of samples.
@@ -539,6 +616,23 @@ impl Samples {
         self.sealed.iter().map(|c| usize::from(c.len())).sum::<usize>()
             + self.head.as_ref().map_or(0, |h| usize::from(h.len()))
     }
+}
+
+/// A sample: (time in ms, value).
+type Point = (i64, f64);
+
+/// Splits time-ordered points (at least one) into full chunks and a last, possibly shorter, one:
+/// at most [`CHUNK_SAMPLES`] each, none spanning more than [`fits_span`] allows.
+fn chunk_points(points: &[Point]) -> (Vec<&[Point]>, &[Point]) {
+    let mut full = Vec::new();
+    let mut start = 0;
+    for i in 1..points.len() {
+        if i - start == usize::from(CHUNK_SAMPLES) || !fits_span(points[start].0, points[i].0) {
+            full.push(&points[start..i]);
+            start = i;
+        }
+    }
+    (full, &points[start..])
 }
 
 /// Inserts (t, v) into time-ordered points, replacing a sample at the same time.
@@ -563,8 +657,12 @@ mod tests {
         let back: Vec<_> = h.iter().collect();
         let mut files = ChunkFiles::memory();
         let mut sealed = Vec::new();
-        let c = files.seal(&h);
-        files.points(&c, &mut sealed, |_| true);
+        if fits_span(h.first_t(), h.last_t()) {
+            let c = files.seal(&h);
+            files.points(&c, &mut sealed, |_| true);
+        } else {
+            sealed.clone_from(&back);
+        }
         for (got, want) in [(&back, points), (&sealed, points)] {
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(want) {
@@ -600,7 +698,9 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             h.push(i * 5000 + (x >> 62) as i64 - 1, (i * 4096 + (x >> 52) as i64) as f64);
         }
-        let bytes = ChunkFiles::memory().seal(&h).heap_bytes();
+        let mut files = ChunkFiles::memory();
+        files.seal(&h);
+        let bytes = files.memory_bytes();
         assert!(bytes < usize::from(CHUNK_SAMPLES) * 6, "{bytes} bytes for {CHUNK_SAMPLES} samples");
     }
 
@@ -670,6 +770,23 @@ mod tests {
             let want: Vec<_> = model.range(..=end).filter(|&(&t, _)| t > start).map(|(&t, &v)| (t, v)).collect();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn a_chunk_never_spans_more_than_its_header_can_say() {
+        let mut files = ChunkFiles::memory();
+        let mut s = Samples::default();
+        let day = 86_400_000i64;
+        let times = [0, 1000, 60 * day, 60 * day + 1000, 200 * day, 10, 100 * day];
+        for (i, &t) in times.iter().enumerate() {
+            s.append(t, i as f64, &mut files);
+        }
+        let mut out = Vec::new();
+        s.range(-1, i64::MAX, &files, &mut out);
+        let mut want: Vec<_> = times.iter().enumerate().map(|(i, &t)| (t, i as f64)).collect();
+        want.sort_by_key(|p| p.0);
+        assert_eq!(out, want);
+        assert!(s.sealed.iter().all(|c| c.last_t() - c.first_t() <= i64::from(u32::MAX)));
     }
 
     #[test]
