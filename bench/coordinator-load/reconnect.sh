@@ -8,7 +8,7 @@
 set -euo pipefail
 N=${1:-10000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-(cd "$ROOT" && cargo build --release --bins -q)
+[ -n "${NOBUILD:-}" ] || (cd "$ROOT" && cargo build --release --bins -q)
 BIN=$ROOT/target/release
 ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d)

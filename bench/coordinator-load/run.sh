@@ -20,7 +20,7 @@ DURATION=${DURATION:-60s}
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000 5000 10000)
 mkdir -p "$OUT"
-(cd "$ROOT" && cargo build --release --bins -q)
+[ -n "${NOBUILD:-}" ] || (cd "$ROOT" && cargo build --release --bins -q)
 BIN=$ROOT/target/release
 ulimit -n "$(ulimit -Hn)"  # every agent is one socket on each side
 

@@ -131,7 +131,12 @@ pub struct Head {
 impl Head {
     /// A chunk whose first sample is (t, v).
     pub fn new(t: i64, v: f64) -> Head {
-        let mut w = BitWriter::default();
+        Head::with_capacity(t, v, 0)
+    }
+
+    /// A chunk whose first sample is (t, v), with room for `bytes` of stream.
+    pub fn with_capacity(t: i64, v: f64, bytes: usize) -> Head {
+        let mut w = BitWriter { buf: Vec::with_capacity(bytes), used: 0 };
         w.write_bits(v.to_bits(), 64);
         Head { w, n: 1, first_t: t, last_t: t, last_delta: 0, last_v: v.to_bits(), leading: 0xff, trailing: 0 }
     }
@@ -535,7 +540,12 @@ impl Samples {
                     self.head = None;
                 }
             }
-            None if self.sealed.last().is_none_or(|c| c.last_t() < t) => self.head = Some(Head::new(t, v)),
+            None if self.sealed.last().is_none_or(|c| c.last_t() < t) => {
+                // A series' chunks are much alike: room for as much as the last one took, so
+                // the buffer is allocated once instead of grown (and fragmented) 32 bytes at a time.
+                let room = self.sealed.last().map_or(0, |c| usize::from(c.bytes) + 8);
+                self.head = Some(Head::with_capacity(t, v, room));
+            }
             _ => self.insert(t, v, files),
         }
     }
