@@ -59,13 +59,11 @@ struct Stats {
     errors: AtomicU64,
     connect_failures: AtomicU64,
     connected: AtomicU64,
-    /// Ack latencies in microseconds (bounded: at most 4 million kept).
-    latencies: std::sync::Mutex<Vec<u32>>,
+    /// Ack latencies.
+    latencies: std::sync::Mutex<fleet_loadgen::Histogram>,
     /// Reports sent before this are not in the percentiles.
     measure_from: std::sync::OnceLock<Instant>,
 }
-
-const MAX_LATENCIES: usize = 4_000_000;
 
 impl Stats {
     /// Retires every in-flight report up to `acked` and records its latency,
@@ -84,8 +82,8 @@ impl Stats {
         }
         self.acked.fetch_add(n, Ordering::Relaxed);
         let mut l = self.latencies.lock().expect("stats lock");
-        if l.len() < MAX_LATENCIES {
-            l.extend(lat);
+        for us in lat {
+            l.record(us);
         }
     }
 }
@@ -174,14 +172,6 @@ async fn agent(i: usize, args: Arc<Args>, tls: TlsMaterial, stats: Arc<Stats>, s
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
 fn main() -> ExitCode {
     let args = Arc::new(Args::parse());
     let ca = std::fs::read_to_string(args.pki.join("ca.pem"));
@@ -242,15 +232,14 @@ fn main() -> ExitCode {
         };
         while tasks.join_next().await.is_some() {}
         progress.abort();
-        let mut l = std::mem::take(&mut *stats.latencies.lock().expect("stats lock"));
-        l.sort_unstable();
+        let l = std::mem::take(&mut *stats.latencies.lock().expect("stats lock"));
         let out = serde_json::json!({
             "agents": args.agents,
-            "latency_samples": l.len(),
+            "latency_samples": l.count(),
             "reports_sent": stats.sent.load(Ordering::Relaxed),
             "reports_acked": stats.acked.load(Ordering::Relaxed),
-            "ack_p50_ms": percentile(&l, 0.5),
-            "ack_p99_ms": percentile(&l, 0.99),
+            "ack_p50_ms": l.quantile_ms(0.5),
+            "ack_p99_ms": l.quantile_ms(0.99),
             "errors": stats.errors.load(Ordering::Relaxed),
             "connect_failures": stats.connect_failures.load(Ordering::Relaxed),
         });
