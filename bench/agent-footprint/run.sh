@@ -5,6 +5,9 @@
 # memory (average and peak) of each.
 #
 #   bench/agent-footprint/run.sh [SECONDS]        default 600 (10 minutes)
+#
+# NOBUILD=1 reuses the release binaries; AGENT_WRAPPER runs the agent under a profiler
+# (bench/profile/agent-callgrind.sh uses it).
 set -euo pipefail
 
 SECONDS_TOTAL=${1:-600}
@@ -66,7 +69,7 @@ interval = "5s"
 EOF
   done
 } > "$WORK/agent.toml"
-RUST_LOG=warn "$BIN/fleet-agent" run --config "$WORK/agent.toml" 2>"$WORK/agent.log" &
+RUST_LOG=warn ${AGENT_WRAPPER:-} "$BIN/fleet-agent" run --config "$WORK/agent.toml" 2>"$WORK/agent.log" &
 AGENT=$!
 NE_PORT=$(port)
 prometheus-node-exporter --web.listen-address="127.0.0.1:$NE_PORT" >"$WORK/node-exporter.log" 2>&1 &

@@ -6,6 +6,8 @@
 #   bench/coordinator-load/run.sh [N...]              default: 1000 5000 10000
 #   INTERVAL=5s DURATION=60s WARMUP=10s bench/coordinator-load/run.sh 2000   (WARMUP: leave the first
 #   seconds after the connection ramp out of the latency percentiles)
+#   NOBUILD=1 reuses the release binaries. Every minute of the run, the coordinator's RSS and
+#   the history's series and bytes on disk are appended to $OUT/memory-N.tsv.
 #
 # For each N it prints one Markdown row: coordinator CPU (cores, averaged over the run) and
 # peak RSS, ack latency p50/p99, reports sent/acked, errors, the store's write rate, the time
@@ -66,6 +68,19 @@ EOF
   "$BIN/fleet-loadgen" --addr "https://$GRPC" --pki "$WORK/pki" --agents "$N" \
     --report-interval "$INTERVAL" --duration "$DURATION" --warmup "${WARMUP:-0s}" > "$OUT/loadgen-$N.json" 2> "$OUT/loadgen-$N.log" &
   LG=$!
+  (
+    t=0
+    echo -e "minute\trss_mib\thistory_series\thistory_disk_mib" > "$OUT/memory-$N.tsv"
+    while kill -0 "$LG" 2>/dev/null; do
+      m=$(curl -s "http://$HTTP/metrics")
+      series=$(awk '/^fleet_coordinator_history_series / { print $2 }' <<<"$m")
+      disk=$(awk '/^fleet_coordinator_history_disk_bytes / { printf "%.0f", $2 / 1048576 }' <<<"$m")
+      echo -e "$t\t$(( $(awk '/VmRSS/ { print $2 }' "/proc/$COORD/status") / 1024 ))\t$series\t$disk" >> "$OUT/memory-$N.tsv"
+      t=$((t + 1))
+      sleep 60
+    done
+  ) &
+  MEM=$!
   # Scrape /metrics once the load is on (after the ramp), and time it.
   sleep "$(( ${INTERVAL%s} + 5 ))"
   scrape=$(curl -s -o "$OUT/metrics-$N.txt" -w '%{time_total}' "http://$HTTP/metrics")
@@ -73,6 +88,7 @@ EOF
   stored0=$(awk '/^fleet_coordinator_reports_stored_total/ { print $2 }' "$OUT/metrics-$N.txt")
   w0=$(date +%s.%N)
   wait "$LG"
+  kill "$MEM" 2>/dev/null || true
   t1=$(cpu_ticks "$COORD"); s1=$(date +%s.%N)
   # The load generator has just closed every session: time until every host is offline.
   d0=$(date +%s.%N)

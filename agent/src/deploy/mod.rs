@@ -33,6 +33,16 @@ use crate::supervisor::{Action, Supervisor};
 /// The largest artifact an agent fetches.
 pub const MAX_ARTIFACT_BYTES: u64 = 2 << 30;
 
+/// Attempts at fetching an artifact when the connection fails (a coordinator restarting
+/// mid-deploy): 1 + 2 + 4 + 8 s of waiting in all.
+const FETCH_ATTEMPTS: u32 = 5;
+
+/// Why a fetch failed: worth another attempt, or not.
+enum Fetch {
+    Transient(String),
+    Fatal(String),
+}
+
 /// How long a switched-to release must prove itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Probation {
@@ -331,46 +341,79 @@ impl Deployer {
         self.store.releases(service).map(|s| s.to_proto()).map_err(|e| (e.to_string(), Vec::new()))
     }
 
+    /// Fetches an artifact from the coordinator, retrying what a coordinator restart or a
+    /// dropped connection causes ([`FETCH_ATTEMPTS`] attempts, 1 s apart and doubling); a
+    /// missing artifact, a wrong size or digest, or a local error fails at once.
     async fn fetch(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
+        let mut delay = std::time::Duration::from_secs(1);
+        for attempt in 1.. {
+            match self.fetch_once(sha256, size).await {
+                Err(Fetch::Transient(e)) if attempt < FETCH_ATTEMPTS => {
+                    tracing::warn!(artifact = %sha256, attempt, error = %e, "artifact fetch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(Fetch::Transient(e) | Fetch::Fatal(e)) => return Err(e),
+                Ok(p) => return Ok(p),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn fetch_once(&self, sha256: &str, size: u64) -> Result<PathBuf, Fetch> {
+        let transient = |s: tonic::Status, what: &str| {
+            let msg = format!("{what} {sha256}: {}", s.message());
+            match s.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Aborted
+                | tonic::Code::ResourceExhausted => Fetch::Transient(msg),
+                _ => Fetch::Fatal(msg),
+            }
+        };
         if size > MAX_ARTIFACT_BYTES {
-            return Err(format!(
+            return Err(Fetch::Fatal(format!(
                 "the artifact is {}, over this agent's limit of {}",
                 fleet_common::human_bytes(size),
                 fleet_common::human_bytes(MAX_ARTIFACT_BYTES)
-            ));
+            )));
         }
-        std::fs::create_dir_all(&self.artifacts).map_err(|e| io("cannot create", &self.artifacts, e))?;
+        std::fs::create_dir_all(&self.artifacts).map_err(|e| Fetch::Fatal(io("cannot create", &self.artifacts, e)))?;
         let dest = self.artifacts.join(format!("{sha256}.tar.gz"));
         let partial = self.artifacts.join(format!("{sha256}.partial"));
-        let channel = connect_coordinator(&self.coordinator, &self.tls).await.map_err(|e| e.to_string())?;
+        let channel = connect_coordinator(&self.coordinator, &self.tls)
+            .await
+            .map_err(|e| Fetch::Transient(format!("cannot fetch artifact {sha256}: {e}")))?;
         let mut stream = AgentServiceClient::new(channel)
             .fetch_artifact(FetchArtifactRequest { sha256: sha256.to_string() })
             .await
-            .map_err(|s| format!("cannot fetch artifact {sha256}: {}", s.message()))?
+            .map_err(|s| transient(s, "cannot fetch artifact"))?
             .into_inner();
-        let mut file = std::fs::File::create(&partial).map_err(|e| io("cannot create", &partial, e))?;
+        let mut file = std::fs::File::create(&partial).map_err(|e| Fetch::Fatal(io("cannot create", &partial, e)))?;
         let mut hasher = sha2::Sha256::new();
         let mut got = 0u64;
         while let Some(chunk) =
-            stream.message().await.map_err(|s| format!("fetching artifact {sha256}: {}", s.message()))?
+            stream.message().await.map_err(|s| transient(s, "fetching artifact"))?
         {
             got += chunk.data.len() as u64;
             if got > size.max(1) {
                 let _ = std::fs::remove_file(&partial);
-                return Err(format!("artifact {sha256} is larger than announced ({size} bytes)"));
+                return Err(Fetch::Fatal(format!("artifact {sha256} is larger than announced ({size} bytes)")));
             }
             hasher.update(&chunk.data);
-            file.write_all(&chunk.data).map_err(|e| io("cannot write", &partial, e))?;
+            file.write_all(&chunk.data).map_err(|e| Fetch::Fatal(io("cannot write", &partial, e)))?;
         }
-        file.sync_all().map_err(|e| io("cannot sync", &partial, e))?;
+        file.sync_all().map_err(|e| Fetch::Fatal(io("cannot sync", &partial, e)))?;
         let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if digest != sha256 {
             let _ = std::fs::remove_file(&partial);
-            return Err(format!(
+            return Err(Fetch::Fatal(format!(
                 "sha256 mismatch: expected {sha256}, the fetched artifact has {digest}; nothing was unpacked"
-            ));
+            )));
         }
-        std::fs::rename(&partial, &dest).map_err(|e| io("cannot rename", &partial, e))?;
+        std::fs::rename(&partial, &dest).map_err(|e| Fetch::Fatal(io("cannot rename", &partial, e)))?;
         Ok(dest)
     }
 
