@@ -394,9 +394,7 @@ impl Deployer {
         let mut file = std::fs::File::create(&partial).map_err(|e| Fetch::Fatal(io("cannot create", &partial, e)))?;
         let mut hasher = sha2::Sha256::new();
         let mut got = 0u64;
-        while let Some(chunk) =
-            stream.message().await.map_err(|s| transient(s, "fetching artifact"))?
-        {
+        while let Some(chunk) = stream.message().await.map_err(|s| transient(s, "fetching artifact"))? {
             got += chunk.data.len() as u64;
             if got > size.max(1) {
                 let _ = std::fs::remove_file(&partial);
