@@ -121,15 +121,13 @@ async fn sample_up(
         }
         let now = fleet_common::now_ms();
         for h in registry.all() {
-            tsdb.append(tsdb::up_labels(&h.name), now, if h.online() { 1.0 } else { 0.0 });
+            tsdb.append_sample(tsdb::UP, &mut [("host", &h.name)], now, if h.online() { 1.0 } else { 0.0 });
         }
         // The coordinator's own rollout results, so rules can alert on rolled-back rollouts.
         let counts = rollouts.counts.by_result.lock().expect("counts lock").clone();
         for result in ["succeeded", "failed", "rolled_back", "aborted"] {
-            let mut l = fleet_rules::promql::Labels::new();
-            l.insert(fleet_rules::promql::NAME.into(), "fleet_rollouts_total".into());
-            l.insert("result".into(), result.into());
-            tsdb.append(l, now, counts.get(result).copied().unwrap_or(0) as f64);
+            let n = counts.get(result).copied().unwrap_or(0) as f64;
+            tsdb.append_sample("fleet_rollouts_total", &mut [("result", result)], now, n);
         }
     }
 }

@@ -288,7 +288,7 @@ impl AgentApi {
         if self.registry.detach(host, generation, reason, now) {
             self.hub.host_gone(&host.name);
             // Rules see the host down at once, not at the next up sample.
-            self.tsdb.append(crate::tsdb::up_labels(&host.name), now, 0.0);
+            self.tsdb.append_sample(crate::tsdb::UP, &mut [("host", &host.name)], now, 0.0);
             tracing::info!(host = %host.name, %reason, "agent offline");
             self.writer.save_host(host.clone()).await;
         } else {

@@ -150,19 +150,14 @@ pub struct Tsdb {
     dropped_series: AtomicU64,
 }
 
-/// The labels of `fleet_agent_up` for `host`.
-pub fn up_labels(host: &str) -> Labels {
-    let mut l = Labels::new();
-    l.insert(NAME.into(), "fleet_agent_up".into());
-    l.insert("host".into(), host.into());
-    l
-}
+/// The metric that says whether a host's agent is up.
+pub const UP: &str = "fleet_agent_up";
 
 /// Calls `f(name, labels, value)` for every sample one report carries.
 pub fn report_samples(host: &str, r: &Report, mut f: impl FnMut(&str, &mut [(&str, &str)], f64)) {
     // A report is proof of life at the time it was taken (offline hosts get their 0s from the
     // up sampler).
-    f("fleet_agent_up", &mut [("host", host)], 1.0);
+    f(UP, &mut [("host", host)], 1.0);
     f("fleet_agent_reports_dropped_total", &mut [("host", host)], r.reports_dropped_total as f64);
     if let Some(m) = &r.host {
         for (name, _, get) in HOST_GAUGES {
@@ -242,6 +237,11 @@ impl Tsdb {
         let mut pairs: Vec<(&str, &str)> =
             labels.iter().filter(|(k, _)| k.as_str() != NAME).map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.append_locked(&mut self.write(), name, &mut pairs, t, v);
+    }
+
+    /// Adds a sample of `name{pairs}` (any order) without building a label map.
+    pub fn append_sample(&self, name: &str, pairs: &mut [(&str, &str)], t: i64, v: f64) {
+        self.append_locked(&mut self.write(), name, pairs, t, v);
     }
 
     /// Adds every sample of a report, under one lock.

@@ -346,18 +346,19 @@ impl Deployer {
     /// missing artifact, a wrong size or digest, or a local error fails at once.
     async fn fetch(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
         let mut delay = std::time::Duration::from_secs(1);
-        for attempt in 1.. {
+        let mut attempt = 1;
+        loop {
             match self.fetch_once(sha256, size).await {
                 Err(Fetch::Transient(e)) if attempt < FETCH_ATTEMPTS => {
                     tracing::warn!(artifact = %sha256, attempt, error = %e, "artifact fetch failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
+                    attempt += 1;
                 }
                 Err(Fetch::Transient(e) | Fetch::Fatal(e)) => return Err(e),
                 Ok(p) => return Ok(p),
             }
         }
-        unreachable!("the loop returns")
     }
 
     async fn fetch_once(&self, sha256: &str, size: u64) -> Result<PathBuf, Fetch> {
