@@ -169,7 +169,7 @@ impl ControlService for ControlApi {
             hosts_offline: offline as u32,
             sessions: self.sessions.load(Ordering::Relaxed) as u32,
             reports_stored: self.metrics.reports_stored.get(),
-            history_reports: self.registry.history_len() as u64,
+            history_reports: self.store.reports_held(),
             history_retention_seconds: self.retention.as_secs(),
             trust_domain: self.trust_domain.clone(),
         };

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub tsdb: Arc<crate::tsdb::Tsdb>,
     /// Rules and alerts.
     pub alerting: Arc<crate::alerting::Alerting>,
+    /// The store, for its size.
+    pub store: crate::store::Store,
 }
 
 /// The routes.
@@ -53,6 +55,7 @@ pub fn router(state: HttpState) -> Router {
 async fn metrics(State(s): State<HttpState>) -> Response {
     let mut text = crate::metrics::render(&s.registry, &s.metrics, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
     crate::metrics::render_rollouts(&mut text, &s.rollouts);
+    crate::metrics::render_store(&mut text, &s.store);
     crate::metrics::render_alerting(&mut text, &s.alerting, &s.tsdb);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

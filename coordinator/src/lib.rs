@@ -196,25 +196,26 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let trust_domain = tls.identity().trust_domain.clone();
     let started_at_ms = fleet_common::now_ms();
 
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open(&config.data_dir, config.retention)?;
     let since = started_at_ms - config.retention.as_millis() as i64;
-    let loaded = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.load(since)).await.map_err(|e| RunError::Serve(e.to_string()))??
-    };
-    let registry = Arc::new(Registry::from_loaded(loaded));
     let history_dir = config.data_dir.join("history");
     let tsdb = tsdb::Tsdb::on_disk(history_dir.clone(), config.retention.as_millis() as i64, config.max_series)
         .map_err(|e| RunError::Setup(format!("cannot use {} for the history: {e}", history_dir.display())))?;
     let tsdb = Arc::new(tsdb);
-    {
+    let loaded = {
         let (store, db) = (store.clone(), tsdb.clone());
-        let n = tokio::task::spawn_blocking(move || store.replay_reports(since, |host, r| db.append_report(host, r)))
+        tokio::task::spawn_blocking(move || store.load(since, |host, r| db.append_report(host, r)))
             .await
-            .map_err(|e| RunError::Serve(e.to_string()))??;
-        tracing::info!(reports = n, series = tsdb.len(), "loaded the history into series");
-    }
-    tracing::info!(hosts = registry.len(), reports = registry.history_len(), store = %store.path().display(), "loaded the store");
+            .map_err(|e| RunError::Serve(e.to_string()))??
+    };
+    let registry = Arc::new(Registry::from_loaded(loaded));
+    tracing::info!(
+        hosts = registry.len(),
+        reports = store.reports_held(),
+        series = tsdb.len(),
+        store = %store.path().display(),
+        "loaded the store and the history"
+    );
 
     let audit = audit::AuditLog::open(&config.data_dir)
         .map_err(|e| RunError::Setup(format!("cannot open the audit log in {}: {e}", config.data_dir.display())))?;
@@ -258,7 +259,6 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(writer::retention_loop(
         store.clone(),
-        registry.clone(),
         tsdb.clone(),
         config.retention,
         Duration::from_secs(30),
@@ -338,6 +338,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         rollouts: rollouts.clone(),
         tsdb: tsdb.clone(),
         alerting: alerting.clone(),
+        store: store.clone(),
     };
     let http_server =
         axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -394,8 +394,6 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
         }
         e.sample(name, labels, c.get() as f64);
     }
-    e.family("fleet_coordinator_history_reports", "gauge", "Reports held in the history window.");
-    e.sample("fleet_coordinator_history_reports", &[], registry.history_len() as f64);
     e.histogram(
         "fleet_coordinator_store_write_duration_seconds",
         "Time to write and flush one group commit.",
@@ -406,6 +404,16 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
         "Time to answer one operator API call.",
         &m.control_seconds,
     );
+}
+
+/// Appends what the store holds: reports in the history window and the report log's size.
+pub fn render_store(out: &mut String, store: &crate::store::Store) {
+    let mut e = Exposition { out: std::mem::take(out) };
+    e.family("fleet_coordinator_history_reports", "gauge", "Reports held in the history window.");
+    e.sample("fleet_coordinator_history_reports", &[], store.reports_held() as f64);
+    e.family("fleet_coordinator_report_log_bytes", "gauge", "Bytes of the report log's segment files.");
+    e.sample("fleet_coordinator_report_log_bytes", &[], store.reports_disk_bytes() as f64);
+    *out = e.out;
 }
 
 /// Appends `fleet_alerts_firing{alertname,severity}`, the notification counters and the size

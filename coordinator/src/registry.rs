@@ -1,5 +1,5 @@
-//! The cluster state in memory: every host ever seen, whether its session is up, its newest
-//! report and the index of its reports in the history window.
+//! The cluster state in memory: every host ever seen, whether its session is up, and its
+//! newest report.
 //!
 //! There is no global lock on the report path: the host map is behind a read-mostly `RwLock`
 //! (written only when a host is seen for the first time), and each host has its own mutex,
@@ -32,9 +32,6 @@ pub struct HostState {
     pub session: Option<SessionHandle>,
     /// The newest stored report.
     pub latest: Option<Arc<Report>>,
-    /// Reports of this host in the store (the reports themselves are read from the store when
-    /// asked for: an in-memory index cost 24 bytes a report, 170 MiB an hour at 10,000 agents).
-    pub held: u64,
 }
 
 /// The session currently attached for a host.
@@ -122,10 +119,7 @@ impl Registry {
             let mut map = reg.hosts.write().expect("registry lock");
             for l in loaded {
                 let host = Host::new(l.record.name.clone(), l.record);
-                host.with(|s| {
-                    s.held = l.held;
-                    s.latest = l.latest.map(Arc::new);
-                });
+                host.with(|s| s.latest = l.latest.map(Arc::new));
                 map.insert(host.name.clone(), Arc::new(host));
             }
         }
@@ -230,10 +224,5 @@ impl Registry {
     /// The command queue of `host`'s current session, if it is online.
     pub fn command_sender(&self, host: &Host) -> Option<mpsc::Sender<Box<Command>>> {
         host.with(|s| s.session.as_ref().map(|h| h.commands.clone()))
-    }
-
-    /// Reports indexed in memory, over all hosts.
-    pub fn history_len(&self) -> usize {
-        self.all().iter().map(|h| h.with(|s| s.held as usize)).sum()
     }
 }

@@ -1,27 +1,35 @@
-//! The coordinator's durable store (sled), and the only module that knows its keys and schema.
+//! The coordinator's durable store, and the only module that knows its files, keys and schema.
 //!
-//! One tree, `cluster`, so a group commit is a single atomic batch:
-//! - `h<name>` → JSON [`HostRecord`]: what the coordinator knows of a host, including the
-//!   newest stored sequence number of each recent agent run (for de-duplication).
-//! - `r<name>\0<ts:8><boot:8><seq:8>` (big-endian) → a protobuf `Report`, at the time the agent
-//!   took it. Host names cannot contain `\0`, so a host's reports form one contiguous range.
+//! Reports go to the report log ([`reports`]): append-only segment files under
+//! `data_dir/reports`, group-committed, read back once at start-up and deleted whole past the
+//! retention. Everything else is small and changes rarely, and lives in sled (`data_dir/store`),
+//! one tree, `cluster`:
+//! - `h<name>` → JSON [`HostRecord`]: what the coordinator knows of a host, saved when its agent
+//!   says hello and when its session ends. Its de-duplication marks and newest report time move
+//!   on with every report; at start-up they are taken from the report log, which holds every
+//!   report the saved record may not know of.
 //! - `o<id>` → JSON `rollouts::RolloutRecord`, saved after every step of a rollout.
 //! - `a<rule file>\0<group>` → JSON alert state of a rule group, saved after every evaluation.
 //!
-//! Reports older than the retention are deleted by [`Store::trim`]. A store that cannot be
-//! opened is never silently replaced: the coordinator refuses to start and says how to recover.
+//! A store that cannot be opened is never silently replaced: the coordinator refuses to start
+//! and says how to recover.
 
+pub mod reports;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use fleet_proto::v1::Report;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-/// sled's page cache (its default is 1 GiB). The store is written far more than read: reads
-/// happen at start-up and for `fleetctl host`/`list_reports`, queries use the history in
-/// [`crate::tsdb`], so a small cache costs little. sled's memory is several times this figure
-/// under a heavy write load: at 10,000 agents, 8 MiB instead of 64 MiB saved ~120 MiB after
-/// 8 minutes (docs/benchmarks.md).
+pub use reports::Record;
+use reports::{LogError, ReportLog};
+
+/// sled's page cache (its default is 1 GiB). sled holds only host records, rollouts and alert
+/// state, read at start-up and written a few times a minute.
 const CACHE_BYTES: u64 = 8 << 20;
 
 /// Newest stored sequence number of one agent run.
@@ -114,24 +122,13 @@ pub struct Store {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    reports: Arc<ReportLog>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
     }
-}
-
-/// A report key.
-pub fn report_key(host: &str, timestamp_ms: i64, boot_id: u64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(host.len() + 26);
-    k.push(b'r');
-    k.extend_from_slice(host.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&(timestamp_ms.max(0) as u64).to_be_bytes());
-    k.extend_from_slice(&boot_id.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
 }
 
 fn host_key(name: &str) -> Vec<u8> {
@@ -141,8 +138,9 @@ fn host_key(name: &str) -> Vec<u8> {
     k
 }
 
-/// A parsed report key: (host, timestamp, boot, seq).
-fn parse_report_key(k: &[u8]) -> Option<(String, i64, u64, u64)> {
+/// A report key of fleet 0.1's sled store, `r<name>\0<ts:8><boot:8><seq:8>`, parsed:
+/// (host, timestamp, boot, seq). Such reports are moved to the report log at start-up.
+fn parse_legacy_report_key(k: &[u8]) -> Option<(String, i64, u64, u64)> {
     let rest = k.strip_prefix(b"r")?;
     let nul = rest.iter().position(|&b| b == 0)?;
     let (name, tail) = rest.split_at(nul);
@@ -168,10 +166,9 @@ pub struct LoadedReport {
 /// Everything loaded at start-up for one host.
 #[derive(Debug, Default)]
 pub struct LoadedHost {
-    /// The persisted record.
+    /// The persisted record, with the de-duplication marks and newest report time the report
+    /// log adds to it.
     pub record: HostRecord,
-    /// Reports held within the retention window.
-    pub held: u64,
     /// The newest report, decoded.
     pub latest: Option<Report>,
 }
@@ -187,18 +184,10 @@ pub struct HostReports {
     pub newest: std::collections::VecDeque<LoadedReport>,
 }
 
-/// One write of a group commit.
-#[derive(Debug)]
-pub enum Write<'a> {
-    /// Store a report (already encoded).
-    Report { host: &'a str, timestamp_ms: i64, boot_id: u64, seq: u64, encoded: &'a [u8] },
-    /// Store a host record.
-    Host(&'a HostRecord),
-}
-
 impl Store {
-    /// Opens the store under `data_dir/store`.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    /// Opens the store: sled under `data_dir/store`, the report log under `data_dir/reports`
+    /// (read by [`Store::load`]). `retention` sets how finely the log is cut into files.
+    pub fn open(data_dir: &Path, retention: Duration) -> Result<Store, StoreError> {
         let path = data_dir.join("store");
         let open_err = |reason: String| StoreError::Open { path: path.clone(), reason };
         let p = path.clone();
@@ -220,88 +209,160 @@ impl Store {
             Err(_) => return Err(open_err("the store is damaged (reading it failed)".into())),
         };
         let tree = db.open_tree("cluster").map_err(|e| open_err(e.to_string()))?;
-        Ok(Store { path, db, tree })
+        // sled's lock (above) keeps a second coordinator out of the report log too.
+        let reports = ReportLog::open(data_dir.join("reports"), retention.as_millis() as i64)
+            .map_err(|e| StoreError::Open { path: data_dir.join("reports"), reason: e.to_string() })?;
+        Ok(Store { path, db, tree, reports: Arc::new(reports) })
     }
 
     fn io(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Io { path: self.path.clone(), reason: e.to_string() }
     }
 
-    /// Loads every host record and the reports taken at or after `since_ms`, deleting older
-    /// ones on the way. Damaged entries make the load fail: the operator must decide.
-    pub fn load(&self, since_ms: i64) -> Result<Vec<LoadedHost>, StoreError> {
+    fn log_err(&self, e: LogError) -> StoreError {
+        StoreError::Io { path: self.reports.dir().to_path_buf(), reason: e.to_string() }
+    }
+
+    /// Loads every host record, and reads the report log: every report taken at or after
+    /// `since_ms` goes to `f` (oldest segment first, each host's reports in order) and brings
+    /// its host's de-duplication marks, newest report and times up to date; older segments are
+    /// deleted. Damage makes the load fail: the operator must decide.
+    pub fn load(&self, since_ms: i64, mut f: impl FnMut(&str, &Report)) -> Result<Vec<LoadedHost>, StoreError> {
         let open_err = |reason: String| StoreError::Open { path: self.path.clone(), reason };
-        let mut hosts: std::collections::BTreeMap<String, LoadedHost> = Default::default();
+        let mut hosts: BTreeMap<String, LoadedHost> = Default::default();
         for item in self.tree.scan_prefix(b"h") {
             let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
             let record: HostRecord = serde_json::from_slice(&v)
                 .map_err(|e| open_err(format!("host record {}: {e}", String::from_utf8_lossy(&k[1..]))))?;
             hosts.insert(record.name.clone(), LoadedHost { record, ..Default::default() });
         }
-        let mut expired = sled::Batch::default();
-        let mut n_expired = 0usize;
-        let mut latest_key: std::collections::HashMap<String, sled::IVec> = Default::default();
-        for item in self.tree.scan_prefix(b"r") {
-            let (k, _) = item.map_err(|e| open_err(e.to_string()))?;
-            let (name, ts, _, _) =
-                parse_report_key(&k).ok_or_else(|| open_err(format!("malformed report key {k:?}")))?;
-            if ts < since_ms {
-                expired.remove(k);
-                n_expired += 1;
-                continue;
-            }
+        self.move_legacy_reports(since_ms)?;
+
+        // Marks as the log is read: the log holds each (agent run, seq) once, but a crash between
+        // the move above and its clean-up could have written some twice.
+        let mut marks: HashMap<String, HostRecord> = HashMap::new();
+        let mut latest: HashMap<String, Report> = HashMap::new();
+        let mut bad: Option<String> = None;
+        let log_dir = self.reports.dir().to_path_buf();
+        let repaired = self
+            .reports
+            .load(since_ms, |r| {
+                let m = match marks.get_mut(r.host) {
+                    Some(m) => m,
+                    None => marks.entry(r.host.to_string()).or_default(),
+                };
+                if m.has_stored(r.boot_id, r.seq) {
+                    return false;
+                }
+                m.mark_stored(r.boot_id, r.seq);
+                m.last_report_ms = m.last_report_ms.max(r.timestamp_ms);
+                match Report::decode(r.encoded) {
+                    Ok(report) => {
+                        f(r.host, &report);
+                        match latest.get_mut(r.host) {
+                            Some(l) if l.timestamp_ms > report.timestamp_ms => {}
+                            Some(l) => *l = report,
+                            None => {
+                                latest.insert(r.host.to_string(), report);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        bad.get_or_insert_with(|| format!("a report of {} cannot be decoded: {e}", r.host));
+                    }
+                }
+                true
+            })
+            .map_err(|e| StoreError::Open { path: log_dir.clone(), reason: e.to_string() })?;
+        if let Some(reason) = bad {
+            return Err(StoreError::Open { path: log_dir, reason });
+        }
+        if let Some(d) = repaired {
+            tracing::warn!(
+                segment = %d.path.display(),
+                offset = d.offset,
+                reason = %d.reason,
+                "the report log ended in a write a crash cut short (never acknowledged); cut it off"
+            );
+        }
+        for (name, m) in marks {
             let h = hosts.entry(name.clone()).or_insert_with(|| LoadedHost {
                 record: HostRecord { name: name.clone(), ..Default::default() },
                 ..Default::default()
             });
-            h.held += 1;
-            latest_key.insert(name, k);
-        }
-        for (name, k) in latest_key {
-            let v = self.tree.get(&k).map_err(|e| open_err(e.to_string()))?;
-            if let Some(v) = v {
-                let r = Report::decode(v.as_ref()).map_err(|e| open_err(format!("report of {name}: {e}")))?;
-                if let Some(h) = hosts.get_mut(&name) {
-                    h.latest = Some(r);
-                }
+            for b in &m.boots {
+                h.record.mark_stored(b.boot_id, b.seq);
             }
-        }
-        if n_expired > 0 {
-            self.tree.apply_batch(expired).map_err(|e| self.io(e))?;
-            tracing::info!(reports = n_expired, "deleted reports older than the retention");
+            h.record.last_report_ms = h.record.last_report_ms.max(m.last_report_ms);
+            // The record may be older than the reports (a crash before the session ended).
+            h.record.last_seen_ms = h.record.last_seen_ms.max(m.last_report_ms);
+            h.latest = latest.remove(&name);
         }
         Ok(hosts.into_values().collect())
     }
 
-    /// Calls `f` with every stored report taken at or after `since_ms`, oldest first per host.
-    pub fn replay_reports(&self, since_ms: i64, mut f: impl FnMut(&str, &Report)) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for item in self.tree.scan_prefix(b"r") {
-            let (k, v) = item.map_err(|e| self.io(e))?;
-            let Some((name, ts, _, _)) = parse_report_key(&k) else { continue };
-            if ts < since_ms {
-                continue;
+    /// Moves the reports fleet 0.1 kept in sled to the report log (those within the window),
+    /// and deletes them from sled.
+    fn move_legacy_reports(&self, since_ms: i64) -> Result<(), StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: self.path.clone(), reason };
+        let mut moved = 0usize;
+        loop {
+            let mut keys = Vec::new();
+            let mut values = Vec::new();
+            for item in self.tree.scan_prefix(b"r").take(4096) {
+                let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
+                keys.push(k);
+                values.push(v);
             }
-            let r = Report::decode(v.as_ref()).map_err(|e| self.io(format!("report of {name}: {e}")))?;
-            f(&name, &r);
-            n += 1;
+            if keys.is_empty() {
+                break;
+            }
+            let parsed: Vec<_> = keys.iter().map(|k| parse_legacy_report_key(k)).collect();
+            let records: Vec<Record<'_>> = parsed
+                .iter()
+                .zip(&values)
+                .filter_map(|(p, v)| {
+                    let (host, ts, boot, seq) = p.as_ref()?;
+                    (*ts >= since_ms).then_some(Record {
+                        host,
+                        timestamp_ms: *ts,
+                        boot_id: *boot,
+                        seq: *seq,
+                        encoded: v,
+                    })
+                })
+                .collect();
+            moved += records.len();
+            self.reports
+                .append(&records)
+                .map_err(|e| StoreError::Open { path: self.reports.dir().to_path_buf(), reason: e.to_string() })?;
+            let mut batch = sled::Batch::default();
+            for k in keys {
+                batch.remove(k);
+            }
+            self.tree.apply_batch(batch).map_err(|e| open_err(e.to_string()))?;
+            self.db.flush().map_err(|e| open_err(e.to_string()))?;
         }
-        Ok(n)
+        if moved > 0 {
+            tracing::info!(reports = moved, "moved the reports of the sled store to the report log");
+        }
+        Ok(())
     }
 
-    /// Applies one group commit atomically and makes it durable before returning.
-    pub fn commit(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    /// Appends reports to the report log; they are durable when this returns.
+    pub fn append_reports(&self, records: &[Record<'_>]) -> Result<(), StoreError> {
+        self.reports.append(records).map_err(|e| self.log_err(e))
+    }
+
+    /// Saves host records durably (flushed before returning).
+    pub fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
-        for w in writes {
-            match w {
-                Write::Report { host, timestamp_ms, boot_id, seq, encoded } => {
-                    batch.insert(report_key(host, *timestamp_ms, *boot_id, *seq), *encoded);
-                }
-                Write::Host(rec) => {
-                    let json = serde_json::to_vec(rec).map_err(|e| self.io(e))?;
-                    batch.insert(host_key(&rec.name), json);
-                }
-            }
+        for rec in records {
+            let json = serde_json::to_vec(rec).map_err(|e| self.io(e))?;
+            batch.insert(host_key(&rec.name), json);
         }
         self.tree.apply_batch(batch).map_err(|e| self.io(e))?;
         self.db.flush().map_err(|e| self.io(e))?;
@@ -309,48 +370,34 @@ impl Store {
     }
 
     /// How many reports of `host` are held, the oldest one's time, and the newest `limit` taken
-    /// at or after `since_ms`, oldest first (read from the store: the coordinator keeps no index
-    /// of stored reports in memory).
+    /// at or after `since_ms`, oldest first. Counting is free; listing reads the report log.
     pub fn host_reports(&self, host: &str, since_ms: i64, limit: usize) -> Result<HostReports, StoreError> {
-        let start = report_key(host, i64::MIN, 0, 0);
-        let mut end = start[..host.len() + 1].to_vec();
-        end.push(1);
-        let mut out = HostReports::default();
-        for item in self.tree.range(start..end) {
-            let (k, _) = item.map_err(|e| self.io(e))?;
-            let Some((_, ts, boot_id, seq)) = parse_report_key(&k) else { continue };
-            if out.count == 0 {
-                out.oldest_ms = ts;
-            }
-            out.count += 1;
-            if ts >= since_ms && limit > 0 {
-                if out.newest.len() == limit {
-                    out.newest.pop_front();
-                }
-                out.newest.push_back(LoadedReport { boot_id, seq, timestamp_ms: ts });
-            }
-        }
-        Ok(out)
+        let found = self.reports.host_reports(host, since_ms, limit).map_err(|e| self.log_err(e))?;
+        Ok(HostReports {
+            count: found.count,
+            oldest_ms: found.oldest_ms,
+            newest: found
+                .newest
+                .into_iter()
+                .map(|(boot_id, seq, timestamp_ms)| LoadedReport { boot_id, seq, timestamp_ms })
+                .collect(),
+        })
     }
 
-    /// Deletes `host`'s reports taken before `before_ms`; returns how many.
-    pub fn trim(&self, host: &str, before_ms: i64) -> Result<usize, StoreError> {
-        let mut start = Vec::with_capacity(host.len() + 2);
-        start.push(b'r');
-        start.extend_from_slice(host.as_bytes());
-        start.push(0);
-        let end = report_key(host, before_ms, 0, 0);
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.tree.range(start..end) {
-            let (k, _) = item.map_err(|e| self.io(e))?;
-            batch.remove(k);
-            n += 1;
-        }
-        if n > 0 {
-            self.tree.apply_batch(batch).map_err(|e| self.io(e))?;
-        }
-        Ok(n)
+    /// Deletes the report log's files whose every report was taken before `cutoff_ms`;
+    /// returns how many reports went.
+    pub fn trim_reports(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        self.reports.trim(cutoff_ms).map_err(|e| self.log_err(e))
+    }
+
+    /// Reports held in the report log.
+    pub fn reports_held(&self) -> u64 {
+        self.reports.held()
+    }
+
+    /// Bytes of the report log's files.
+    pub fn reports_disk_bytes(&self) -> u64 {
+        self.reports.disk_bytes()
     }
 
     /// Flushes outstanding writes.
@@ -429,64 +476,105 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn report_keys_sort_by_host_then_time() {
-        let a = report_key("a", 5, 9, 9);
-        let b = report_key("a", 6, 1, 1);
-        let c = report_key("a-b", 0, 0, 0);
-        assert!(a < b && b < c, "a's range must end before a-b's starts");
-        assert_eq!(parse_report_key(&b), Some(("a".to_string(), 6, 1, 1)));
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn report(seq: u64, ts: i64) -> Report {
+        Report { id: Some(fleet_proto::v1::ReportId { boot_id: 7, seq }), timestamp_ms: ts, ..Default::default() }
+    }
+
+    fn append(s: &Store, host: &str, reports: &[Report]) {
+        let encoded: Vec<Vec<u8>> = reports.iter().map(|r| r.encode_to_vec()).collect();
+        let records: Vec<Record<'_>> = reports
+            .iter()
+            .zip(&encoded)
+            .map(|(r, e)| {
+                let id = r.id.unwrap();
+                Record { host, timestamp_ms: r.timestamp_ms, boot_id: id.boot_id, seq: id.seq, encoded: e }
+            })
+            .collect();
+        s.append_reports(&records).unwrap();
     }
 
     #[test]
-    fn commits_load_back_and_trim() {
+    fn reports_and_records_load_back_and_trim() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
-            let mut rec = HostRecord { name: "pc2".into(), ..Default::default() };
-            let mut writes_data = vec![];
-            for seq in 1..=4u64 {
-                let r = Report { timestamp_ms: seq as i64 * 1000, ..Default::default() };
-                writes_data.push((seq, r.encode_to_vec()));
-                rec.mark_stored(7, seq);
-            }
-            let mut writes: Vec<Write<'_>> = writes_data
-                .iter()
-                .map(|(seq, enc)| Write::Report {
-                    host: "pc2",
-                    timestamp_ms: *seq as i64 * 1000,
-                    boot_id: 7,
-                    seq: *seq,
-                    encoded: enc,
-                })
-                .collect();
-            writes.push(Write::Host(&rec));
-            s.commit(&writes).unwrap();
-            assert_eq!(s.trim("pc2", 2000).unwrap(), 1);
+            let s = Store::open(dir.path(), HOUR).unwrap();
+            // The record is saved at hello, before any report: the log brings it up to date.
+            let rec = HostRecord { name: "pc2".into(), last_seen_ms: 500, ..Default::default() };
+            s.save_hosts(&[&rec]).unwrap();
+            append(&s, "pc2", &(1..=4).map(|seq| report(seq, seq as i64 * 1000)).collect::<Vec<_>>());
+            append(&s, "main-pc", &[report(1, 1500)]);
+            assert_eq!(s.reports_held(), 5);
         }
-        let s = Store::open(dir.path()).unwrap();
-        let hosts = s.load(2500).unwrap();
-        assert_eq!(hosts.len(), 1);
+        let s = Store::open(dir.path(), HOUR).unwrap();
+        let mut replayed = vec![];
+        let hosts = s.load(2500, |h, r| replayed.push((h.to_string(), r.timestamp_ms))).unwrap();
+        assert_eq!(replayed, [("pc2".to_string(), 3000), ("pc2".to_string(), 4000)], "only the window is replayed");
+        assert_eq!(hosts.len(), 1, "main-pc has no record and no report in the window");
         let h = &hosts[0];
         assert_eq!(h.record.last_stored(), Some(BootMark { boot_id: 7, seq: 4 }));
         assert!(h.record.has_stored(7, 3) && !h.record.has_stored(7, 5) && !h.record.has_stored(8, 1));
-        assert_eq!(h.held, 2, "seq 1 was trimmed, seq 2 is older than the window");
+        assert_eq!((h.record.last_report_ms, h.record.last_seen_ms), (4000, 4000));
+        assert_eq!(h.latest.as_ref().unwrap().timestamp_ms, 4000);
+
         let found = s.host_reports("pc2", 0, 10).unwrap();
-        let seqs: Vec<_> = found.newest.iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, [3, 4]);
+        assert_eq!(found.newest.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
         assert_eq!((found.count, found.oldest_ms), (2, 3000));
         let newest = s.host_reports("pc2", 0, 1).unwrap();
         assert_eq!(newest.newest.iter().map(|r| r.seq).collect::<Vec<_>>(), [4], "the limit keeps the newest");
         assert_eq!(s.host_reports("pc2", 3500, 10).unwrap().newest.len(), 1, "since_ms filters");
         assert_eq!(s.host_reports("pc", 0, 10).unwrap().count, 0, "another host's reports are not counted");
-        assert_eq!(h.latest.as_ref().unwrap().timestamp_ms, 4000);
+
+        // New reports go to a new segment; trimming deletes the old one whole.
+        append(&s, "pc2", &[report(5, 9000)]);
+        assert_eq!(s.trim_reports(5000).unwrap(), 2);
+        let left = s.host_reports("pc2", 0, 10).unwrap();
+        assert_eq!((left.count, left.newest.iter().map(|r| r.seq).collect::<Vec<_>>()), (1, vec![5]));
+    }
+
+    #[test]
+    fn reports_of_the_sled_store_move_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), HOUR).unwrap();
+            for (seq, ts) in [(1u64, 1000i64), (2, 2000), (3, 3000)] {
+                let mut k = b"rpc2\0".to_vec();
+                for n in [ts as u64, 7, seq] {
+                    k.extend_from_slice(&n.to_be_bytes());
+                }
+                s.tree.insert(k, report(seq, ts).encode_to_vec()).unwrap();
+            }
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path(), HOUR).unwrap();
+        let mut replayed = 0;
+        let hosts = s.load(1500, |_, _| replayed += 1).unwrap();
+        assert_eq!(replayed, 2);
+        assert_eq!(hosts[0].record.last_stored(), Some(BootMark { boot_id: 7, seq: 3 }));
+        assert_eq!(s.tree.scan_prefix(b"r").count(), 0, "sled no longer holds reports");
+        assert_eq!(s.host_reports("pc2", 0, 10).unwrap().count, 2);
+        drop(s);
+        let s = Store::open(dir.path(), HOUR).unwrap();
+        assert_eq!(s.load(0, |_, _| {}).unwrap()[0].record.last_stored(), Some(BootMark { boot_id: 7, seq: 3 }));
+        assert_eq!(s.host_reports("pc2", 0, 10).unwrap().count, 2, "moved once");
+    }
+
+    #[test]
+    fn legacy_report_keys_parse() {
+        let mut k = b"rmain-pc\0".to_vec();
+        for n in [6u64, 1, 2] {
+            k.extend_from_slice(&n.to_be_bytes());
+        }
+        assert_eq!(parse_legacy_report_key(&k), Some(("main-pc".to_string(), 6, 1, 2)));
+        assert_eq!(parse_legacy_report_key(b"hmain-pc"), None);
     }
 
     #[test]
     fn second_open_is_refused_with_a_hint() {
         let dir = tempfile::tempdir().unwrap();
-        let _s = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).unwrap_err().to_string();
+        let _s = Store::open(dir.path(), HOUR).unwrap();
+        let err = Store::open(dir.path(), HOUR).unwrap_err().to_string();
         assert!(err.contains("another process has it open") || err.contains("lock"), "{err}");
         assert!(err.contains("move the store aside"), "{err}");
     }

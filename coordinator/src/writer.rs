@@ -1,10 +1,11 @@
 //! Group commit: one task owns every write to the store. Sessions hand it reports through a
-//! bounded channel; it takes everything queued (up to a batch limit), de-duplicates, writes one
-//! atomic batch, flushes once, updates the in-memory registry, and only then answers each
-//! session, which acknowledges to its agent. Thousands of reports a second cost a few fsyncs,
-//! and a report is acknowledged only once it is on disk.
+//! bounded channel; it takes everything queued (up to a batch limit), de-duplicates, appends
+//! them to the report log with one write and one `fdatasync`, saves the host records asked for,
+//! updates the in-memory registry, and only then answers each session, which acknowledges to
+//! its agent. Thousands of reports a second cost a few fsyncs, and a report is acknowledged
+//! only once it is on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::registry::Host;
-use crate::store::{HostRecord, Store, Write};
+use crate::store::{HostRecord, Record, Store};
 
 /// Most operations in one group commit.
 pub const MAX_BATCH: usize = 4096;
@@ -109,8 +110,10 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
     let now = fleet_common::now_ms();
     let cutoff = now - retention.as_millis() as i64;
     // The record of every host this batch touches, with this batch's changes applied; the
-    // registry gets them only once they are durable.
+    // registry gets them only once they are durable. Only those asked for are saved: the
+    // de-duplication marks a report moves on are in the report log with it.
     let mut records: HashMap<String, (Arc<Host>, HostRecord)> = HashMap::new();
+    let mut save: HashSet<String> = HashSet::new();
     let mut pending: Vec<Pending> = Vec::with_capacity(ops.len());
     let mut encoded: Vec<(String, i64, u64, u64, Vec<u8>)> = Vec::new();
     for op in ops {
@@ -143,6 +146,7 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
             }
             Op::Record { host } => {
                 let current = host.with(|s| s.record.clone());
+                save.insert(host.name.clone());
                 match records.get_mut(&host.name) {
                     // Keep this batch's de-duplication marks; take everything else as it is now.
                     Some((_, rec)) => {
@@ -160,26 +164,35 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
     let started = Instant::now();
     let writer_store = store.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let mut writes: Vec<Write<'_>> = encoded
+        let reports: Vec<Record<'_>> = encoded
             .iter()
-            .map(|(h, ts, b, s, e)| Write::Report { host: h, timestamp_ms: *ts, boot_id: *b, seq: *s, encoded: e })
+            .map(|(h, ts, b, s, e)| Record { host: h, timestamp_ms: *ts, boot_id: *b, seq: *s, encoded: e })
             .collect();
-        writes.extend(records.values().map(|(_, r)| Write::Host(r)));
-        let result = writer_store.commit(&writes);
-        drop(writes);
-        (result, records)
+        let stored = writer_store.append_reports(&reports);
+        drop(reports);
+        // Records are saved after the reports they know of: a record is never ahead of the log.
+        let saved = match &stored {
+            Ok(()) => {
+                let to_save: Vec<&HostRecord> =
+                    records.iter().filter(|(name, _)| save.contains(*name)).map(|(_, (_, r))| r).collect();
+                writer_store.save_hosts(&to_save)
+            }
+            Err(_) => Ok(()),
+        };
+        (stored, saved, records)
     })
     .await;
     metrics.store_write_seconds.observe(started.elapsed().as_secs_f64());
-    let (result, records) = match joined {
+    let (stored, saved, records) = match joined {
         Ok(r) => r,
         Err(e) => (
             Err(crate::store::StoreError::Io { path: store.path().to_path_buf(), reason: e.to_string() }),
+            Ok(()),
             HashMap::new(),
         ),
     };
 
-    if let Err(e) = result {
+    if let Err(e) = stored {
         metrics.store_failed(e.to_string());
         tracing::error!(error = %e, reports = pending.len(), "group commit failed; the reports are not acknowledged");
         let msg = e.to_string();
@@ -187,6 +200,12 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
             let _ = p.reply.send(Err(msg.clone()));
         }
         return;
+    }
+    if let Err(e) = saved {
+        // The reports are durable and acknowledged; the records are saved again at the next
+        // hello or disconnect, and the report log brings them up to date at start-up.
+        metrics.store_failed(e.to_string());
+        tracing::error!(error = %e, "saving host records failed");
     }
     for (_, (host, rec)) in records {
         host.with(|s| {
@@ -203,7 +222,6 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
                 tsdb.append_report(&p.host.name, &p.report);
             }
             p.host.with(|s| {
-                s.held += 1;
                 if s.latest.as_ref().is_none_or(|l| l.timestamp_ms <= ts) {
                     s.latest = Some(p.report.clone());
                 }
@@ -218,7 +236,6 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
 /// Deletes reports and samples older than the retention, on disk and in memory, every `every`.
 pub async fn retention_loop(
     store: Store,
-    registry: Arc<crate::registry::Registry>,
     tsdb: Arc<crate::tsdb::Tsdb>,
     retention: Duration,
     every: Duration,
@@ -234,17 +251,11 @@ pub async fn retention_loop(
         let now = fleet_common::now_ms();
         let cutoff = now - retention.as_millis() as i64;
         tsdb.trim(now);
-        for host in registry.all() {
-            let store = store.clone();
-            let name = host.name.clone();
-            match tokio::task::spawn_blocking(move || store.trim(&name, cutoff)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    host.with(|s| s.held = s.held.saturating_sub(n as u64));
-                    tracing::debug!(host = %host.name, reports = n, "trimmed history");
-                }
-                Ok(Err(e)) => tracing::warn!(host = %host.name, error = %e, "cannot trim history"),
-                _ => {}
-            }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.trim_reports(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(reports = n, "deleted reports past the retention"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete reports past the retention"),
+            _ => {}
         }
     }
 }
