@@ -8,6 +8,8 @@
 
 mod chunk;
 
+pub use chunk::CHUNK_SAMPLES;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -304,7 +306,7 @@ impl Tsdb {
             samples: 0,
         };
         for s in inner.by_name.values().flat_map(|m| m.values()) {
-            f.samples += s.len();
+            f.samples += s.len(&inner.files, inner.cutoff_ms);
             f.sample_bytes += s.heap_bytes();
         }
         f

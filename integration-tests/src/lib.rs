@@ -235,6 +235,25 @@ pub struct Cluster {
     pub tmp: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Services run in process groups of their own and outlive an agent killed with -9 (as
+        // tests do on purpose): stop the agents, then find what they left through their pid
+        // files, the way a restarted agent would, so that no test leaks processes.
+        for a in self.agents.values_mut() {
+            a.kill9();
+        }
+        let Ok(entries) = fs::read_dir(self.tmp.path()) else { return };
+        for e in entries.flatten() {
+            for stray in fleet_agent::supervisor::pidfile::strays(&e.path().join("run")) {
+                if let Some(pid) = Pid::from_raw(stray.pid as i32) {
+                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                }
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// A PKI with certificates for the coordinator, operator `ops` and the named agents.
     pub fn new(agents: &[&str]) -> Cluster {

@@ -26,9 +26,9 @@ fn main() {
     let hosts = args.first().copied().unwrap_or(10_000);
     let minutes = args.get(1).copied().unwrap_or(60);
     let interval_s = args.get(2).copied().unwrap_or(5);
-    // Past the retention by a few minutes, trimming every 30 s as the coordinator does: the
-    // steady state, with half-full open chunks and expired ones gone.
-    let steps = (minutes + 5) * 60 / interval_s;
+    // Past the retention by a few minutes and half a chunk, trimming every 30 s as the
+    // coordinator does: the steady state, with half-full open chunks and expired ones gone.
+    let steps = (minutes + 5) * 60 / interval_s + u64::from(fleet_coordinator::tsdb::CHUNK_SAMPLES / 2);
     let trim_every = (30 / interval_s).max(1);
 
     let mut sims: Vec<SimHost> = (0..hosts).map(|i| SimHost::new(i, 42)).collect();

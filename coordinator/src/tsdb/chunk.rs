@@ -6,10 +6,11 @@
 //!
 //! A [`Head`] takes samples in time order; when it holds [`CHUNK_SAMPLES`] it is sealed, and
 //! [`ChunkFiles`] moves the sealed bit stream out of memory into a segment file (as
-//! Prometheus' head does with its full chunks), keeping only where it lies and its time range.
-//! Queries read sealed chunks back with positioned reads; the page cache keeps the recent ones
-//! warm without counting against the coordinator's resident memory. The files are a cache of
-//! the report store: they are emptied at start-up, when the history is rebuilt from it.
+//! Prometheus' head does with its full chunks). Each chunk written carries the reference of
+//! the series' chunk before it, so a series keeps only its newest sealed chunk's reference in
+//! memory and queries walk back from it with positioned reads; the page cache keeps the recent
+//! chunks warm without counting against the coordinator's resident memory. The files are a
+//! cache of the report log: they are emptied at start-up, when the history is rebuilt from it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,8 +19,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Samples per chunk before it is sealed (10 minutes at a 5 s report interval).
-pub const CHUNK_SAMPLES: u16 = 120;
+/// Samples per chunk before it is sealed (5 minutes at a 5 s report interval). Every series
+/// has an open chunk in memory, so this sets most of the history's memory; a shorter chunk
+/// costs a little more disk (a reference and a first sample each) and reads.
+pub const CHUNK_SAMPLES: u16 = 60;
 
 /// A segment file is closed for writing at this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -222,9 +225,9 @@ impl Head {
     }
 }
 
-/// A full chunk: its time range, and where its bit stream lies. 24 bytes: a series holds one
-/// for every 120 samples of its retention.
-#[derive(Debug, Clone, Copy)]
+/// A full chunk: its time range, and where it lies. 24 bytes, in memory for the newest sealed
+/// chunk of each series, and on disk in front of every chunk's stream for the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sealed {
     first_t: i64,
     /// `last_t - first_t`; a chunk never spans more (see [`fits_span`]).
@@ -240,6 +243,10 @@ pub struct Sealed {
 
 /// The `segment` of a chunk kept in memory (no history directory, or a failed write).
 const MEMORY: u32 = u32::MAX;
+/// The `segment` written for "no chunk before this one".
+const NONE: u32 = u32::MAX - 1;
+/// Bytes of a chunk record before its stream: the previous chunk's [`Sealed`].
+const LINK_BYTES: usize = 24;
 
 /// Whether a sample at `t` may join a chunk that starts at `first_t`.
 fn fits_span(first_t: i64, t: i64) -> bool {
@@ -261,6 +268,37 @@ impl Sealed {
     pub fn len(&self) -> u16 {
         self.n
     }
+
+    fn encode(prev: Option<&Sealed>, out: &mut Vec<u8>) {
+        let none = Sealed { first_t: 0, span: 0, segment: NONE, offset: 0, bytes: 0, n: 0 };
+        let c = prev.unwrap_or(&none);
+        out.extend_from_slice(&c.first_t.to_le_bytes());
+        out.extend_from_slice(&c.span.to_le_bytes());
+        out.extend_from_slice(&c.segment.to_le_bytes());
+        out.extend_from_slice(&c.offset.to_le_bytes());
+        out.extend_from_slice(&c.bytes.to_le_bytes());
+        out.extend_from_slice(&c.n.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Option<Sealed> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let u16_at = |i: usize| u16::from_le_bytes(b[i..i + 2].try_into().expect("2 bytes"));
+        let c = Sealed {
+            first_t: i64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            span: u32_at(8),
+            segment: u32_at(12),
+            offset: u32_at(16),
+            bytes: u16_at(20),
+            n: u16_at(22),
+        };
+        (c.segment != NONE).then_some(c)
+    }
+}
+
+/// A sealed chunk read back: the chunk before it, and its stream.
+struct Record {
+    prev: Option<Sealed>,
+    stream: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -279,7 +317,7 @@ pub struct ChunkFiles {
     dir: Option<PathBuf>,
     segments: BTreeMap<u32, Segment>,
     next: u32,
-    /// Chunks kept in memory, by id: (newest sample, stream).
+    /// Chunks kept in memory, by id: (newest sample, record as it would be on disk).
     memory: BTreeMap<u32, (i64, Box<[u8]>)>,
     next_memory: u32,
     memory_bytes: usize,
@@ -307,17 +345,21 @@ impl ChunkFiles {
         Ok(ChunkFiles { dir: Some(dir), ..Default::default() })
     }
 
-    /// Seals a full head: writes its stream to the newest segment, or keeps it in memory.
-    pub fn seal(&mut self, h: &Head) -> Sealed {
+    /// Seals a full head, the series' next chunk after `prev`: writes it to the newest
+    /// segment, or keeps it in memory.
+    pub fn seal(&mut self, h: &Head, prev: Option<Sealed>) -> Sealed {
         let stream = h.stream();
         debug_assert!(h.len() <= CHUNK_SAMPLES && fits_span(h.first_t(), h.last_t()));
-        let (segment, offset) = match self.write(stream, h.last_t()) {
+        let mut record = Vec::with_capacity(LINK_BYTES + stream.len());
+        Sealed::encode(prev.as_ref(), &mut record);
+        record.extend_from_slice(stream);
+        let (segment, offset) = match self.write(&record, h.last_t()) {
             Some(at) => at,
             None => {
                 let id = self.next_memory;
                 self.next_memory = self.next_memory.wrapping_add(1);
-                self.memory_bytes += stream.len();
-                self.memory.insert(id, (h.last_t(), stream.into()));
+                self.memory_bytes += record.len();
+                self.memory.insert(id, (h.last_t(), record.into()));
                 (MEMORY, id)
             }
         };
@@ -380,24 +422,34 @@ impl ChunkFiles {
         None
     }
 
-    /// The samples of a sealed chunk, oldest first (none if its file cannot be read).
-    pub fn points(&self, c: &Sealed, out: &mut Vec<(i64, f64)>, keep: impl Fn(i64) -> bool) {
+    /// Reads a sealed chunk back; `None` if it is gone (its file expired) or unreadable.
+    fn read(&self, c: &Sealed) -> Option<Record> {
+        let record_len = LINK_BYTES + usize::from(c.bytes);
+        let mut buf = vec![0u8; record_len];
         if c.segment == MEMORY {
-            if let Some((_, b)) = self.memory.get(&c.offset) {
-                out.extend(Iter::new(c.first_t, c.n, b).filter(|p| keep(p.0)));
-            }
-            return;
-        }
-        let mut buf = vec![0u8; usize::from(c.bytes)];
-        let read = self.segments.get(&c.segment).map(|s| s.file.read_exact_at(&mut buf, u64::from(c.offset)));
-        match read {
-            Some(Ok(())) => out.extend(Iter::new(c.first_t, c.n, &buf).filter(|p| keep(p.0))),
-            _ => {
+            let (_, b) = self.memory.get(&c.offset)?;
+            buf.copy_from_slice(b);
+        } else {
+            // A segment deleted past the retention takes its chunks with it: not an error.
+            let seg = self.segments.get(&c.segment)?;
+            if let Err(e) = seg.file.read_exact_at(&mut buf, u64::from(c.offset)) {
                 if self.read_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::error!(segment = c.segment, "cannot read a history chunk back from disk");
+                    tracing::error!(segment = c.segment, error = %e, "cannot read a history chunk back from disk");
                 }
+                return None;
             }
         }
+        let prev = Sealed::decode(&buf[..LINK_BYTES]);
+        buf.drain(..LINK_BYTES);
+        Some(Record { prev, stream: buf })
+    }
+
+    /// The samples of a sealed chunk, oldest first, and the chunk before it (none if the
+    /// chunk cannot be read).
+    fn points(&self, c: &Sealed, out: &mut Vec<(i64, f64)>, keep: impl Fn(i64) -> bool) -> Option<Sealed> {
+        let r = self.read(c)?;
+        out.extend(Iter::new(c.first_t, c.n, &r.stream).filter(|p| keep(p.0)));
+        r.prev
     }
 
     /// Deletes segment files, and forgets chunks kept in memory, whose every sample is older
@@ -512,10 +564,11 @@ impl Iterator for Iter<'_> {
     }
 }
 
-/// One series' samples: sealed chunks oldest first, then the open one.
+/// One series' samples: the open chunk, and the newest sealed one, which leads to the older
+/// ones on disk.
 #[derive(Debug, Clone, Default)]
 pub struct Samples {
-    sealed: Vec<Sealed>,
+    last: Option<Sealed>,
     head: Option<Head>,
 }
 
@@ -527,86 +580,108 @@ impl Samples {
             && !fits_span(h.first_t(), t)
         {
             // Over 49 days since the chunk began: it ends here.
-            let sealed = files.seal(h);
-            self.push_sealed(sealed);
+            self.last = Some(files.seal(h, self.last));
             self.head = None;
         }
         match &mut self.head {
             Some(h) if h.last_t() < t => {
                 h.push(t, v);
                 if h.len() >= CHUNK_SAMPLES {
-                    let sealed = files.seal(h);
-                    self.push_sealed(sealed);
+                    self.last = Some(files.seal(h, self.last));
                     self.head = None;
                 }
             }
-            None if self.sealed.last().is_none_or(|c| c.last_t() < t) => {
+            None if self.last.is_none_or(|c| c.last_t() < t) => {
                 // A series' chunks are much alike: room for as much as the last one took, so
                 // the buffer is allocated once instead of grown (and fragmented) 32 bytes at a time.
-                let room = self.sealed.last().map_or(0, |c| usize::from(c.bytes) + 8);
+                let room = self.last.map_or(0, |c| usize::from(c.bytes) + 8);
                 self.head = Some(Head::with_capacity(t, v, room));
             }
             _ => self.insert(t, v, files),
         }
     }
 
-    fn push_sealed(&mut self, c: Sealed) {
-        // Exactly as many slots as chunks: a series holds a few for its whole life.
-        self.sealed.reserve_exact(1);
-        self.sealed.push(c);
-    }
-
-    /// The slow path for a sample older than the newest: the chunk it falls in is decoded and
-    /// rebuilt (replayed reports are rare and short).
+    /// The slow path for a sample older than the newest: the chunks it falls in or before are
+    /// decoded and written again (replayed reports are rare and short).
     fn insert(&mut self, t: i64, v: f64, files: &mut ChunkFiles) {
         let head_from = self.head.as_ref().map(Head::first_t);
-        if head_from.is_some_and(|f| f <= t) || (self.sealed.is_empty() && self.head.is_some()) {
+        if head_from.is_some_and(|f| f <= t) || (self.last.is_none() && self.head.is_some()) {
             let h = self.head.take().expect("checked");
             let mut points: Vec<_> = h.iter().collect();
             put(&mut points, t, v);
-            let (mut full, rest) = chunk_points(&points);
-            let open = (rest.len() < usize::from(CHUNK_SAMPLES)).then_some(rest);
-            if open.is_none() {
-                full.push(rest);
-            }
+            let (full, rest) = chunk_points(&points);
             for c in full {
-                let sealed = files.seal(&Head::from_points(c));
-                self.push_sealed(sealed);
+                self.last = Some(files.seal(&Head::from_points(c), self.last));
             }
-            self.head = open.map(Head::from_points);
+            if rest.len() < usize::from(CHUNK_SAMPLES) {
+                self.head = Some(Head::from_points(rest));
+            } else {
+                self.last = Some(files.seal(&Head::from_points(rest), self.last));
+            }
             return;
         }
-        // The first sealed chunk that ends at or after t; or the newest sealed one if t falls
-        // between it and the head.
-        let i = self.sealed.partition_point(|c| c.last_t() < t).min(self.sealed.len() - 1);
+        // Walk back from the newest sealed chunk to the one t falls in (the oldest that ends at
+        // or after t), or to the oldest still kept; every chunk from there on is rewritten,
+        // because each carries the reference of the one before it.
+        let mut chain = Vec::new();
+        let mut at = self.last;
+        let mut before = None;
+        while let Some(c) = at {
+            match files.read(&c) {
+                Some(r) => {
+                    chain.push((c, r.stream));
+                    before = r.prev;
+                    at = r.prev.filter(|p| p.last_t() >= t);
+                }
+                None => {
+                    before = None;
+                    at = None;
+                }
+            }
+        }
         let mut points = Vec::new();
-        files.points(&self.sealed[i], &mut points, |_| true);
+        for (c, stream) in chain.iter().rev() {
+            points.extend(Iter::new(c.first_t, c.n, stream));
+        }
         put(&mut points, t, v);
-        files.release(&self.sealed[i]);
+        for (c, _) in &chain {
+            files.release(c);
+        }
+        self.last = before;
         let (full, rest) = chunk_points(&points);
-        let rebuilt: Vec<Sealed> =
-            full.into_iter().chain(Some(rest)).map(|c| files.seal(&Head::from_points(c))).collect();
-        self.sealed.splice(i..=i, rebuilt);
+        for c in full.into_iter().chain(Some(rest)) {
+            self.last = Some(files.seal(&Head::from_points(c), self.last));
+        }
     }
 
-    /// Drops every chunk whose samples all fall before `cutoff`; reports whether any is left.
+    /// Drops what falls before `cutoff` (whole chunks: older sealed ones are past it too, and
+    /// their files go with the retention); reports whether anything is left.
     pub fn trim(&mut self, cutoff: i64) -> bool {
-        let expired = self.sealed.partition_point(|c| c.last_t() < cutoff);
-        self.sealed.drain(..expired);
+        if self.last.is_some_and(|c| c.last_t() < cutoff) {
+            self.last = None;
+        }
         if self.head.as_ref().is_some_and(|h| h.last_t() < cutoff) {
             self.head = None;
         }
-        !self.sealed.is_empty() || self.head.is_some()
+        self.last.is_some() || self.head.is_some()
     }
 
     /// Samples in `(start, end]`, oldest first.
     pub fn range(&self, start: i64, end: i64, files: &ChunkFiles, out: &mut Vec<(i64, f64)>) {
-        let from = self.sealed.partition_point(|c| c.last_t() <= start);
-        for c in &self.sealed[from..] {
+        // Newest first while walking back; each chunk's points are in order.
+        let mut chunks: Vec<Vec<(i64, f64)>> = Vec::new();
+        let mut at = self.last;
+        while let Some(c) = at.filter(|c| c.last_t() > start) {
             if c.first_t() > end {
-                return;
+                at = files.read(&c).and_then(|r| r.prev);
+                continue;
             }
-            files.points(c, out, |t| t > start && t <= end);
+            let mut pts = Vec::new();
+            at = files.points(&c, &mut pts, |t| t > start && t <= end);
+            chunks.push(pts);
+        }
+        for pts in chunks.iter().rev() {
+            out.extend_from_slice(pts);
         }
         if let Some(h) = &self.head
             && h.first_t() <= end
@@ -616,15 +691,21 @@ impl Samples {
         }
     }
 
-    /// Bytes held on the heap for the samples.
+    /// Bytes held on the heap for the samples (the open chunk's).
     pub fn heap_bytes(&self) -> usize {
-        self.sealed.capacity() * std::mem::size_of::<Sealed>() + self.head.as_ref().map_or(0, Head::heap_bytes)
+        self.head.as_ref().map_or(0, Head::heap_bytes)
     }
 
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.sealed.iter().map(|c| usize::from(c.len())).sum::<usize>()
-            + self.head.as_ref().map_or(0, |h| usize::from(h.len()))
+    /// Number of samples in chunks that end at or after `cutoff` (reads the sealed chunks'
+    /// references back).
+    pub fn len(&self, files: &ChunkFiles, cutoff: i64) -> usize {
+        let mut n = self.head.as_ref().map_or(0, |h| usize::from(h.len()));
+        let mut at = self.last;
+        while let Some(c) = at.filter(|c| c.last_t() >= cutoff) {
+            n += usize::from(c.len());
+            at = files.read(&c).and_then(|r| r.prev);
+        }
+        n
     }
 }
 
@@ -668,7 +749,7 @@ mod tests {
         let mut files = ChunkFiles::memory();
         let mut sealed = Vec::new();
         if fits_span(h.first_t(), h.last_t()) {
-            let c = files.seal(&h);
+            let c = files.seal(&h, None);
             files.points(&c, &mut sealed, |_| true);
         } else {
             sealed.clone_from(&back);
@@ -709,7 +790,7 @@ mod tests {
             h.push(i * 5000 + (x >> 62) as i64 - 1, (i * 4096 + (x >> 52) as i64) as f64);
         }
         let mut files = ChunkFiles::memory();
-        files.seal(&h);
+        files.seal(&h, None);
         let bytes = files.memory_bytes();
         assert!(bytes < usize::from(CHUNK_SAMPLES) * 6, "{bytes} bytes for {CHUNK_SAMPLES} samples");
     }
@@ -734,7 +815,7 @@ mod tests {
         assert!(out.windows(2).all(|w| w[0].0 < w[1].0), "time order");
         assert_eq!(out[5], (50, -1.0));
         assert_eq!(out[7], (70, 7.0));
-        assert_eq!(s.len(), n as usize);
+        assert_eq!(s.len(&files, i64::MIN), n as usize);
         out.clear();
         s.range(100, 200, &files, &mut out);
         assert_eq!(out.first().unwrap().0, 110, "start is exclusive");
@@ -748,8 +829,11 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (x >> 33) % n
         };
-        for _ in 0..20 {
-            let mut files = ChunkFiles::memory();
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            // Sealed chunks in memory and in segment files: the same chains either way.
+            let mut files =
+                if round % 2 == 0 { ChunkFiles::memory() } else { ChunkFiles::open(dir.path().join("h")).unwrap() };
             let mut s = Samples::default();
             let mut model = std::collections::BTreeMap::new();
             let mut now = 0i64;
@@ -773,6 +857,7 @@ mod tests {
             }
             let cutoff = rand(now as u64) as i64;
             s.trim(cutoff);
+            files.trim(cutoff);
             let end = now - rand(100) as i64;
             let start = (cutoff + rand(100) as i64).min(end);
             let mut got = Vec::new();
@@ -796,7 +881,14 @@ mod tests {
         let mut want: Vec<_> = times.iter().enumerate().map(|(i, &t)| (t, i as f64)).collect();
         want.sort_by_key(|p| p.0);
         assert_eq!(out, want);
-        assert!(s.sealed.iter().all(|c| c.last_t() - c.first_t() <= i64::from(u32::MAX)));
+        let mut at = s.last;
+        let mut chunks = 0;
+        while let Some(c) = at {
+            assert!(c.last_t() - c.first_t() <= i64::from(u32::MAX));
+            chunks += 1;
+            at = files.read(&c).unwrap().prev;
+        }
+        assert_eq!(chunks, 2, "0..1000 with 10, then 60d..100d; 200d is open");
     }
 
     #[test]
@@ -807,7 +899,12 @@ mod tests {
             s.append(t, 1.0, &mut files);
         }
         assert!(s.trim(i64::from(CHUNK_SAMPLES) + 5));
-        assert_eq!(s.len(), i64::from(CHUNK_SAMPLES) as usize + 10, "the first chunk went, the second stays whole");
+        let cutoff = i64::from(CHUNK_SAMPLES) + 5;
+        assert_eq!(
+            s.len(&files, cutoff),
+            i64::from(CHUNK_SAMPLES) as usize + 10,
+            "the first chunk went, the second stays whole"
+        );
         assert!(!s.trim(i64::MAX));
     }
 
@@ -824,11 +921,8 @@ mod tests {
         for t in 0..n {
             s.append(t * 1000, (t * t) as f64, &mut files);
         }
-        assert_eq!(
-            s.heap_bytes() - s.sealed.capacity() * std::mem::size_of::<Sealed>(),
-            s.head.as_ref().map_or(0, Head::heap_bytes),
-            "sealed chunks hold no sample bytes in memory"
-        );
+        assert_eq!(s.heap_bytes(), s.head.as_ref().map_or(0, Head::heap_bytes), "sealed chunks are not in memory");
+        assert_eq!(files.memory_bytes(), 0);
         assert!(files.disk_bytes() > 0);
         let mut out = Vec::new();
         s.range(-1, i64::MAX, &files, &mut out);
