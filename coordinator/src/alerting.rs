@@ -182,6 +182,11 @@ impl Alerting {
                 _ = token.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis((next - now) as u64)) => {}
             }
+            if !self.tsdb.loaded() {
+                // Rules over a history still being read back would see a partial past (a host
+                // with no samples yet looks absent); recording rules would write out of order.
+                continue;
+            }
             let tsdb = self.tsdb.clone();
             let external = self.config.external_labels.clone();
             let g = group.clone();

@@ -129,6 +129,12 @@ async fn health(State(s): State<HttpState>) -> Response {
         "parts": {
             "store": { "status": if store_ok { "ok" } else { "failing" }, "detail": store_detail },
             "grpc": { "status": if serving { "ok" } else { "stopping" }, "listen": s.grpc_addr },
+            // Loading: after a start, the history is read back from the report log while agents
+            // attach; rules wait for it, queries see the part read so far.
+            "history": {
+                "status": if s.tsdb.loaded() { "ok" } else { "loading" },
+                "series": s.tsdb.len(),
+            },
             "agents": {
                 "status": "ok",
                 "sessions": s.sessions.load(Ordering::Relaxed),

@@ -119,6 +119,10 @@ async fn sample_up(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if !tsdb.loaded() {
+            // Samples at the present would come before the past still being read back.
+            continue;
+        }
         let now = fleet_common::now_ms();
         for h in registry.all() {
             tsdb.append_sample(tsdb::UP, &mut [("host", &h.name)], now, if h.online() { 1.0 } else { 0.0 });
@@ -202,20 +206,46 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let tsdb = tsdb::Tsdb::on_disk(history_dir.clone(), config.retention.as_millis() as i64, config.max_series)
         .map_err(|e| RunError::Setup(format!("cannot use {} for the history: {e}", history_dir.display())))?;
     let tsdb = Arc::new(tsdb);
+    let loading = std::time::Instant::now();
     let loaded = {
-        let (store, db) = (store.clone(), tsdb.clone());
-        tokio::task::spawn_blocking(move || store.load(since, |host, r| db.append_report(host, r)))
-            .await
-            .map_err(|e| RunError::Serve(e.to_string()))??
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.load(since)).await.map_err(|e| RunError::Serve(e.to_string()))??
     };
     let registry = Arc::new(Registry::from_loaded(loaded));
     tracing::info!(
         hosts = registry.len(),
         reports = store.reports_held(),
-        series = tsdb.len(),
+        seconds = loading.elapsed().as_secs_f64(),
         store = %store.path().display(),
-        "loaded the store and the history"
+        "loaded the store"
     );
+    // The history is rebuilt from the report log while agents attach again: a restart of a
+    // coordinator holding hours of thousands of agents' reports takes the history minutes to
+    // read, and sessions need only the hosts and their marks.
+    tsdb.begin_loading();
+    {
+        let (store, db, stop) = (store.clone(), tsdb.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match store.replay_history(since, || stop.is_cancelled(), |host, r| db.append_report(host, r)) {
+                Ok(n) if !stop.is_cancelled() => {
+                    db.finish_loading();
+                    tracing::info!(
+                        reports = n,
+                        series = db.len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "loaded the history"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    store.abandon_history_replay();
+                    db.finish_loading();
+                    tracing::error!(error = %e, "cannot read the report log back into the history; queries and rules see what arrives from now on");
+                }
+            }
+        });
+    }
 
     let audit = audit::AuditLog::open(&config.data_dir)
         .map_err(|e| RunError::Setup(format!("cannot open the audit log in {}: {e}", config.data_dir.display())))?;

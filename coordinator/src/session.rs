@@ -287,8 +287,11 @@ impl AgentApi {
         let now = fleet_common::now_ms();
         if self.registry.detach(host, generation, reason, now) {
             self.hub.host_gone(&host.name);
-            // Rules see the host down at once, not at the next up sample.
-            self.tsdb.append_sample(crate::tsdb::UP, &mut [("host", &host.name)], now, 0.0);
+            // Rules see the host down at once, not at the next up sample (once the history is
+            // loaded: until then nothing may come before the past being read back).
+            if self.tsdb.loaded() {
+                self.tsdb.append_sample(crate::tsdb::UP, &mut [("host", &host.name)], now, 0.0);
+            }
             tracing::info!(host = %host.name, %reason, "agent offline");
             self.writer.save_host(host.clone()).await;
         } else {

@@ -224,10 +224,11 @@ impl Store {
     }
 
     /// Loads every host record, and reads the report log: every report taken at or after
-    /// `since_ms` goes to `f` (oldest segment first, each host's reports in order) and brings
-    /// its host's de-duplication marks, newest report and times up to date; older segments are
-    /// deleted. Damage makes the load fail: the operator must decide.
-    pub fn load(&self, since_ms: i64, mut f: impl FnMut(&str, &Report)) -> Result<Vec<LoadedHost>, StoreError> {
+    /// `since_ms` brings its host's de-duplication marks, newest report and times up to date,
+    /// and older segments are deleted. What the coordinator needs before it takes sessions;
+    /// the history follows with [`Store::replay_history`]. Damage makes the load fail: the
+    /// operator must decide.
+    pub fn load(&self, since_ms: i64) -> Result<Vec<LoadedHost>, StoreError> {
         let open_err = |reason: String| StoreError::Open { path: self.path.clone(), reason };
         let mut hosts: BTreeMap<String, LoadedHost> = Default::default();
         for item in self.tree.scan_prefix(b"h") {
@@ -239,10 +240,10 @@ impl Store {
         self.move_legacy_reports(since_ms)?;
 
         // Marks as the log is read: the log holds each (agent run, seq) once, but a crash between
-        // the move above and its clean-up could have written some twice.
+        // the move above and its clean-up could have written some twice. Of the reports, only
+        // each host's newest is decoded, after the scan.
         let mut marks: HashMap<String, HostRecord> = HashMap::new();
-        let mut latest: HashMap<String, Report> = HashMap::new();
-        let mut bad: Option<String> = None;
+        let mut newest: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
         let log_dir = self.reports.dir().to_path_buf();
         let repaired = self
             .reports
@@ -256,27 +257,20 @@ impl Store {
                 }
                 m.mark_stored(r.boot_id, r.seq);
                 m.last_report_ms = m.last_report_ms.max(r.timestamp_ms);
-                match Report::decode(r.encoded) {
-                    Ok(report) => {
-                        f(r.host, &report);
-                        match latest.get_mut(r.host) {
-                            Some(l) if l.timestamp_ms > report.timestamp_ms => {}
-                            Some(l) => *l = report,
-                            None => {
-                                latest.insert(r.host.to_string(), report);
-                            }
-                        }
+                match newest.get_mut(r.host) {
+                    Some((t, _)) if *t > r.timestamp_ms => {}
+                    Some((t, bytes)) => {
+                        *t = r.timestamp_ms;
+                        bytes.clear();
+                        bytes.extend_from_slice(r.encoded);
                     }
-                    Err(e) => {
-                        bad.get_or_insert_with(|| format!("a report of {} cannot be decoded: {e}", r.host));
+                    None => {
+                        newest.insert(r.host.to_string(), (r.timestamp_ms, r.encoded.to_vec()));
                     }
                 }
                 true
             })
             .map_err(|e| StoreError::Open { path: log_dir.clone(), reason: e.to_string() })?;
-        if let Some(reason) = bad {
-            return Err(StoreError::Open { path: log_dir, reason });
-        }
         if let Some(d) = repaired {
             tracing::warn!(
                 segment = %d.path.display(),
@@ -296,9 +290,53 @@ impl Store {
             h.record.last_report_ms = h.record.last_report_ms.max(m.last_report_ms);
             // The record may be older than the reports (a crash before the session ended).
             h.record.last_seen_ms = h.record.last_seen_ms.max(m.last_report_ms);
-            h.latest = latest.remove(&name);
+            if let Some((_, bytes)) = newest.remove(&name) {
+                let r = Report::decode(bytes.as_slice()).map_err(|e| StoreError::Open {
+                    path: log_dir.clone(),
+                    reason: format!("the newest report of {name} cannot be decoded: {e}"),
+                })?;
+                h.latest = Some(r);
+            }
         }
         Ok(hosts.into_values().collect())
+    }
+
+    /// Calls `f` with every report taken at or after `since_ms`, in the order of the log
+    /// (each host's in order), for the history: those [`Store::load`] found, then those
+    /// appended since, until none is left; from then on [`Store::append_reports`] says that
+    /// the writer hands reports to the history itself. Returns how many reports were read;
+    /// `stop` ends it early (at shutdown).
+    pub fn replay_history(
+        &self,
+        since_ms: i64,
+        stop: impl Fn() -> bool,
+        mut f: impl FnMut(&str, &Report),
+    ) -> Result<u64, StoreError> {
+        let mut marks: HashMap<String, HostRecord> = HashMap::new();
+        let mut undecodable = 0u64;
+        let n = self
+            .reports
+            .replay(since_ms, stop, |r| {
+                let m = match marks.get_mut(r.host) {
+                    Some(m) => m,
+                    None => marks.entry(r.host.to_string()).or_default(),
+                };
+                if m.has_stored(r.boot_id, r.seq) {
+                    return;
+                }
+                m.mark_stored(r.boot_id, r.seq);
+                match Report::decode(r.encoded) {
+                    Ok(report) => f(r.host, &report),
+                    Err(e) => {
+                        if undecodable == 0 {
+                            tracing::error!(host = %r.host, error = %e, "a stored report cannot be decoded; the history lacks it");
+                        }
+                        undecodable += 1;
+                    }
+                }
+            })
+            .map_err(|e| self.log_err(e))?;
+        Ok(n)
     }
 
     /// Moves the reports fleet 0.1 kept in sled to the report log (those within the window),
@@ -349,9 +387,22 @@ impl Store {
         Ok(())
     }
 
-    /// Appends reports to the report log; they are durable when this returns.
-    pub fn append_reports(&self, records: &[Record<'_>]) -> Result<(), StoreError> {
+    /// Appends reports to the report log; they are durable when this returns. Returns whether
+    /// the caller hands them to the history (not while [`Store::replay_history`] still runs:
+    /// it reads them from the log itself).
+    pub fn append_reports(&self, records: &[Record<'_>]) -> Result<bool, StoreError> {
         self.reports.append(records).map_err(|e| self.log_err(e))
+    }
+
+    /// Gives up on [`Store::replay_history`] after it failed: appended reports go to the
+    /// history at once, which then holds what arrives from now on.
+    pub fn abandon_history_replay(&self) {
+        self.reports.abandon_replay();
+    }
+
+    /// Whether every stored report has reached the history.
+    pub fn history_replayed(&self) -> bool {
+        self.reports.replayed()
     }
 
     /// Saves host records durably (flushed before returning).
@@ -508,9 +559,13 @@ mod tests {
             assert_eq!(s.reports_held(), 5);
         }
         let s = Store::open(dir.path(), HOUR).unwrap();
+        let hosts = s.load(2500).unwrap();
+        assert!(!s.history_replayed());
         let mut replayed = vec![];
-        let hosts = s.load(2500, |h, r| replayed.push((h.to_string(), r.timestamp_ms))).unwrap();
+        let n = s.replay_history(2500, || false, |h, r| replayed.push((h.to_string(), r.timestamp_ms))).unwrap();
         assert_eq!(replayed, [("pc2".to_string(), 3000), ("pc2".to_string(), 4000)], "only the window is replayed");
+        assert_eq!(n, 2);
+        assert!(s.history_replayed());
         assert_eq!(hosts.len(), 1, "main-pc has no record and no report in the window");
         let h = &hosts[0];
         assert_eq!(h.record.last_stored(), Some(BootMark { boot_id: 7, seq: 4 }));
@@ -548,15 +603,16 @@ mod tests {
             s.flush().unwrap();
         }
         let s = Store::open(dir.path(), HOUR).unwrap();
+        let hosts = s.load(1500).unwrap();
         let mut replayed = 0;
-        let hosts = s.load(1500, |_, _| replayed += 1).unwrap();
+        s.replay_history(1500, || false, |_, _| replayed += 1).unwrap();
         assert_eq!(replayed, 2);
         assert_eq!(hosts[0].record.last_stored(), Some(BootMark { boot_id: 7, seq: 3 }));
         assert_eq!(s.tree.scan_prefix(b"r").count(), 0, "sled no longer holds reports");
         assert_eq!(s.host_reports("pc2", 0, 10).unwrap().count, 2);
         drop(s);
         let s = Store::open(dir.path(), HOUR).unwrap();
-        assert_eq!(s.load(0, |_, _| {}).unwrap()[0].record.last_stored(), Some(BootMark { boot_id: 7, seq: 3 }));
+        assert_eq!(s.load(0).unwrap()[0].record.last_stored(), Some(BootMark { boot_id: 7, seq: 3 }));
         assert_eq!(s.host_reports("pc2", 0, 10).unwrap().count, 2, "moved once");
     }
 

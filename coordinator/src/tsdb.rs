@@ -150,6 +150,8 @@ pub struct Tsdb {
     retention_ms: i64,
     max_series: usize,
     dropped_series: AtomicU64,
+    /// False while the series are being rebuilt from the report log at start-up.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 /// The metric that says whether a host's agent is up.
@@ -205,7 +207,30 @@ impl Tsdb {
     /// An empty store keeping `retention_ms` of samples in at most `max_series` series, all in
     /// memory.
     pub fn new(retention_ms: i64, max_series: usize) -> Tsdb {
-        Tsdb { inner: RwLock::new(Inner::default()), retention_ms, max_series, dropped_series: Default::default() }
+        Tsdb {
+            inner: RwLock::new(Inner::default()),
+            retention_ms,
+            max_series,
+            dropped_series: Default::default(),
+            loaded: true.into(),
+        }
+    }
+
+    /// Marks the history as being rebuilt: samples taken now (`fleet_agent_up`, recording
+    /// rules) must wait, so that every series is written in time order, and so must rules,
+    /// which would see a partial past.
+    pub fn begin_loading(&self) {
+        self.loaded.store(false, Ordering::Release);
+    }
+
+    /// Marks the history as rebuilt.
+    pub fn finish_loading(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether the history holds everything stored (false while it is rebuilt at start-up).
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// Like [`Tsdb::new`], with full chunks moved to segment files in `dir` (emptied first:

@@ -172,7 +172,7 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         drop(reports);
         // Records are saved after the reports they know of: a record is never ahead of the log.
         let saved = match &stored {
-            Ok(()) => {
+            Ok(_) => {
                 let to_save: Vec<&HostRecord> =
                     records.iter().filter(|(name, _)| save.contains(*name)).map(|(_, (_, r))| r).collect();
                 writer_store.save_hosts(&to_save)
@@ -192,15 +192,20 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         ),
     };
 
-    if let Err(e) = stored {
-        metrics.store_failed(e.to_string());
-        tracing::error!(error = %e, reports = pending.len(), "group commit failed; the reports are not acknowledged");
-        let msg = e.to_string();
-        for p in pending {
-            let _ = p.reply.send(Err(msg.clone()));
+    // While the history is still being read back from the log at start-up, the reader takes
+    // these reports from the log too, after the older ones.
+    let to_history = match stored {
+        Ok(live) => live,
+        Err(e) => {
+            metrics.store_failed(e.to_string());
+            tracing::error!(error = %e, reports = pending.len(), "group commit failed; the reports are not acknowledged");
+            let msg = e.to_string();
+            for p in pending {
+                let _ = p.reply.send(Err(msg.clone()));
+            }
+            return;
         }
-        return;
-    }
+    };
     if let Err(e) = saved {
         // The reports are durable and acknowledged; the records are saved again at the next
         // hello or disconnect, and the report log brings them up to date at start-up.
@@ -218,7 +223,7 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         if p.outcome == Stored::New {
             metrics.reports_stored.inc();
             let ts = p.report.timestamp_ms;
-            if ts >= cutoff {
+            if to_history && ts >= cutoff {
                 tsdb.append_report(&p.host.name, &p.report);
             }
             p.host.with(|s| {

@@ -128,6 +128,13 @@ async fn a_window_spanning_a_coordinator_outage_counts_every_report() {
     .await;
     let during = stored.iter().filter(|r| r.timestamp_ms > down && r.timestamp_ms < up).count();
     assert!(during >= 5, "reports taken during the outage: {during}");
+    // After a start the history is read back from the report log while agents attach.
+    eventually(Duration::from_secs(15), "the history to be read back", || async {
+        let (_, body) = c.http_get("/health").await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["parts"]["history"]["status"] == "ok").then_some(())
+    })
+    .await;
     let window_s = ((at - stored[0].timestamp_ms) / 1000) + 2;
     let expected = stored.iter().filter(|r| r.timestamp_ms > at - window_s * 1000 && r.timestamp_ms <= at).count();
     let expr = format!("count_over_time(fleet_host_uptime_seconds{{host=\"pc2\"}}[{window_s}s])");

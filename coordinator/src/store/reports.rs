@@ -130,6 +130,9 @@ struct Inner {
     /// Reports taken before this were past the window at the load: still in their segment
     /// until it goes, but not held.
     floor_ms: i64,
+    /// Whether appends go to the history at once: false from [`ReportLog::load`] until
+    /// [`ReportLog::replay`] has read everything, appends included.
+    replayed: bool,
     poisoned: Option<String>,
 }
 
@@ -183,19 +186,29 @@ struct Scanned {
     damage: Option<Damage>,
 }
 
-/// Reads the frames of the segment at `path` up to `limit` bytes (its whole length if `None`),
-/// calling `f` for each record; stops at the first damaged frame.
-fn scan_segment(path: &Path, limit: Option<u64>, mut f: impl FnMut(&Record<'_>)) -> Result<Scanned, LogError> {
-    let file = File::open(path).map_err(io_err(path))?;
+/// Reads the frames of the segment at `path` from byte `from` (a frame boundary; 0 for the
+/// start) up to `limit` bytes (its whole length if `None`), calling `f` for each record; stops
+/// at the first damaged frame.
+fn scan_segment(
+    path: &Path,
+    from: u64,
+    limit: Option<u64>,
+    mut f: impl FnMut(&Record<'_>),
+) -> Result<Scanned, LogError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
     let size = file.metadata().map_err(io_err(path))?.len();
     let end = limit.map_or(size, |l| l.min(size));
-    let mut r = io::BufReader::with_capacity(1 << 20, file.take(end));
     let damage = |offset: u64, reason: String| Damage { path: path.to_path_buf(), offset, reason };
-    let mut magic = [0u8; 8];
-    if end < 8 || r.read_exact(&mut magic).is_err() || &magic != MAGIC {
-        return Ok(Scanned { good_len: 0, damage: Some(damage(0, "not a fleet report log segment".into())) });
+    let mut pos = from.max(MAGIC.len() as u64);
+    if from == 0 {
+        let mut magic = [0u8; 8];
+        if end < 8 || file.read_exact(&mut magic).is_err() || &magic != MAGIC {
+            return Ok(Scanned { good_len: 0, damage: Some(damage(0, "not a fleet report log segment".into())) });
+        }
+    } else {
+        io::Seek::seek(&mut file, io::SeekFrom::Start(pos)).map_err(io_err(path))?;
     }
-    let mut pos = 8u64;
+    let mut r = io::BufReader::with_capacity(1 << 20, file.take(end.saturating_sub(pos)));
     let mut body = Vec::new();
     let mut payload = Vec::new();
     while pos < end {
@@ -321,7 +334,7 @@ impl ReportLog {
             dir,
             roll_every_ms,
             segment_bytes: SEGMENT_BYTES,
-            inner: Mutex::new(Inner { next_id, ..Default::default() }),
+            inner: Mutex::new(Inner { next_id, replayed: true, ..Default::default() }),
         })
     }
 
@@ -346,12 +359,13 @@ impl ReportLog {
         inner.hosts.clear();
         inner.active = None;
         inner.floor_ms = since_ms;
+        inner.replayed = false;
         let now = fleet_common::now_ms();
         let mut repaired = None;
         for (i, &id) in ids.iter().enumerate() {
             let path = segment_path(&self.dir, id);
             let mut seg = Segment::new(id, 0, now);
-            let scanned = scan_segment(&path, None, |r| {
+            let scanned = scan_segment(&path, 0, None, |r| {
                 if r.timestamp_ms >= since_ms && f(r) {
                     seg.add(r.timestamp_ms);
                     inner.index(r.host, id, r.timestamp_ms);
@@ -385,9 +399,11 @@ impl ReportLog {
 
     /// Appends `records` and makes them durable (one write and one `fdatasync`) before
     /// returning. On failure nothing of them counts: the segment is cut back to where it was.
-    pub fn append(&self, records: &[Record<'_>]) -> Result<(), LogError> {
+    /// Returns whether the caller hands them to the history: not while [`ReportLog::replay`]
+    /// is still to read them.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<bool, LogError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(self.lock().replayed);
         }
         let mut buf = Vec::new();
         let mut start = 0;
@@ -433,7 +449,55 @@ impl ReportLog {
         for r in records {
             inner.index(r.host, id, r.timestamp_ms);
         }
-        Ok(())
+        Ok(inner.replayed)
+    }
+
+    /// Reads every report taken at or after `since_ms` back, oldest segment first, for the
+    /// history: those the load found, then those appended since, until it has read them all;
+    /// from then on [`ReportLog::append`] tells the writer to hand new ones over itself, so
+    /// each report reaches the history once, in the order of the log. Stops early, with
+    /// appends still left to it, when `stop` says so. Returns how many reports it read.
+    pub fn replay(
+        &self,
+        since_ms: i64,
+        stop: impl Fn() -> bool,
+        mut f: impl FnMut(&Record<'_>),
+    ) -> Result<u64, LogError> {
+        let mut at: Option<(u64, u64)> = None;
+        let mut n = 0u64;
+        loop {
+            if stop() {
+                return Ok(n);
+            }
+            // The next stretch to read: what is left of the current segment, or the next one.
+            let next = {
+                let mut inner = self.lock();
+                let next = inner.segments.iter().find_map(|s| match at {
+                    Some((id, pos)) if s.id == id && pos < s.len => Some((s.id, pos, s.len)),
+                    Some((id, _)) if s.id <= id => None,
+                    _ => Some((s.id, 0, s.len)),
+                });
+                if next.is_none() {
+                    inner.replayed = true;
+                }
+                next
+            };
+            let Some((id, from, len)) = next else { return Ok(n) };
+            let path = segment_path(&self.dir, id);
+            let scanned = scan_segment(&path, from, Some(len), |r| {
+                if r.timestamp_ms >= since_ms {
+                    n += 1;
+                    f(r);
+                }
+            });
+            match scanned {
+                Ok(s) if s.damage.is_none() => at = Some((id, len)),
+                Ok(s) => return Err(LogError::Damaged(s.damage.expect("checked"))),
+                // Deleted by the retention since: nothing in it was needed.
+                Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => at = Some((id, len)),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn start_segment(&self, inner: &mut Inner, now: i64) -> Result<(), LogError> {
@@ -506,7 +570,7 @@ impl ReportLog {
         for span in spans {
             let Some(&len) = lens.get(&span.segment) else { continue };
             let path = segment_path(&self.dir, span.segment);
-            let scanned = scan_segment(&path, Some(len), |r| {
+            let scanned = scan_segment(&path, 0, Some(len), |r| {
                 if r.host == host && r.timestamp_ms >= since_ms {
                     found.push((r.timestamp_ms, r.boot_id, r.seq));
                 }
@@ -527,6 +591,16 @@ impl ReportLog {
         let skip = found.len().saturating_sub(limit);
         out.newest = found.into_iter().skip(skip).map(|(t, b, s)| (b, s, t)).collect();
         Ok(out)
+    }
+
+    /// Gives up on [`ReportLog::replay`] (it failed): appends go to the history at once.
+    pub fn abandon_replay(&self) {
+        self.lock().replayed = true;
+    }
+
+    /// Whether every report has reached the history (see [`ReportLog::replay`]).
+    pub fn replayed(&self) -> bool {
+        self.lock().replayed
     }
 
     /// Reports held, over all hosts.
@@ -624,6 +698,42 @@ mod tests {
         let (got, damage) = load(&log, 0);
         assert_eq!((got.len(), damage), (4, None));
         assert_eq!(log.held(), 4);
+    }
+
+    #[test]
+    fn the_history_replay_follows_appends_until_it_has_read_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = ReportLog::open(dir.path().into(), HOUR).unwrap();
+            append(&log, &[rec("pc2", 1, 1000), rec("pc2", 2, 2000)]);
+        }
+        let log = ReportLog::open(dir.path().into(), HOUR).unwrap();
+        load(&log, 0);
+        let to_history = |recs: &[Rec]| {
+            let records: Vec<Record<'_>> = recs
+                .iter()
+                .map(|(h, seq, ts, e)| Record { host: h, timestamp_ms: *ts, boot_id: 1, seq: *seq, encoded: e })
+                .collect();
+            log.append(&records).unwrap()
+        };
+        assert!(!to_history(&[rec("pc2", 3, 3000)]), "the replay will read it");
+        let mut seen = vec![];
+        let n = log
+            .replay(
+                0,
+                || false,
+                |r| {
+                    seen.push(r.seq);
+                    if r.seq == 1 {
+                        // A commit while the replay runs: after what it has read, so it is read too.
+                        assert!(!to_history(&[rec("pc2", 4, 4000)]));
+                    }
+                },
+            )
+            .unwrap();
+        assert_eq!((n, seen), (4, vec![1, 2, 3, 4]), "each report once, in the order of the log");
+        assert!(log.replayed());
+        assert!(to_history(&[rec("pc2", 5, 5000)]), "the writer hands it over itself");
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! What a coordinator restart costs: a report log of N simulated hosts (reports shaped and
+//! varying like a real agent's with 5 services) covering the retention window is written the
+//! way the group-commit writer writes it, then opened the way `fleet-coordinator run` does at
+//! start-up: first the host records and de-duplication marks (agents can attach once they are
+//! loaded), then the history's series, read back from the log in the background.
+//!
+//!   cargo bench -p fleet-loadgen --bench startup -- [HOSTS] [MINUTES] [INTERVAL_SECONDS]
+//!
+//! Defaults: 10000 hosts, 60 minutes, 5 seconds. Prints one Markdown row.
+
+use std::time::{Duration, Instant};
+
+use fleet_coordinator::store::{Record, Store};
+use fleet_coordinator::tsdb::Tsdb;
+use fleet_loadgen::SimHost;
+use prost::Message;
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let hosts = args.first().copied().unwrap_or(10_000);
+    let minutes = args.get(1).copied().unwrap_or(60);
+    let interval_s = args.get(2).copied().unwrap_or(5);
+    let retention = Duration::from_secs(minutes * 60);
+    let steps = minutes * 60 / interval_s;
+
+    let dir = std::env::temp_dir().join(format!("fleet-startup-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let now = fleet_common::now_ms();
+    let start_ms = now - retention.as_millis() as i64;
+    {
+        let store = Store::open(&dir, retention).expect("a store");
+        let mut sims: Vec<SimHost> = (0..hosts).map(|i| SimHost::new(i, 42)).collect();
+        let names: Vec<String> = (0..hosts).map(|i| format!("host-{i}")).collect();
+        let written = Instant::now();
+        // One commit per step and 1,000 hosts, about what the writer takes at a time under load.
+        for step in 0..steps {
+            for (sims, names) in sims.chunks_mut(1000).zip(names.chunks(1000)) {
+                let reports: Vec<(i64, u64, u64, Vec<u8>)> = sims
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, sim)| {
+                        let t = start_ms + (step * interval_s * 1000) as i64 + (i as i64 * 7919) % 5000;
+                        let r = sim.next_report(t, interval_s);
+                        let id = r.id.unwrap_or_default();
+                        (t, id.boot_id, id.seq, r.encode_to_vec())
+                    })
+                    .collect();
+                let records: Vec<Record<'_>> = reports
+                    .iter()
+                    .zip(names)
+                    .map(|((t, boot, seq, e), host)| Record {
+                        host,
+                        timestamp_ms: *t,
+                        boot_id: *boot,
+                        seq: *seq,
+                        encoded: e,
+                    })
+                    .collect();
+                store.append_reports(&records).expect("append");
+            }
+            if step % (steps / 10).max(1) == 0 {
+                eprintln!("writing: {step}/{steps} steps, {:.0} s", written.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let log_bytes: u64 = std::fs::read_dir(dir.join("reports"))
+        .expect("the report log")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+
+    // The start-up, as in fleet_coordinator::run.
+    let started = Instant::now();
+    let store = Store::open(&dir, retention).expect("a store");
+    let tsdb = Tsdb::on_disk(dir.join("history"), retention.as_millis() as i64, usize::MAX).expect("history");
+    let since = fleet_common::now_ms() - retention.as_millis() as i64;
+    let loaded = store.load(since).expect("load");
+    let serving = started.elapsed().as_secs_f64();
+    let replayed = store.replay_history(since, || false, |host, r| tsdb.append_report(host, r)).expect("replay");
+    let history = started.elapsed().as_secs_f64() - serving;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "| hosts | interval | retention | reports | report log | until agents can attach | history read back | reports/s into the history |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {interval_s}s | {minutes}m | {replayed} | {} MiB | {serving:.1} s | {history:.1} s more | {:.0} |",
+        loaded.len(),
+        log_bytes >> 20,
+        replayed as f64 / history
+    );
+}
