@@ -5,6 +5,8 @@
 # connection attempts failed meanwhile.
 #
 #   bench/coordinator-load/reconnect.sh [N]        default 10000
+#   HISTORY=600 bench/coordinator-load/reconnect.sh 10000   (kill after 600 s of reports, so the
+#                                                    restarted coordinator has that history to load)
 set -euo pipefail
 N=${1:-10000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -44,19 +46,28 @@ start() {
 }
 online() { curl -s "http://127.0.0.1:$HTTP/metrics" | awk '/^fleet_coordinator_hosts\{status="online"\}/ { print int($2) }'; }
 start
-"$BIN/fleet-loadgen" --addr "https://127.0.0.1:$GRPC" --pki "$WORK/pki" --agents "$N" --report-interval 5s --duration 600s \
+HISTORY=${HISTORY:-0}
+"$BIN/fleet-loadgen" --addr "https://127.0.0.1:$GRPC" --pki "$WORK/pki" --agents "$N" --report-interval 5s --duration "$((HISTORY + 600))s" \
   > "$WORK/loadgen.json" 2> "$WORK/loadgen.log" &
 LG=$!
 for _ in $(seq 1200); do [ "$(online)" = "$N" ] && break; sleep 0.5; done
 [ "$(online)" = "$N" ] || { echo "not all $N agents came online" >&2; exit 1; }
-before=$(grep -c "" "$WORK/loadgen.log" || true)
+sleep "$HISTORY"
+held=$(curl -s "http://127.0.0.1:$HTTP/metrics" | awk '/^fleet_coordinator_history_reports / { print int($2) }')
 kill -9 "$COORD"; wait "$COORD" 2>/dev/null || true
 t0=$(date +%s.%N)
 start
 for _ in $(seq 2400); do [ "$(online)" = "$N" ] && break; sleep 0.25; done
 t1=$(date +%s.%N)
 final=$(online)
-echo "| agents | all online again after a coordinator kill -9 and restart | online at the end |"
-echo "|---|---|---|"
-awk -v n="$N" -v a="$t0" -v b="$t1" -v f="$final" 'BEGIN { printf "| %d | %.1f s | %d |\n", n, b - a, f }'
+# The history is read back in the background: how long until it is complete.
+history_ok() {
+  curl -s "http://127.0.0.1:$HTTP/health" |
+    python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["parts"]["history"]["status"] != "ok")' 2>/dev/null
+}
+for _ in $(seq 2400); do history_ok && break; sleep 0.25; done
+t2=$(date +%s.%N)
+echo "| agents | reports held at the kill | all online again after a coordinator kill -9 and restart | online at the end | history read back after |"
+echo "|---|---|---|---|---|"
+awk -v n="$N" -v h="$held" -v a="$t0" -v b="$t1" -v f="$final" -v c="$t2" 'BEGIN { printf "| %d | %d | %.1f s | %d | %.1f s |\n", n, h, b - a, f, c - a }'
 tail -n 2 "$WORK/loadgen.log"

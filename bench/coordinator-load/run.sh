@@ -7,7 +7,9 @@
 #   INTERVAL=5s DURATION=60s WARMUP=10s bench/coordinator-load/run.sh 2000   (WARMUP: leave the first
 #   seconds after the connection ramp out of the latency percentiles)
 #   NOBUILD=1 reuses the release binaries. Every minute of the run, the coordinator's RSS and
-#   the history's series and bytes on disk are appended to $OUT/memory-N.tsv.
+#   the history's series and bytes on disk are appended to $OUT/memory-N.tsv. The coordinator
+#   evaluates the default rules (deploy/rules/fleet.rules.yml) every 15 s, as a production one
+#   would; RULES= (empty) leaves them out.
 #
 # For each N it prints one Markdown row: coordinator CPU (cores, averaged over the run) and
 # peak RSS, ack latency p50/p99, reports sent/acked, errors, the store's write rate, the time
@@ -18,6 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/bench/coordinator-load/results}
 INTERVAL=${INTERVAL:-5s}
+RULES=${RULES-$ROOT/deploy/rules/fleet.rules.yml}
 DURATION=${DURATION:-60s}
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000 5000 10000)
@@ -59,6 +62,9 @@ ca = "$WORK/pki/ca.pem"
 cert = "$WORK/pki/coordinator.pem"
 key = "$WORK/pki/coordinator-key.pem"
 EOF
+  if [ -n "$RULES" ]; then
+    printf '[alerting]\nrule_files = ["%s"]\nevaluation_interval = "15s"\n' "$RULES" >> "$WORK/coordinator.toml"
+  fi
   RUST_LOG=warn "$BIN/fleet-coordinator" run --config "$WORK/coordinator.toml" 2>"$OUT/coordinator-$N.log" &
   COORD=$!
   for _ in $(seq 200); do [ -f "$DATA/coordinator.addrs.json" ] && break; sleep 0.05; done
