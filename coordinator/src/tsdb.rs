@@ -345,31 +345,45 @@ impl Tsdb {
 
 impl Storage for Tsdb {
     fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
-        let inner = self.read();
-        let start = start.max(inner.cutoff_ms - 1);
-        let names: Vec<Sym> = match name {
-            Some(n) => inner.strings.get(n).into_iter().collect(),
-            None => inner.by_name.keys().copied().collect(),
-        };
-        let mut out = Vec::new();
-        for n in names {
-            let Some(series) = inner.by_name.get(&n) else { continue };
-            let metric = inner.strings.resolve(n);
-            for (key, samples) in series {
-                let get = |label: &str| {
-                    if label == NAME {
-                        return Some(metric);
+        // Under the lock, only what is in memory: the matching series, a copy of their open
+        // chunks and where their sealed ones begin. The sealed chunks are read from disk after
+        // the lock is released, so reports keep being appended while rules read the past.
+        let (found, reader, start) = {
+            let inner = self.read();
+            let start = start.max(inner.cutoff_ms - 1);
+            let names: Vec<Sym> = match name {
+                Some(n) => inner.strings.get(n).into_iter().collect(),
+                None => inner.by_name.keys().copied().collect(),
+            };
+            let mut found = Vec::new();
+            for n in names {
+                let Some(series) = inner.by_name.get(&n) else { continue };
+                let metric = inner.strings.resolve(n);
+                for (key, samples) in series {
+                    let get = |label: &str| {
+                        if label == NAME {
+                            return Some(metric);
+                        }
+                        key.iter()
+                            .find(|(k, _)| inner.strings.resolve(*k) == label)
+                            .map(|&(_, v)| inner.strings.resolve(v))
+                    };
+                    if !fleet_rules::promql::matches_with(get, name, m) {
+                        continue;
                     }
-                    key.iter().find(|(k, _)| inner.strings.resolve(*k) == label).map(|&(_, v)| inner.strings.resolve(v))
-                };
-                if !fleet_rules::promql::matches_with(get, name, m) {
-                    continue;
+                    if let Some(snapshot) = samples.snapshot(start, end) {
+                        found.push((inner.labels(n, key), snapshot));
+                    }
                 }
-                let mut points = Vec::new();
-                samples.range(start, end, &inner.files, &mut points);
-                if !points.is_empty() {
-                    out.push(Series { labels: inner.labels(n, key), points });
-                }
+            }
+            (found, inner.files.reader(), start)
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for (labels, snapshot) in found {
+            let mut points = Vec::new();
+            snapshot.range(start, end, &reader, &mut points);
+            if !points.is_empty() {
+                out.push(Series { labels, points });
             }
         }
         out

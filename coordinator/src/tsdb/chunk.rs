@@ -18,6 +18,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Samples per chunk before it is sealed (5 minutes at a 5 s report interval). Every series
 /// has an open chunk in memory, so this sets most of the history's memory; a shorter chunk
@@ -303,7 +304,7 @@ struct Record {
 
 #[derive(Debug)]
 struct Segment {
-    file: File,
+    file: Arc<File>,
     len: u64,
     /// The newest sample of any chunk written to it: once that is past the retention, so is
     /// everything in the file.
@@ -311,19 +312,68 @@ struct Segment {
 }
 
 /// Where sealed chunks live: segment files under a directory, or memory when there is none
-/// (or when a write fails, so nothing is lost).
+/// (or when a write fails, so nothing is lost). Written under the history's lock; read through
+/// a [`ChunkReader`] without it.
 #[derive(Debug, Default)]
 pub struct ChunkFiles {
     dir: Option<PathBuf>,
     segments: BTreeMap<u32, Segment>,
     next: u32,
-    /// Chunks kept in memory, by id: (newest sample, record as it would be on disk).
-    memory: BTreeMap<u32, (i64, Box<[u8]>)>,
     next_memory: u32,
     memory_bytes: usize,
     bytes: u64,
     write_errors: u64,
+    shared: Arc<Shared>,
+}
+
+/// A chunk kept in memory: its newest sample's time, and its record as it would be on disk.
+type MemoryChunk = (i64, Arc<[u8]>);
+
+/// What readers of sealed chunks need: the open segment files and the chunks kept in memory.
+#[derive(Debug, Default)]
+struct Shared {
+    files: RwLock<BTreeMap<u32, Arc<File>>>,
+    /// Chunks kept in memory, by id.
+    memory: RwLock<BTreeMap<u32, MemoryChunk>>,
     read_errors: AtomicU64,
+}
+
+/// Reads sealed chunks without holding the history's lock, so that queries reading from disk
+/// do not hold up the reports being appended. A chunk whose file has expired meanwhile reads
+/// as gone.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkReader(Arc<Shared>);
+
+impl ChunkReader {
+    /// Reads a sealed chunk back; `None` if it is gone (its file expired) or unreadable.
+    fn read(&self, c: &Sealed) -> Option<Record> {
+        let record_len = LINK_BYTES + usize::from(c.bytes);
+        let mut buf = vec![0u8; record_len];
+        if c.segment == MEMORY {
+            let b = self.0.memory.read().expect("chunk memory lock").get(&c.offset)?.1.clone();
+            buf.copy_from_slice(&b);
+        } else {
+            // A segment deleted past the retention takes its chunks with it: not an error.
+            let file = self.0.files.read().expect("chunk files lock").get(&c.segment)?.clone();
+            if let Err(e) = file.read_exact_at(&mut buf, u64::from(c.offset)) {
+                if self.0.read_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::error!(segment = c.segment, error = %e, "cannot read a history chunk back from disk");
+                }
+                return None;
+            }
+        }
+        let prev = Sealed::decode(&buf[..LINK_BYTES]);
+        buf.drain(..LINK_BYTES);
+        Some(Record { prev, stream: buf })
+    }
+
+    /// The samples of a sealed chunk, oldest first, and the chunk before it (none if the
+    /// chunk cannot be read).
+    fn points(&self, c: &Sealed, out: &mut Vec<(i64, f64)>, keep: impl Fn(i64) -> bool) -> Option<Sealed> {
+        let r = self.read(c)?;
+        out.extend(Iter::new(c.first_t, c.n, &r.stream).filter(|p| keep(p.0)));
+        r.prev
+    }
 }
 
 impl ChunkFiles {
@@ -359,7 +409,7 @@ impl ChunkFiles {
                 let id = self.next_memory;
                 self.next_memory = self.next_memory.wrapping_add(1);
                 self.memory_bytes += record.len();
-                self.memory.insert(id, (h.last_t(), record.into()));
+                self.shared.memory.write().expect("chunk memory lock").insert(id, (h.last_t(), record.into()));
                 (MEMORY, id)
             }
         };
@@ -376,7 +426,7 @@ impl ChunkFiles {
     /// Forgets a chunk that was replaced (segment files keep the bytes until they expire).
     pub fn release(&mut self, c: &Sealed) {
         if c.segment == MEMORY
-            && let Some((_, b)) = self.memory.remove(&c.offset)
+            && let Some((_, b)) = self.shared.memory.write().expect("chunk memory lock").remove(&c.offset)
         {
             self.memory_bytes -= b.len();
         }
@@ -393,16 +443,17 @@ impl ChunkFiles {
                 let path = dir.join(format!("chunks-{id:06}"));
                 let file =
                     match std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path) {
-                        Ok(f) => f,
+                        Ok(f) => Arc::new(f),
                         Err(e) => return self.failed(&e),
                     };
                 self.next += 1;
+                self.shared.files.write().expect("chunk files lock").insert(id, file.clone());
                 self.segments.insert(id, Segment { file, len: 0, last_t });
                 id
             }
         };
         let seg = self.segments.get_mut(&id).expect("just found or made");
-        if let Err(e) = (&seg.file).write_all(stream) {
+        if let Err(e) = (&*seg.file).write_all(stream) {
             // A short write leaves bytes nobody points at; the next chunk starts after them.
             seg.len = seg.file.metadata().map(|m| m.len()).unwrap_or(SEGMENT_BYTES);
             return self.failed(&e);
@@ -422,34 +473,13 @@ impl ChunkFiles {
         None
     }
 
-    /// Reads a sealed chunk back; `None` if it is gone (its file expired) or unreadable.
-    fn read(&self, c: &Sealed) -> Option<Record> {
-        let record_len = LINK_BYTES + usize::from(c.bytes);
-        let mut buf = vec![0u8; record_len];
-        if c.segment == MEMORY {
-            let (_, b) = self.memory.get(&c.offset)?;
-            buf.copy_from_slice(b);
-        } else {
-            // A segment deleted past the retention takes its chunks with it: not an error.
-            let seg = self.segments.get(&c.segment)?;
-            if let Err(e) = seg.file.read_exact_at(&mut buf, u64::from(c.offset)) {
-                if self.read_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::error!(segment = c.segment, error = %e, "cannot read a history chunk back from disk");
-                }
-                return None;
-            }
-        }
-        let prev = Sealed::decode(&buf[..LINK_BYTES]);
-        buf.drain(..LINK_BYTES);
-        Some(Record { prev, stream: buf })
+    /// Reads sealed chunks without the history's lock.
+    pub fn reader(&self) -> ChunkReader {
+        ChunkReader(self.shared.clone())
     }
 
-    /// The samples of a sealed chunk, oldest first, and the chunk before it (none if the
-    /// chunk cannot be read).
-    fn points(&self, c: &Sealed, out: &mut Vec<(i64, f64)>, keep: impl Fn(i64) -> bool) -> Option<Sealed> {
-        let r = self.read(c)?;
-        out.extend(Iter::new(c.first_t, c.n, &r.stream).filter(|p| keep(p.0)));
-        r.prev
+    fn read(&self, c: &Sealed) -> Option<Record> {
+        ChunkReader(self.shared.clone()).read(c)
     }
 
     /// Deletes segment files, and forgets chunks kept in memory, whose every sample is older
@@ -460,12 +490,13 @@ impl ChunkFiles {
             self.segments.iter().filter(|&(&k, s)| Some(k) != newest && s.last_t < cutoff).map(|(&k, _)| k).collect();
         for k in expired {
             if let (Some(s), Some(dir)) = (self.segments.remove(&k), &self.dir) {
+                self.shared.files.write().expect("chunk files lock").remove(&k);
                 self.bytes -= s.len.min(self.bytes);
                 let _ = std::fs::remove_file(dir.join(format!("chunks-{k:06}")));
             }
         }
         let mut freed = 0;
-        self.memory.retain(|_, (last_t, b)| {
+        self.shared.memory.write().expect("chunk memory lock").retain(|_, (last_t, b)| {
             let keep = *last_t >= cutoff;
             if !keep {
                 freed += b.len();
@@ -487,7 +518,7 @@ impl ChunkFiles {
 
     /// Chunks that could not be written (and stayed in memory) or read back.
     pub fn errors(&self) -> u64 {
-        self.write_errors + self.read_errors.load(Ordering::Relaxed)
+        self.write_errors + self.shared.read_errors.load(Ordering::Relaxed)
     }
 }
 
@@ -666,28 +697,24 @@ impl Samples {
         self.last.is_some() || self.head.is_some()
     }
 
+    /// What [`Snapshot::range`] needs to read the samples in `(start, end]` later, without
+    /// this series: the newest sealed chunk if the range reaches into sealed ones, and a copy of
+    /// the open chunk if the range reaches into it. `None` if nothing falls in the range.
+    pub fn snapshot(&self, start: i64, end: i64) -> Option<Snapshot> {
+        let last = self.last.filter(|c| c.last_t() > start);
+        let head = self.head.as_ref().filter(|h| h.first_t() <= end && h.last_t() > start).map(|h| OpenCopy {
+            first_t: h.first_t,
+            n: h.n,
+            stream: h.stream().into(),
+        });
+        (last.is_some() || head.is_some()).then_some(Snapshot { last, head })
+    }
+
     /// Samples in `(start, end]`, oldest first.
+    #[cfg(test)]
     pub fn range(&self, start: i64, end: i64, files: &ChunkFiles, out: &mut Vec<(i64, f64)>) {
-        // Newest first while walking back; each chunk's points are in order.
-        let mut chunks: Vec<Vec<(i64, f64)>> = Vec::new();
-        let mut at = self.last;
-        while let Some(c) = at.filter(|c| c.last_t() > start) {
-            if c.first_t() > end {
-                at = files.read(&c).and_then(|r| r.prev);
-                continue;
-            }
-            let mut pts = Vec::new();
-            at = files.points(&c, &mut pts, |t| t > start && t <= end);
-            chunks.push(pts);
-        }
-        for pts in chunks.iter().rev() {
-            out.extend_from_slice(pts);
-        }
-        if let Some(h) = &self.head
-            && h.first_t() <= end
-            && h.last_t() > start
-        {
-            out.extend(h.iter().filter(|&(t, _)| t > start && t <= end));
+        if let Some(s) = self.snapshot(start, end) {
+            s.range(start, end, &files.reader(), out);
         }
     }
 
@@ -706,6 +733,46 @@ impl Samples {
             at = files.read(&c).and_then(|r| r.prev);
         }
         n
+    }
+}
+
+/// Where a series' samples in a range are, taken under the history's lock and read without it.
+#[derive(Debug)]
+pub struct Snapshot {
+    last: Option<Sealed>,
+    head: Option<OpenCopy>,
+}
+
+/// The open chunk's stream as it was.
+#[derive(Debug)]
+struct OpenCopy {
+    first_t: i64,
+    n: u16,
+    stream: Box<[u8]>,
+}
+
+impl Snapshot {
+    /// Samples in `(start, end]`, oldest first: the sealed chunks walked back from the newest,
+    /// then the open chunk's.
+    pub fn range(&self, start: i64, end: i64, reader: &ChunkReader, out: &mut Vec<(i64, f64)>) {
+        // Newest first while walking back; each chunk's points are in order.
+        let mut chunks: Vec<Vec<(i64, f64)>> = Vec::new();
+        let mut at = self.last;
+        while let Some(c) = at.filter(|c| c.last_t() > start) {
+            if c.first_t() > end {
+                at = reader.read(&c).and_then(|r| r.prev);
+                continue;
+            }
+            let mut pts = Vec::new();
+            at = reader.points(&c, &mut pts, |t| t > start && t <= end);
+            chunks.push(pts);
+        }
+        for pts in chunks.iter().rev() {
+            out.extend_from_slice(pts);
+        }
+        if let Some(h) = &self.head {
+            out.extend(Iter::new(h.first_t, h.n, &h.stream).filter(|&(t, _)| t > start && t <= end));
+        }
     }
 }
 
@@ -750,7 +817,7 @@ mod tests {
         let mut sealed = Vec::new();
         if fits_span(h.first_t(), h.last_t()) {
             let c = files.seal(&h, None);
-            files.points(&c, &mut sealed, |_| true);
+            files.reader().points(&c, &mut sealed, |_| true);
         } else {
             sealed.clone_from(&back);
         }
