@@ -343,8 +343,18 @@ impl Tsdb {
     }
 }
 
-impl Storage for Tsdb {
-    fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
+impl Tsdb {
+    /// Calls `f` with the series matching and their samples in `(start, end]` (all of them, or
+    /// only the newest), one series at a time.
+    fn select_with(
+        &self,
+        name: Option<&str>,
+        m: &Matchers,
+        start: i64,
+        end: i64,
+        latest: bool,
+        f: &mut fleet_rules::promql::EachSeries<'_>,
+    ) {
         // Under the lock, only what is in memory: the matching series, a copy of their open
         // chunks and where their sealed ones begin. The sealed chunks are read from disk after
         // the lock is released, so reports keep being appended while rules read the past.
@@ -378,14 +388,46 @@ impl Storage for Tsdb {
             }
             (found, inner.files.reader(), start)
         };
-        let mut out = Vec::with_capacity(found.len());
+        let mut points = Vec::new();
         for (labels, snapshot) in found {
-            let mut points = Vec::new();
-            snapshot.range(start, end, &reader, &mut points);
+            points.clear();
+            if latest {
+                points.extend(snapshot.latest(start, end, &reader));
+            } else {
+                snapshot.range(start, end, &reader, &mut points);
+            }
             if !points.is_empty() {
-                out.push(Series { labels, points });
+                f(labels, &points);
             }
         }
+    }
+}
+
+impl Storage for Tsdb {
+    fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        self.select_with(name, m, start, end, false, &mut |labels, points| {
+            out.push(Series { labels, points: points.to_vec() })
+        });
+        out
+    }
+
+    fn select_each(
+        &self,
+        name: Option<&str>,
+        m: &Matchers,
+        start: i64,
+        end: i64,
+        f: &mut fleet_rules::promql::EachSeries<'_>,
+    ) {
+        self.select_with(name, m, start, end, false, f);
+    }
+
+    fn select_latest(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        self.select_with(name, m, start, end, true, &mut |labels, points| {
+            out.push(Series { labels, points: points.to_vec() })
+        });
         out
     }
 }
@@ -397,6 +439,21 @@ pub struct Writable(pub Arc<Tsdb>);
 impl Storage for Writable {
     fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
         self.0.select(name, m, start, end)
+    }
+
+    fn select_each(
+        &self,
+        name: Option<&str>,
+        m: &Matchers,
+        start: i64,
+        end: i64,
+        f: &mut fleet_rules::promql::EachSeries<'_>,
+    ) {
+        self.0.select_each(name, m, start, end, f);
+    }
+
+    fn select_latest(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
+        self.0.select_latest(name, m, start, end)
     }
 }
 

@@ -62,11 +62,35 @@ pub enum Value {
     String(String),
 }
 
+/// Takes one series and its samples at a time (see [`Storage::select_each`]).
+pub type EachSeries<'a> = dyn FnMut(Labels, &[(i64, f64)]) + 'a;
+
 /// Where samples come from.
 pub trait Storage {
     /// Every series matching `name` (if any) and `matchers`, with its samples in
     /// `(start_ms, end_ms]`, oldest first.
     fn select(&self, name: Option<&str>, matchers: &Matchers, start_ms: i64, end_ms: i64) -> Vec<Series>;
+
+    /// Calls `f` with every series matching and its samples in `(start_ms, end_ms]`, one series
+    /// at a time: what range functions need. Stores that can read each series' samples into
+    /// one buffer, instead of holding every series' at once, should.
+    fn select_each(&self, name: Option<&str>, matchers: &Matchers, start_ms: i64, end_ms: i64, f: &mut EachSeries<'_>) {
+        for s in self.select(name, matchers, start_ms, end_ms) {
+            f(s.labels, &s.points);
+        }
+    }
+
+    /// Like [`Storage::select`], with only the newest sample of each series (what an instant
+    /// vector selector needs). Stores that can find it without reading the whole range should.
+    fn select_latest(&self, name: Option<&str>, matchers: &Matchers, start_ms: i64, end_ms: i64) -> Vec<Series> {
+        let mut all = self.select(name, matchers, start_ms, end_ms);
+        for s in &mut all {
+            let newest = s.points.pop();
+            s.points.clear();
+            s.points.extend(newest);
+        }
+        all
+    }
 }
 
 /// Why an expression could not be evaluated.
@@ -172,7 +196,7 @@ impl Evaluator<'_> {
         }
         let end = t - offset_ms(&vs.offset);
         let mut out = Vec::new();
-        for s in self.storage.select(vs.name.as_deref(), &vs.matchers, end - LOOKBACK_MS, end) {
+        for s in self.storage.select_latest(vs.name.as_deref(), &vs.matchers, end - LOOKBACK_MS, end) {
             if let Some(&(ts, v)) = s.points.last()
                 && !is_stale(v)
             {
@@ -457,15 +481,13 @@ impl Evaluator<'_> {
             Ok(Value::Vector(v.into_iter().map(|s| Sample { labels: drop_name(s.labels), t, v: f(s.v) }).collect()))
         };
         let over_time = |f: &WindowFn<'_>, keep_name: bool| -> Result<Value, EvalError> {
-            let m = self.matrix(arg(0)?, t, name)?;
-            Ok(Value::Vector(
-                m.into_iter()
-                    .filter_map(|s| {
-                        let v = f(&s.points)?;
-                        Some(Sample { labels: if keep_name { s.labels } else { drop_name(s.labels) }, t, v })
-                    })
-                    .collect(),
-            ))
+            let mut out = Vec::new();
+            self.each_range(arg(0)?, t, name, &mut |labels, points| {
+                if let Some(v) = f(points) {
+                    out.push(Sample { labels: if keep_name { labels } else { drop_name(labels) }, t, v });
+                }
+            })?;
+            Ok(Value::Vector(out))
         };
         match name {
             "time" => Ok(Value::Scalar(t as f64 / 1000.0)),
@@ -521,18 +543,17 @@ impl Evaluator<'_> {
                 ))
             }
             "rate" | "increase" | "delta" => {
-                let (range, m) = self.range_arg(arg(0)?, t, name)?;
+                let range = self.range_of(arg(0)?, name)?;
                 let is_counter = name != "delta";
                 let is_rate = name == "rate";
-                Ok(Value::Vector(
-                    m.into_iter()
-                        .filter_map(|s| {
-                            let v =
-                                extrapolated_rate(&s.points, t - range.1, t - range.1 + range.0, is_counter, is_rate)?;
-                            Some(Sample { labels: drop_name(s.labels), t, v })
-                        })
-                        .collect(),
-                ))
+                let mut out = Vec::new();
+                self.each_range(arg(0)?, t, name, &mut |labels, points| {
+                    if let Some(v) = extrapolated_rate(points, t - range.1, t - range.1 + range.0, is_counter, is_rate)
+                    {
+                        out.push(Sample { labels: drop_name(labels), t, v });
+                    }
+                })?;
+                Ok(Value::Vector(out))
             }
             "irate" | "idelta" => over_time(
                 &|p| {
@@ -691,17 +712,42 @@ impl Evaluator<'_> {
     }
 
     /// The range (ms) and offset (ms) of a matrix selector argument, and its series.
-    fn range_arg(&self, e: &Expr, t: i64, name: &str) -> Result<((i64, i64), Vec<Series>), EvalError> {
+    /// The range of a range-vector argument and where it starts: (range, start offset from
+    /// t), where start = t - offset - range.
+    fn range_of(&self, e: &Expr, name: &str) -> Result<(i64, i64), EvalError> {
         let ms = match e {
             Expr::MatrixSelector(ms) => ms,
             Expr::Subquery(_) => return unsupported("subqueries (expr[range:step])"),
             _ => return invalid(format!("{name}() needs a range vector selector such as metric[5m]")),
         };
         let range = dur_ms(&ms.range);
-        let off = offset_ms(&ms.vs.offset);
-        let m = self.matrix(e, t, name)?;
-        // (range, start offset from t) where start = t - offset - range.
-        Ok(((range, off + range), m))
+        Ok((range, offset_ms(&ms.vs.offset) + range))
+    }
+
+    /// Calls `f` with each series of the range-vector argument `e` that has samples in its
+    /// window, one at a time (stale markers left out), so that a function over tens of
+    /// thousands of series never holds all their samples at once.
+    fn each_range(&self, e: &Expr, t: i64, name: &str, f: &mut EachSeries<'_>) -> Result<(), EvalError> {
+        let Expr::MatrixSelector(ms) = e else {
+            for s in self.matrix(e, t, name)? {
+                f(s.labels, &s.points);
+            }
+            return Ok(());
+        };
+        if ms.vs.at.is_some() {
+            return unsupported("the @ modifier");
+        }
+        let end = t - offset_ms(&ms.vs.offset);
+        let start = end - dur_ms(&ms.range);
+        let mut fresh = Vec::new();
+        self.storage.select_each(ms.vs.name.as_deref(), &ms.vs.matchers, start, end, &mut |labels, points| {
+            fresh.clear();
+            fresh.extend(points.iter().copied().filter(|(_, v)| !is_stale(*v)));
+            if !fresh.is_empty() {
+                f(labels, &fresh);
+            }
+        });
+        Ok(())
     }
 }
 

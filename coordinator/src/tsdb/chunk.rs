@@ -752,6 +752,28 @@ struct OpenCopy {
 }
 
 impl Snapshot {
+    /// The newest sample in `(start, end]`: from the open chunk if it has one there, else from
+    /// the newest sealed chunk that does.
+    pub fn latest(&self, start: i64, end: i64, reader: &ChunkReader) -> Option<(i64, f64)> {
+        let in_range = |&(t, _): &(i64, f64)| t > start && t <= end;
+        if let Some(h) = &self.head
+            && let Some(p) = Iter::new(h.first_t, h.n, &h.stream).filter(in_range).last()
+        {
+            return Some(p);
+        }
+        let mut at = self.last;
+        while let Some(c) = at.filter(|c| c.last_t() > start) {
+            let r = reader.read(&c)?;
+            if c.first_t() <= end
+                && let Some(p) = Iter::new(c.first_t, c.n, &r.stream).filter(in_range).last()
+            {
+                return Some(p);
+            }
+            at = r.prev;
+        }
+        None
+    }
+
     /// Samples in `(start, end]`, oldest first: the sealed chunks walked back from the newest,
     /// then the open chunk's.
     pub fn range(&self, start: i64, end: i64, reader: &ChunkReader, out: &mut Vec<(i64, f64)>) {
@@ -931,6 +953,8 @@ mod tests {
             s.range(start, end, &files, &mut got);
             let want: Vec<_> = model.range(..=end).filter(|&(&t, _)| t > start).map(|(&t, &v)| (t, v)).collect();
             assert_eq!(got, want);
+            let latest = s.snapshot(start, end).and_then(|snap| snap.latest(start, end, &files.reader()));
+            assert_eq!(latest, want.last().copied(), "the newest sample alone");
         }
     }
 
