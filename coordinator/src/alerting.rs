@@ -304,7 +304,9 @@ fn to_send(g: &mut Group, t: i64, interval_ms: i64, external: &BTreeMap<String, 
             al.last_sent_ms = Some(t);
             let mut labels = al.labels.clone();
             for (k, v) in external {
-                labels.entry(k.clone()).or_insert_with(|| v.clone());
+                if !labels.contains_key(k) {
+                    labels.insert(k.as_str(), v.as_str());
+                }
             }
             out.push(Outgoing {
                 labels,
@@ -341,15 +343,16 @@ fn am_body(batch: &[Outgoing]) -> Value {
 
 fn webhook_body(batch: &[Outgoing]) -> Value {
     let firing = batch.iter().any(|a| !a.resolved);
-    let common = |f: &dyn Fn(&Outgoing) -> &BTreeMap<String, String>| -> BTreeMap<String, String> {
-        let mut it = batch.iter();
-        let Some(first) = it.next() else { return BTreeMap::new() };
-        let mut c = f(first).clone();
-        for a in it {
-            c.retain(|k, v| f(a).get(k) == Some(v));
+    let common = |maps: Vec<BTreeMap<String, String>>| -> BTreeMap<String, String> {
+        let mut it = maps.into_iter();
+        let Some(mut c) = it.next() else { return BTreeMap::new() };
+        for m in it {
+            c.retain(|k, v| m.get(k) == Some(v));
         }
         c
     };
+    let label_maps =
+        batch.iter().map(|a| a.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).collect();
     json!({
         "version": "4",
         "groupKey": "{}:{}",
@@ -357,8 +360,8 @@ fn webhook_body(batch: &[Outgoing]) -> Value {
         "status": if firing { "firing" } else { "resolved" },
         "receiver": "fleet",
         "groupLabels": {},
-        "commonLabels": common(&|a: &Outgoing| &a.labels),
-        "commonAnnotations": common(&|a: &Outgoing| &a.annotations),
+        "commonLabels": common(label_maps),
+        "commonAnnotations": common(batch.iter().map(|a| a.annotations.clone()).collect()),
         "externalURL": "",
         "alerts": batch.iter().map(|a| json!({
             "status": if a.resolved { "resolved" } else { "firing" },
@@ -429,7 +432,7 @@ mod tests {
         let mut groups = fleet_rules::rules::load_file(&p).unwrap();
         let g = &mut groups[0];
         let Rule::Alert(a) = &mut g.rules[0] else { panic!() };
-        let labels: Labels = [("alertname".to_string(), "A".to_string())].into();
+        let labels: Labels = [("alertname", "A")].into_iter().collect();
         a.active.insert(
             labels.clone(),
             Alert {
@@ -448,7 +451,7 @@ mod tests {
         let first = to_send(g, 1_000, 15_000, &ext);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].ends_at, 1_000 + 4 * 60_000);
-        assert_eq!(first[0].labels.get("dc").map(String::as_str), Some("x"));
+        assert_eq!(first[0].labels.get("dc"), Some("x"));
         assert!(to_send(g, 30_000, 15_000, &ext).is_empty(), "not again within the resend delay");
         assert_eq!(to_send(g, 61_000, 15_000, &ext).len(), 1);
         let Rule::Alert(a) = &mut g.rules[0] else { panic!() };

@@ -445,8 +445,8 @@ pub fn render_alerting(out: &mut String, alerting: &crate::alerting::Alerting, t
     for a in alerting.alerts() {
         if a.state == fleet_rules::rules::AlertState::Firing {
             let key = (
-                a.labels.get("alertname").cloned().unwrap_or_default(),
-                a.labels.get("severity").cloned().unwrap_or_default(),
+                a.labels.get("alertname").unwrap_or_default().to_string(),
+                a.labels.get("severity").unwrap_or_default().to_string(),
             );
             *firing.entry(key).or_default() += 1;
         }

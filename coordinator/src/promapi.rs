@@ -139,7 +139,7 @@ fn ts(ms: i64) -> Value {
 }
 
 fn metric(l: &Labels) -> Value {
-    Value::Object(l.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    Value::Object(l.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect())
 }
 
 fn answer_json(a: Answer) -> Value {
@@ -251,7 +251,7 @@ async fn labels(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes)
     };
     match selected(&db, &p, start, end, false) {
         Ok(sets) => {
-            let names: BTreeSet<&String> = sets.iter().flat_map(|l| l.keys()).collect();
+            let names: BTreeSet<&str> = sets.iter().flat_map(|l| l.keys()).collect();
             ok(json!(names))
         }
         Err(r) => r,
@@ -266,7 +266,7 @@ async fn label_values(State(db): State<Arc<Tsdb>>, Path(name): Path<String>, Raw
     };
     match selected(&db, &p, start, end, false) {
         Ok(sets) => {
-            let values: BTreeSet<&String> = sets.iter().filter_map(|l| l.get(&name)).collect();
+            let values: BTreeSet<&str> = sets.iter().filter_map(|l| l.get(&name)).collect();
             ok(json!(values))
         }
         Err(r) => r,

@@ -60,6 +60,11 @@ impl Interner {
     fn resolve(&self, id: Sym) -> &str {
         &self.strings[id as usize]
     }
+
+    /// The string, shared.
+    fn shared(&self, id: Sym) -> Arc<str> {
+        self.strings[id as usize].clone()
+    }
 }
 
 /// Series by metric name, then by the rest of their labels.
@@ -109,12 +114,11 @@ impl Inner {
         Some((self.by_name.entry(n).or_default().entry(key).or_default(), &mut self.files))
     }
 
+    /// A series' labels: its interned strings shared, not copied.
     fn labels(&self, name: Sym, key: &Key) -> Labels {
-        let mut l: Labels = key
-            .iter()
-            .map(|&(k, v)| (self.strings.resolve(k).to_string(), self.strings.resolve(v).to_string()))
-            .collect();
-        l.insert(NAME.into(), self.strings.resolve(name).to_string());
+        let mut l =
+            Labels::from_sorted(key.iter().map(|&(k, v)| (self.strings.shared(k), self.strings.shared(v))).collect());
+        l.insert(Arc::<str>::from(NAME), self.strings.shared(name));
         l
     }
 
@@ -260,9 +264,8 @@ impl Tsdb {
 
     /// Adds a sample; keeps each series ordered by time (replayed reports may be older).
     pub fn append(&self, labels: Labels, t: i64, v: f64) {
-        let name = labels.get(NAME).map(String::as_str).unwrap_or_default();
-        let mut pairs: Vec<(&str, &str)> =
-            labels.iter().filter(|(k, _)| k.as_str() != NAME).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let name = labels.get(NAME).unwrap_or_default();
+        let mut pairs: Vec<(&str, &str)> = labels.iter().filter(|(k, _)| *k != NAME).collect();
         self.append_locked(&mut self.write(), name, &mut pairs, t, v);
     }
 
@@ -497,8 +500,8 @@ mod tests {
         let db = Tsdb::new(3_600_000, 2);
         for i in 0..5 {
             let mut l = Labels::new();
-            l.insert(NAME.into(), "x".into());
-            l.insert("i".into(), i.to_string());
+            l.insert(NAME, "x");
+            l.insert("i", i.to_string());
             db.append(l, 0, 1.0);
         }
         assert_eq!(db.len(), 2);

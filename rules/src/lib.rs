@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod labels;
 pub mod promql;
 pub mod rules;
 pub mod template;

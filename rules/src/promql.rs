@@ -12,8 +12,7 @@ use promql_parser::parser::{
     AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, Offset, VectorMatchCardinality, VectorSelector,
 };
 
-/// A label set, `__name__` included.
-pub type Labels = BTreeMap<String, String>;
+pub use crate::labels::Labels;
 
 /// The metric name label.
 pub const NAME: &str = "__name__";
@@ -138,6 +137,11 @@ fn dur_ms(d: &Duration) -> i64 {
     d.as_millis() as i64
 }
 
+/// Whether `name` is among the label names of a `by`/`on`/`without`/`ignoring` clause.
+fn named(names: &[String], name: &str) -> bool {
+    names.iter().any(|n| n == name)
+}
+
 fn drop_name(mut l: Labels) -> Labels {
     l.remove(NAME);
     l
@@ -145,8 +149,8 @@ fn drop_name(mut l: Labels) -> Labels {
 
 /// Labels as `{a="b", ...}` for messages.
 pub fn format_labels(l: &Labels) -> String {
-    let name = l.get(NAME).cloned().unwrap_or_default();
-    let rest: Vec<String> = l.iter().filter(|(k, _)| k.as_str() != NAME).map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let name = l.get(NAME).unwrap_or_default().to_string();
+    let rest: Vec<String> = l.iter().filter(|(k, _)| *k != NAME).map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{name}{{{}}}", rest.join(", "))
 }
 
@@ -236,14 +240,8 @@ impl Evaluator<'_> {
         };
         let key = |l: &Labels| -> Labels {
             match &a.modifier {
-                Some(LabelModifier::Include(ls)) => {
-                    l.iter().filter(|(k, _)| ls.labels.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
-                }
-                Some(LabelModifier::Exclude(ls)) => l
-                    .iter()
-                    .filter(|(k, _)| !ls.labels.contains(k) && k.as_str() != NAME)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                Some(LabelModifier::Include(ls)) => l.filtered(|k| named(&ls.labels, k)),
+                Some(LabelModifier::Exclude(ls)) => l.filtered(|k| !named(&ls.labels, k) && k != NAME),
                 None => Labels::new(),
             }
         };
@@ -377,14 +375,8 @@ impl Evaluator<'_> {
         let matching = m.and_then(|m| m.matching.clone());
         let sig = |labels: &Labels| -> Labels {
             match &matching {
-                Some(LabelModifier::Include(ls)) => {
-                    labels.iter().filter(|(k, _)| ls.labels.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
-                }
-                Some(LabelModifier::Exclude(ls)) => labels
-                    .iter()
-                    .filter(|(k, _)| !ls.labels.contains(k) && k.as_str() != NAME)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                Some(LabelModifier::Include(ls)) => labels.filtered(|k| named(&ls.labels, k)),
+                Some(LabelModifier::Exclude(ls)) => labels.filtered(|k| !named(&ls.labels, k) && k != NAME),
                 None => drop_name(labels.clone()),
             }
         };
@@ -452,14 +444,14 @@ impl Evaluator<'_> {
             }
             if one_to_one {
                 match &matching {
-                    Some(LabelModifier::Include(ls)) => labels.retain(|k, _| ls.labels.contains(k)),
-                    Some(LabelModifier::Exclude(ls)) => labels.retain(|k, _| !ls.labels.contains(k)),
+                    Some(LabelModifier::Include(ls)) => labels.retain(|k, _| named(&ls.labels, k)),
+                    Some(LabelModifier::Exclude(ls)) => labels.retain(|k, _| !named(&ls.labels, k)),
                     None => {}
                 }
             }
             for name in &include {
-                match o.labels.get(name) {
-                    Some(v) => labels.insert(name.clone(), v.clone()),
+                match o.labels.get_shared(name) {
+                    Some(v) => labels.insert(name.as_str(), v.clone()),
                     None => labels.remove(name),
                 };
             }
@@ -641,7 +633,7 @@ impl Evaluator<'_> {
                     .map_err(|e| EvalError::Invalid(format!("invalid regex in label_replace: {e}")))?;
                 let mut out = Vec::new();
                 for mut smp in v {
-                    let value = smp.labels.get(&src).cloned().unwrap_or_default();
+                    let value = smp.labels.get(&src).unwrap_or_default().to_string();
                     if let Some(caps) = re.captures(&value) {
                         let mut res = String::new();
                         caps.expand(&repl.replace("$$", "\u{0}"), &mut res);
@@ -673,7 +665,7 @@ impl Evaluator<'_> {
                     v.into_iter()
                         .map(|mut s| {
                             let joined: Vec<String> =
-                                srcs.iter().map(|k| s.labels.get(k).cloned().unwrap_or_default()).collect();
+                                srcs.iter().map(|k| s.labels.get(k).unwrap_or_default().to_string()).collect();
                             let j = joined.join(&sep);
                             if j.is_empty() {
                                 s.labels.remove(&dst);
@@ -690,7 +682,7 @@ impl Evaluator<'_> {
                 let v = self.vector(arg(1)?, t, name)?;
                 let mut groups: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
                 for s in v {
-                    let Some(le) = s.labels.get("le").and_then(|x| parse_float(x)) else { continue };
+                    let Some(le) = s.labels.get("le").and_then(parse_float) else { continue };
                     let mut k = drop_name(s.labels);
                     k.remove("le");
                     groups.entry(k).or_default().push((le, s.v));
@@ -942,7 +934,7 @@ fn absent_labels(e: &Expr) -> Labels {
 
 /// Whether a series with `labels` matches the selector's name and matchers.
 pub fn matches(labels: &Labels, name: Option<&str>, matchers: &Matchers) -> bool {
-    matches_with(|k| labels.get(k).map(String::as_str), name, matchers)
+    matches_with(|k| labels.get(k), name, matchers)
 }
 
 /// [`matches`] over any label lookup: `get(label)` is the label's value, `None` when absent
@@ -984,7 +976,7 @@ mod tests {
 
     fn series(name: &str, labels: &[(&str, &str)], points: &[(i64, f64)]) -> Series {
         let mut l: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        l.insert(NAME.into(), name.into());
+        l.insert(NAME, name);
         Series { labels: l, points: points.to_vec() }
     }
 

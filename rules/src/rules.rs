@@ -336,7 +336,7 @@ impl Group {
                         };
                         for s in samples {
                             let mut l = s.labels;
-                            l.insert(NAME.into(), r.name.clone());
+                            l.insert(NAME, r.name.clone());
                             for (k, v) in &r.labels {
                                 l.insert(k.clone(), v.clone());
                             }
@@ -375,7 +375,11 @@ impl AlertRule {
         for s in samples {
             let mut tl = s.labels.clone();
             tl.remove(NAME);
-            let data = template::Data { labels: tl, value: s.v, external_labels: external_labels.clone() };
+            let data = template::Data {
+                labels: tl.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                value: s.v,
+                external_labels: external_labels.clone(),
+            };
             let mut labels = s.labels.clone();
             labels.remove(NAME);
             for (k, v) in &self.labels {
@@ -390,7 +394,7 @@ impl AlertRule {
             for (k, v) in &self.annotations {
                 annotations.insert(k.clone(), template::expand(v, &data).map_err(|e| format!("annotation {k}: {e}"))?);
             }
-            labels.insert("alertname".into(), self.name.clone());
+            labels.insert("alertname", self.name.clone());
             if seen.contains_key(&labels) {
                 return Err(
                     "the expression returns series with the same labels after applying the alert's labels".into()

@@ -165,7 +165,7 @@ fn parse_series(s: &str) -> Result<Labels, String> {
     let promql_parser::parser::Expr::VectorSelector(vs) = expr else { return Err(format!("\"{s}\" is not a series")) };
     let mut l = Labels::new();
     if let Some(n) = vs.name {
-        l.insert(NAME.into(), n);
+        l.insert(NAME, n);
     }
     for m in vs.matchers.matchers {
         l.insert(m.name, m.value);
@@ -303,7 +303,7 @@ fn run_group(
             .iter()
             .map(|e| {
                 let mut l: Labels = e.exp_labels.clone().into_iter().collect();
-                l.insert("alertname".into(), a.alertname.clone());
+                l.insert("alertname", a.alertname.clone());
                 (l, e.exp_annotations.clone())
             })
             .collect();
