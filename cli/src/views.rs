@@ -110,7 +110,7 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
             "hosts": { "online": s.hosts_online, "offline": s.hosts_offline },
             "sessions": s.sessions,
             "reports_stored": s.reports_stored,
-            "history": { "reports": s.history_reports, "retention_seconds": s.history_retention_seconds },
+            "history": { "reports": s.history_reports, "retention_seconds": s.history_retention_seconds, "loading": s.history_loading },
         }));
         return Ok(());
     }
@@ -124,10 +124,11 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
     println!("hosts        {} online, {} offline", s.hosts_online, s.hosts_offline);
     println!("sessions     {}", s.sessions);
     println!(
-        "history      {} reports in the last {} ({} stored since start)",
+        "history      {} reports in the last {} ({} stored since start){}",
         s.history_reports,
         human_duration(std::time::Duration::from_secs(s.history_retention_seconds)),
-        s.reports_stored
+        s.reports_stored,
+        if s.history_loading { "; still loading after the start: rules wait, queries see part of it" } else { "" }
     );
     Ok(())
 }

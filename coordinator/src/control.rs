@@ -172,6 +172,7 @@ impl ControlService for ControlApi {
             history_reports: self.store.reports_held(),
             history_retention_seconds: self.retention.as_secs(),
             trust_domain: self.trust_domain.clone(),
+            history_loading: !self.tsdb.loaded(),
         };
         Ok(self.timed(t, Response::new(resp)))
     }

@@ -135,6 +135,9 @@ async fn a_window_spanning_a_coordinator_outage_counts_every_report() {
         (v["parts"]["history"]["status"] == "ok").then_some(())
     })
     .await;
+    let status = c.fleetctl(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["history"]["loading"], false, "{status}");
     let window_s = ((at - stored[0].timestamp_ms) / 1000) + 2;
     let expected = stored.iter().filter(|r| r.timestamp_ms > at - window_s * 1000 && r.timestamp_ms <= at).count();
     let expr = format!("count_over_time(fleet_host_uptime_seconds{{host=\"pc2\"}}[{window_s}s])");
