@@ -550,13 +550,15 @@ impl ReportLog {
 
     /// How many reports of `host` are held, the oldest one's time, and the newest `limit` taken
     /// at or after `since_ms`, oldest first. With a `limit`, reads the segments holding the
-    /// host's reports.
+    /// host's reports, newest first, and stops once no older segment can hold a newer report
+    /// than those found: usually the newest segment alone. Damage in a segment it reads is an
+    /// error, not a shorter answer.
     pub fn host_reports(&self, host: &str, since_ms: i64, limit: usize) -> Result<HostReports, LogError> {
-        let (spans, lens, since_ms): (Vec<Span>, HashMap<u64, u64>, i64) = {
+        let (spans, segments, since_ms): (Vec<Span>, HashMap<u64, (u64, i64)>, i64) = {
             let inner = self.lock();
             let spans: Vec<Span> = inner.hosts.get(host).map(|s| s.iter().copied().collect()).unwrap_or_default();
-            let lens = inner.segments.iter().map(|s| (s.id, s.len)).collect();
-            (spans, lens, since_ms.max(inner.floor_ms))
+            let segments = inner.segments.iter().map(|s| (s.id, (s.len, s.max_ms))).collect();
+            (spans, segments, since_ms.max(inner.floor_ms))
         };
         let mut out = HostReports {
             count: spans.iter().map(|s| u64::from(s.count)).sum(),
@@ -566,9 +568,21 @@ impl ReportLog {
         if limit == 0 {
             return Ok(out);
         }
+        // Agents resend what they buffered while away, so a segment may hold reports older
+        // than the one before it: the newest time in this span or any older one.
+        let newest_up_to: Vec<i64> = spans
+            .iter()
+            .scan(i64::MIN, |newest, span| {
+                *newest = (*newest).max(segments.get(&span.segment).map_or(i64::MIN, |s| s.1));
+                Some(*newest)
+            })
+            .collect();
         let mut found: Vec<(i64, u64, u64)> = Vec::new();
-        for span in spans {
-            let Some(&len) = lens.get(&span.segment) else { continue };
+        for (i, span) in spans.iter().enumerate().rev() {
+            if newest_up_to[i] < since_ms || (found.len() == limit && newest_up_to[i] < found[0].0) {
+                break;
+            }
+            let Some(&(len, _)) = segments.get(&span.segment) else { continue };
             let path = segment_path(&self.dir, span.segment);
             let scanned = scan_segment(&path, 0, Some(len), |r| {
                 if r.host == host && r.timestamp_ms >= since_ms {
@@ -576,20 +590,17 @@ impl ReportLog {
                 }
             });
             match scanned {
+                Ok(Scanned { damage: Some(damage), .. }) => return Err(LogError::Damaged(damage)),
                 Ok(_) => {}
                 // Deleted by the retention since the index was read.
                 Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
-            // Keep memory bounded by the limit, not by what the host sent.
-            if found.len() > 2 * limit {
-                found.sort_unstable();
-                found.drain(..found.len() - limit);
-            }
+            // Keep the newest `limit`: memory bounded by the limit, not by what the host sent.
+            found.sort_unstable();
+            found.drain(..found.len().saturating_sub(limit));
         }
-        found.sort_unstable();
-        let skip = found.len().saturating_sub(limit);
-        out.newest = found.into_iter().skip(skip).map(|(t, b, s)| (b, s, t)).collect();
+        out.newest = found.into_iter().map(|(t, b, s)| (b, s, t)).collect();
         Ok(out)
     }
 
@@ -774,6 +785,38 @@ mod tests {
         assert_eq!(log.host_reports("main-pc", 0, 10).unwrap(), HostReports::default());
         assert_eq!(log.trim(5500).unwrap(), 0, "a segment goes only once all of it is old");
         assert_eq!(log.held(), 2);
+    }
+
+    #[test]
+    fn the_newest_reports_are_read_from_the_newest_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        // The last commit carries a report taken long before: resent after an outage.
+        let batches = [
+            vec![rec("pc2", 1, 5000), rec("pc2", 2, 6000)],
+            vec![rec("pc2", 3, 7000)],
+            vec![rec("pc2", 9, 1000), rec("pc2", 4, 8000)],
+        ];
+        for batch in &batches {
+            let log = ReportLog::open(dir.path().into(), HOUR).unwrap();
+            append(&log, batch);
+        }
+        let log = ReportLog::open(dir.path().into(), HOUR).unwrap();
+        load(&log, 0);
+        let seqs = |limit| -> Result<Vec<u64>, LogError> {
+            Ok(log.host_reports("pc2", 0, limit)?.newest.iter().map(|r| r.1).collect())
+        };
+        assert_eq!(seqs(10).unwrap(), [9, 1, 2, 3, 4], "oldest first, by the time they were taken");
+        assert_eq!(seqs(3).unwrap(), [2, 3, 4], "the resent report is older than the first segment's");
+
+        // The newest two are in the last two segments: the first is not read at all.
+        let first = segments(dir.path())[0].clone();
+        let mut bytes = std::fs::read(&first).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0xff;
+        std::fs::write(&first, bytes).unwrap();
+        assert_eq!(seqs(2).unwrap(), [3, 4]);
+        let err = seqs(3).unwrap_err().to_string();
+        assert!(err.contains(&first.display().to_string()) && err.contains("checksum"), "{err}");
     }
 
     #[test]
