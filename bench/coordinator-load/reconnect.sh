@@ -12,7 +12,7 @@ N=${1:-10000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 [ -n "${NOBUILD:-}" ] || (cd "$ROOT" && cargo build --release --bins -q)
 BIN=$ROOT/target/release
-ulimit -n "$(ulimit -Hn)"
+ulimit -n $((N + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"  # a socket per agent on each side
 WORK=$(mktemp -d)
 cleanup() {
   [ -n "${COORD:-}" ] && kill "$COORD" 2>/dev/null || true

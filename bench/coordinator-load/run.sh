@@ -6,10 +6,12 @@
 #   bench/coordinator-load/run.sh [N...]              default: 1000 5000 10000
 #   INTERVAL=5s DURATION=60s WARMUP=10s bench/coordinator-load/run.sh 2000   (WARMUP: leave the first
 #   seconds after the connection ramp out of the latency percentiles)
-#   NOBUILD=1 reuses the release binaries. Every minute of the run, the coordinator's RSS and
-#   the history's series and bytes on disk are appended to $OUT/memory-N.tsv. The coordinator
-#   evaluates the default rules (deploy/rules/fleet.rules.yml) every 15 s, as a production one
-#   would; RULES= (empty) leaves them out.
+#   NOBUILD=1 reuses the release binaries. history.max_series is raised above its default
+#   (1,000,000) beyond 16,000 agents, as an operator of such a fleet would. Every minute of the
+#   run, the coordinator's RSS and the history's series and bytes on disk are appended to
+#   $OUT/memory-N.tsv. The coordinator evaluates the default rules
+#   (deploy/rules/fleet.rules.yml) every 15 s, as a production one would; RULES= (empty)
+#   leaves them out.
 #
 # For each N it prints one Markdown row: coordinator CPU (cores, averaged over the run) and
 # peak RSS, ack latency p50/p99, reports sent/acked, errors, the store's write rate, the time
@@ -27,7 +29,11 @@ SIZES=("$@")
 mkdir -p "$OUT"
 [ -n "${NOBUILD:-}" ] || (cd "$ROOT" && cargo build --release --bins -q)
 BIN=$ROOT/target/release
-ulimit -n "$(ulimit -Hn)"  # every agent is one socket on each side
+# Every agent is one socket on each side: raise the open-files limit to fit the largest N
+# (root may raise the hard limit too).
+most=$(printf '%s\n' "${SIZES[@]}" | sort -n | tail -n 1)
+ulimit -n $((most + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((most + 4096)) ] || echo "warning: open files limited to $(ulimit -n); $most agents need $((most + 4096))" >&2
 
 WORK=$(mktemp -d)
 cleanup() {
@@ -54,6 +60,8 @@ data_dir = "$DATA"
 listen = "127.0.0.1:0"
 [http]
 listen = "127.0.0.1:0"
+[history]
+max_series = $(( N * 60 > 1000000 ? N * 60 : 1000000 ))
 [agents]
 offline_after = "15s"
 max_connections = 200000
@@ -87,7 +95,14 @@ EOF
     done
   ) &
   MEM=$!
-  # Scrape /metrics once the load is on (after the ramp), and time it.
+  # Scrape /metrics once the load is on (the load generator's progress line shows every agent
+  # connected, or a minute has passed; then one more interval), and time it.
+  for _ in $(seq 120); do
+    kill -0 "$LG" 2>/dev/null || break
+    connected=$(tail -n 1 "$OUT/loadgen-$N.log" | awk '{ print $3 }')
+    [ "${connected:-0}" -ge "$N" ] 2>/dev/null && break
+    sleep 0.5
+  done
   sleep "$(( ${INTERVAL%s} + 5 ))"
   scrape=$(curl -s -o "$OUT/metrics-$N.txt" -w '%{time_total}' "http://$HTTP/metrics")
   size=$(wc -c < "$OUT/metrics-$N.txt")
