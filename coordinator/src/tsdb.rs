@@ -406,13 +406,19 @@ impl Tsdb {
     }
 }
 
-impl Storage for Tsdb {
-    fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
+impl Tsdb {
+    fn collect(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64, latest: bool) -> Vec<Series> {
         let mut out = Vec::new();
-        self.select_with(name, m, start, end, false, &mut |labels, points| {
+        self.select_with(name, m, start, end, latest, &mut |labels, points| {
             out.push(Series { labels, points: points.to_vec() })
         });
         out
+    }
+}
+
+impl Storage for Tsdb {
+    fn select(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
+        self.collect(name, m, start, end, false)
     }
 
     fn select_each(
@@ -427,11 +433,7 @@ impl Storage for Tsdb {
     }
 
     fn select_latest(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64) -> Vec<Series> {
-        let mut out = Vec::new();
-        self.select_with(name, m, start, end, true, &mut |labels, points| {
-            out.push(Series { labels, points: points.to_vec() })
-        });
-        out
+        self.collect(name, m, start, end, true)
     }
 }
 
