@@ -351,8 +351,7 @@ fn webhook_body(batch: &[Outgoing]) -> Value {
         }
         c
     };
-    let label_maps =
-        batch.iter().map(|a| a.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).collect();
+    let label_maps = batch.iter().map(|a| a.labels.to_owned_map()).collect();
     json!({
         "version": "4",
         "groupKey": "{}:{}",

@@ -676,7 +676,7 @@ impl ControlService for ControlApi {
             QueryError::Execution(m) => Status::failed_precondition(m),
         })?;
         let series = |l: fleet_rules::promql::Labels, pts: Vec<(i64, f64)>| QuerySeries {
-            labels: l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: l.to_owned_map(),
             points: pts.into_iter().map(|(t, v)| QueryPoint { time_ms: t, value: v }).collect(),
         };
         let resp = match answer {
@@ -767,7 +767,7 @@ impl ControlService for ControlApi {
             .alerts()
             .into_iter()
             .map(|a| fleet_proto::v1::AlertInfo {
-                labels: a.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                labels: a.labels.to_owned_map(),
                 annotations: a.annotations.into_iter().collect(),
                 state: a.state.as_str().into(),
                 active_at_ms: a.active_at,

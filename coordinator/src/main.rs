@@ -1,6 +1,11 @@
 //! The fleet-coordinator binary: parses the command line and hands over to the library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_common::logging::LogFormat;
+use fleet_coordinator::config::CoordinatorConfig;
 
 // jemalloc instead of the C library's allocator: rule evaluations over tens of thousands of
 // series allocate and free hundreds of megabytes of small objects on whichever blocking thread
@@ -9,11 +14,6 @@ use std::path::PathBuf;
 // (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
-use fleet_common::logging::LogFormat;
-use fleet_coordinator::config::CoordinatorConfig;
 
 /// fleet-coordinator is the control plane of a fleet: agents attach to it, fleetctl talks to it.
 #[derive(Parser)]

@@ -336,6 +336,12 @@ impl Store {
                 }
             })
             .map_err(|e| self.log_err(e))?;
+        if undecodable > 0 {
+            tracing::error!(
+                reports = undecodable,
+                "stored reports that cannot be decoded are missing from the history"
+            );
+        }
         Ok(n)
     }
 

@@ -404,9 +404,8 @@ impl Tsdb {
             }
         }
     }
-}
 
-impl Tsdb {
+    /// [`Tsdb::select_with`] into a vector.
     fn collect(&self, name: Option<&str>, m: &Matchers, start: i64, end: i64, latest: bool) -> Vec<Series> {
         let mut out = Vec::new();
         self.select_with(name, m, start, end, latest, &mut |labels, points| {

@@ -76,6 +76,11 @@ impl Labels {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
+    /// The pairs as owned strings, into any map (for protocols and templates that want those).
+    pub fn to_owned_map<C: FromIterator<(String, String)>>(&self) -> C {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
     /// The names, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| &**k)

@@ -168,22 +168,11 @@ impl Evaluator<'_> {
                 _ => invalid("unary minus needs a scalar or an instant vector"),
             },
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant(vs, t)?)),
-            Expr::MatrixSelector(ms) => {
-                if ms.vs.at.is_some() {
-                    return unsupported("the @ modifier");
-                }
-                let end = t - offset_ms(&ms.vs.offset);
-                let start = end - dur_ms(&ms.range);
-                let series = self
-                    .storage
-                    .select(ms.vs.name.as_deref(), &ms.vs.matchers, start, end)
-                    .into_iter()
-                    .map(|s| Series {
-                        labels: s.labels,
-                        points: s.points.into_iter().filter(|(_, v)| !is_stale(*v)).collect(),
-                    })
-                    .filter(|s| !s.points.is_empty())
-                    .collect();
+            Expr::MatrixSelector(_) => {
+                let mut series = Vec::new();
+                self.each_range(expr, t, "a range vector selector", &mut |labels, points| {
+                    series.push(Series { labels, points: points.to_vec() })
+                })?;
                 Ok(Value::Matrix(series))
             }
             Expr::Subquery(_) => unsupported("subqueries (expr[range:step])"),
@@ -703,7 +692,6 @@ impl Evaluator<'_> {
         }
     }
 
-    /// The range (ms) and offset (ms) of a matrix selector argument, and its series.
     /// The range of a range-vector argument and where it starts: (range, start offset from
     /// t), where start = t - offset - range.
     fn range_of(&self, e: &Expr, name: &str) -> Result<(i64, i64), EvalError> {
@@ -718,7 +706,8 @@ impl Evaluator<'_> {
 
     /// Calls `f` with each series of the range-vector argument `e` that has samples in its
     /// window, one at a time (stale markers left out), so that a function over tens of
-    /// thousands of series never holds all their samples at once.
+    /// thousands of series never holds all their samples at once. A matrix selector is read
+    /// from the storage here; any other expression is evaluated whole.
     fn each_range(&self, e: &Expr, t: i64, name: &str, f: &mut EachSeries<'_>) -> Result<(), EvalError> {
         let Expr::MatrixSelector(ms) = e else {
             for s in self.matrix(e, t, name)? {

@@ -375,11 +375,8 @@ impl AlertRule {
         for s in samples {
             let mut tl = s.labels.clone();
             tl.remove(NAME);
-            let data = template::Data {
-                labels: tl.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                value: s.v,
-                external_labels: external_labels.clone(),
-            };
+            let data =
+                template::Data { labels: tl.to_owned_map(), value: s.v, external_labels: external_labels.clone() };
             let mut labels = s.labels.clone();
             labels.remove(NAME);
             for (k, v) in &self.labels {

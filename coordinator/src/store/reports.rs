@@ -652,12 +652,13 @@ mod tests {
         (host.to_string(), seq, ts, format!("report {seq} of {host}").into_bytes())
     }
 
-    fn append(log: &ReportLog, recs: &[Rec]) {
+    /// Appends and returns whether the caller hands the reports to the history.
+    fn append(log: &ReportLog, recs: &[Rec]) -> bool {
         let records: Vec<Record<'_>> = recs
             .iter()
             .map(|(h, seq, ts, e)| Record { host: h, timestamp_ms: *ts, boot_id: 1, seq: *seq, encoded: e })
             .collect();
-        log.append(&records).unwrap();
+        log.append(&records).unwrap()
     }
 
     /// Every record loaded.
@@ -720,13 +721,7 @@ mod tests {
         }
         let log = ReportLog::open(dir.path().into(), HOUR).unwrap();
         load(&log, 0);
-        let to_history = |recs: &[Rec]| {
-            let records: Vec<Record<'_>> = recs
-                .iter()
-                .map(|(h, seq, ts, e)| Record { host: h, timestamp_ms: *ts, boot_id: 1, seq: *seq, encoded: e })
-                .collect();
-            log.append(&records).unwrap()
-        };
+        let to_history = |recs: &[Rec]| append(&log, recs);
         assert!(!to_history(&[rec("pc2", 3, 3000)]), "the replay will read it");
         let mut seen = vec![];
         let n = log

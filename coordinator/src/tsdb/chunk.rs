@@ -479,7 +479,7 @@ impl ChunkFiles {
     }
 
     fn read(&self, c: &Sealed) -> Option<Record> {
-        ChunkReader(self.shared.clone()).read(c)
+        self.reader().read(c)
     }
 
     /// Deletes segment files, and forgets chunks kept in memory, whose every sample is older
