@@ -192,6 +192,12 @@ impl Registry {
             if r.first_seen_ms == 0 {
                 r.first_seen_ms = now_ms;
             }
+            // The Hello says which services run and on which release, so the host is listed
+            // with them (and a rollout can target it) from the moment it is online, not one
+            // report interval later. The rest of the newest report stands until the next.
+            let mut latest = s.latest.as_deref().cloned().unwrap_or_default();
+            latest.services = hello.services.clone();
+            s.latest = Some(Arc::new(latest));
             s.session.replace(handle.clone())
         });
         if let Some(old) = replaced {

@@ -162,3 +162,34 @@ async fn fleetctl_exit_codes_say_what_went_wrong() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FLEET_CERT"));
 }
+
+/// The Hello carries the services, so a host is listed with them from the moment it is online
+/// (and `rollout start` finds them), not one report interval later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_is_listed_with_its_services_as_soon_as_it_is_online() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { offline_after: Duration::from_secs(120), ..Default::default() }).await;
+    // A deployable service with no release yet: it stays stopped, so no state change makes
+    // the agent report before its first 60 s tick.
+    let root = c.dir().join("pc2-app");
+    c.start_agent_with(
+        "pc2",
+        Duration::from_secs(60),
+        &format!(
+            "[[services]]\nname = \"app\"\ncommand = \"bin/start\"\n[services.deploy]\nroot = \"{}\"\n",
+            root.display()
+        ),
+    );
+    fleet_integration_tests::eventually(Duration::from_secs(15), "pc2 online", || async {
+        c.online("pc2").await.filter(|on| *on)
+    })
+    .await;
+    let out = c.fleetctl(&["hosts", "-o", "json"]);
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pc2 = &hosts[0];
+    assert_eq!(pc2["last_report"], serde_json::Value::Null, "no report yet: {pc2}");
+    let services = pc2["services"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "{pc2}");
+    assert_eq!((services[0]["name"].as_str(), services[0]["state"].as_str()), (Some("app"), Some("stopped")));
+}
