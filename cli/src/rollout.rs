@@ -189,7 +189,7 @@ fn render(r: &Rollout) -> String {
         .iter()
         .map(|h| vec![h.host.clone(), h.state.clone(), h.message.lines().next().unwrap_or("").to_string()])
         .collect();
-    format!(
+    let mut out = format!(
         "rollout {}: {} {}  {}  {}/{} hosts done\n{}",
         r.id,
         r.service,
@@ -198,7 +198,24 @@ fn render(r: &Rollout) -> String {
         hosts_done(r),
         r.hosts.len(),
         table(&["HOST", "STATE", "MESSAGE"], &rows)
-    )
+    );
+    if let Some(hint) = next_step(r) {
+        out.push_str(&hint);
+        out.push('\n');
+    }
+    out
+}
+
+/// What the operator is expected to do next, when the rollout waits for them.
+fn next_step(r: &Rollout) -> Option<String> {
+    match r.state.as_str() {
+        "waiting_promotion" => Some(format!(
+            "the canaries are healthy: promote with `fleetctl rollout resume {id}` (or stop with `fleetctl rollout abort {id}`)",
+            id = r.id
+        )),
+        "paused" => Some(format!("paused: continue with `fleetctl rollout resume {}`", r.id)),
+        _ => None,
+    }
 }
 
 fn ended(r: &Rollout) -> bool {
@@ -255,6 +272,9 @@ pub async fn watch(target: &Target, id: &str, output: Output) -> Result<(), CliE
             }
             if r.state != last_state {
                 println!("rollout {} {}", r.id, r.state);
+                if let Some(hint) = next_step(&r) {
+                    println!("{hint}");
+                }
                 last_state = r.state.clone();
             }
         }

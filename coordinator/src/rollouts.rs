@@ -277,12 +277,16 @@ impl Rollouts {
                 .await
             }
             "resume" => {
+                let now = fleet_common::now_ms();
                 self.save(&live, |r| {
                     if r.state == "waiting_promotion" {
                         r.promoted = true;
                     }
                     if matches!(r.state.as_str(), "paused" | "waiting_promotion") {
                         r.state = "running".into();
+                        // The progress deadline covers progress, not the time a person took
+                        // to promote or resume (as in Nomad): it starts again now.
+                        r.last_progress_ms = now;
                     }
                 })
                 .await

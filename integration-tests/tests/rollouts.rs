@@ -169,15 +169,21 @@ async fn canaries_promotion_pause_abort_and_manual_rollbacks() {
     let v1 = app.release("1.0", false);
     assert!(app.rollout("1.0", &v1, &["--watch", "--max-parallel", "2"]).status.success());
 
-    // Canary: main-pc first, then the rollout waits for promotion.
+    // Canary: main-pc first, then the rollout waits for promotion, however long that takes:
+    // waiting for a person does not count against the progress deadline.
     let v2 = app.release("2.0", false);
-    let out = app.rollout("2.0", &v2, &["--canary", "1"]);
+    let out = app.rollout("2.0", &v2, &["--canary", "1", "--progress-deadline", "3s"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();
     let r = app.wait_rollout(&id, "waiting for promotion", |r| r["state"] == "waiting_promotion").await;
     assert_eq!(host_state(&r, "main-pc"), "healthy");
     assert_eq!(host_state(&r, "pc2"), "pending");
     assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 1.0\n"));
+    let status = stdout(&app.c.fleetctl(&["rollout", "status", &id]));
+    assert!(status.contains("1/2 hosts done"), "{status}");
+    assert!(status.contains(&format!("promote with `fleetctl rollout resume {id}`")), "{status}");
+    tokio::time::sleep(Duration::from_secs(4)).await; // the operator takes longer than the deadline
+    assert_eq!(app.rollout_json(&id)["state"], "waiting_promotion");
     assert!(app.c.fleetctl(&["rollout", "resume", &id]).status.success());
     let out = app.c.fleetctl(&["rollout", "status", &id, "--watch"]);
     assert!(out.status.success(), "{}", stderr(&out));
