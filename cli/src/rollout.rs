@@ -134,12 +134,10 @@ pub async fn upload(target: &Target, path: &Path) -> Result<String, CliError> {
 
 /// `rollout start`.
 pub async fn start(target: &Target, a: &StartArgs, output: Output) -> Result<(), CliError> {
-    let sha = upload(target, &a.artifact).await?;
-    let mut c = target.control().await?;
-    let req = StartRolloutRequest {
+    let mut req = StartRolloutRequest {
         service: a.service.clone(),
         version: a.version.clone(),
-        sha256: sha,
+        sha256: String::new(),
         hosts: a.hosts.clone(),
         max_parallel: a.max_parallel,
         canary: a.canary,
@@ -148,7 +146,14 @@ pub async fn start(target: &Target, a: &StartArgs, output: Output) -> Result<(),
         healthy_deadline_ms: a.healthy_deadline.as_millis() as u64,
         progress_deadline_ms: a.progress_deadline.as_millis() as u64,
         no_auto_revert: a.no_auto_revert,
+        validate_only: true,
     };
+    // A misspelt service or host fails here, before a possibly large upload.
+    let mut c = target.control().await?;
+    c.start_rollout(req.clone()).await.map_err(|e| status_error(&target.addr, e))?;
+    req.sha256 = upload(target, &a.artifact).await?;
+    req.validate_only = false;
+    let mut c = target.control().await?;
     let r = c.start_rollout(req).await.map_err(|e| status_error(&target.addr, e))?.into_inner();
     if output == Output::Json && !a.watch {
         crate::views::print_json(&rollout_json(&r));

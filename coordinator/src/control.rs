@@ -451,30 +451,26 @@ impl ControlService for ControlApi {
                 r.version
             )));
         }
-        let Some(size) = self.artifacts.stat(&r.sha256) else {
-            return Err(Status::failed_precondition(format!(
-                "the coordinator holds no artifact {}; upload it first",
-                r.sha256
-            )));
-        };
         if let Some(id) = self.rollouts.active_for(&r.service) {
             return Err(Status::failed_precondition(format!(
                 "rollout {id} of {} is still under way; wait for it, or `fleetctl rollout abort {id}`",
                 r.service
             )));
         }
+        let has_service = |h: &crate::registry::Host| {
+            h.with(|s| s.latest.as_ref().is_some_and(|l| l.services.iter().any(|x| x.name == r.service)))
+        };
         let hosts: Vec<String> = if r.hosts.is_empty() {
-            self.registry
-                .all()
-                .iter()
-                .filter(|h| {
-                    h.with(|s| s.latest.as_ref().is_some_and(|l| l.services.iter().any(|x| x.name == r.service)))
-                })
-                .map(|h| h.name.clone())
-                .collect()
+            self.registry.all().iter().filter(|h| has_service(h)).map(|h| h.name.clone()).collect()
         } else {
-            for h in &r.hosts {
-                self.host(h)?;
+            for name in &r.hosts {
+                let h = self.host(name)?;
+                if !has_service(&h) {
+                    return Err(Status::failed_precondition(format!(
+                        "{name} reports no service named \"{}\"; `fleetctl services --host {name}` lists its services",
+                        r.service
+                    )));
+                }
             }
             r.hosts.clone()
         };
@@ -495,6 +491,16 @@ impl ControlService for ControlApi {
                 hosts.len()
             )));
         }
+        let size = match self.artifacts.stat(&r.sha256) {
+            Some(size) => size,
+            None if r.validate_only => 0,
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "the coordinator holds no artifact {}; upload it first",
+                    r.sha256
+                )));
+            }
+        };
         let ms = |v: u64, d: u64| if v == 0 { d } else { v };
         let now = fleet_common::now_ms();
         let rec = RolloutRecord {
@@ -529,6 +535,9 @@ impl ControlService for ControlApi {
             updated_at_ms: now,
             last_progress_ms: now,
         };
+        if r.validate_only {
+            return Ok(Response::new(rec.to_proto()));
+        }
         let msg = format!("{} {} to {}", rec.service, rec.version, hosts.join(","));
         self.audit
             .append(entry(&who, "rollout start", "", &rec.service, &rec.id, "requested", &msg))

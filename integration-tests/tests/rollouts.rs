@@ -116,6 +116,25 @@ async fn v1_then_v2_everywhere_and_a_failing_release_is_rolled_back() {
     assert_eq!(s.state, "stopped");
     assert!(s.message.contains("no release deployed yet"), "{}", s.message);
 
+    // A misspelt service or host is refused before anything is uploaded: the artifact named
+    // here does not even exist.
+    let missing = app.c.dir().join("not-built-yet.tar.gz");
+    let out = app.c.fleetctl(&["rollout", "start", "ap", "--artifact", missing.to_str().unwrap(), "--version", "1.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no host reports a service named \"ap\""), "{}", stderr(&out));
+    let out = app.c.fleetctl(&[
+        "rollout",
+        "start",
+        "web",
+        "--hosts",
+        "pc2",
+        "--artifact",
+        missing.to_str().unwrap(),
+        "--version",
+        "1.0",
+    ]);
+    assert!(stderr(&out).contains("pc2 reports no service named \"web\""), "{}", stderr(&out));
+
     let v1 = app.release("1.0", false);
     let out = app.rollout("1.0", &v1, &["--watch"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
