@@ -178,7 +178,7 @@ fn rollout_json(r: &Rollout) -> Value {
         "max_parallel": r.max_parallel, "canary": r.canary, "auto_promote": r.auto_promote, "auto_revert": r.auto_revert,
         "min_healthy_time_seconds": r.min_healthy_time_ms as f64 / 1000.0, "healthy_deadline_seconds": r.healthy_deadline_ms as f64 / 1000.0,
         "hosts": r.hosts.iter().map(|h| json!({
-            "host": h.host, "state": h.state, "message": h.message,
+            "host": h.host, "state": h.state, "message": h.message, "log_tail": h.log_tail,
             "previous_version": if h.previous_version.is_empty() { Value::Null } else { json!(h.previous_version) },
         })).collect::<Vec<_>>(),
     })
@@ -233,7 +233,17 @@ fn verdict(r: &Rollout) -> Result<(), CliError> {
     }
     let mut msg = format!("rollout {} {}: {}", r.id, r.state.replace('_', " "), r.reason);
     for h in r.hosts.iter().filter(|h| h.state == "failed") {
-        msg.push_str(&format!("\n  {}: {}", h.host, h.message.replace('\n', "\n    ")));
+        // The reason already names the first host that failed; say each other one once.
+        if !r.reason.contains(&format!("{}: {}", h.host, h.message)) {
+            msg.push_str(&format!("\n  {}: {}", h.host, h.message));
+        }
+        if !h.log_tail.is_empty() {
+            msg.push_str(&format!("\n  last log lines of {} on {}:", r.service, h.host));
+            for l in &h.log_tail {
+                msg.push_str("\n    ");
+                msg.push_str(l);
+            }
+        }
     }
     Err(CliError::failed(msg))
 }

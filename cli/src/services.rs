@@ -303,7 +303,11 @@ pub async fn audit(target: &Target, n: u32, output: Output) -> Result<(), CliErr
                 fleet_common::rfc3339(e.at_ms),
                 e.who.rsplit('/').next().unwrap_or(&e.who).to_string(),
                 e.action.clone(),
-                format!("{}/{}", e.host, e.service),
+                match (e.host.is_empty(), e.service.is_empty()) {
+                    (false, false) => format!("{}/{}", e.host, e.service),
+                    (true, _) => e.service.clone(),
+                    (false, true) => e.host.clone(),
+                },
                 e.outcome.clone(),
                 e.message.clone(),
             ]

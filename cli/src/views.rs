@@ -8,8 +8,24 @@ use serde_json::{Value, json};
 use crate::client::{Target, status_error};
 use crate::{CliError, Output};
 
-/// Renders rows as a left-aligned table with a header, columns two spaces apart.
+/// Renders rows as a left-aligned table with a header, columns two spaces apart, one line a
+/// row: a cell of several lines shows its lines joined (`-o json` has them as they are).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let flat: Vec<Vec<String>> =
+        rows.iter()
+            .map(|r| {
+                r.iter()
+                    .map(|c| {
+                        if c.contains('\n') {
+                            c.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+                        } else {
+                            c.clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+    let rows = &flat;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -519,6 +519,7 @@ impl ControlService for ControlApi {
                     message: String::new(),
                     previous_version: String::new(),
                     updated_at_ms: now,
+                    log_tail: Vec::new(),
                 })
                 .collect(),
             max_parallel: r.max_parallel.max(1),

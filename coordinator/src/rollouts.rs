@@ -39,12 +39,15 @@ pub struct HostStep {
     pub host: String,
     /// pending, deploying, healthy, failed, reverting, reverted.
     pub state: String,
-    /// Details.
+    /// Details, one line.
     pub message: String,
     /// The version it had before (empty when none).
     pub previous_version: String,
     /// When it last changed.
     pub updated_at_ms: i64,
+    /// When it failed: the newest lines the failed release wrote.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
 }
 
 /// A rollout, as persisted.
@@ -118,6 +121,7 @@ impl RolloutRecord {
                     message: h.message.clone(),
                     previous_version: h.previous_version.clone(),
                     updated_at_ms: h.updated_at_ms,
+                    log_tail: h.log_tail.clone(),
                 })
                 .collect(),
             max_parallel: self.max_parallel,
@@ -132,6 +136,19 @@ impl RolloutRecord {
             updated_at_ms: self.updated_at_ms,
         }
     }
+}
+
+/// `text` on one line (an agent's message may hold several): audit rows and tables stay one
+/// line a row.
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The audit message of a rollout that ended: what went where, and why it ended badly.
+fn finish_message(r: &RolloutRecord, reason: &str) -> String {
+    let hosts: Vec<&str> = r.hosts.iter().map(|h| h.host.as_str()).collect();
+    let what = format!("{} {} to {}", r.service, r.version, hosts.join(","));
+    if reason.is_empty() { what } else { format!("{what}: {}", one_line(reason)) }
 }
 
 /// Counts of finished rollouts by result, for `fleet_rollouts_total`.
@@ -166,7 +183,8 @@ impl std::fmt::Debug for Rollouts {
 
 enum HostOutcome {
     Done(String),
-    Failed(String),
+    /// Why, and the newest lines the failed release wrote.
+    Failed(String, Vec<String>),
 }
 
 impl Rollouts {
@@ -399,15 +417,8 @@ impl Rollouts {
         };
         match self.run_on(host, cmd, Duration::from_millis(r.healthy_deadline_ms), probation + FETCH_MARGIN).await {
             Ok(u) if u.state == CommandState::Succeeded as i32 => HostOutcome::Done(u.message),
-            Ok(u) => {
-                let mut msg = u.message;
-                if !u.log_tail.is_empty() {
-                    msg.push_str("; last log lines:\n");
-                    msg.push_str(&u.log_tail.join("\n"));
-                }
-                HostOutcome::Failed(msg)
-            }
-            Err(e) => HostOutcome::Failed(e),
+            Ok(u) => HostOutcome::Failed(one_line(&u.message), u.log_tail),
+            Err(e) => HostOutcome::Failed(e, Vec::new()),
         }
     }
 
@@ -433,18 +444,30 @@ impl Rollouts {
             Ok(u) if u.state == CommandState::Succeeded as i32 => {
                 HostOutcome::Done(format!("back on {}", step.previous_version))
             }
-            Ok(u) => HostOutcome::Failed(u.message),
-            Err(e) => HostOutcome::Failed(e),
+            Ok(u) => HostOutcome::Failed(one_line(&u.message), u.log_tail),
+            Err(e) => HostOutcome::Failed(e, Vec::new()),
         }
     }
 
     async fn set_host(&self, live: &Live, host: &str, state: &str, message: &str) -> RolloutRecord {
+        self.set_host_with_log(live, host, state, message, Vec::new()).await
+    }
+
+    async fn set_host_with_log(
+        &self,
+        live: &Live,
+        host: &str,
+        state: &str,
+        message: &str,
+        log_tail: Vec<String>,
+    ) -> RolloutRecord {
         let now = fleet_common::now_ms();
         self.save(live, |r| {
             if let Some(h) = r.hosts.iter_mut().find(|h| h.host == host) {
                 h.state = state.into();
                 h.message = message.into();
                 h.updated_at_ms = now;
+                h.log_tail = log_tail;
             }
             if state == "healthy" || state == "reverted" {
                 r.last_progress_ms = now;
@@ -466,15 +489,7 @@ impl Rollouts {
         tracing::info!(rollout = %r.id, service = %r.service, version = %r.version, state, reason, "rollout ended");
         let _ = self
             .audit
-            .append(entry(
-                &r.created_by,
-                "rollout",
-                "",
-                &r.service,
-                &r.id,
-                state,
-                &format!("{} {}: {reason}", r.service, r.version),
-            ))
+            .append(entry(&r.created_by, "rollout", "", &r.service, &r.id, state, &finish_message(&r, reason)))
             .await;
     }
 
@@ -608,8 +623,8 @@ impl Rollouts {
                     HostOutcome::Done(msg) => {
                         self.set_host(live, &host, "healthy", &msg).await;
                     }
-                    HostOutcome::Failed(msg) => {
-                        self.set_host(live, &host, "failed", &msg).await;
+                    HostOutcome::Failed(msg, log_tail) => {
+                        self.set_host_with_log(live, &host, "failed", &msg, log_tail).await;
                         failure.get_or_insert(format!("{host}: {msg}"));
                     }
                 }
@@ -667,8 +682,8 @@ impl Rollouts {
                 }
                 match outcome {
                     HostOutcome::Done(msg) => self.set_host(live, &host, "reverted", &msg).await,
-                    HostOutcome::Failed(msg) => {
-                        self.set_host(live, &host, "failed", &format!("revert failed: {msg}")).await
+                    HostOutcome::Failed(msg, log_tail) => {
+                        self.set_host_with_log(live, &host, "failed", &format!("revert failed: {msg}"), log_tail).await
                     }
                 };
             }

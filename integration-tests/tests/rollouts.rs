@@ -167,6 +167,10 @@ async fn v1_then_v2_everywhere_and_a_failing_release_is_rolled_back() {
     let err = stderr(&out);
     assert!(err.contains("failed") && err.contains("exited with status 3 during start"), "{err}");
     assert!(err.contains("stderr: 3.0 cannot start: missing setting"), "the log tail is shown: {err}");
+    // Only what 3.0 wrote, said once: not the lines 2.0 wrote before it.
+    assert!(!err.contains("listening on"), "the previous release's output is not 3.0's: {err}");
+    assert_eq!(err.matches("last log lines of app on main-pc").count(), 1, "{err}");
+    assert!(err.lines().filter(|l| l.trim_start().starts_with("stderr: ")).all(|l| l.contains("3.0")), "{err}");
     assert!(err.contains("rolled back to 2.0"), "{err}");
     assert_eq!(std::fs::read_to_string(&conf).unwrap(), "config of 2.0\n", "backup_paths restored");
     assert_eq!(app.serves("main-pc").await.as_deref(), Some("hello from app 2.0\n"));
@@ -179,6 +183,13 @@ async fn v1_then_v2_everywhere_and_a_failing_release_is_rolled_back() {
     assert!(list.lines().nth(1).unwrap().contains("3.0") && list.contains("failed"), "{list}");
     let audit = stdout(&app.c.fleetctl(&["audit", "-n", "100"]));
     assert!(audit.contains("rollout start") && audit.contains("failed"), "{audit}");
+    // One line a row, whatever the messages hold; a rollout's target is its service.
+    let entries: serde_json::Value =
+        serde_json::from_slice(&app.c.fleetctl(&["audit", "-n", "100", "-o", "json"]).stdout).unwrap();
+    assert_eq!(audit.lines().count(), entries.as_array().unwrap().len() + 1, "{audit}");
+    let ended = audit.lines().find(|l| l.contains(" rollout ") && l.contains("succeeded")).expect("a finished rollout");
+    assert!(ended.contains(" app ") && !ended.contains("/app"), "{ended}");
+    assert!(ended.trim_end().ends_with("app 1.0 to main-pc,pc2"), "{ended}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -592,11 +592,13 @@ impl Deployer {
     /// Restart, healthy within the deadline, then healthy for min_healthy_time.
     async fn probation(&self, service: &str, p: Probation) -> Result<(), Failure> {
         let h = self.supervisor.get(service).expect("checked by config()");
+        // A failure shows what the new release wrote, never the old release's last words.
+        let since = fleet_common::now_ms();
         self.supervisor.request(service, Action::Restart, "the deployer", p.healthy_deadline).await.map_err(
-            |(reason, tail)| {
+            |(reason, _)| {
                 // The supervisor's reasons start with the service name.
                 let reason = reason.strip_prefix(service).map(|r| r.trim_start().to_string()).unwrap_or(reason);
-                (reason, tail)
+                (reason, h.log.output_since(since, 10))
             },
         )?;
         let start = h.report();
@@ -608,7 +610,7 @@ impl Deployer {
                 let why = if now.message.is_empty() { now.state.clone() } else { now.message.clone() };
                 return Err((
                     format!("did not stay healthy for {}: {why}", fleet_common::human_duration_ms(p.min_healthy_time)),
-                    h.log.output_tail(10),
+                    h.log.output_since(since, 10),
                 ));
             }
         }

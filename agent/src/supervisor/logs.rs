@@ -189,9 +189,18 @@ impl LogFile {
 
     /// The newest `n` lines the service itself wrote, as "stream: text", for failure messages.
     pub fn output_tail(&self, n: usize) -> Vec<String> {
+        self.output_since(i64::MIN, n)
+    }
+
+    /// Like [`LogFile::output_tail`], only lines written at or after `since_ms`: what one
+    /// release wrote, not the release before it.
+    pub fn output_since(&self, since_ms: i64, n: usize) -> Vec<String> {
         let lines = self.tail(n * 4);
-        let mut out: Vec<String> =
-            lines.into_iter().filter(|l| l.stream != "fleet").map(|l| format!("{}: {}", l.stream, l.line)).collect();
+        let mut out: Vec<String> = lines
+            .into_iter()
+            .filter(|l| l.stream != "fleet" && l.timestamp_ms >= since_ms)
+            .map(|l| format!("{}: {}", l.stream, l.line))
+            .collect();
         let skip = out.len().saturating_sub(n);
         out.drain(..skip);
         out
