@@ -23,6 +23,9 @@ use crate::client::Target;
 
 /// The agents a dev cluster runs.
 pub const AGENTS: [&str; 2] = ["main-pc", "pc2"];
+/// fleet's default alert rules (deploy/rules), loaded by the dev coordinator so that the
+/// walkthrough's failures raise alerts.
+const DEFAULT_RULES: &str = include_str!("../../deploy/rules/fleet.rules.yml");
 /// How long the cluster may take to come up.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a child may take to stop after SIGTERM before it is killed.
@@ -270,13 +273,18 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&coord_data).map_err(|e| CliError::failed(e.to_string()))?;
     let addrs_file = coord_data.join("coordinator.addrs.json");
     let _ = std::fs::remove_file(&addrs_file);
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).map_err(|e| CliError::failed(e.to_string()))?;
+    certs::write_file(&rules.join("fleet.rules.yml"), DEFAULT_RULES, 0o644)?;
     let coord_config = dir.join("coordinator.toml");
     let text = format!(
-        "# Written by `fleetctl dev`; rewritten at every start.\ndata_dir = \"{}\"\n[grpc]\nlisten = \"{}\"\n[http]\nlisten = \"{}\"\n[agents]\noffline_after = \"{}\"\n{}",
+        "# Written by `fleetctl dev`; rewritten at every start.\ndata_dir = \"{}\"\n[grpc]\nlisten = \"{}\"\n[http]\nlisten = \"{}\"\n[agents]\noffline_after = \"{}\"\n\
+         # fleet's default rules (deploy/rules); `fleetctl alerts` shows what they raise.\n[alerting]\nrule_files = [\"{}\"]\n{}",
         coord_data.display(),
         args.grpc_listen,
         args.http_listen,
         humantime::format_duration((args.report_interval * 5).max(Duration::from_secs(3))),
+        rules.join("*.yml").display(),
         tls_section(&pki, "coordinator"),
     );
     certs::write_file(&coord_config, &text, 0o644)?;
@@ -330,16 +338,19 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             _ = sigterm.recv() => return Err(CliError::failed("terminated")),
         }
         let env_file = dir.join("fleetctl.env");
+        // The env file also puts this fleetctl on PATH, so the hints below work as printed.
+        let bin_dir = fleetctl.parent().unwrap_or(Path::new("."));
         let env = format!(
-            "export FLEET_ADDR={addr}\nexport FLEET_CA={}\nexport FLEET_CERT={}\nexport FLEET_KEY={}\n",
+            "export FLEET_ADDR={addr}\nexport FLEET_CA={}\nexport FLEET_CERT={}\nexport FLEET_KEY={}\nexport PATH=\"{}:$PATH\"\n",
             target.tls.ca.display(),
             target.tls.cert.display(),
-            target.tls.key.display()
+            target.tls.key.display(),
+            bin_dir.display(),
         );
         certs::write_file(&env_file, &env, 0o644)?;
         println!("fleet dev cluster is up: coordinator {addr}, agents {}", AGENTS.join(" and "));
         println!();
-        println!("in another terminal:");
+        println!("in another terminal (the env file also puts fleetctl on PATH):");
         println!("  source {}", env_file.display());
         println!("  fleetctl status");
         println!("  fleetctl hosts");
@@ -347,7 +358,9 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         println!("  fleetctl services");
         println!("  fleetctl logs main-pc web -f");
         println!("  fleetctl restart pc2 web");
+        println!("  fleetctl alerts");
         println!("  curl -s http://{http}/metrics | grep '^fleet_'");
+        println!("status page: http://{http}/");
         println!();
         println!("deploy the example app (deploy/example-app) to both agents:");
         println!("  deploy/example-app/build.sh 1.0 && fleetctl rollout start app --artifact app-1.0.tar.gz --version 1.0 --watch");

@@ -52,7 +52,8 @@ pub struct StartArgs {
     /// Leave hosts on the new release when the rollout fails.
     #[arg(long)]
     pub no_auto_revert: bool,
-    /// Follow the rollout until it ends; exit 1 if it does not succeed.
+    /// Follow the rollout until it ends (exit 1 if it does not succeed) or waits for you to
+    /// promote or resume it (exit 0, saying what to run).
     #[arg(long)]
     pub watch: bool,
 }
@@ -227,6 +228,12 @@ fn ended(r: &Rollout) -> bool {
     matches!(r.state.as_str(), "succeeded" | "failed" | "rolled_back" | "aborted")
 }
 
+/// Whether the rollout waits for a person (to promote its canaries, or to resume it): `--watch`
+/// returns then, saying what to run, rather than waiting with them.
+fn waits_for_operator(r: &Rollout) -> bool {
+    matches!(r.state.as_str(), "waiting_promotion" | "paused")
+}
+
 fn verdict(r: &Rollout) -> Result<(), CliError> {
     if r.state == "succeeded" {
         return Ok(());
@@ -294,7 +301,7 @@ pub async fn watch(target: &Target, id: &str, output: Output) -> Result<(), CliE
             }
         }
         let _ = std::io::stdout().flush();
-        let done = ended(&r);
+        let done = ended(&r) || waits_for_operator(&r);
         last = Some(r);
         if done {
             break;
@@ -303,6 +310,9 @@ pub async fn watch(target: &Target, id: &str, output: Output) -> Result<(), CliE
     let r = last.ok_or_else(|| CliError::failed("the coordinator sent nothing"))?;
     if output == Output::Json {
         crate::views::print_json(&rollout_json(&r));
+    }
+    if waits_for_operator(&r) {
+        return Ok(());
     }
     if !ended(&r) {
         return Err(CliError::connect(

@@ -25,6 +25,8 @@ fn service_json(h: &HostService) -> Value {
         "restarts": s.restarts,
         "uptime_seconds": s.uptime_seconds,
         "cpu_seconds": s.cpu_seconds,
+        "cpu_usage_ratio": s.cpu_usage_ratio,
+        "awaiting_release": s.awaiting_release,
         "memory_rss_bytes": s.memory_rss_bytes,
         "version": if s.version.is_empty() { Value::Null } else { json!(s.version) },
         "message": s.message,
@@ -79,7 +81,8 @@ pub async fn list(target: &Target, host: Option<&str>, output: Output) -> Result
                 } else {
                     fleet_common::human_duration(Duration::from_secs(s.uptime_seconds))
                 },
-                format!("{:.1}s", s.cpu_seconds),
+                // A share of one core, as top shows it (hosts shows the whole machine's).
+                if s.pid == 0 { "-".into() } else { format!("{:.0}%", s.cpu_usage_ratio * 100.0) },
                 if s.memory_rss_bytes == 0 { "-".into() } else { fleet_common::human_bytes(s.memory_rss_bytes) },
                 if s.version.is_empty() { "-".into() } else { s.version.clone() },
                 s.message.clone(),

@@ -94,6 +94,7 @@ pub fn host_json(h: &HostSummary) -> Value {
             "pid": if s.pid == 0 { Value::Null } else { json!(s.pid) },
             "restarts": s.restarts,
             "version": if s.version.is_empty() { Value::Null } else { json!(s.version) },
+            "awaiting_release": s.awaiting_release,
         })).collect::<Vec<_>>(),
     })
 }
@@ -166,7 +167,7 @@ pub async fn hosts(target: &Target, output: Output) -> Result<(), CliError> {
         .iter()
         .map(|h| {
             let m = h.metrics.as_ref();
-            let running = h.services.iter().filter(|s| s.state == "running").count();
+            let (ok, expected) = fleet_proto::services_ok(&h.services);
             vec![
                 h.name.clone(),
                 if h.online { "online".into() } else { "offline".into() },
@@ -174,7 +175,7 @@ pub async fn hosts(target: &Target, output: Output) -> Result<(), CliError> {
                 m.filter(|_| h.online).map(|m| pct(m.cpu_usage_ratio)).unwrap_or_else(|| "-".into()),
                 m.filter(|_| h.online).map(mem).unwrap_or_else(|| "-".into()),
                 m.filter(|_| h.online).map(|m| format!("{:.2}", m.load1)).unwrap_or_else(|| "-".into()),
-                format!("{running}/{}", h.services.len()),
+                format!("{ok}/{expected} ok"),
                 if h.agent_version.is_empty() { "-".into() } else { h.agent_version.clone() },
             ]
         })

@@ -60,52 +60,9 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// A read-only HTML page: every host with its state and newest metrics, refreshed every 5s.
+/// The read-only status page (crate::status_page).
 async fn status_page(State(s): State<HttpState>) -> Response {
-    let (online, offline) = s.registry.counts();
-    let mut rows = String::new();
-    for h in s.registry.all() {
-        let sum = h.summary();
-        let m = sum.metrics.as_ref().filter(|_| sum.online);
-        let cell = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        let mem = m.map(|m| {
-            let used = m.memory_total_bytes.saturating_sub(m.memory_available_bytes);
-            format!(
-                "{:.0}% of {}",
-                used as f64 * 100.0 / m.memory_total_bytes.max(1) as f64,
-                fleet_common::human_bytes(m.memory_total_bytes)
-            )
-        });
-        let state = if sum.online {
-            "<td class=on>online</td>".to_string()
-        } else {
-            format!("<td class=off title=\"{}\">offline</td>", esc(&sum.last_disconnect_reason))
-        };
-        rows.push_str(&format!(
-            "<tr><td>{}</td>{state}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            esc(&sum.name),
-            if sum.last_seen_ms > 0 { fleet_common::rfc3339(sum.last_seen_ms) } else { "never".into() },
-            cell(m.map(|m| format!("{:.0}%", m.cpu_usage_ratio * 100.0))),
-            cell(mem),
-            cell(m.map(|m| format!("{:.2}", m.load1))),
-            esc(&sum.agent_version),
-        ));
-    }
-    let page = format!(
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5><title>fleet</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{padding:.3em 1em;text-align:left;border-bottom:1px solid #ddd}}\
-         .on{{color:#080}}.off{{color:#b00}}</style></head><body>\
-         <h1>fleet</h1><p>fleet-coordinator {} &middot; {online} online, {offline} offline &middot; {} sessions &middot; \
-         <a href=/metrics>metrics</a> &middot; <a href=/health>health</a></p>\
-         <table><tr><th>host</th><th>status</th><th>last seen</th><th>cpu</th><th>memory</th><th>load</th><th>agent</th></tr>\n{rows}</table></body></html>\n",
-        fleet_common::VERSION,
-        s.sessions.load(Ordering::Relaxed),
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::status_page::render(&s)).into_response()
 }
 
 fn store_status(m: &Metrics) -> (bool, String) {

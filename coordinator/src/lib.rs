@@ -24,6 +24,7 @@ pub mod registry;
 pub mod rollouts;
 pub mod server;
 pub mod session;
+pub mod status_page;
 pub mod store;
 pub mod tsdb;
 pub mod writer;

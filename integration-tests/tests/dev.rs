@@ -1,6 +1,7 @@
 //! `fleetctl dev`: the local cluster comes up with main-pc and pc2 and their demo services,
-//! fleetctl works with the env file it writes, and nothing it started outlives it: not on SIGTERM, not when a child
-//! crashes, not even when fleetctl itself is killed with SIGKILL.
+//! the README's walkthrough runs under it line by line, exactly as written, and nothing it
+//! started outlives it: not on SIGTERM, not when a child crashes, not even when fleetctl
+//! itself is killed with SIGKILL.
 
 use std::path::Path;
 use std::process::Command;
@@ -61,86 +62,175 @@ async fn wait_up(dev: &mut Proc, dir: &Path) -> Vec<(String, String)> {
                 .lines()
                 .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
                 .collect();
-            (vars.len() == 4).then_some(vars)
+            (vars.len() == 5).then_some(vars)
         }
     })
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dev_cluster_runs_and_leaves_nothing_behind() {
-    let _g = serial().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("dev");
-
-    // 1. Up, usable through the env file, and stopped cleanly by SIGTERM.
-    let mut dev = start_dev(&dir);
-    let _ = std::fs::remove_file(dir.join("fleetctl.env"));
-    let vars = wait_up(&mut dev, &dir).await;
-    let out = fleet_integration_tests::run(
-        Command::new(bin("fleetctl")).args(["hosts", "-o", "json"]).envs(vars.iter().map(|(k, v)| (k, v))),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<_> = hosts
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h["name"].as_str().unwrap().to_string(), h["status"].as_str().unwrap().to_string()))
-        .collect();
-    assert_eq!(names, [("main-pc".to_string(), "online".to_string()), ("pc2".to_string(), "online".to_string())]);
-    assert!(dev.log_text().contains("source "), "dev prints what to run next");
-    // The coordinator, two agents, and each agent's demo service.
-    assert_eq!(processes_under(&dir).len(), 5, "{:?}", processes_under(&dir));
-    let out = fleet_integration_tests::run(
-        Command::new(bin("fleetctl")).args(["services", "-o", "json"]).envs(vars.iter().map(|(k, v)| (k, v))),
-    );
-    let services: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for s in services.as_array().unwrap() {
-        match s["name"].as_str() {
-            Some("web") => {
-                assert_eq!((s["state"].as_str(), s["healthy"].as_bool()), (Some("running"), Some(true)), "{s}")
-            }
-            Some("app") => assert!(s["message"].as_str().unwrap().contains("no release deployed yet"), "{s}"),
-            _ => panic!("unexpected service {s}"),
+/// The shell lines of the README's walkthrough: the code blocks of "Trying it" and
+/// "Deploying under `fleetctl dev`", in order.
+fn readme_walkthrough() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let start = readme.find("## Trying it").expect("README has a walkthrough");
+    let end = readme[start..].find("\n## fleetctl").map(|e| start + e).unwrap_or(readme.len());
+    let mut lines = Vec::new();
+    let mut in_block = false;
+    for l in readme[start..end].lines() {
+        if l.starts_with("```") {
+            in_block = !in_block;
+        } else if in_block && !l.trim().is_empty() {
+            lines.push(l.to_string());
         }
     }
+    lines
+}
 
-    // The README's walkthrough: build the example app and roll it out to both agents.
-    let build = fleet_integration_tests::run(
-        Command::new("sh")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/example-app/build.sh"))
-            .args(["1.0", tmp.path().to_str().unwrap()]),
-    );
-    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
-    let artifact = tmp.path().join("app-1.0.tar.gz");
-    let out = fleet_integration_tests::run(
-        Command::new(bin("fleetctl"))
-            .args(["rollout", "start", "app", "--artifact", artifact.to_str().unwrap(), "--version", "1.0"])
-            .args(["--min-healthy-time", "1s", "--watch"])
-            .envs(vars.iter().map(|(k, v)| (k, v))),
-    );
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let urls: Vec<String> = dev
-        .log_text()
+/// Runs one walkthrough line as a user would in the second terminal: in `cwd`, after
+/// sourcing the env file.
+fn sh(cwd: &Path, id: &str, line: &str) -> std::process::Output {
+    fleet_integration_tests::run(
+        Command::new("sh").arg("-c").arg(format!(". .fleet-dev/fleetctl.env && {line}")).current_dir(cwd).env("ID", id),
+    )
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+async fn fleetctl_json(cwd: &Path, args: &str) -> serde_json::Value {
+    let out = sh(cwd, "", &format!("fleetctl {args} -o json"));
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_walkthrough_runs_under_fleetctl_dev() {
+    let _g = serial().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // The user's second terminal: the repository, with fleetctl dev's directory in it.
+    let cwd = tmp.path();
+    std::os::unix::fs::symlink(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy"), cwd.join("deploy")).unwrap();
+    let dir = cwd.join(".fleet-dev");
+    let mut dev = start_dev(&dir);
+    let vars = wait_up(&mut dev, &dir).await;
+    let addr = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+    assert!(addr("PATH").contains(bin_dir().to_str().unwrap()), "the env file puts fleetctl on PATH");
+    // The coordinator, two agents, and each agent's demo service.
+    assert_eq!(processes_under(&dir).len(), 5, "{:?}", processes_under(&dir));
+    let printed = dev.log_text();
+    assert!(printed.contains("source ") && printed.contains("  fleetctl status"), "{printed}");
+    let http = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("status page: http://"))
+        .expect("fleetctl dev prints the status page")
+        .trim_end_matches('/')
+        .to_string();
+    let app_urls: Vec<(String, String)> = printed
         .lines()
         .find(|l| l.contains("it then answers on"))
         .expect("fleetctl dev prints the app's addresses")
-        .split_whitespace()
-        .filter(|w| w.starts_with("http://"))
-        .map(str::to_string)
+        .split(" and ")
+        .filter_map(|part| {
+            let url = part.split_whitespace().find(|w| w.starts_with("http://"))?;
+            let host = part.split_whitespace().rev().nth(1)?;
+            Some((host.to_string(), url.to_string()))
+        })
         .collect();
-    assert_eq!(urls.len(), 2);
-    for u in &urls {
-        let body = reqwest::get(u).await.unwrap().text().await.unwrap();
-        assert_eq!(body, "hello from app 1.0\n");
+    assert_eq!(app_urls.len(), 2, "{printed}");
+    let serves = |host: &str| {
+        let url = app_urls.iter().find(|(h, _)| h == host).map(|(_, u)| u.clone()).unwrap();
+        async move { reqwest::get(&url).await.ok()?.text().await.ok() }
+    };
+
+    let mut id = String::new();
+    let mut watched = 0;
+    let mut ran = 0;
+    for line in readme_walkthrough() {
+        if line.starts_with("source ") || line.contains("127.0.0.1:PORT") {
+            continue; // sourced before every line; the app's ports are checked below
+        }
+        let line = line.replace("127.0.0.1:9090", &http);
+        if line.starts_with("fleetctl alerts") {
+            // The failing health check makes the agent restart web again and again; the
+            // default rules notice within a few evaluations.
+            eventually(Duration::from_secs(150), "a firing alert for pc2's web", || async {
+                let alerts = fleetctl_json(cwd, "alerts").await;
+                alerts.as_array()?.iter().any(|a| a["state"] == "firing" && a["labels"]["host"] == "pc2").then_some(())
+            })
+            .await;
+        }
+        let out = if line.starts_with("ID=") {
+            sh(cwd, &id, &format!("{line} && printf '%s' \"$ID\""))
+        } else {
+            sh(cwd, &id, &line)
+        };
+        let said = text(&out);
+        assert!(out.status.success(), "README line failed: {line}\n{said}");
+        ran += 1;
+        let cmd = line.split('#').next().unwrap().trim();
+        match cmd {
+            "fleetctl hosts" => {
+                // web runs and is healthy; app waits for its first release, which is no failure.
+                assert_eq!(said.lines().filter(|l| l.contains(" online ") && l.contains("1/1 ok")).count(), 2, "{said}")
+            }
+            "fleetctl services" => {
+                let web = said.lines().find(|l| l.starts_with("main-pc") && l.contains(" web ")).unwrap();
+                assert!(web.contains('%'), "CPU is a share of a core, as in hosts: {said}");
+            }
+            "fleetctl alerts" => assert!(said.contains("ServiceRestartLoop") && said.contains("firing"), "{said}"),
+            "fleetctl audit" => assert!(said.contains("restart") && said.contains("pc2/web"), "{said}"),
+            "fleetctl releases pc2 app" if !id.is_empty() => {
+                assert!(said.lines().any(|l| l.starts_with("1.0") && l.contains("current")), "{said}")
+            }
+            _ if cmd.starts_with("ID=") => {
+                id = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().to_string();
+                assert!(id.starts_with('r'), "{said}");
+            }
+            "fleetctl rollout status $ID --watch" => {
+                watched += 1;
+                if watched == 1 {
+                    assert!(said.contains("waiting_promotion"), "{said}");
+                    assert!(said.contains(&format!("fleetctl rollout resume {id}")), "says how to promote: {said}");
+                    assert_eq!(serves("main-pc").await.as_deref(), Some("hello from app 3.0\n"));
+                    assert_eq!(serves("pc2").await.as_deref(), Some("hello from app 1.0\n"));
+                } else {
+                    assert!(said.contains("succeeded"), "{said}");
+                    assert_eq!(serves("pc2").await.as_deref(), Some("hello from app 3.0\n"));
+                }
+            }
+            _ if cmd.contains("--version 2.0 --watch") => {
+                for host in ["main-pc", "pc2"] {
+                    assert_eq!(serves(host).await.as_deref(), Some("hello from app 2.0\n"));
+                }
+            }
+            "fleetctl rollback pc2 app" => assert_eq!(serves("pc2").await.as_deref(), Some("hello from app 1.0\n")),
+            _ => {}
+        }
     }
+    assert!(ran >= 20 && watched == 2, "ran {ran} README lines");
+
+    // The status page shows services, rollouts, alerts and readable times.
+    let page = reqwest::get(format!("http://{http}/")).await.unwrap().text().await.unwrap();
+    for part in
+        ["<h2>Alerts</h2>", "ServiceRestartLoop", "<h2>Services</h2>", "<td>web</td>", "s ago", "<h2>Hosts</h2>"]
+    {
+        assert!(page.contains(part), "the status page lacks {part}: {page}");
+    }
+
     let status = dev.terminate(Duration::from_secs(30));
     assert!(status.success(), "fleetctl dev exits 0 on SIGTERM: {status}");
     assert!(processes_under(&dir).is_empty(), "left behind: {:?}", processes_under(&dir));
-    for u in &urls {
+    for (_, u) in &app_urls {
         assert!(reqwest::get(u).await.is_err(), "the app at {u} outlived the dev cluster");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_cluster_leaves_nothing_behind_when_a_child_or_itself_dies() {
+    let _g = serial().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
 
     // 2. A crashed child stops the cluster with a clear message, and no orphan remains.
     let _ = std::fs::remove_file(dir.join("fleetctl.env"));

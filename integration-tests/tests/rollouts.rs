@@ -377,6 +377,20 @@ async fn malicious_and_broken_archives_are_refused() {
         "nosuch",
     ]);
     assert_eq!(out.status.code(), Some(1), "an unknown host is refused before anything starts");
+    assert!(stderr(&out).contains("no host named \"nosuch\""), "{}", stderr(&out));
+    // Upload it (fleetctl uploads only for a rollout that can start), then damage it.
+    {
+        use fleet_proto::v1::upload_artifact_request::Part;
+        use fleet_proto::v1::{ArtifactHeader, UploadArtifactRequest};
+        let data = std::fs::read(&v8).unwrap();
+        let header =
+            ArtifactHeader { sha256: sha.clone(), size_bytes: data.len() as u64, name: "app-8.0.tar.gz".into() };
+        let parts = vec![
+            UploadArtifactRequest { part: Some(Part::Header(header)) },
+            UploadArtifactRequest { part: Some(Part::Data(data)) },
+        ];
+        app.c.control().await.upload_artifact(tokio_stream::iter(parts)).await.unwrap();
+    }
     let blob = app.c.dir().join("coordinator/artifacts").join(&sha);
     let mut b = std::fs::read(&blob).unwrap();
     b[10] ^= 0xff;

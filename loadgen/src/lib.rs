@@ -89,6 +89,8 @@ impl SimHost {
                 version: "1.0.0".into(),
                 message: String::new(),
                 has_health_check: true,
+                awaiting_release: false,
+                cpu_usage_ratio: 0.01,
             })
             .collect();
         Report {

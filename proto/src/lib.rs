@@ -9,6 +9,24 @@ pub mod v1 {
     tonic::include_proto!("fleet.v1");
 }
 
+impl v1::ServiceStatus {
+    /// Whether the service does what it should: it runs and passes its health check. A
+    /// service waiting for its first release counts as neither up nor down (see
+    /// [`services_ok`]).
+    pub fn is_ok(&self) -> bool {
+        self.state == "running" && self.healthy
+    }
+}
+
+/// (services that are ok, services expected to run) of one host: the `SERVICES` column of
+/// `fleetctl hosts` and the status page. A service waiting for its first release has nothing
+/// to run yet and is left out of both.
+pub fn services_ok(services: &[v1::ServiceStatus]) -> (usize, usize) {
+    let expected = services.iter().filter(|s| !s.awaiting_release);
+    let (ok, n) = expected.fold((0, 0), |(ok, n), s| (ok + usize::from(s.is_ok()), n + 1));
+    (ok, n)
+}
+
 /// The protobuf codec every fleet.v1 stream uses: prost's, with smaller starting buffers.
 pub mod codec {
     use std::marker::PhantomData;

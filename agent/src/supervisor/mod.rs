@@ -44,6 +44,41 @@ pub struct Handle {
     status: watch::Receiver<Status>,
     /// Its captured output.
     pub log: Arc<LogFile>,
+    cpu: std::sync::Mutex<CpuMeter>,
+}
+
+/// The CPU use of a service's current process over a recent window, from two readings of its
+/// CPU time at least [`CpuMeter::WINDOW`] apart (reports are taken more often than that while
+/// deploys watch a service, and a shorter window would be noise).
+#[derive(Debug, Default)]
+struct CpuMeter {
+    /// The reading the next ratio is measured from: pid, when, CPU seconds.
+    base: Option<(u32, std::time::Instant, f64)>,
+    /// The newest ratio.
+    ratio: f64,
+}
+
+impl CpuMeter {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// Takes a reading of `pid` at `now` and returns the ratio (1.0 = one core busy).
+    fn read(&mut self, pid: Option<u32>, now: std::time::Instant, cpu_seconds: f64) -> f64 {
+        let Some(pid) = pid else {
+            *self = CpuMeter::default();
+            return 0.0;
+        };
+        match self.base {
+            Some((p, at, cpu)) if p == pid => {
+                let elapsed = now.duration_since(at);
+                if elapsed >= Self::WINDOW {
+                    self.ratio = ((cpu_seconds - cpu) / elapsed.as_secs_f64()).max(0.0);
+                    self.base = Some((pid, now, cpu_seconds));
+                }
+            }
+            _ => *self = CpuMeter { base: Some((pid, now, cpu_seconds)), ratio: 0.0 },
+        }
+        self.ratio
+    }
 }
 
 /// Every supervised service of this agent.
@@ -183,7 +218,7 @@ impl Supervisor {
                 changed: changed.clone(),
             };
             tasks.spawn(task.run());
-            handles.push(Handle { config: c.clone(), requests: tx, status: status_rx, log });
+            handles.push(Handle { config: c.clone(), requests: tx, status: status_rx, log, cpu: Default::default() });
         }
         tasks.close();
         Ok(Supervisor { services: handles, tasks, changed })
@@ -269,6 +304,10 @@ impl Handle {
         };
         let uptime =
             s.started_at.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs()).unwrap_or(0);
+        let cpu_usage_ratio = self.cpu.lock().expect("cpu meter lock").read(s.pid, std::time::Instant::now(), cpu);
+        // Nothing to run until the first rollout: the supervisor waits for `current`.
+        let awaiting_release = s.pid.is_none()
+            && self.config.deploy.as_ref().is_some_and(|d| std::fs::symlink_metadata(d.root.join("current")).is_err());
         ServiceStatus {
             name: self.config.name.clone(),
             state: s.state.as_str().to_string(),
@@ -281,6 +320,25 @@ impl Handle {
             version: String::new(),
             message: s.message,
             has_health_check: self.config.health.is_some(),
+            awaiting_release,
+            cpu_usage_ratio,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_use_is_measured_over_a_window_of_one_process() {
+        let t0 = std::time::Instant::now();
+        let mut m = CpuMeter::default();
+        assert_eq!(m.read(Some(7), t0, 10.0), 0.0, "one reading is no rate");
+        assert_eq!(m.read(Some(7), t0 + Duration::from_millis(100), 10.5), 0.0, "too soon: the last ratio");
+        let r = m.read(Some(7), t0 + Duration::from_secs(2), 11.0);
+        assert!((r - 0.5).abs() < 1e-9, "{r}");
+        assert_eq!(m.read(Some(8), t0 + Duration::from_secs(3), 0.2), 0.0, "a new process starts over");
+        assert_eq!(m.read(None, t0 + Duration::from_secs(4), 0.0), 0.0);
     }
 }
