@@ -48,6 +48,44 @@ pub struct AlertingConfig {
     pub external_labels: std::collections::BTreeMap<String, String>,
 }
 
+impl AlertingConfig {
+    /// What is valid but probably not what the operator meant: a `rule_files` pattern that
+    /// matches no file (no rules load from it). `check-config` prints these and the coordinator
+    /// logs them at start; neither refuses to run.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in &self.rule_files {
+            if expand_rule_files(std::slice::from_ref(g)).is_ok_and(|f| f.is_empty()) {
+                out.push(format!(
+                    "alerting.rule_files: \"{g}\" matches no file, so no rules are loaded from it (fleet's default rules are in deploy/rules; docs/install.md)"
+                ));
+            }
+        }
+        out
+    }
+
+    /// Asks every Alertmanager whether it is up (`GET /-/healthy`, a few seconds each) and
+    /// says which one cannot be reached: alerts would then only be retried and counted.
+    pub async fn unreachable_notifiers(&self) -> Vec<String> {
+        let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(3)).build() else { return Vec::new() };
+        let mut out = Vec::new();
+        for (i, url) in self.alertmanagers.iter().enumerate() {
+            let probe = format!("{}/-/healthy", url.trim_end_matches('/'));
+            let why = match client.get(&probe).send().await {
+                Ok(r) if r.status().is_success() => continue,
+                Ok(r) => format!("it answered {}", r.status()),
+                Err(e) if e.is_timeout() => "it did not answer within 3s".to_string(),
+                Err(e) if e.is_connect() => "nothing accepts connections there".to_string(),
+                Err(e) => e.to_string(),
+            };
+            out.push(format!(
+                "alerting.alertmanagers[{i}]: cannot reach the Alertmanager at {url} ({why}); alerts are retried and counted in fleet_coordinator_notifications_failed_total until it is up"
+            ));
+        }
+        out
+    }
+}
+
 /// The rule files the globs name, sorted; a glob that matches nothing is not an error.
 pub fn expand_rule_files(globs: &[String]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
@@ -101,6 +139,17 @@ impl CoordinatorConfig {
                 let alertmanagers = s.string_list("alertmanagers").unwrap_or_default();
                 let webhooks = s.string_list("webhooks").unwrap_or_default();
                 let external_labels = s.string_map("external_labels").unwrap_or_default();
+                for k in external_labels.keys() {
+                    let valid = k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && !k.starts_with("__");
+                    if !valid {
+                        s.error(
+                            &format!("external_labels.{k}"),
+                            "is not a valid label name: use letters, digits and '_', not starting with a digit or \"__\"",
+                        );
+                    }
+                }
                 for (key, urls) in [("alertmanagers", &alertmanagers), ("webhooks", &webhooks)] {
                     for (i, u) in urls.iter().enumerate() {
                         let ok = u

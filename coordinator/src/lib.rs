@@ -260,6 +260,18 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let metrics = Arc::new(Metrics::default());
     let alerting = alerting::Alerting::start(config.alerting.clone(), tsdb.clone(), store.clone(), shutdown.clone())
         .map_err(|e| RunError::Setup(format!("rule files: {e}")))?;
+    for w in config.alerting.warnings() {
+        tracing::warn!("{w}");
+    }
+    {
+        // Said once at start, without holding it up: an Alertmanager may come up later.
+        let alerting = config.alerting.clone();
+        tokio::spawn(async move {
+            for w in alerting.unreachable_notifiers().await {
+                tracing::warn!("{w}");
+            }
+        });
+    }
     {
         // SIGHUP reloads the rule files, as it does for Prometheus.
         let alerting = alerting.clone();

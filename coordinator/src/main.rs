@@ -54,12 +54,20 @@ fn main() -> ExitCode {
             return match CoordinatorConfig::load(&config) {
                 Ok(c) => match fleet_coordinator::load_identity(&c) {
                     Ok(tls) => {
+                        let mut warnings = c.alerting.warnings();
+                        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                            warnings.extend(rt.block_on(c.alerting.unreachable_notifiers()));
+                        }
+                        for w in &warnings {
+                            eprintln!("warning: {}: {w}", config.display());
+                        }
                         println!(
-                            "{}: ok (identity {}, gRPC {}, HTTP {})",
+                            "{}: ok (identity {}, gRPC {}, HTTP {}){}",
                             config.display(),
                             tls.identity(),
                             c.grpc_listen,
-                            c.http_listen
+                            c.http_listen,
+                            if warnings.is_empty() { String::new() } else { format!(", {} warnings", warnings.len()) }
                         );
                         ExitCode::SUCCESS
                     }

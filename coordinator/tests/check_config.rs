@@ -86,3 +86,64 @@ fn the_example_config_in_deploy_is_valid() {
     let out = coordinator().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn pki_toml(dir: &std::path::Path) -> String {
+    let pki = dir.join("pki");
+    fleetctl::certs::init(&pki, "fleet.local", 30, false).unwrap();
+    fleetctl::certs::issue(&pki, fleet_common::identity::Role::Coordinator, "coordinator", &[], 30, false).unwrap();
+    format!(
+        "[tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/coordinator.pem\"\nkey = \"{p}/coordinator-key.pem\"\n",
+        p = pki.display()
+    )
+}
+
+#[test]
+fn check_config_warns_about_rules_and_alertmanagers_that_will_not_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = pki_toml(dir.path());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let rules = dir.path().join("rules");
+    let cfg = dir.path().join("coordinator.toml");
+    let write = |alerting: &str| {
+        std::fs::write(&cfg, format!("data_dir = \"{}/data\"\n{tls}[alerting]\n{alerting}", dir.path().display()))
+            .unwrap()
+    };
+    let check = || {
+        let out = coordinator().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Valid, but nothing would be loaded and no alert would arrive: said, not refused.
+    write(&format!("rule_files = [\"{}/*.yml\"]\nalertmanagers = [\"http://{closed}\"]\n", rules.display()));
+    let (code, err) = check();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {}: alerting.rule_files: \"{}/*.yml\" matches no file",
+            cfg.display(),
+            rules.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("alerting.alertmanagers[0]: cannot reach the Alertmanager at http://{closed}")),
+        "{err}"
+    );
+
+    // An invalid external label name is an error.
+    write("external_labels = { \"bad-name\" = \"x\", cluster = \"a\" }\n");
+    let (code, err) = check();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("alerting.external_labels.bad-name: is not a valid label name"), "{err}");
+
+    // A rule file fleet cannot evaluate is refused, naming the rule and the construct.
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("node.yml"),
+        "groups:\n  - name: node\n    rules:\n      - alert: DiskFilling\n        expr: predict_linear(node_filesystem_avail_bytes[6h], 86400) < 0\n",
+    )
+    .unwrap();
+    write(&format!("rule_files = [\"{}/*.yml\"]\n", rules.display()));
+    let (code, err) = check();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("node.yml:4: alert \"DiskFilling\": the function predict_linear() is not supported"), "{err}");
+}
