@@ -683,7 +683,8 @@ impl ControlService for ControlApi {
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| match e {
             QueryError::BadData(m) => Status::invalid_argument(m),
-            QueryError::Execution(m) => Status::failed_precondition(m),
+            // Valid PromQL that cannot be answered: the operation failed (fleetctl exits 1).
+            QueryError::Unsupported(m) | QueryError::Execution(m) => Status::failed_precondition(m),
         })?;
         let series = |l: fleet_rules::promql::Labels, pts: Vec<(i64, f64)>| QuerySeries {
             labels: l.to_owned_map(),

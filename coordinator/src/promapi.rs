@@ -114,7 +114,7 @@ fn bad(msg: &str) -> Response {
 
 fn fail(e: QueryError) -> Response {
     match e {
-        QueryError::BadData(m) => bad(&m),
+        QueryError::BadData(m) | QueryError::Unsupported(m) => bad(&m),
         QueryError::Execution(m) => error(StatusCode::UNPROCESSABLE_ENTITY, "execution", &m),
     }
 }

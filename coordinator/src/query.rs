@@ -22,11 +22,14 @@ pub enum Answer {
     String(String, i64),
 }
 
-/// Why a query failed: a bad request (400) or a failed evaluation (422).
+/// Why a query failed: a bad request or one fleet cannot evaluate (400), or a failed
+/// evaluation (422).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryError {
-    /// The request is wrong (parse error, bad time, unsupported construct).
+    /// The request is wrong (parse error, bad time).
     BadData(String),
+    /// Valid PromQL that fleet's engine does not evaluate (named in the message).
+    Unsupported(String),
     /// The evaluation failed.
     Execution(String),
 }
@@ -34,14 +37,14 @@ pub enum QueryError {
 impl std::fmt::Display for QueryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            QueryError::BadData(s) | QueryError::Execution(s) => f.write_str(s),
+            QueryError::BadData(s) | QueryError::Unsupported(s) | QueryError::Execution(s) => f.write_str(s),
         }
     }
 }
 
 fn eval_err(e: EvalError) -> QueryError {
     match e {
-        EvalError::Unsupported(_) => QueryError::BadData(e.to_string()),
+        EvalError::Unsupported(_) => QueryError::Unsupported(e.to_string()),
         EvalError::Invalid(_) => QueryError::Execution(e.to_string()),
     }
 }
@@ -49,6 +52,7 @@ fn eval_err(e: EvalError) -> QueryError {
 /// Evaluates `expr` at `t_ms`.
 pub fn instant(storage: &dyn Storage, expr: &str, t_ms: i64) -> Result<Answer, QueryError> {
     let e = promql::parse(expr).map_err(|e| QueryError::BadData(format!("invalid expression: {e}")))?;
+    promql::check(&e).map_err(eval_err)?;
     Ok(match promql::eval(&e, storage, t_ms).map_err(eval_err)? {
         Value::Vector(v) => Answer::Vector(v.into_iter().map(|s| (s.labels, s.v)).collect(), t_ms),
         Value::Scalar(x) => Answer::Scalar(x, t_ms),
@@ -73,6 +77,7 @@ pub fn range(storage: &dyn Storage, expr: &str, start: i64, end: i64, step: i64)
         )));
     }
     let e = promql::parse(expr).map_err(|e| QueryError::BadData(format!("invalid expression: {e}")))?;
+    promql::check(&e).map_err(eval_err)?;
     let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
     let mut t = start;
     while t <= end {
