@@ -25,6 +25,9 @@ struct Pending {
     host: String,
     command: Command,
     waiters: Vec<oneshot::Sender<CommandUpdate>>,
+    /// Whether the agent said it received the command (a RUNNING update): without it, a
+    /// caller that gives up knows the command most likely never arrived.
+    accepted: bool,
 }
 
 #[derive(Debug)]
@@ -94,7 +97,10 @@ impl Hub {
                 "{MAX_PENDING} commands are already waiting for an outcome; retry later"
             )));
         }
-        inner.pending.insert(command.id.clone(), Pending { host: host.to_string(), command, waiters: vec![tx] });
+        inner.pending.insert(
+            command.id.clone(),
+            Pending { host: host.to_string(), command, waiters: vec![tx], accepted: false },
+        );
         Ok(Submitted::New(rx))
     }
 
@@ -108,6 +114,11 @@ impl Hub {
                 inner.pending.remove(id);
             }
         }
+    }
+
+    /// Whether the agent acknowledged command `id`, which is still waiting for its outcome.
+    pub fn accepted(&self, id: &str) -> bool {
+        self.lock().pending.get(id).is_some_and(|p| p.accepted)
     }
 
     /// Service commands of `host` still waiting for an outcome: sent again on reconnect.
@@ -130,6 +141,11 @@ impl Hub {
             return;
         }
         if !is_final(u.state) {
+            if u.state == CommandState::Running as i32
+                && let Some(p) = inner.pending.get_mut(&u.command_id)
+            {
+                p.accepted = true;
+            }
             return;
         }
         if let Some(p) = inner.pending.remove(&u.command_id) {
@@ -217,8 +233,10 @@ mod tests {
         let Submitted::New(rx1) = hub.submit("pc2", cmd("a")).unwrap() else { panic!() };
         let Submitted::Joined(rx2) = hub.submit("pc2", cmd("a")).unwrap() else { panic!() };
         assert_eq!(hub.pending_for("pc2").len(), 1);
+        assert!(!hub.accepted("a"));
         hub.update(done("a", CommandState::Running));
         assert_eq!(hub.pending_for("pc2").len(), 1, "running is not an outcome");
+        assert!(hub.accepted("a"), "the agent acknowledged it");
         hub.update(done("a", CommandState::Succeeded));
         assert_eq!(rx1.await.unwrap().state, CommandState::Succeeded as i32);
         assert_eq!(rx2.await.unwrap().state, CommandState::Succeeded as i32);

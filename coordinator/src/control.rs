@@ -253,11 +253,14 @@ impl ControlService for ControlApi {
         };
         let id = if r.request_id.is_empty() { new_id() } else { r.request_id.clone() };
         let name = action_name(action);
+        // The operator's timeout bounds the whole call: the agent gets a little less, so that
+        // its own "timed out" answer, with the service's state, arrives in time.
+        let margin = (timeout / 10).clamp(Duration::from_millis(200), Duration::from_secs(2));
         let command = Command {
             id: id.clone(),
             issued_at_ms: fleet_common::now_ms(),
             requested_by: who.clone(),
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: timeout.saturating_sub(margin).max(Duration::from_millis(100)).as_millis() as u64,
             action: Some(CmdAction::Service(ServiceCommand { service: r.service.clone(), action: action as i32 })),
         };
         let rx = match self.hub.submit(&r.host, command.clone())? {
@@ -291,8 +294,7 @@ impl ControlService for ControlApi {
                 rx
             }
         };
-        // The agent enforces the timeout itself; the margin lets its answer arrive.
-        let outcome = tokio::time::timeout(timeout + Duration::from_secs(5), rx).await;
+        let outcome = tokio::time::timeout(timeout, rx).await;
         let resp = match outcome {
             Ok(Ok(u)) => {
                 let state = CommandState::try_from(u.state).unwrap_or(CommandState::Failed);
@@ -311,13 +313,20 @@ impl ControlService for ControlApi {
                 }
             }
             _ => {
+                let accepted = self.hub.accepted(&id);
                 self.hub.abandon(&id);
-                let msg = format!(
-                    "no outcome from {} within {}; the command may still complete: check `fleetctl services --host {}`",
-                    r.host,
-                    fleet_common::human_duration_ms(timeout),
-                    r.host
-                );
+                let within = fleet_common::human_duration_ms(timeout);
+                let msg = if accepted {
+                    format!(
+                        "{} received the command but gave no outcome within {within}; it is still being applied there: `fleetctl services --host {}` shows how it ends",
+                        r.host, r.host
+                    )
+                } else {
+                    format!(
+                        "{} did not acknowledge the command within {within} (its agent is stopped, overloaded or cut off), so fleet dropped it and will not send it again; an agent that reads it late, after a stall, still applies it: `fleetctl services --host {}` shows the service",
+                        r.host, r.host
+                    )
+                };
                 let _ = self.audit.append(entry(&who, name, &r.host, &r.service, &id, "timed out", &msg)).await;
                 RunServiceCommandResponse {
                     command_id: id,

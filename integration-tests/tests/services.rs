@@ -348,3 +348,44 @@ async fn the_agent_stops_its_services_and_cleans_up_after_a_crash() {
     let log = std::fs::read_to_string(c.dir().join("pc2/logs/a.log")).unwrap();
     assert!(log.contains(&format!("stopped pid {} left running by an earlier fleet-agent", a.pid)), "{log}");
 }
+
+/// `--timeout` bounds the whole command, and when it runs out fleetctl says what became of
+/// the command: still being applied (the agent acknowledged it) or dropped (it did not).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_timeout_is_honoured_and_says_what_became_of_the_command() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { offline_after: Duration::from_secs(60), ..Default::default() }).await;
+    let health = c.dir().join("web.health");
+    c.start_agent_with(
+        "pc2",
+        Duration::from_secs(1),
+        &web_service("web", free_port(), &health, "interval = \"300ms\"\ntimeout = \"200ms\"\nretries = 1000"),
+    );
+    c.wait_service("pc2", "web", Duration::from_secs(10), "healthy", |s| s.healthy).await;
+
+    // The agent works on it but the service never gets healthy: its own answer, in time.
+    std::fs::write(&health, "fail").unwrap();
+    let started = Instant::now();
+    let out = c.fleetctl(&["restart", "pc2", "web", "--timeout", "3s"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timed out after"), "{}", stderr(&out));
+    assert!(took < Duration::from_millis(4500), "--timeout 3s took {took:?}");
+
+    // The agent is stalled: no acknowledgement, and fleetctl says the command was dropped.
+    std::fs::remove_file(&health).unwrap();
+    let agent = Pid::from_raw(c.agent("pc2").child.id() as i32).unwrap();
+    kill_process(agent, Signal::STOP).unwrap();
+    let started = Instant::now();
+    let out = c.fleetctl(&["restart", "pc2", "web", "--timeout", "3s"]);
+    let took = started.elapsed();
+    kill_process(agent, Signal::CONT).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not acknowledge the command within 3s") && stderr(&out).contains("fleet dropped it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < Duration::from_millis(4500), "--timeout 3s took {took:?}");
+}
