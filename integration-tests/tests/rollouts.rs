@@ -544,4 +544,14 @@ async fn old_releases_are_pruned_but_never_current_or_previous() {
     let out = app.c.fleetctl(&["rollback", "pc2", "app", "--min-healthy-time", "1s"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.0\n"));
+    // Failed releases are pruned too, not kept until the next good deploy.
+    for v in ["4.0", "5.0"] {
+        let a = app.release(v, true);
+        assert_eq!(app.rollout(v, &a, &["--watch"]).status.code(), Some(1), "{v} is broken");
+    }
+    let kept = app.releases("pc2");
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.contains(&("2.0".to_string(), "current".to_string())), "{kept:?}");
+    assert_eq!(std::fs::read_dir(app.c.dir().join("pc2/app/releases")).unwrap().count(), 2);
+    assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.0\n"));
 }

@@ -570,6 +570,9 @@ impl Deployer {
                     r.reason = reason.clone();
                 }
                 st.pending = None;
+                // Bad releases count against keep_releases too: a run of failed deploys must
+                // not fill the disk before the next good one.
+                self.collect_garbage(cfg, &mut st);
                 self.store.save_releases(service, &st).await.map_err(|e| (e.to_string(), Vec::new()))?;
                 if from.is_some() {
                     if let Err((e, _)) = self
