@@ -285,6 +285,21 @@ fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceCon
     let log_backups = s.u64("log_backups").map(|n| n.min(100) as u32).unwrap_or(5);
     let health = s.section("health").and_then(read_health);
     let deploy = s.section("deploy").and_then(read_deploy);
+    // What would only fail when the service starts is said now: a working directory that is
+    // not there (one under the deploy root may appear with the first release) and a user
+    // this machine does not have.
+    if let Some(w) = &workdir
+        && !w.is_dir()
+        && !deploy.as_ref().is_some_and(|d| w.starts_with(&d.root))
+    {
+        let what = if w.exists() { "is not a directory" } else { "does not exist" };
+        s.error("workdir", format!("{} {what}; create it or fix the path", w.display()));
+    }
+    if let Some(u) = &user
+        && let Err(e) = crate::supervisor::lookup_user(u)
+    {
+        s.error("user", format!("{e}; create the user (useradd --system {u}) or fix the name"));
+    }
     s.finish();
     Some(ServiceConfig {
         name: name?,
