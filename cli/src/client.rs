@@ -7,7 +7,7 @@ use fleet_common::tls::{TlsFiles, TlsMaterial, connect_coordinator};
 use fleet_proto::v1::control_service_client::ControlServiceClient;
 use tonic::transport::Channel;
 
-use crate::{Cli, CliError};
+use crate::{CliError, Conn};
 
 /// Where fleetctl connects and with which identity.
 #[derive(Debug, Clone)]
@@ -23,7 +23,7 @@ const HINT: &str =
 
 impl Target {
     /// Takes the address and files from the command line and environment.
-    pub fn from_cli(cli: &Cli) -> Result<Target, CliError> {
+    pub fn from_conn(cli: &Conn) -> Result<Target, CliError> {
         let need = |v: &Option<PathBuf>, what: &str| {
             v.clone().ok_or_else(|| CliError::usage(format!("no {what} given; {HINT}")))
         };

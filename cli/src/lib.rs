@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fleet_common::identity::{DEFAULT_TRUST_DOMAIN, Role};
 use fleet_proto::v1::ServiceAction;
 
+use crate::client::Target;
+
 /// A failure with the exit code it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CliError {
@@ -69,24 +71,31 @@ pub enum Output {
 #[derive(Debug, Parser)]
 #[command(name = "fleetctl", version)]
 pub struct Cli {
-    /// The coordinator's gRPC address.
-    #[arg(long, global = true, env = "FLEET_ADDR", default_value = "https://127.0.0.1:7443")]
-    pub addr: String,
-    /// The fleet CA certificate.
-    #[arg(long, global = true, env = "FLEET_CA")]
-    pub ca: Option<PathBuf>,
-    /// Your operator certificate.
-    #[arg(long, global = true, env = "FLEET_CERT")]
-    pub cert: Option<PathBuf>,
-    /// Your operator private key.
-    #[arg(long, global = true, env = "FLEET_KEY")]
-    pub key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the coordinator is and who you are: taken by every command that talks to the
+/// coordinator, and only by those (`certs`, `dev` and `rules test` work offline).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Connection")]
+pub struct Conn {
+    /// The coordinator's gRPC address.
+    #[arg(long, env = "FLEET_ADDR", default_value = "https://127.0.0.1:7443")]
+    pub addr: String,
+    /// The fleet CA certificate.
+    #[arg(long, env = "FLEET_CA")]
+    pub ca: Option<PathBuf>,
+    /// Your operator certificate.
+    #[arg(long, env = "FLEET_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Your operator private key.
+    #[arg(long, env = "FLEET_KEY")]
+    pub key: Option<PathBuf>,
 }
 
 /// The roles a certificate can be issued for.
@@ -119,19 +128,29 @@ pub enum Command {
     /// Run a coordinator and agents main-pc and pc2 on this machine, until Ctrl-C.
     Dev(dev::DevArgs),
     /// Cluster summary.
-    Status,
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// One row per host.
-    Hosts,
+    Hosts {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// One host in detail.
     Host {
         /// The host (agent) name.
         name: String,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Services of every host, or of one.
     Services {
         /// Only this host.
         #[arg(long)]
         host: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Restart a service; returns once it runs again (and is healthy, where it has a check).
     Restart {
@@ -144,6 +163,8 @@ pub enum Command {
         /// How long to wait for the outcome.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Start a service (also one that is fatal); returns once it runs (and is healthy).
     Start(ServiceArgs),
@@ -163,12 +184,16 @@ pub enum Command {
         /// Keep showing new lines as they are written.
         #[arg(short = 'f', long)]
         follow: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// The audit log: who did what, when, and how it ended.
     Audit {
         /// How many of the newest entries.
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
         n: u32,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Deploy releases across hosts.
     #[command(subcommand)]
@@ -188,6 +213,8 @@ pub enum Command {
         /// The release must be healthy within this long.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         healthy_deadline: Duration,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// A host's releases of a service: version, digest, when, current/previous/bad.
     Releases {
@@ -195,15 +222,22 @@ pub enum Command {
         host: String,
         /// The service.
         service: String,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Alert and recording rules: without a subcommand, every group and rule with its state.
     Rules {
         /// What to do (default: list).
         #[command(subcommand)]
         cmd: Option<RulesCommand>,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Pending and firing alerts.
-    Alerts,
+    Alerts {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Evaluate a PromQL expression over the coordinator's history.
     Query {
         /// The expression, for example 'avg by (host) (fleet_host_cpu_usage_ratio)'.
@@ -211,6 +245,8 @@ pub enum Command {
         /// Evaluation time: RFC 3339 or Unix seconds (default: now).
         #[arg(long)]
         at: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// A small HTTP service for trying fleet (used by `fleetctl dev`).
     #[command(hide = true)]
@@ -222,10 +258,20 @@ pub enum Command {
 pub enum RulesCommand {
     /// Read the rule files again on the coordinator (like SIGHUP); on an error the previous
     /// rules stay active.
-    Reload,
+    Reload {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Run rule unit tests in promtool's format (`promtool test rules`); exit 1 if any fails.
     Test {
         /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Check rule files as the coordinator loads them (`promtool check rules`): syntax, and
+    /// that fleet can evaluate every expression and template; exit 1 if any file is refused.
+    Check {
+        /// Rule files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -240,26 +286,38 @@ pub enum RolloutCommand {
     Status {
         /// The rollout id.
         id: String,
-        /// Follow it until it ends; exit 1 if it does not succeed.
+        /// Follow it until it ends (exit 1 if it does not succeed) or waits for you to promote
+        /// or resume it (exit 0, saying what to run).
         #[arg(long)]
         watch: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Every rollout, newest first.
-    List,
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Stop starting new hosts.
     Pause {
         /// The rollout id.
         id: String,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Continue a paused rollout, or promote one waiting after its canaries.
     Resume {
         /// The rollout id.
         id: String,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Stop the rollout; hosts it moved go back unless it was started with --no-auto-revert.
     Abort {
         /// The rollout id.
         id: String,
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
@@ -273,6 +331,9 @@ pub struct ServiceArgs {
     /// How long to wait for the outcome.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// The coordinator.
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 /// `fleetctl rules`.
@@ -463,6 +524,28 @@ fn rules_test(files: &[PathBuf]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `fleetctl rules check FILE...`: prints like promtool and fails if any file is refused.
+fn rules_check(files: &[PathBuf]) -> Result<(), CliError> {
+    let mut failed = 0;
+    for f in files {
+        println!("Checking {}", f.display());
+        match fleet_rules::rules::load_file(f) {
+            Ok(groups) => {
+                let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+                println!("  SUCCESS: {n} rules found\n");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("  FAILED:\n{e}\n");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::failed(format!("{failed} of {} rule files were refused", files.len())));
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write for example 30s or 2m"))
 }
@@ -523,14 +606,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Dev(args) => dev::run(args.clone()).await,
-        Command::Status => views::status(&client::Target::from_cli(&cli)?, cli.output).await,
-        Command::Hosts => views::hosts(&client::Target::from_cli(&cli)?, cli.output).await,
-        Command::Host { name } => views::host(&client::Target::from_cli(&cli)?, name, cli.output).await,
-        Command::Services { host } => {
-            services::list(&client::Target::from_cli(&cli)?, host.as_deref(), cli.output).await
+        Command::Status { conn } => views::status(&Target::from_conn(conn)?, cli.output).await,
+        Command::Hosts { conn } => views::hosts(&Target::from_conn(conn)?, cli.output).await,
+        Command::Host { name, conn } => views::host(&Target::from_conn(conn)?, name, cli.output).await,
+        Command::Services { host, conn } => {
+            services::list(&Target::from_conn(conn)?, host.as_deref(), cli.output).await
         }
-        Command::Restart { all, targets, timeout } => {
-            let t = client::Target::from_cli(&cli)?;
+        Command::Restart { all, targets, timeout, conn } => {
+            let t = Target::from_conn(conn)?;
             match (all, targets.as_slice()) {
                 (true, [service]) => services::restart_all(&t, service, *timeout, cli.output).await,
                 (false, [host, service]) => {
@@ -542,7 +625,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Start(a) => {
             services::one(
-                &client::Target::from_cli(&cli)?,
+                &Target::from_conn(&a.conn)?,
                 &a.host,
                 &a.service,
                 ServiceAction::Start,
@@ -552,18 +635,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             .await
         }
         Command::Stop(a) => {
-            services::one(
-                &client::Target::from_cli(&cli)?,
-                &a.host,
-                &a.service,
-                ServiceAction::Stop,
-                a.timeout,
-                cli.output,
-            )
-            .await
+            services::one(&Target::from_conn(&a.conn)?, &a.host, &a.service, ServiceAction::Stop, a.timeout, cli.output)
+                .await
         }
-        Command::Logs { all, targets, lines, follow } => {
-            let t = client::Target::from_cli(&cli)?;
+        Command::Logs { all, targets, lines, follow, conn } => {
+            let t = Target::from_conn(conn)?;
             match (all, targets.as_slice()) {
                 (true, []) => services::logs(&t, "", "", *lines, *follow, cli.output).await,
                 (false, [host]) => services::logs(&t, host, "", *lines, *follow, cli.output).await,
@@ -572,31 +648,39 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 (false, _) => Err(CliError::usage("give a host and a service: fleetctl logs HOST SERVICE [-n N] [-f]")),
             }
         }
-        Command::Audit { n } => services::audit(&client::Target::from_cli(&cli)?, *n, cli.output).await,
-        Command::Rollout(r) => {
-            let t = client::Target::from_cli(&cli)?;
-            match r {
-                RolloutCommand::Start(a) => rollout::start(&t, a, cli.output).await,
-                RolloutCommand::Status { id, watch } => rollout::status(&t, id, *watch, cli.output).await,
-                RolloutCommand::List => rollout::list(&t, cli.output).await,
-                RolloutCommand::Pause { id } => rollout::control(&t, id, "pause", cli.output).await,
-                RolloutCommand::Resume { id } => rollout::control(&t, id, "resume", cli.output).await,
-                RolloutCommand::Abort { id } => rollout::control(&t, id, "abort", cli.output).await,
+        Command::Audit { n, conn } => services::audit(&Target::from_conn(conn)?, *n, cli.output).await,
+        Command::Rollout(r) => match r {
+            RolloutCommand::Start(a) => rollout::start(&Target::from_conn(&a.conn)?, a, cli.output).await,
+            RolloutCommand::Status { id, watch, conn } => {
+                rollout::status(&Target::from_conn(conn)?, id, *watch, cli.output).await
             }
-        }
-        Command::Rollback { host, service, to, min_healthy_time, healthy_deadline } => {
-            let t = client::Target::from_cli(&cli)?;
+            RolloutCommand::List { conn } => rollout::list(&Target::from_conn(conn)?, cli.output).await,
+            RolloutCommand::Pause { id, conn } => {
+                rollout::control(&Target::from_conn(conn)?, id, "pause", cli.output).await
+            }
+            RolloutCommand::Resume { id, conn } => {
+                rollout::control(&Target::from_conn(conn)?, id, "resume", cli.output).await
+            }
+            RolloutCommand::Abort { id, conn } => {
+                rollout::control(&Target::from_conn(conn)?, id, "abort", cli.output).await
+            }
+        },
+        Command::Rollback { host, service, to, min_healthy_time, healthy_deadline, conn } => {
+            let t = Target::from_conn(conn)?;
             rollout::rollback(&t, host, service, to.as_deref(), (*min_healthy_time, *healthy_deadline), cli.output)
                 .await
         }
-        Command::Releases { host, service } => {
-            rollout::releases(&client::Target::from_cli(&cli)?, host, service, cli.output).await
+        Command::Releases { host, service, conn } => {
+            rollout::releases(&Target::from_conn(conn)?, host, service, cli.output).await
         }
-        Command::Rules { cmd: Some(RulesCommand::Test { files }) } => rules_test(files),
-        Command::Rules { cmd: Some(RulesCommand::Reload) } => rules_reload(&client::Target::from_cli(&cli)?).await,
-        Command::Rules { cmd: None } => rules_list(&client::Target::from_cli(&cli)?, cli.output).await,
-        Command::Alerts => alerts(&client::Target::from_cli(&cli)?, cli.output).await,
-        Command::Query { expr, at } => query(&client::Target::from_cli(&cli)?, expr, at.as_deref(), cli.output).await,
+        Command::Rules { cmd: Some(RulesCommand::Test { files }), .. } => rules_test(files),
+        Command::Rules { cmd: Some(RulesCommand::Check { files }), .. } => rules_check(files),
+        Command::Rules { cmd: Some(RulesCommand::Reload { conn }), .. } => {
+            rules_reload(&Target::from_conn(conn)?).await
+        }
+        Command::Rules { cmd: None, conn } => rules_list(&Target::from_conn(conn)?, cli.output).await,
+        Command::Alerts { conn } => alerts(&Target::from_conn(conn)?, cli.output).await,
+        Command::Query { expr, at, conn } => query(&Target::from_conn(conn)?, expr, at.as_deref(), cli.output).await,
         Command::DemoServer(a) => demo::run(a.clone()).await,
     }
 }

@@ -56,6 +56,9 @@ pub struct StartArgs {
     /// promote or resume it (exit 0, saying what to run).
     #[arg(long)]
     pub watch: bool,
+    /// The coordinator.
+    #[command(flatten)]
+    pub conn: crate::Conn,
 }
 
 fn sha256_file(path: &Path) -> Result<(String, u64), CliError> {
