@@ -209,6 +209,12 @@ async fn the_readme_walkthrough_runs_under_fleetctl_dev() {
         }
     }
     assert!(ran >= 20 && watched == 2, "ran {ran} README lines");
+    let litter: Vec<_> = std::fs::read_dir(cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tar.gz"))
+        .collect();
+    assert!(litter.is_empty(), "build.sh wrote archives into the working tree: {litter:?}");
 
     // The status page shows services, rollouts, alerts and readable times.
     let page = reqwest::get(format!("http://{http}/")).await.unwrap().text().await.unwrap();

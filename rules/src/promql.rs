@@ -116,6 +116,100 @@ pub fn parse(text: &str) -> Result<Expr, String> {
     promql_parser::parser::parse(text)
 }
 
+/// The functions this engine evaluates. [`check`] refuses every other one, so that a rule
+/// file using it is refused when it is loaded instead of erring at every evaluation.
+pub const FUNCTIONS: &[&str] = &[
+    "abs",
+    "absent",
+    "absent_over_time",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count_over_time",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max_over_time",
+    "min_over_time",
+    "present_over_time",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "vector",
+];
+
+/// The aggregation operators this engine evaluates.
+pub const AGGREGATIONS: &[&str] =
+    &["avg", "bottomk", "count", "group", "max", "min", "quantile", "stddev", "stdvar", "sum", "topk"];
+
+/// Whether the engine can evaluate every part of `expr`: the first construct it cannot is an
+/// [`EvalError::Unsupported`] naming it. Rule files and queries are checked with this before
+/// they are accepted (DESIGN §10, invariant 10: nothing is loaded that would silently never
+/// fire).
+pub fn check(expr: &Expr) -> Result<(), EvalError> {
+    match expr {
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
+        Expr::Paren(p) => check(&p.expr),
+        Expr::Unary(u) => check(&u.expr),
+        Expr::VectorSelector(vs) => check_selector(vs),
+        Expr::MatrixSelector(ms) => check_selector(&ms.vs),
+        Expr::Subquery(_) => unsupported("subqueries (expr[range:step])"),
+        Expr::Aggregate(a) => {
+            let op = a.op.to_string().to_lowercase();
+            if !AGGREGATIONS.contains(&op.as_str()) {
+                return unsupported(format!("the {op} aggregation"));
+            }
+            if let Some(p) = &a.param {
+                check(p)?;
+            }
+            check(&a.expr)
+        }
+        Expr::Binary(b) => {
+            check(&b.lhs)?;
+            check(&b.rhs)
+        }
+        Expr::Call(c) => {
+            if !FUNCTIONS.contains(&c.func.name) {
+                return unsupported(format!("the function {}()", c.func.name));
+            }
+            c.args.args.iter().try_for_each(|a| check(a))
+        }
+        Expr::Extension(_) => unsupported("extension expressions"),
+    }
+}
+
+fn check_selector(vs: &VectorSelector) -> Result<(), EvalError> {
+    if vs.at.is_some() {
+        return unsupported("the @ modifier");
+    }
+    Ok(())
+}
+
 /// Evaluates `expr` at `t_ms`.
 pub fn eval(expr: &Expr, storage: &dyn Storage, t_ms: i64) -> Result<Value, EvalError> {
     Evaluator { storage }.eval(expr, t_ms)
@@ -1032,6 +1126,130 @@ mod tests {
             q(&s, "rate(load[5m:1m])", 0).unwrap_err().to_string().contains("subqueries"),
             "unsupported constructs say so"
         );
+    }
+
+    /// Every function and aggregation of Prometheus 3 with a valid call: [`check`] accepts it
+    /// exactly when evaluating it hits no unsupported construct, so a rule file that passes
+    /// the check can always be evaluated (invariant 10).
+    #[test]
+    fn check_accepts_exactly_what_evaluates() {
+        let calls = [
+            "abs(m)",
+            "absent(nothing)",
+            "absent_over_time(nothing[5m])",
+            "acos(m)",
+            "acosh(m)",
+            "asin(m)",
+            "asinh(m)",
+            "atan(m)",
+            "atanh(m)",
+            "avg_over_time(m[5m])",
+            "ceil(m)",
+            "changes(m[5m])",
+            "clamp(m, 0, 1)",
+            "clamp_max(m, 1)",
+            "clamp_min(m, 0)",
+            "cos(m)",
+            "cosh(m)",
+            "count_over_time(m[5m])",
+            "day_of_month(m)",
+            "day_of_month()",
+            "day_of_week()",
+            "day_of_year()",
+            "days_in_month()",
+            "deg(m)",
+            "delta(m[5m])",
+            "deriv(m[5m])",
+            "double_exponential_smoothing(m[5m], 0.5, 0.5)",
+            "exp(m)",
+            "floor(m)",
+            "histogram_avg(m)",
+            "histogram_count(m)",
+            "histogram_fraction(0, 1, m)",
+            "histogram_quantile(0.5, m)",
+            "histogram_stddev(m)",
+            "histogram_stdvar(m)",
+            "histogram_sum(m)",
+            "holt_winters(m[5m], 0.5, 0.5)",
+            "hour()",
+            "hour(m)",
+            "idelta(m[5m])",
+            "increase(m[5m])",
+            "info(m)",
+            "irate(m[5m])",
+            "label_join(m, \"a\", \",\", \"h\")",
+            "label_replace(m, \"a\", \"$1\", \"h\", \"(.*)\")",
+            "last_over_time(m[5m])",
+            "ln(m)",
+            "log10(m)",
+            "log2(m)",
+            "mad_over_time(m[5m])",
+            "max_over_time(m[5m])",
+            "min_over_time(m[5m])",
+            "minute()",
+            "month()",
+            "pi()",
+            "predict_linear(m[5m], 60)",
+            "present_over_time(m[5m])",
+            "quantile_over_time(0.5, m[5m])",
+            "rad(m)",
+            "rate(m[5m])",
+            "resets(m[5m])",
+            "round(m)",
+            "round(m, 5)",
+            "scalar(m)",
+            "sgn(m)",
+            "sin(m)",
+            "sinh(m)",
+            "sort(m)",
+            "sort_by_label(m, \"h\")",
+            "sort_by_label_desc(m, \"h\")",
+            "sort_desc(m)",
+            "sqrt(m)",
+            "stddev_over_time(m[5m])",
+            "stdvar_over_time(m[5m])",
+            "sum_over_time(m[5m])",
+            "tan(m)",
+            "tanh(m)",
+            "time()",
+            "timestamp(m)",
+            "vector(1)",
+            "year()",
+            "avg(m)",
+            "bottomk(1, m)",
+            "count(m)",
+            "count_values(\"v\", m)",
+            "group(m)",
+            "limitk(1, m)",
+            "limit_ratio(0.5, m)",
+            "max(m)",
+            "min(m)",
+            "quantile(0.5, m)",
+            "stddev(m)",
+            "stdvar(m)",
+            "sum by (h) (m)",
+            "topk(1, m)",
+            "m @ 100",
+            "m[5m] @ start()",
+            "rate(m[5m:1m])",
+            "m offset -1m",
+        ];
+        let s = Mem(vec![series("m", &[("h", "a")], &[(30_000, 1.0), (60_000, 2.0)])]);
+        let mut accepted = 0;
+        for text in calls {
+            // The parser refuses what it does not know; such a rule file never loads either.
+            let Ok(expr) = parse(text) else { continue };
+            let checked = check(&expr);
+            let evaluated = eval(&expr, &s, 90_000);
+            let unsupported = matches!(evaluated, Err(EvalError::Unsupported(_)));
+            assert_eq!(checked.is_ok(), !unsupported, "{text}: check {checked:?}, evaluation {evaluated:?}");
+            if let Err(EvalError::Unsupported(what)) = checked {
+                assert!(!what.is_empty(), "{text}");
+            } else {
+                accepted += 1;
+            }
+        }
+        assert!(accepted >= FUNCTIONS.len() + AGGREGATIONS.len() - 2, "only {accepted} accepted");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use promql_parser::parser::Expr;
 use serde::Deserialize;
 
 use crate::promql::{self, Labels, NAME, Storage, Value};
-use crate::template;
+use crate::template::{self, Template};
 
 /// How long a resolved alert is kept (to be sent as resolved).
 pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
@@ -32,6 +32,8 @@ pub struct RuleError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDef {
+    /// Absent (`{}`) is no groups, as in Prometheus.
+    #[serde(default)]
     groups: Vec<GroupDef>,
 }
 
@@ -42,6 +44,7 @@ struct GroupDef {
     interval: Option<String>,
     #[serde(default)]
     limit: Option<u64>,
+    #[serde(default)]
     rules: Vec<RuleDef>,
 }
 
@@ -192,10 +195,14 @@ pub struct AlertRule {
     pub hold: Duration,
     /// `keep_firing_for`.
     pub keep_firing_for: Duration,
-    /// Label templates.
+    /// Label templates, as written.
     pub labels: BTreeMap<String, String>,
-    /// Annotation templates.
+    /// Annotation templates, as written.
     pub annotations: BTreeMap<String, String>,
+    /// The label templates, parsed when the file was loaded.
+    pub label_templates: Vec<(String, Template)>,
+    /// The annotation templates, parsed when the file was loaded.
+    pub annotation_templates: Vec<(String, Template)>,
     /// Alerts by label set.
     pub active: BTreeMap<Labels, Alert>,
     /// The last evaluation's error.
@@ -216,12 +223,15 @@ fn valid_label_name(s: &str) -> bool {
 pub fn load_file(path: &Path) -> Result<Vec<Group>, RuleError> {
     let err = |line: Option<usize>, reason: String| RuleError { file: path.to_path_buf(), line, reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read the rule file: {}", e)))?;
-    let def: FileDef = serde_yaml::from_str(&text).map_err(|e| {
+    // An empty file (or one that is only `null`, as mixins generate) has no groups and is
+    // valid, as in Prometheus.
+    let def: Option<FileDef> = serde_yaml::from_str(&text).map_err(|e| {
         let line = e.location().map(|l| l.line());
         let msg = e.to_string();
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         err(line, msg)
     })?;
+    let Some(def) = def else { return Ok(Vec::new()) };
     // Lines of each rule, found by their `- alert:` / `- record:` keys, for messages.
     let rule_lines: Vec<usize> = text
         .lines()
@@ -257,15 +267,31 @@ pub fn load_file(path: &Path) -> Result<Vec<Group>, RuleError> {
             };
             let expr =
                 promql::parse(&expr_text).map_err(|e| err(line, format!("invalid expr \"{expr_text}\": {e}")))?;
+            // Refused here rather than failing at every evaluation (invariant 10).
+            if let Err(e) = promql::check(&expr) {
+                let rule = match (&r.alert, &r.record) {
+                    (Some(a), _) => format!("alert \"{a}\""),
+                    (_, Some(rec)) => format!("recording rule \"{rec}\""),
+                    _ => "rule".to_string(),
+                };
+                return Err(err(line, format!("{rule}: {e}; the expression is \"{expr_text}\"")));
+            }
             for k in r.labels.keys().chain(r.annotations.keys()) {
                 if !valid_label_name(k) {
                     return Err(err(line, format!("invalid label name \"{k}\"")));
                 }
             }
-            let probe = template::Data::default();
-            for (k, v) in r.labels.iter().chain(r.annotations.iter()) {
-                template::expand(v, &probe).map_err(|e| err(line, format!("template of \"{k}\": {e}")))?;
-            }
+            // An alert's labels and annotations are templates, parsed (and so checked) once
+            // here; a recording rule's labels are plain values, as in Prometheus.
+            let parse_all = |m: &BTreeMap<String, String>| -> Result<Vec<(String, Template)>, RuleError> {
+                m.iter()
+                    .map(|(k, v)| {
+                        Template::parse(v)
+                            .map(|t| (k.clone(), t))
+                            .map_err(|e| err(line, format!("template of \"{k}\": {e}")))
+                    })
+                    .collect()
+            };
             match (r.alert, r.record) {
                 (Some(name), None) => {
                     let hold = match &r.for_ {
@@ -276,12 +302,16 @@ pub fn load_file(path: &Path) -> Result<Vec<Group>, RuleError> {
                         Some(s) => parse_duration(s).map_err(|e| err(line, format!("keep_firing_for: {e}")))?,
                         None => Duration::ZERO,
                     };
+                    let label_templates = parse_all(&r.labels)?;
+                    let annotation_templates = parse_all(&r.annotations)?;
                     rules.push(Rule::Alert(AlertRule {
                         name,
                         expr_text,
                         expr,
                         hold,
                         keep_firing_for: keep,
+                        label_templates,
+                        annotation_templates,
                         labels: r.labels,
                         annotations: r.annotations,
                         active: BTreeMap::new(),
@@ -308,6 +338,28 @@ pub fn load_file(path: &Path) -> Result<Vec<Group>, RuleError> {
         groups.push(Group { name: g.name, file: path.to_path_buf(), interval, rules, last_eval: None });
     }
     Ok(groups)
+}
+
+/// The `query` function of alert templates: PromQL over the rules' storage at the time of
+/// the evaluation, a scalar result being one sample without labels (as in Prometheus).
+struct StorageQuerier<'a> {
+    storage: &'a dyn Storage,
+    t: i64,
+}
+
+impl template::Querier for StorageQuerier<'_> {
+    fn query(&self, expr: &str) -> Result<Vec<template::QuerySample>, String> {
+        let e = promql::parse(expr)?;
+        promql::check(&e).map_err(|e| e.to_string())?;
+        match promql::eval(&e, self.storage, self.t).map_err(|e| e.to_string())? {
+            Value::Vector(v) => Ok(v
+                .into_iter()
+                .map(|s| template::QuerySample { labels: s.labels.to_owned_map(), value: s.v })
+                .collect()),
+            Value::Scalar(x) => Ok(vec![template::QuerySample { labels: BTreeMap::new(), value: x }]),
+            _ => Err("the query must return an instant vector or a scalar".into()),
+        }
+    }
 }
 
 /// A store that recording rules can write back into.
@@ -372,15 +424,25 @@ impl AlertRule {
             _ => return Err("an alerting rule's expression must return a vector".into()),
         };
         let mut seen: BTreeMap<Labels, Alert> = BTreeMap::new();
+        let querier = StorageQuerier { storage, t };
         for s in samples {
-            let mut tl = s.labels.clone();
-            tl.remove(NAME);
-            let data =
-                template::Data { labels: tl.to_owned_map(), value: s.v, external_labels: external_labels.clone() };
+            // As in Prometheus, $labels is the series' labels, __name__ included.
+            let data = template::Data {
+                labels: s.labels.to_owned_map(),
+                value: s.v,
+                external_labels: external_labels.clone(),
+                timestamp: t as f64 / 1000.0,
+                querier: Some(&querier),
+                ..Default::default()
+            };
+            // A template that fails on its data does not stop the alert: Prometheus fires it
+            // with the error as the text, so that the failure is seen where the alert is.
+            let expand =
+                |tmpl: &Template| tmpl.render(&data).unwrap_or_else(|e| format!("<error expanding template: {e}>"));
             let mut labels = s.labels.clone();
             labels.remove(NAME);
-            for (k, v) in &self.labels {
-                let x = template::expand(v, &data).map_err(|e| format!("label {k}: {e}"))?;
+            for (k, tmpl) in &self.label_templates {
+                let x = expand(tmpl);
                 if x.is_empty() {
                     labels.remove(k);
                 } else {
@@ -388,8 +450,8 @@ impl AlertRule {
                 }
             }
             let mut annotations = BTreeMap::new();
-            for (k, v) in &self.annotations {
-                annotations.insert(k.clone(), template::expand(v, &data).map_err(|e| format!("annotation {k}: {e}"))?);
+            for (k, tmpl) in &self.annotation_templates {
+                annotations.insert(k.clone(), expand(tmpl));
             }
             labels.insert("alertname", self.name.clone());
             if seen.contains_key(&labels) {
@@ -491,5 +553,55 @@ mod tests {
         let e = load_file(&p).unwrap_err();
         assert!(e.to_string().contains("unknown field `forr`"), "{e}");
         assert_eq!(e.line, Some(6));
+    }
+
+    #[test]
+    fn a_template_that_fails_on_its_data_still_fires_the_alert_with_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("r.yml"),
+            "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up == 0\n        annotations:\n          broken: '{{ humanize 1 2 }}'\n          fine: '{{ $labels.job }}'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("t.yml"),
+            "rule_files: [r.yml]\ntests:\n  - input_series:\n      - series: 'up{job=\"db\"}'\n        values: '0'\n    alert_rule_test:\n      - eval_time: 0m\n        alertname: A\n        exp_alerts: [{exp_labels: {job: db}, exp_annotations: {fine: db}}]\n",
+        )
+        .unwrap();
+        let out = crate::unittest::run_file(&dir.path().join("t.yml")).unwrap();
+        let failure = out.failures.join("\n");
+        assert!(failure.contains("broken=\"<error expanding template: "), "{failure}");
+        assert!(failure.contains("wrong number of args for humanize"), "{failure}");
+        assert!(failure.contains("fine=\"db\""), "{failure}");
+    }
+
+    #[test]
+    fn empty_files_are_valid_and_unsupported_constructs_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.yml");
+        for empty in ["", "\n", "null\n", "{}\n", "groups: []\n", "# only a comment\n"] {
+            std::fs::write(&p, empty).unwrap();
+            assert!(load_file(&p).unwrap().is_empty(), "{empty:?}");
+        }
+        std::fs::write(&p, "groups:\n  - name: g\n    rules:\n").unwrap();
+        assert_eq!(load_file(&p).unwrap()[0].rules.len(), 0, "a group without rules is valid");
+        std::fs::write(
+            &p,
+            "groups:\n  - name: disks\n    rules:\n      - alert: Ok\n        expr: up == 0\n      - alert: DiskWillFill\n        expr: predict_linear(fs_avail[6h], 4*3600) < 0\n",
+        )
+        .unwrap();
+        let e = load_file(&p).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:6: alert \"DiskWillFill\": the function predict_linear()", p.display())),
+            "{e}"
+        );
+        assert!(e.contains("not supported"), "{e}");
+        std::fs::write(
+            &p,
+            "groups:\n  - name: g\n    rules:\n      - record: r:x\n        expr: max_over_time(x[5m:1m])\n",
+        )
+        .unwrap();
+        let e = load_file(&p).unwrap_err().to_string();
+        assert!(e.contains(":4: recording rule \"r:x\": subqueries"), "{e}");
     }
 }

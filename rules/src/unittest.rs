@@ -395,19 +395,12 @@ mod tests {
         assert!(promql::is_stale(expand_values("stale").unwrap()[0].unwrap()));
     }
 
-    fn corpus() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/rules")
-    }
-
+    /// fleet's own corpus, in process (cli/tests/rules.rs also runs it through fleetctl and
+    /// promtool, and mutates it).
     #[test]
-    fn the_compat_corpus_passes() {
-        let dir = corpus();
-        if !dir.exists() {
-            // The corpus lives beside the repository (shared/); the end-to-end tests run it
-            // through fleetctl as well.
-            panic!("the compatibility corpus is missing at {}", dir.display());
-        }
-        for f in ["semantics.rules.test.yml", "fleet.rules.test.yml"] {
+    fn the_corpus_passes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        for f in ["alerting.rules.test.yml", "promql.rules.test.yml"] {
             let o = run_file(&dir.join(f)).unwrap();
             assert!(o.failures.is_empty(), "{f}:\n{}", o.failures.join("\n"));
         }

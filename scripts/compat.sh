@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs fleet against a compatibility corpus kept outside the repository (on the team's
+# machines and in CI: ../shared/compat; see its README): files that fleet must treat exactly as
+# the real Prometheus tools do.
+#
+#   scripts/compat.sh DIR
+#
+# - DIR/rules/*.rules.test.yml: `fleetctl rules test` passes every file, as promtool does.
+# - DIR/mixins/*/*.yaml: real monitoring mixins' rule files, each accepted by promtool. fleet
+#   loads every one or refuses it naming a construct it does not evaluate; any other refusal
+#   (a syntax it misreads, a file it wrongly calls invalid) fails.
+#
+# Needs `cargo build --bins` first (it runs target/debug/fleetctl) and promtool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:?usage: scripts/compat.sh DIR}
+fleetctl=${FLEETCTL:-target/debug/fleetctl}
+failures=0
+
+if [ -d "$dir/rules" ]; then
+  for t in "$dir"/rules/*.rules.test.yml; do
+    if ! out=$("$fleetctl" rules test "$t" 2>&1); then
+      echo "FAIL rules: fleetctl rules test $t"; echo "$out"; failures=$((failures + 1))
+    fi
+    if ! (cd "$(dirname "$t")" && promtool test rules "$(basename "$t")" >/dev/null 2>&1); then
+      echo "FAIL rules: promtool test rules $t fails: the corpus is not what this script expects"
+      failures=$((failures + 1))
+    fi
+  done
+  echo "rules: $(ls "$dir"/rules/*.rules.test.yml | wc -l) test files run"
+fi
+
+if [ -d "$dir/mixins" ]; then
+  loaded=0 refused=0
+  reasons=$(mktemp)
+  trap 'rm -f "$reasons"' EXIT
+  while IFS= read -r f; do
+    if out=$("$fleetctl" rules check "$f" 2>&1); then
+      loaded=$((loaded + 1))
+    elif grep -q "is not supported" <<<"$out"; then
+      refused=$((refused + 1))
+      grep "is not supported" <<<"$out" | sed -E 's/^[^:]*:[0-9]+: //; s/"[^"]*"/"…"/g; s/; the expression is.*//' >>"$reasons"
+    else
+      echo "FAIL mixins: $f is refused for a reason other than an unsupported construct:"
+      echo "$out"
+      failures=$((failures + 1))
+    fi
+  done < <(find "$dir/mixins" -name '*.yaml' | sort)
+  echo "mixins: $loaded files loaded, $refused refused naming what fleet does not evaluate:"
+  sort "$reasons" | uniq -c | sort -rn | sed 's/^/  /'
+fi
+
+if [ "$failures" -gt 0 ]; then
+  echo "$failures compatibility failures"
+  exit 1
+fi
+echo "compatibility corpus: OK"
