@@ -54,14 +54,7 @@ pub(super) fn format_float(v: f64, fmt: char, prec: i32) -> String {
     let a = v.abs();
     match fmt {
         'b' => {
-            let bits = v.to_bits();
-            let mut exp = ((bits >> 52) & 0x7ff) as i64;
-            let mut mant = bits & ((1 << 52) - 1);
-            if exp == 0 {
-                exp = 1;
-            } else {
-                mant |= 1 << 52;
-            }
+            let (mant, exp) = mantissa_exponent(v);
             let exp = exp - 1023 - 52;
             let _ = write!(out, "{mant}p{}{exp}", if exp >= 0 { "+" } else { "" });
             return out;
@@ -175,16 +168,18 @@ fn fmt_f(out: &mut String, digs: &Digits, prec: usize) {
     }
 }
 
+/// A float64's mantissa with its implicit bit, and its biased exponent (subnormals as
+/// exponent 1), as Go's strconv takes them apart.
+fn mantissa_exponent(v: f64) -> (u64, i64) {
+    let bits = v.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i64;
+    let mant = bits & ((1 << 52) - 1);
+    if exp == 0 { (mant, 1) } else { (mant | 1 << 52, exp) }
+}
+
 /// Go's `fmtX`: hexadecimal mantissa and binary exponent, -0x1.yyyp±dd.
 fn fmt_x(out: &mut String, a: f64, prec: i32, fmt: char) {
-    let bits = a.to_bits();
-    let mut exp = ((bits >> 52) & 0x7ff) as i64;
-    let mut mant = bits & ((1 << 52) - 1);
-    if exp == 0 {
-        exp = 1;
-    } else {
-        mant |= 1 << 52;
-    }
+    let (mut mant, mut exp) = mantissa_exponent(a);
     exp -= 1023;
     if mant == 0 {
         exp = 0;
