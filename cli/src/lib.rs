@@ -438,7 +438,10 @@ async fn alerts(target: &client::Target, output: Output) -> Result<(), CliError>
 async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Output) -> Result<(), CliError> {
     let time_ms = match at {
         Some(s) => match s.parse::<f64>() {
-            Ok(f) => (f * 1000.0).round() as i64,
+            Ok(f) if f.is_finite() && f.abs() < 1e13 => (f * 1000.0).round() as i64,
+            Ok(_) => {
+                return Err(CliError::usage(format!("--at {s}: write RFC 3339 (2026-01-02T15:04:05Z) or Unix seconds")));
+            }
             Err(_) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
                 .map_err(|_| {

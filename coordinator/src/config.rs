@@ -17,6 +17,8 @@ pub struct CoordinatorConfig {
     pub grpc_listen: SocketAddr,
     /// The HTTP (/metrics, /health) listen address.
     pub http_listen: SocketAddr,
+    /// Most HTTP connections open at once.
+    pub http_max_connections: usize,
     /// The coordinator's PKI files.
     pub tls: TlsFiles,
     /// An agent silent for this long is offline and its session is closed.
@@ -31,6 +33,8 @@ pub struct CoordinatorConfig {
     pub artifact_max_bytes: u64,
     /// Alerting: rule files, evaluation, notifications.
     pub alerting: AlertingConfig,
+    /// `[query]`: what one query may use.
+    pub query: crate::query::QueryLimits,
 }
 
 /// `[alerting]`.
@@ -106,7 +110,7 @@ impl CoordinatorConfig {
         let (mut root, errors) = read_toml(path)?;
         let data_dir = root.required_path("data_dir");
         let grpc_listen = listen(&mut root, "grpc", "0.0.0.0:7443");
-        let http_listen = listen(&mut root, "http", "127.0.0.1:9090");
+        let (http_listen, http_max_connections) = http_section(&mut root);
         let tls = TlsFiles::read(&mut root);
         let (offline_after, max_connections) = match root.section("agents") {
             Some(mut s) => {
@@ -176,6 +180,22 @@ impl CoordinatorConfig {
             }
             None => AlertingConfig { evaluation_interval: Duration::from_secs(15), ..Default::default() },
         };
+        let query = match root.section("query") {
+            Some(mut s) => {
+                let d = crate::query::QueryLimits::default();
+                let timeout = s.duration_in("timeout", Duration::from_millis(100), Duration::from_secs(3600));
+                let max_samples = s.u64("max_samples");
+                if max_samples == Some(0) {
+                    s.error("max_samples", "must be at least 1");
+                }
+                s.finish();
+                crate::query::QueryLimits {
+                    timeout: timeout.unwrap_or(d.timeout),
+                    max_samples: max_samples.map(|m| m.max(1) as usize).unwrap_or(d.max_samples),
+                }
+            }
+            None => crate::query::QueryLimits::default(),
+        };
         let (retention, max_series) = match root.section("history") {
             Some(mut s) => {
                 let r = s.duration_in("retention", Duration::from_secs(60), Duration::from_secs(90 * 86400));
@@ -194,6 +214,7 @@ impl CoordinatorConfig {
                 data_dir: data_dir?,
                 grpc_listen: grpc_listen?,
                 http_listen: http_listen?,
+                http_max_connections,
                 tls: tls?,
                 offline_after: offline_after.unwrap_or(Duration::from_secs(15)),
                 retention: retention.unwrap_or(Duration::from_secs(3600)),
@@ -201,10 +222,24 @@ impl CoordinatorConfig {
                 max_connections: max_connections.map(|m| m.max(1) as usize).unwrap_or(20_000),
                 artifact_max_bytes: artifact_max_bytes.unwrap_or(1 << 30),
                 alerting,
+                query,
             })
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))
     }
+}
+
+/// Reads `[http]`: `listen` and `max_connections` (default 1024).
+fn http_section(root: &mut Section) -> (Option<SocketAddr>, usize) {
+    const DEFAULT: &str = "127.0.0.1:9090";
+    let Some(mut s) = root.section("http") else { return (DEFAULT.parse().ok(), 1024) };
+    let addr = if s.has("listen") { s.socket_addr("listen") } else { DEFAULT.parse().ok() };
+    let max = s.u64("max_connections");
+    if max == Some(0) {
+        s.error("max_connections", "must be at least 1");
+    }
+    s.finish();
+    (addr, max.map(|m| m.clamp(1, 1 << 20) as usize).unwrap_or(1024))
 }
 
 /// Reads `[<table>] listen`, with `default` when the table or the key is absent.

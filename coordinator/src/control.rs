@@ -69,6 +69,10 @@ pub struct ControlApi {
     pub tsdb: Arc<crate::tsdb::Tsdb>,
     /// Rules and alerts.
     pub alerting: Arc<crate::alerting::Alerting>,
+    /// What one query may use.
+    pub query_limits: crate::query::QueryLimits,
+    /// Cancelled when the coordinator stops (calls off queries in flight).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 fn caller<T>(req: &Request<T>) -> String {
@@ -680,20 +684,21 @@ impl ControlService for ControlApi {
         let t0 = Instant::now();
         let r = req.into_inner();
         let db = self.tsdb.clone();
-        let answer = tokio::task::spawn_blocking(move || {
+        let answer = query::run(self.query_limits, self.shutdown.clone(), move |l| {
             if r.step_ms > 0 {
-                query::range(&*db, &r.expr, r.start_ms, r.end_ms, r.step_ms)
+                query::range(&*db, &r.expr, r.start_ms, r.end_ms, r.step_ms, l)
             } else {
                 let t = if r.time_ms == 0 { fleet_common::now_ms() } else { r.time_ms };
-                query::instant(&*db, &r.expr, t)
+                query::instant(&*db, &r.expr, t, l)
             }
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| match e {
             QueryError::BadData(m) => Status::invalid_argument(m),
             // Valid PromQL that cannot be answered: the operation failed (fleetctl exits 1).
             QueryError::Unsupported(m) | QueryError::Execution(m) => Status::failed_precondition(m),
+            QueryError::Timeout(m) => Status::deadline_exceeded(m),
+            QueryError::Canceled(m) => Status::cancelled(m),
         })?;
         let series = |l: fleet_rules::promql::Labels, pts: Vec<(i64, f64)>| QuerySeries {
             labels: l.to_owned_map(),

@@ -37,11 +37,20 @@ pub struct HttpState {
     pub alerting: Arc<crate::alerting::Alerting>,
     /// The store, for its size.
     pub store: crate::store::Store,
+    /// What one query may use.
+    pub query_limits: crate::query::QueryLimits,
 }
 
 /// The routes.
 pub fn router(state: HttpState) -> Router {
-    let api = crate::promapi::routes(state.tsdb.clone(), state.alerting.clone());
+    let api = crate::promapi::routes(
+        crate::promapi::QueryApi {
+            tsdb: state.tsdb.clone(),
+            limits: state.query_limits,
+            shutdown: state.shutdown.clone(),
+        },
+        state.alerting.clone(),
+    );
     Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
@@ -113,4 +122,67 @@ async fn ready(State(s): State<HttpState>) -> Response {
     } else {
         "ready\n".into_response()
     }
+}
+
+/// How long a client may take to send a request's headers, and how long an idle keep-alive
+/// connection is kept: hyper arms this whenever the connection waits for the next request.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long requests in flight get to finish once the coordinator stops.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `router` on `listener` until `shutdown` (invariant 7: anything reaching the port may
+/// be hostile): at most `max_connections` at once (more are closed at once and counted), a
+/// connection that sends no complete request headers within [`HEADER_READ_TIMEOUT`] (also
+/// between keep-alive requests) is closed, and requests in flight at shutdown get [`GRACE`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_connections: usize,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.http_connections_refused.inc();
+            tracing::debug!(%peer, max_connections, "HTTP connection refused: [http] max_connections reached");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GRACE, conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(GRACE, connections.wait()).await;
 }

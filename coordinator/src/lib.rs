@@ -355,6 +355,8 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         rollouts: rollouts.clone(),
         tsdb: tsdb.clone(),
         alerting: alerting.clone(),
+        query_limits: config.query,
+        shutdown: shutdown.clone(),
     };
     let operator_only = auth::OperatorOnly { trust_domain: trust_domain.clone(), metrics: metrics.clone() };
     // HTTP/2 keepalive notices a peer whose socket stays open but that no longer answers;
@@ -382,9 +384,10 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         tsdb: tsdb.clone(),
         alerting: alerting.clone(),
         store: store.clone(),
+        query_limits: config.query,
     };
     let http_server =
-        axum::serve(http, http::router(http_state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        http::serve(http, http::router(http_state), config.http_max_connections, metrics.clone(), shutdown.clone());
 
     if let Err(e) = write_addrs(&config.data_dir, grpc_addr, http_addr) {
         tracing::warn!(error = %e, "cannot write {ADDRS_FILE}");
@@ -392,7 +395,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     tracing::info!(grpc = %grpc_addr, http = %http_addr, trust_domain = %trust_domain, "fleet-coordinator {} serving", fleet_common::VERSION);
 
     let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = tokio::spawn(http_server);
     shutdown.cancelled().await;
     tasks.close();
     let drain = async {

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = match fleet_common::shutdown::on_signals() {
             Ok(t) => t,
             Err(e) => {
@@ -128,5 +128,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Work still on blocking threads (a query, a store flush) has been told to stop; the
+    // process exits within this bound whatever it is doing.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }

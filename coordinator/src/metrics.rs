@@ -74,6 +74,8 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     /// Connections refused because max_connections was reached.
     pub connections_refused: Counter,
+    /// HTTP connections refused because `[http] max_connections` was reached.
+    pub http_connections_refused: Counter,
     /// Operator API calls denied (agent certificate, wrong trust domain).
     pub control_denied: Counter,
     /// Operator API latency.
@@ -346,7 +348,7 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
     e.family("fleet_coordinator_sessions", "gauge", "Agent sessions open now.");
     e.sample("fleet_coordinator_sessions", &[], sessions_open as f64);
     type CounterRow<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a Counter);
-    let counters: [CounterRow<'_>; 10] = [
+    let counters: [CounterRow<'_>; 11] = [
         ("fleet_coordinator_sessions_opened_total", "Agent sessions attached since start.", &[], &m.sessions_opened),
         (
             "fleet_coordinator_sessions_rejected_total",
@@ -380,6 +382,12 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
             "Connections refused because max_connections was reached.",
             &[],
             &m.connections_refused,
+        ),
+        (
+            "fleet_coordinator_http_connections_refused_total",
+            "HTTP connections refused because [http] max_connections was reached.",
+            &[],
+            &m.http_connections_refused,
         ),
         (
             "fleet_coordinator_control_denied_total",

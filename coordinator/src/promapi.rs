@@ -15,20 +15,37 @@ use axum::routing::get;
 use fleet_rules::promql::{self, Labels};
 use serde_json::{Value, json};
 
-use crate::query::{self, Answer, QueryError};
+use crate::query::{self, Answer, QueryError, QueryLimits};
 use crate::tsdb::Tsdb;
 
+/// What the query endpoints read: the history, the limits of one query, and the
+/// coordinator's shutdown (which calls off queries in flight).
+#[derive(Clone)]
+pub struct QueryApi {
+    /// The history.
+    pub tsdb: Arc<Tsdb>,
+    /// `[query]`.
+    pub limits: QueryLimits,
+    /// Cancelled when the coordinator stops.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
 /// The routes under /api/v1.
-pub fn routes(tsdb: Arc<Tsdb>, alerting: Arc<crate::alerting::Alerting>) -> Router {
+pub fn routes(api: QueryApi, alerting: Arc<crate::alerting::Alerting>) -> Router {
     let rules =
         Router::new().route("/api/v1/rules", get(rules)).route("/api/v1/alerts", get(alerts)).with_state(alerting);
+    let tsdb = api.tsdb.clone();
     Router::new()
         .route("/api/v1/query", get(instant).post(instant))
         .route("/api/v1/query_range", get(range).post(range))
-        .route("/api/v1/series", get(series).post(series))
-        .route("/api/v1/labels", get(labels).post(labels))
-        .route("/api/v1/label/{name}/values", get(label_values))
-        .with_state(tsdb)
+        .with_state(api)
+        .merge(
+            Router::new()
+                .route("/api/v1/series", get(series).post(series))
+                .route("/api/v1/labels", get(labels).post(labels))
+                .route("/api/v1/label/{name}/values", get(label_values))
+                .with_state(tsdb),
+        )
         .merge(rules)
 }
 
@@ -116,6 +133,12 @@ fn fail(e: QueryError) -> Response {
     match e {
         QueryError::BadData(m) | QueryError::Unsupported(m) => bad(&m),
         QueryError::Execution(m) => error(StatusCode::UNPROCESSABLE_ENTITY, "execution", &m),
+        QueryError::Timeout(m) => error(StatusCode::SERVICE_UNAVAILABLE, "timeout", &m),
+        // Prometheus' "client closed connection"; seen only by a client that is still there
+        // while the coordinator stops.
+        QueryError::Canceled(m) => {
+            error(StatusCode::from_u16(499).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "canceled", &m)
+        }
     }
 }
 
@@ -160,7 +183,7 @@ fn answer_json(a: Answer) -> Value {
     }
 }
 
-async fn instant(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+async fn instant(State(api): State<QueryApi>, RawQuery(q): RawQuery, body: Bytes) -> Response {
     let p = params(q, &body);
     let Some(expr) = get_param(&p, "query") else { return bad("the query parameter is missing") };
     let t = match get_param(&p, "time") {
@@ -170,15 +193,14 @@ async fn instant(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes
         },
         None => fleet_common::now_ms(),
     };
-    let (db, expr) = (db.clone(), expr.to_string());
-    match tokio::task::spawn_blocking(move || query::instant(&*db, &expr, t)).await {
-        Ok(Ok(a)) => ok(answer_json(a)),
-        Ok(Err(e)) => fail(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    let (db, expr) = (api.tsdb.clone(), expr.to_string());
+    match query::run(api.limits, api.shutdown.clone(), move |l| query::instant(&*db, &expr, t, l)).await {
+        Ok(a) => ok(answer_json(a)),
+        Err(e) => fail(e),
     }
 }
 
-async fn range(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+async fn range(State(api): State<QueryApi>, RawQuery(q): RawQuery, body: Bytes) -> Response {
     let p = params(q, &body);
     let Some(expr) = get_param(&p, "query") else { return bad("the query parameter is missing") };
     let parse = |k: &str, f: fn(&str) -> Result<i64, String>| -> Result<i64, Response> {
@@ -190,11 +212,10 @@ async fn range(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes) 
             (Ok(a), Ok(b), Ok(c)) => (a, b, c),
             (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
         };
-    let (db, expr) = (db.clone(), expr.to_string());
-    match tokio::task::spawn_blocking(move || query::range(&*db, &expr, start, end, step)).await {
-        Ok(Ok(a)) => ok(answer_json(a)),
-        Ok(Err(e)) => fail(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    let (db, expr) = (api.tsdb.clone(), expr.to_string());
+    match query::run(api.limits, api.shutdown.clone(), move |l| query::range(&*db, &expr, start, end, step, l)).await {
+        Ok(a) => ok(answer_json(a)),
+        Err(e) => fail(e),
     }
 }
 

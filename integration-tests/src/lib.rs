@@ -201,6 +201,8 @@ pub struct CoordinatorOpts {
     pub json_logs: bool,
     /// More TOML appended to the config (an `[alerting]` table, say).
     pub extra: String,
+    /// More keys of the `[http]` table (which the config already has).
+    pub http_extra: String,
 }
 
 impl Default for CoordinatorOpts {
@@ -211,6 +213,7 @@ impl Default for CoordinatorOpts {
             http_port: 0,
             json_logs: false,
             extra: String::new(),
+            http_extra: String::new(),
         }
     }
 }
@@ -293,10 +296,11 @@ impl Cluster {
         let addrs = data.join("coordinator.addrs.json");
         let _ = fs::remove_file(&addrs);
         let config = format!(
-            "data_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[agents]\noffline_after = \"{}ms\"\n{}",
+            "data_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n{}[agents]\noffline_after = \"{}ms\"\n{}",
             data.display(),
             opts.grpc_port,
             opts.http_port,
+            opts.http_extra,
             opts.offline_after.as_millis(),
             self.pki.toml("coordinator")
         ) + &opts.extra;

@@ -101,6 +101,85 @@ pub enum EvalError {
     /// The expression is valid PromQL but fails at evaluation.
     #[error("{0}")]
     Invalid(String),
+    /// The evaluation ran past its deadline.
+    #[error("query timed out in expression evaluation (the limit is {0:?}: [query] timeout)")]
+    Timeout(Duration),
+    /// The caller went away or the coordinator is stopping.
+    #[error("query canceled")]
+    Canceled,
+    /// The evaluation would hold more samples than allowed.
+    #[error(
+        "query processing would load too many samples into memory in query execution (the limit is {0}: [query] max_samples)"
+    )]
+    TooManySamples(usize),
+}
+
+/// What one evaluation may use (invariant 7): a deadline, a way to be called off, and the most
+/// samples it may hold at once. The evaluator checks them at every step of the expression and
+/// for every series it reads, so a query stops soon after any of them is reached.
+pub struct Limits<'a> {
+    /// When to give up, and the timeout it came from (for the message).
+    pub deadline: Option<(std::time::Instant, Duration)>,
+    /// Called off (the client went away, the coordinator is stopping) when this returns true.
+    pub canceled: Option<&'a (dyn Fn() -> bool + Sync)>,
+    /// The most samples held at once (Prometheus' `--query.max-samples`).
+    pub max_samples: usize,
+    samples: std::cell::Cell<usize>,
+}
+
+/// Prometheus' default of `--query.max-samples`.
+pub const DEFAULT_MAX_SAMPLES: usize = 50_000_000;
+
+impl Default for Limits<'_> {
+    fn default() -> Self {
+        Limits { deadline: None, canceled: None, max_samples: DEFAULT_MAX_SAMPLES, samples: Default::default() }
+    }
+}
+
+impl std::fmt::Debug for Limits<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("deadline", &self.deadline)
+            .field("max_samples", &self.max_samples)
+            .field("samples", &self.samples.get())
+            .finish()
+    }
+}
+
+impl<'a> Limits<'a> {
+    /// Limits with a timeout from now, a cancellation check and a sample bound.
+    pub fn new(timeout: Duration, canceled: Option<&'a (dyn Fn() -> bool + Sync)>, max_samples: usize) -> Self {
+        Limits {
+            deadline: Some((std::time::Instant::now() + timeout, timeout)),
+            canceled,
+            max_samples,
+            samples: Default::default(),
+        }
+    }
+
+    /// Whether to go on: not past the deadline, not called off.
+    pub fn go_on(&self) -> Result<(), EvalError> {
+        if self.canceled.is_some_and(|c| c()) {
+            return Err(EvalError::Canceled);
+        }
+        match self.deadline {
+            Some((at, timeout)) if std::time::Instant::now() >= at => Err(EvalError::Timeout(timeout)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts `n` more samples held.
+    fn take(&self, n: usize) -> Result<(), EvalError> {
+        let total = self.samples.get().saturating_add(n);
+        self.samples.set(total);
+        if total > self.max_samples { Err(EvalError::TooManySamples(self.max_samples)) } else { Ok(()) }
+    }
+
+    /// Starts counting held samples again from `held` (a range query's next step holds only
+    /// what it has returned so far).
+    pub fn reset_samples(&self, held: usize) {
+        self.samples.set(held);
+    }
 }
 
 fn unsupported<T>(what: impl Into<String>) -> Result<T, EvalError> {
@@ -111,9 +190,99 @@ fn invalid<T>(what: impl Into<String>) -> Result<T, EvalError> {
     Err(EvalError::Invalid(what.into()))
 }
 
-/// Parses PromQL text.
+/// The longest expression text accepted, in bytes.
+pub const MAX_TEXT: usize = 64 * 1024;
+/// The most operators and parentheses an expression may have. The parser's time grows with
+/// the square of a chain of operators (20,000 `+` take seconds), so longer chains are refused
+/// before it runs; real rules have fewer than a hundred.
+pub const MAX_OPERATORS: usize = 2_000;
+/// The deepest expression accepted: every walk of an expression (checking, evaluating,
+/// printing) recurses once per level, and an expression of any depth must never overflow a
+/// thread's stack. Real rules are less than 20 deep (the mixins' deepest is 16).
+pub const MAX_DEPTH: usize = 100;
+
+/// Parses PromQL text, refusing what is too long or too deep to handle safely (invariant 7).
 pub fn parse(text: &str) -> Result<Expr, String> {
-    promql_parser::parser::parse(text)
+    if text.len() > MAX_TEXT {
+        return Err(format!("the expression is {} bytes long; the limit is {MAX_TEXT}", text.len()));
+    }
+    let ops = operators(text);
+    if ops > MAX_OPERATORS {
+        return Err(format!("the expression has {ops} operators and parentheses; the limit is {MAX_OPERATORS}"));
+    }
+    let expr = promql_parser::parser::parse(text)?;
+    let d = depth(&expr);
+    if d > MAX_DEPTH {
+        return Err(format!("the expression is nested {d} levels deep; the limit is {MAX_DEPTH}"));
+    }
+    Ok(expr)
+}
+
+/// Operators and opening parentheses outside string literals: an upper bound of the parse
+/// tree's size that is cheap to find before parsing.
+fn operators(text: &str) -> usize {
+    let mut n = 0;
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                if c == '\\' && q != '`' {
+                    chars.next();
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' | '`' => quote = Some(c),
+                '(' | '+' | '-' | '*' | '/' | '%' | '^' | '=' | '!' | '<' | '>' => n += 1,
+                // `and`, `or`, `unless` chains: each one a word boundary away.
+                ' ' | '\t' | '\n' | '\r' | ')' => {
+                    let rest = chars.as_str();
+                    for kw in ["and", "or", "unless"] {
+                        if let Some(after) = rest.strip_prefix(kw)
+                            && after.starts_with([' ', '\t', '\n', '\r', '('])
+                        {
+                            n += 1;
+                        }
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+    n
+}
+
+/// How deep `expr` is, found without recursion (it may be thousands of levels deep).
+pub fn depth(expr: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(expr, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match e {
+            Expr::Paren(p) => stack.push((&p.expr, d + 1)),
+            Expr::Unary(u) => stack.push((&u.expr, d + 1)),
+            Expr::Subquery(s) => stack.push((&s.expr, d + 1)),
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, d + 1));
+                stack.push((&b.rhs, d + 1));
+            }
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, d + 1));
+                if let Some(p) = &a.param {
+                    stack.push((p, d + 1));
+                }
+            }
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), d + 1))),
+            Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    deepest
 }
 
 /// The functions this engine evaluates. [`check`] refuses every other one, so that a rule
@@ -210,25 +379,32 @@ fn check_selector(vs: &VectorSelector) -> Result<(), EvalError> {
     Ok(())
 }
 
-/// Evaluates `expr` at `t_ms`.
+/// Evaluates `expr` at `t_ms`, holding at most [`DEFAULT_MAX_SAMPLES`] samples.
 pub fn eval(expr: &Expr, storage: &dyn Storage, t_ms: i64) -> Result<Value, EvalError> {
-    Evaluator { storage }.eval(expr, t_ms)
+    eval_with(expr, storage, t_ms, &Limits::default())
+}
+
+/// Evaluates `expr` at `t_ms` within `limits`.
+pub fn eval_with(expr: &Expr, storage: &dyn Storage, t_ms: i64, limits: &Limits<'_>) -> Result<Value, EvalError> {
+    Evaluator { storage, limits }.eval(expr, t_ms)
 }
 
 struct Evaluator<'a> {
     storage: &'a dyn Storage,
+    limits: &'a Limits<'a>,
+}
+
+/// Milliseconds of a duration, saturating: `offset 10000000y` must not wrap around.
+fn dur_ms(d: &Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => dur_ms(d),
+        Some(Offset::Neg(d)) => dur_ms(d).saturating_neg(),
         None => 0,
     }
-}
-
-fn dur_ms(d: &Duration) -> i64 {
-    d.as_millis() as i64
 }
 
 /// Whether `name` is among the label names of a `by`/`on`/`without`/`ignoring` clause.
@@ -250,6 +426,7 @@ pub fn format_labels(l: &Labels) -> String {
 
 impl Evaluator<'_> {
     fn eval(&self, expr: &Expr, t: i64) -> Result<Value, EvalError> {
+        self.limits.go_on()?;
         match expr {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
@@ -281,9 +458,13 @@ impl Evaluator<'_> {
         if vs.at.is_some() {
             return unsupported("the @ modifier");
         }
-        let end = t - offset_ms(&vs.offset);
+        let end = t.saturating_sub(offset_ms(&vs.offset));
         let mut out = Vec::new();
-        for s in self.storage.select_latest(vs.name.as_deref(), &vs.matchers, end - LOOKBACK_MS, end) {
+        let selected =
+            self.storage.select_latest(vs.name.as_deref(), &vs.matchers, end.saturating_sub(LOOKBACK_MS), end);
+        self.limits.take(selected.len())?;
+        self.limits.go_on()?;
+        for s in selected {
             if let Some(&(ts, v)) = s.points.last()
                 && !is_stale(v)
             {
@@ -623,8 +804,13 @@ impl Evaluator<'_> {
                 let is_rate = name == "rate";
                 let mut out = Vec::new();
                 self.each_range(arg(0)?, t, name, &mut |labels, points| {
-                    if let Some(v) = extrapolated_rate(points, t - range.1, t - range.1 + range.0, is_counter, is_rate)
-                    {
+                    if let Some(v) = extrapolated_rate(
+                        points,
+                        t.saturating_sub(range.1),
+                        t.saturating_sub(range.1).saturating_add(range.0),
+                        is_counter,
+                        is_rate,
+                    ) {
                         out.push(Sample { labels: drop_name(labels), t, v });
                     }
                 })?;
@@ -795,7 +981,7 @@ impl Evaluator<'_> {
             _ => return invalid(format!("{name}() needs a range vector selector such as metric[5m]")),
         };
         let range = dur_ms(&ms.range);
-        Ok((range, offset_ms(&ms.vs.offset) + range))
+        Ok((range, offset_ms(&ms.vs.offset).saturating_add(range)))
     }
 
     /// Calls `f` with each series of the range-vector argument `e` that has samples in its
@@ -812,17 +998,30 @@ impl Evaluator<'_> {
         if ms.vs.at.is_some() {
             return unsupported("the @ modifier");
         }
-        let end = t - offset_ms(&ms.vs.offset);
-        let start = end - dur_ms(&ms.range);
+        let end = t.saturating_sub(offset_ms(&ms.vs.offset));
+        let start = end.saturating_sub(dur_ms(&ms.range));
         let mut fresh = Vec::new();
+        // The storage calls back for every series; once a limit is reached the rest are
+        // passed over and the limit is reported.
+        let mut stopped = None;
         self.storage.select_each(ms.vs.name.as_deref(), &ms.vs.matchers, start, end, &mut |labels, points| {
+            if stopped.is_some() {
+                return;
+            }
+            if let Err(e) = self.limits.take(points.len()).and_then(|()| self.limits.go_on()) {
+                stopped = Some(e);
+                return;
+            }
             fresh.clear();
             fresh.extend(points.iter().copied().filter(|(_, v)| !is_stale(*v)));
             if !fresh.is_empty() {
                 f(labels, &fresh);
             }
         });
-        Ok(())
+        match stopped {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1250,6 +1449,52 @@ mod tests {
             }
         }
         assert!(accepted >= FUNCTIONS.len() + AGGREGATIONS.len() - 2, "only {accepted} accepted");
+    }
+
+    #[test]
+    fn expressions_too_long_too_deep_or_with_too_many_operators_are_refused() {
+        let abs = |n: usize| format!("{}vector(1){}", "abs(".repeat(n), ")".repeat(n));
+        let e = parse(&abs(2000)).unwrap_err();
+        assert!(e.contains("operators and parentheses; the limit is 2000") || e.contains("nested"), "{e}");
+        assert!(parse(&abs(150)).unwrap_err().contains("nested 152 levels deep; the limit is 100"));
+        let e = parse(&vec!["1"; 5000].join("+")).unwrap_err();
+        assert!(e.contains("4999 operators"), "{e}");
+        assert!(parse(&vec!["up"; 150].join(" or ")).unwrap_err().contains("levels deep"));
+        assert!(parse(&"-".repeat(3000)).is_err());
+        assert!(parse(&format!("up{{a=\"{}\"}}", "x".repeat(70_000))).unwrap_err().contains("bytes long"));
+        // Operators inside strings do not count; real expressions pass.
+        assert!(parse(&format!("up{{a=~\"{}\"}}", "(a|b)+".repeat(1000))).is_ok());
+        assert_eq!(operators("rate(x[5m]) > 1 and on(a) y or z unless w"), 6);
+    }
+
+    /// The deepest accepted expression of every recursive kind is evaluated on a thread with
+    /// tokio's 2 MiB stack, in a debug build: the depth limit keeps every walk in bounds.
+    #[test]
+    fn the_deepest_accepted_expressions_evaluate_on_a_small_stack() {
+        let d = MAX_DEPTH - 2;
+        let cases = [
+            format!("{}vector(1){}", "abs(".repeat(d), ")".repeat(d)),
+            format!("{}m{}", "sum by (h) (".repeat(d), ")".repeat(d)),
+            format!("{}m{}", "(".repeat(d), ")".repeat(d)),
+            vec!["m"; d].join(" + on(h) "),
+            vec!["m"; d].join(" or "),
+            format!("{}m", "-".repeat(d)),
+        ];
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let s = Mem(vec![series("m", &[("h", "a")], &[(0, 1.0)])]);
+                for text in &cases {
+                    let e = parse(text).unwrap_or_else(|e| panic!("{}: {e}", &text[..40.min(text.len())]));
+                    assert!(depth(&e) >= MAX_DEPTH - 2, "{}: only {} deep", &text[..40], depth(&e));
+                    check(&e).unwrap();
+                    eval(&e, &s, 1000).unwrap();
+                    let _ = format!("{e}");
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! What a stranger can send to the coordinator's open HTTP port (the query API needs no
+//! credentials) is refused or bounded, and the coordinator keeps answering `/health` and
+//! keeps its agents online after it (invariant 7): expressions too deep or too long, times
+//! that are not times, queries past their timeout or sample bound, queries whose client went
+//! away, SIGTERM while a query runs, and connections that never send a request.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use fleet_integration_tests::{Cluster, CoordinatorOpts, eventually, parse_metrics, serial};
+
+async fn api(c: &Cluster, path: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{path}", c.http))
+        .form(params)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the coordinator answers");
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+fn error_type(v: &serde_json::Value) -> &str {
+    v["errorType"].as_str().unwrap_or("")
+}
+
+/// CPU seconds the process has used (utime + stime).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// An expression that takes minutes: every step of a range query reads every sample of every
+/// series, forty times over.
+fn slow_query() -> String {
+    vec!["sum(count_over_time({__name__=~\"fleet_.+\"}[10y]))"; 40].join(" + ")
+}
+
+async fn still_serving(c: &Cluster) {
+    assert_eq!(c.http_get("/health").await.0, 200, "the coordinator answers /health");
+    assert_eq!(c.online("pc2").await, Some(true), "pc2 is still online");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_queries_are_refused_or_bounded_and_the_coordinator_stays_up() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    let extra = "[query]\ntimeout = \"1s\"\nmax_samples = 500\n".to_string();
+    c.start_coordinator(CoordinatorOpts { extra, ..Default::default() }).await;
+    c.start_agent("pc2", Duration::from_millis(100));
+    c.wait_online(&["pc2"], Duration::from_secs(10)).await;
+    // Enough history that reading all of it takes a while.
+    eventually(Duration::from_secs(20), "40 reports of pc2", || async {
+        let (_, v) = api(&c, "/api/v1/query", &[("query", "count_over_time(fleet_agent_up[1h])")]).await;
+        (v["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()? >= 40.0).then_some(())
+    })
+    .await;
+
+    // Too deep, too many operators: bad_data, not a crashed coordinator.
+    let deep = format!("{}vector(1){}", "abs(".repeat(2000), ")".repeat(2000));
+    let chain = vec!["1"; 5000].join("+");
+    for q in [&deep, &chain] {
+        let (code, v) = api(&c, "/api/v1/query", &[("query", q)]).await;
+        assert_eq!((code, error_type(&v)), (400, "bad_data"), "{v}");
+    }
+    let out = c.fleetctl(&["query", &chain]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    still_serving(&c).await;
+
+    // Times that are not times, and ranges no clock can hold.
+    for t in ["NaN", "+Inf", "-Inf", "1e308"] {
+        let (code, v) = api(&c, "/api/v1/query", &[("query", "vector(1)"), ("time", t)]).await;
+        assert_eq!((code, error_type(&v)), (400, "bad_data"), "time={t}: {v}");
+    }
+    let started = Instant::now();
+    let (code, v) =
+        api(&c, "/api/v1/query_range", &[("query", "vector(1)"), ("start", "0"), ("end", "1e16"), ("step", "1e13")])
+            .await;
+    assert_eq!((code, error_type(&v)), (400, "bad_data"), "{v}");
+    let (code, v) =
+        api(&c, "/api/v1/query_range", &[("query", "vector(1)"), ("start", "0"), ("end", "1e9"), ("step", "1")]).await;
+    assert_eq!((code, error_type(&v)), (400, "bad_data"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("exceeded maximum resolution"), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refusals are immediate");
+
+    // Past [query] timeout: 503 timeout, within about the timeout.
+    let now = fleet_common::now_ms() as f64 / 1000.0;
+    let (start, end) = (format!("{}", now - 300.0), format!("{now}"));
+    let started = Instant::now();
+    let (code, v) =
+        api(&c, "/api/v1/query_range", &[("query", &slow_query()), ("start", &start), ("end", &end), ("step", "0.03")])
+            .await;
+    assert_eq!((code, error_type(&v)), (503, "timeout"), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the 1s timeout took {:?}", started.elapsed());
+
+    // More samples than [query] max_samples: 422, and a small query still works.
+    let (code, v) = api(&c, "/api/v1/query", &[("query", "count_over_time({__name__=~\"fleet_.+\"}[1h])")]).await;
+    assert_eq!((code, error_type(&v)), (422, "execution"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("too many samples"), "{v}");
+    let (code, _) = api(&c, "/api/v1/query", &[("query", "fleet_agent_up")]).await;
+    assert_eq!(code, 200);
+    still_serving(&c).await;
+
+    // A rule file too deep to evaluate safely is refused by check-config.
+    let rules = c.dir().join("deep.rules.yml");
+    std::fs::write(
+        &rules,
+        format!("groups:\n  - name: g\n    rules:\n      - record: r:deep\n        expr: {chain}\n"),
+    )
+    .unwrap();
+    let cfg = c.dir().join("deep.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(c.coordinator_config()).unwrap()
+            + &format!("[alerting]\nrule_files = [\"{}\"]\n", rules.display()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(fleet_integration_tests::bin("fleet-coordinator"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("operators and parentheses; the limit is 2000"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_stops_when_its_client_goes_away_and_sigterm_is_not_held_up_by_one() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { extra: "[query]\ntimeout = \"10m\"\n".into(), ..Default::default() }).await;
+    c.start_agent("pc2", Duration::from_millis(100));
+    c.wait_online(&["pc2"], Duration::from_secs(10)).await;
+    let pid = c.coordinator.as_ref().unwrap().child.id();
+    let now = fleet_common::now_ms() as f64 / 1000.0;
+    let (start, end) = (format!("{}", now - 300.0), format!("{now}"));
+    let slow = slow_query();
+    let params = [("query", slow.as_str()), ("start", &start), ("end", &end), ("step", "0.03")];
+
+    // The client gives up after a second: the coordinator stops working on it.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/query_range", c.http))
+        .form(&params)
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    assert!(r.is_err(), "the query should outlast its client: {r:?}");
+    eventually(Duration::from_secs(10), "the coordinator to stop working on the abandoned query", || async {
+        let before = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (cpu_seconds(pid) - before < 0.25).then_some(())
+    })
+    .await;
+    still_serving(&c).await;
+
+    // SIGTERM while a query runs: the process ends, within the shutdown bound.
+    let http = c.http.clone();
+    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let pending = tokio::spawn(async move {
+        reqwest::Client::new().post(format!("http://{http}/api/v1/query_range")).form(&owned).send().await
+    });
+    eventually(Duration::from_secs(10), "the query to be running", || async {
+        let before = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (cpu_seconds(pid) - before > 0.1).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let status = c.coordinator.as_mut().unwrap().terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(12), "SIGTERM took {:?}", started.elapsed());
+    let _ = pending.await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_connections_that_send_nothing_are_closed_and_bounded() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { http_extra: "max_connections = 20\n".into(), ..Default::default() }).await;
+    c.start_agent("pc2", Duration::from_millis(200));
+    c.wait_online(&["pc2"], Duration::from_secs(10)).await;
+    let idle: Vec<std::net::TcpStream> = (0..20).map(|_| std::net::TcpStream::connect(&c.http).unwrap()).collect();
+    // One more is closed at once: the limit holds.
+    let mut extra = std::net::TcpStream::connect(&c.http).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Closed by the server: the read ends (0 bytes, or reset), and does not time out.
+    let closed = |s: &mut std::net::TcpStream| match s.read(&mut [0u8; 16]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    assert!(closed(&mut extra), "a connection beyond max_connections is closed at once");
+    // The silent ones are closed by the server within the header read timeout.
+    let started = Instant::now();
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert!(closed(&mut s), "the server closes a connection that sends no request");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "closed after {:?}", started.elapsed());
+    still_serving(&c).await;
+    let (_, text) = c.http_get("/metrics").await;
+    assert!(parse_metrics(&text)["fleet_coordinator_http_connections_refused_total"] >= 1.0);
+}
