@@ -175,6 +175,12 @@ impl AgentConfig {
             if v.len() > 256 {
                 root.error(&format!("labels.{k}"), "label values are at most 256 bytes");
             }
+            if fleet_common::has_control(v) {
+                root.error(
+                    &format!("labels.{k}"),
+                    "label values may not hold control characters (escape sequences, tabs, newlines)",
+                );
+            }
         }
         if labels.len() > 32 {
             root.error("labels", "at most 32 labels");

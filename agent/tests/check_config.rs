@@ -23,7 +23,7 @@ fn every_bad_key_is_reported_with_the_file_and_exit_2() {
     std::fs::write(
         &cfg,
         format!(
-            "name = \"main-pc\"\ncoordinator = \"https://127.0.0.1:7443\"\ndata_dir = \"{}\"\nreport_interval = \"every now and then\"\ncolour = \"blue\"\n{}\n[[services]]\nname = \"api\"\nrestart = \"sometimes\"\n[services.health]\nhttp = \"::not a url::\"\n[[services]]\nname = \"api\"\ncommand = \"/bin/true\"\n[[services]]\nname = \"web\"\ncommand = \"/bin/true\"\nworkdir = \"/nonexistent/web\"\nuser = \"no-such-user-x\"\n",
+            "name = \"main-pc\"\ncoordinator = \"https://127.0.0.1:7443\"\ndata_dir = \"{}\"\nreport_interval = \"every now and then\"\ncolour = \"blue\"\n[labels]\nrole = \"gpu\\u001b[2J\"\n{}\n[[services]]\nname = \"api\"\nrestart = \"sometimes\"\n[services.health]\nhttp = \"::not a url::\"\n[[services]]\nname = \"api\"\ncommand = \"/bin/true\"\n[[services]]\nname = \"web\"\ncommand = \"/bin/true\"\nworkdir = \"/nonexistent/web\"\nuser = \"no-such-user-x\"\n",
             data.display(),
             pki(dir.path())
         ),
@@ -43,6 +43,7 @@ fn every_bad_key_is_reported_with_the_file_and_exit_2() {
             "services[1].name: duplicate service name \"api\"",
             "services[web].workdir: /nonexistent/web does not exist; create it or fix the path",
             "services[web].user: no user named \"no-such-user-x\"",
+            "labels.role: label values may not hold control characters",
         ] {
             assert!(err.contains(&format!("{file}: {key}")), "missing `{key}` in:\n{err}");
         }

@@ -440,7 +440,9 @@ async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Ou
         Some(s) => match s.parse::<f64>() {
             Ok(f) if f.is_finite() && f.abs() < 1e13 => (f * 1000.0).round() as i64,
             Ok(_) => {
-                return Err(CliError::usage(format!("--at {s}: write RFC 3339 (2026-01-02T15:04:05Z) or Unix seconds")));
+                return Err(CliError::usage(format!(
+                    "--at {s}: write RFC 3339 (2026-01-02T15:04:05Z) or Unix seconds"
+                )));
             }
             Err(_) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
@@ -480,7 +482,7 @@ async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Ou
     }
     match r.result_type.as_str() {
         "scalar" => println!("{}", r.scalar),
-        "string" => println!("{}", r.string),
+        "string" => println!("{}", fleet_common::printable(&r.string, &['\n', '\t'])),
         _ => {
             if r.series.is_empty() {
                 println!("no data");

@@ -19,7 +19,8 @@ fn main() -> ExitCode {
     match runtime.block_on(fleetctl::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            // Errors carry agents' and services' words: shown, never sent to the terminal.
+            eprintln!("error: {}", fleet_common::printable(&e.message, &['\n']));
             ExitCode::from(e.code)
         }
     }

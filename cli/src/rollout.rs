@@ -289,7 +289,7 @@ pub async fn watch(target: &Target, id: &str, output: Output) -> Result<(), CliE
                     let detail = if h.message.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}", h.message.lines().next().unwrap_or(""))
+                        format!(": {}", fleet_common::printable(h.message.lines().next().unwrap_or(""), &[]))
                     };
                     println!("{} {}{detail}", h.host, h.state);
                     seen.insert(h.host.clone(), h.state.clone());
@@ -341,7 +341,7 @@ pub async fn status(target: &Target, id: &str, follow: bool, output: Output) -> 
     } else {
         print!("{}", render(&r));
         if !r.reason.is_empty() {
-            println!("reason: {}", r.reason);
+            println!("reason: {}", fleet_common::printable(&r.reason, &[]));
         }
     }
     Ok(())
@@ -432,7 +432,7 @@ pub async fn rollback(
             json!({ "host": host, "service": service, "ok": ok, "message": r.message, "log_tail": r.log_tail, "version": r.service.as_ref().map(|s| s.version.clone()) })
         );
     } else if ok {
-        println!("rolled back {service} on {host}: {}", r.message);
+        println!("rolled back {service} on {host}: {}", fleet_common::printable(&r.message, &[]));
     }
     if ok {
         return Ok(());

@@ -162,7 +162,7 @@ fn outcome(
         return if ok { Ok(()) } else { Err(CliError::failed(with_host(&r.message, service, host))) };
     }
     if ok {
-        println!("{} {service} on {host}: {}", verb(action).1, r.message);
+        println!("{} {service} on {host}: {}", verb(action).1, fleet_common::printable(&r.message, &[]));
         return Ok(());
     }
     let mut msg = with_host(&r.message, service, host);
@@ -222,7 +222,12 @@ pub async fn restart_all(target: &Target, service: &str, timeout: Duration, outp
             })?;
         }
         if output == Output::Table {
-            println!("[{}/{total}] restarted {service} on {}: {}", i + 1, h.host, r.message);
+            println!(
+                "[{}/{total}] restarted {service} on {}: {}",
+                i + 1,
+                h.host,
+                fleet_common::printable(&r.message, &[])
+            );
         }
     }
     if output == Output::Json {
@@ -245,9 +250,9 @@ fn print_line(l: &LogLine, prefix: bool, output: Output) {
     let ts = fleet_common::rfc3339(l.timestamp_ms);
     let note = if l.stream == "fleet" { "[fleet] " } else { "" };
     if prefix {
-        println!("{}/{} {ts} {note}{}", l.host, l.service, l.line);
+        println!("{}/{} {ts} {note}{}", l.host, l.service, fleet_common::printable(&l.line, &['\t']));
     } else {
-        println!("{ts} {note}{}", l.line);
+        println!("{ts} {note}{}", fleet_common::printable(&l.line, &['\t']));
     }
 }
 

@@ -9,22 +9,14 @@ use crate::client::{Target, status_error};
 use crate::{CliError, Output};
 
 /// Renders rows as a left-aligned table with a header, columns two spaces apart, one line a
-/// row: a cell of several lines shows its lines joined (`-o json` has them as they are).
+/// row: a cell of several lines shows its lines joined, and control characters are shown
+/// escaped, never sent to the terminal (`-o json` has cells as they are).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let flat: Vec<Vec<String>> =
-        rows.iter()
-            .map(|r| {
-                r.iter()
-                    .map(|c| {
-                        if c.contains('\n') {
-                            c.lines().map(str::trim).collect::<Vec<_>>().join(" ")
-                        } else {
-                            c.clone()
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
+    let cell = |c: &String| {
+        let flat = if c.contains('\n') { c.lines().map(str::trim).collect::<Vec<_>>().join(" ") } else { c.clone() };
+        fleet_common::printable(&flat, &[]).into_owned()
+    };
+    let flat: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(cell).collect()).collect();
     let rows = &flat;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -220,17 +212,19 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
         l.sort();
         l
     };
-    println!("name         {}", h.name);
-    println!("status       {status}");
-    println!("address      {}", if h.peer_address.is_empty() { "-" } else { &h.peer_address });
-    println!("hostname     {}", if h.hostname.is_empty() { "-" } else { &h.hostname });
-    println!("os           {}", if h.os.is_empty() { "-" } else { &h.os });
+    // What the agent says of itself is shown, never sent to the terminal.
+    let p = |s: &str| fleet_common::printable(if s.is_empty() { "-" } else { s }, &[]).into_owned();
+    println!("name         {}", p(&h.name));
+    println!("status       {}", p(&status));
+    println!("address      {}", p(&h.peer_address));
+    println!("hostname     {}", p(&h.hostname));
+    println!("os           {}", p(&h.os));
     println!(
         "agent        fleet-agent {}, reporting every {}",
-        h.agent_version,
+        p(&h.agent_version),
         human_duration(std::time::Duration::from_millis(h.report_interval_ms))
     );
-    println!("labels       {}", if labels.is_empty() { "-".to_string() } else { labels.join(", ") });
+    println!("labels       {}", p(&labels.join(", ")));
     println!("last report  {}", ago(h.last_report_ms));
     if h.metrics.is_some() {
         println!("cpu          {} of {} cores", pct(m.cpu_usage_ratio), m.cpu_count);

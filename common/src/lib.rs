@@ -141,3 +141,44 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
     }
 }
+
+/// `s` made safe to print on a terminal: control characters (ESC, BEL, backspace, carriage
+/// return, the C1 controls) are shown escaped (`\x1b`, `\u{9b}`) instead of reaching the
+/// terminal, where they could rewrite the screen; those in `keep` (say `\n` in a message, `\t`
+/// in a log line) stay. Text from agents and services is printed through this; `-o json` keeps
+/// it as it is, escaped by JSON.
+pub fn printable<'a>(s: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    if !s.chars().any(|c| c.is_control() && !keep.contains(&c)) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if !c.is_control() || keep.contains(&c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Whether `s` holds a control character (see [`printable`]).
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(printable("gpu\x1b[2J\x07", &[]), "gpu\\x1b[2J\\x07");
+        assert_eq!(printable("a\u{9b}31m", &[]), "a\\u{9b}31m");
+        assert_eq!(printable("two\nlines\tand\r", &['\n']), "two\nlines\\tand\\r");
+        assert!(matches!(printable("plain ünïcode", &[]), std::borrow::Cow::Borrowed(_)));
+    }
+}

@@ -136,11 +136,58 @@ impl AgentService for AgentApi {
             self.metrics.sessions_rejected_protocol.inc();
             return Err(Status::invalid_argument("hello.boot_id must not be 0"));
         }
+        if let Err(why) = validate_hello(&hello) {
+            self.metrics.sessions_rejected_protocol.inc();
+            tracing::warn!(%peer, identity = %id, "agent session refused: {why}");
+            return Err(Status::invalid_argument(why));
+        }
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let api = self.clone();
         tokio::spawn(async move { api.session(hello, peer, inbound, Outbound(tx)).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|m| *m))))
     }
+}
+
+/// Labels an agent may have, at most (as its config allows).
+pub const MAX_LABELS: usize = 32;
+/// The longest label value, version, host name or OS name a Hello may carry.
+pub const MAX_HELLO_STRING: usize = 256;
+/// Services a Hello may list, at most.
+pub const MAX_SERVICES: usize = 256;
+
+/// What an agent says of itself is shown to operators and becomes labels of series: bounded,
+/// well-formed, and free of control characters that would reach operators' terminals.
+fn validate_hello(h: &Hello) -> Result<(), String> {
+    let fix = "fix the agent's config";
+    if h.labels.len() > MAX_LABELS {
+        return Err(format!("the agent has {} labels; at most {MAX_LABELS} are accepted ({fix})", h.labels.len()));
+    }
+    for (k, v) in &h.labels {
+        let valid = k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !k.starts_with("__")
+            && k.len() <= MAX_HELLO_STRING;
+        if !valid {
+            return Err(format!("label name {:?} is not a valid label name ({fix})", k));
+        }
+        if v.len() > MAX_HELLO_STRING || fleet_common::has_control(v) {
+            return Err(format!(
+                "the value of label {k} is longer than {MAX_HELLO_STRING} bytes or holds control characters ({fix})"
+            ));
+        }
+    }
+    for (what, s) in [("version", &h.version), ("hostname", &h.hostname), ("os", &h.os)] {
+        if s.len() > MAX_HELLO_STRING || fleet_common::has_control(s) {
+            return Err(format!("hello.{what} is longer than {MAX_HELLO_STRING} bytes or holds control characters"));
+        }
+    }
+    if h.services.len() > MAX_SERVICES {
+        return Err(format!("the agent lists {} services; at most {MAX_SERVICES} are accepted", h.services.len()));
+    }
+    if let Some(s) = h.services.iter().find(|s| !fleet_common::identity::valid_name(&s.name)) {
+        return Err(format!("service name {:?} is not a valid name", s.name));
+    }
+    Ok(())
 }
 
 /// The queue of messages to one agent. Its entries are boxed: a tokio channel allocates its

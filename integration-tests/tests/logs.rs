@@ -31,7 +31,12 @@ async fn logs_show_recent_lines_and_follow_across_rotation() {
     c.start_agent_with(
         "main-pc",
         Duration::from_secs(1),
-        &sh_service("hello", "echo hello from main-pc; exec sleep 1000", ""),
+        // Its second line tries to retitle and clear the operator's terminal.
+        &sh_service(
+            "hello",
+            "echo hello from main-pc; printf 'evil\\033]0;owned\\007\\033[2Jdone\\n'; exec sleep 1000",
+            "",
+        ),
     );
     c.wait_service("pc2", "chatty", Duration::from_secs(10), "running", |s| s.state == "running").await;
     c.wait_service("main-pc", "hello", Duration::from_secs(10), "running", |s| s.state == "running").await;
@@ -90,6 +95,15 @@ async fn logs_show_recent_lines_and_follow_across_rotation() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().any(|l| l.starts_with("pc2/chatty ") && l.contains("line ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("main-pc/hello ") && l.ends_with("hello from main-pc")), "{text}");
+
+    // Control characters a service writes are shown, never sent to the terminal; JSON keeps
+    // them, escaped as JSON does.
+    let out = c.fleetctl(&["logs", "main-pc", "hello", "-n", "5"]);
+    assert!(!out.stdout.iter().any(|b| *b == 0x1b || *b == 0x07), "{:?}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("evil\\x1b]0;owned\\x07\\x1b[2Jdone"), "{text}");
+    let out = c.fleetctl(&["logs", "main-pc", "hello", "-n", "5", "-o", "json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("evil\\u001b]0;owned\\u0007\\u001b[2Jdone"));
 
     // A service that does not exist is a clear error.
     let out = c.fleetctl(&["logs", "pc2", "nosuch"]);

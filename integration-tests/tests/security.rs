@@ -143,6 +143,25 @@ async fn impostors_are_refused_and_genuine_sessions_continue() {
     })
     .await;
 
+    // A Hello whose labels would reach operators' terminals as escape sequences is refused.
+    let tls = TlsMaterial::load(&c.pki.files("pc2")).unwrap();
+    let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
+    let mut hello = Hello { name: "pc2".into(), version: "0.1.0".into(), boot_id: 43, ..Default::default() };
+    hello.labels.insert("role".into(), "gpu\x1b]0;owned\x07\x1b[2J".into());
+    let err = AgentServiceClient::new(ch)
+        .attach(tokio_stream::iter(vec![AgentMessage { msg: Some(Msg::Hello(hello.clone())) }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("label role") && err.message().contains("control characters"), "{err}");
+    hello.labels = (0..40).map(|i| (format!("l{i}"), "x".to_string())).collect();
+    let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
+    let err = AgentServiceClient::new(ch)
+        .attach(tokio_stream::iter(vec![AgentMessage { msg: Some(Msg::Hello(hello)) }]))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("40 labels; at most 32"), "{err}");
+
     // An operator certificate cannot attach as an agent either.
     let tls = TlsMaterial::load(&c.pki.files("ops")).unwrap();
     let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
