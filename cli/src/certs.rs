@@ -33,6 +33,19 @@ pub struct Issued {
     pub identity: Identity,
 }
 
+/// The longest validity `--days` may ask for (a hundred years).
+pub const MAX_DAYS: u32 = 36_500;
+
+fn check_days(days: u32) -> Result<(), CliError> {
+    if days == 0 {
+        return Err(CliError::usage("--days 0 would make a certificate that has already expired; give at least 1"));
+    }
+    if days > MAX_DAYS {
+        return Err(CliError::usage(format!("--days {days} is more than {MAX_DAYS} (a hundred years)")));
+    }
+    Ok(())
+}
+
 fn validity(params: &mut CertificateParams, days: u32) {
     // Five minutes of slack for clocks that are slightly behind.
     let now = OffsetDateTime::now_utc();
@@ -78,6 +91,7 @@ fn mkdir(dir: &Path) -> Result<(), CliError> {
 
 /// `certs init`: creates `dir/ca.pem` and `dir/ca-key.pem`.
 pub fn init(dir: &Path, trust_domain: &str, days: u32, force: bool) -> Result<(PathBuf, PathBuf), CliError> {
+    check_days(days)?;
     if trust_domain.is_empty()
         || !trust_domain.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
     {
@@ -127,6 +141,7 @@ fn rustls_pem_der(pem: &str) -> Option<Vec<u8>> {
 
 /// `certs issue`: creates `dir/NAME.pem` and `dir/NAME-key.pem`, signed by the CA in `dir`.
 pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32, force: bool) -> Result<Issued, CliError> {
+    check_days(days)?;
     if !valid_name(name) {
         return Err(CliError::usage(format!(
             "invalid name \"{name}\": use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -185,6 +200,7 @@ pub fn mint(
     if !valid_name(name) {
         return Err(CliError::usage(format!("invalid name \"{name}\"")));
     }
+    check_days(days)?;
     let ca_key = KeyPair::from_pem(ca_key_pem)
         .map_err(|e| CliError::usage(format!("the CA key is not a usable private key: {e}")))?;
     let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)

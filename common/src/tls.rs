@@ -67,6 +67,26 @@ pub enum TlsError {
     /// rustls refused the combination (for example key and certificate do not match).
     #[error("{0}")]
     Rustls(String),
+    /// The certificate is outside its validity period: the other side would refuse it, with
+    /// a message that does not say why.
+    #[error("the certificate {path} {when}; {fix} (or check this machine's clock)")]
+    Validity { path: PathBuf, when: String, fix: String },
+}
+
+/// Whether `cert` is valid at `now_s` (Unix seconds): `Err` says when it expired, or from
+/// when it will be valid.
+fn check_validity(cert: &CertificateDer<'_>, now_s: i64) -> Result<(), String> {
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return Ok(()) };
+    let v = x.validity();
+    let at = |t: i64| crate::rfc3339(t.saturating_mul(1000));
+    if now_s > v.not_after.timestamp() {
+        let ago = crate::human_duration(std::time::Duration::from_secs((now_s - v.not_after.timestamp()) as u64));
+        return Err(format!("expired at {} ({ago} ago)", at(v.not_after.timestamp())));
+    }
+    if now_s < v.not_before.timestamp() {
+        return Err(format!("is not valid before {}", at(v.not_before.timestamp())));
+    }
+    Ok(())
 }
 
 const HINT_CA: &str = "create a CA with `fleetctl certs init --dir DIR` or point to the right file";
@@ -122,6 +142,17 @@ impl TlsMaterial {
         })?;
         let identity = Identity::from_cert_der(&chain[0])
             .map_err(|source| TlsError::Identity { path: files.cert.clone(), source })?;
+        let now_s = crate::now_ms() / 1000;
+        let reissue = format!(
+            "issue a new one with `fleetctl certs issue {} {} --dir DIR`",
+            identity.role.as_str(),
+            identity.name
+        );
+        let renew_ca =
+            "make a new CA with `fleetctl certs init --dir DIR --force` and issue every certificate again".to_string();
+        for (path, cert, fix) in [(&files.cert, &chain[0], reissue), (&files.ca, &roots[0], renew_ca)] {
+            check_validity(cert, now_s).map_err(|when| TlsError::Validity { path: path.clone(), when, fix })?;
+        }
         let material = TlsMaterial { roots, chain, key, identity };
         // Build both configurations once so a mismatched key or a bad CA fails at load time,
         // with the file names, instead of at the first handshake.

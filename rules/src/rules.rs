@@ -92,7 +92,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "y" => 31_536_000_000,
             u => return Err(format!("unknown unit \"{u}\" in duration \"{s}\"")),
         };
-        total += n * mult;
+        // As Prometheus: a duration is at most what an int64 of nanoseconds holds (292 years).
+        total = n
+            .checked_mul(mult)
+            .and_then(|x| total.checked_add(x))
+            .filter(|t| *t <= i64::MAX as u64 / 1_000_000)
+            .ok_or_else(|| format!("duration \"{s}\" is out of range (at most 292y)"))?;
         rest = &rest[u_end..];
     }
     Ok(Duration::from_millis(total))
@@ -538,6 +543,9 @@ mod tests {
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("m").is_err());
+        assert!(parse_duration("99999999999y").unwrap_err().contains("out of range"));
+        assert!(parse_duration("300y").unwrap_err().contains("out of range"));
+        assert_eq!(parse_duration("292y").unwrap(), Duration::from_secs(292 * 365 * 86400));
     }
 
     #[test]
