@@ -90,7 +90,13 @@ pub async fn run(ctx: SessionContext, tls: TlsMaterial, shutdown: CancellationTo
                 failures += 1;
                 tracing::warn!(coordinator = %ctx.coordinator, %reason, "session with the coordinator ended; reconnecting");
             }
-            Err(reason) => {
+            Err(Refused::IdentityConflict(reason)) => {
+                // Not a transient failure: another machine holds this agent's certificate.
+                // Said loudly at every attempt (the backoff spaces them out to 30 s).
+                failures += 1;
+                tracing::error!(coordinator = %ctx.coordinator, %reason, "the coordinator refused this agent: its identity is in use by another machine");
+            }
+            Err(Refused::Other(reason)) => {
                 failures += 1;
                 // The first failures are worth a warning; a long outage should not flood logs.
                 if failures <= 3 || failures.is_power_of_two() {
@@ -113,8 +119,21 @@ enum SessionEnd {
     Lost { reason: String, welcomed: bool },
 }
 
+/// Why a session could not start.
+enum Refused {
+    /// Another machine is attached with this agent's identity.
+    IdentityConflict(String),
+    Other(String),
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Self {
+        Refused::Other(reason)
+    }
+}
+
 /// One session: returns how it ended, or why it could not start.
-async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationToken) -> Result<SessionEnd, String> {
+async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationToken) -> Result<SessionEnd, Refused> {
     let end = attach_inner(ctx, tls, shutdown).await;
     // Log streams belong to the session they were asked on.
     ctx.dispatcher.cancel_followers();
@@ -125,7 +144,7 @@ async fn attach_inner(
     ctx: &SessionContext,
     tls: &TlsMaterial,
     shutdown: &CancellationToken,
-) -> Result<SessionEnd, String> {
+) -> Result<SessionEnd, Refused> {
     let channel = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         c = connect_coordinator(&ctx.coordinator, tls) => c.map_err(|e| e.to_string())?,
@@ -142,12 +161,15 @@ async fn attach_inner(
     let welcome = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         m = tokio::time::timeout(WELCOME_TIMEOUT, inbound.next()) => match m {
-            Err(_) => return Err(format!("no welcome within {}s", WELCOME_TIMEOUT.as_secs())),
-            Ok(None) => return Err("the coordinator closed the session before welcoming the agent".into()),
-            Ok(Some(Err(s))) => return Err(status_reason(&s)),
+            Err(_) => return Err(format!("no welcome within {}s", WELCOME_TIMEOUT.as_secs()).into()),
+            Ok(None) => return Err("the coordinator closed the session before welcoming the agent".to_string().into()),
+            Ok(Some(Err(s))) if s.code() == tonic::Code::AlreadyExists => {
+                return Err(Refused::IdentityConflict(status_reason(&s)));
+            }
+            Ok(Some(Err(s))) => return Err(status_reason(&s).into()),
             Ok(Some(Ok(m))) => match m.msg {
                 Some(CoordMsg::Welcome(w)) => w,
-                _ => return Err("the coordinator's first message was not a welcome".into()),
+                _ => return Err("the coordinator's first message was not a welcome".to_string().into()),
             },
         },
     };

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// HTTP connections refused because `[http] max_connections` was reached.
     pub http_connections_refused: Counter,
+    /// Agent sessions refused because another machine is attached with the same identity.
+    pub identity_conflicts: Counter,
     /// Operator API calls denied (agent certificate, wrong trust domain).
     pub control_denied: Counter,
     /// Operator API latency.
@@ -348,7 +350,7 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
     e.family("fleet_coordinator_sessions", "gauge", "Agent sessions open now.");
     e.sample("fleet_coordinator_sessions", &[], sessions_open as f64);
     type CounterRow<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a Counter);
-    let counters: [CounterRow<'_>; 11] = [
+    let counters: [CounterRow<'_>; 12] = [
         ("fleet_coordinator_sessions_opened_total", "Agent sessions attached since start.", &[], &m.sessions_opened),
         (
             "fleet_coordinator_sessions_rejected_total",
@@ -388,6 +390,12 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
             "HTTP connections refused because [http] max_connections was reached.",
             &[],
             &m.http_connections_refused,
+        ),
+        (
+            "fleet_coordinator_identity_conflicts_total",
+            "Agent sessions refused because another machine was attached with the same identity.",
+            &[],
+            &m.identity_conflicts,
         ),
         (
             "fleet_coordinator_control_denied_total",

@@ -39,6 +39,16 @@ pub struct HostState {
 pub struct SessionHandle {
     /// Distinguishes sessions of the same host over time.
     pub generation: u64,
+    /// The boot id of the agent run on the other end.
+    pub boot_id: u64,
+    /// Where it connects from.
+    pub peer: String,
+    /// When it attached, and when it last sent anything (ms): whether it is still alive.
+    pub attached_ms: i64,
+    /// Updated by the session for every message it receives.
+    pub last_heard_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// How often that agent reports.
+    pub report_interval_ms: u64,
     /// Cancelled to end the session (replaced by a newer one, or shutdown).
     pub cancel: CancellationToken,
     /// Commands to send to the agent over this session (boxed: a tokio channel allocates 32
@@ -48,6 +58,28 @@ pub struct SessionHandle {
 
 /// Commands queued towards one agent session, at most.
 pub const COMMAND_QUEUE: usize = 256;
+
+/// A second machine attaching with an identity whose session is up and alive on another
+/// (two machines holding one certificate): the first is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConflict {
+    /// Where the kept session connects from.
+    pub peer: String,
+    /// Its boot id.
+    pub boot_id: u64,
+    /// When it attached (ms).
+    pub since_ms: i64,
+}
+
+impl SessionHandle {
+    /// Whether the agent on this session was heard from lately: within two of its report
+    /// intervals (at least 2 s). A session whose agent died without closing it (a power cut)
+    /// goes quiet and may be replaced before `offline_after` ends it.
+    pub fn alive(&self, now_ms: i64) -> bool {
+        let window = (2 * self.report_interval_ms as i64).max(2_000);
+        now_ms - self.last_heard_ms.load(Ordering::Relaxed) < window
+    }
+}
 
 impl Host {
     fn new(name: String, record: HostRecord) -> Self {
@@ -149,15 +181,17 @@ impl Registry {
     }
 
     /// Attaches a new session for the agent in `hello`, replacing (and ending) any session the
-    /// host still had. The session ends on its own when `shutdown` is cancelled. Returns the
-    /// host, the new session's handle and the queue of commands to send over it.
+    /// host still had: one of the same agent run (a reconnect), or one that went quiet. A live
+    /// session of another run (another machine with the same certificate) is kept and the new
+    /// one refused. The session ends on its own when `shutdown` is cancelled. Returns the host,
+    /// the new session's handle and the queue of commands to send over it.
     pub fn attach(
         &self,
         hello: &Hello,
         peer: &str,
         now_ms: i64,
         shutdown: &CancellationToken,
-    ) -> (Arc<Host>, SessionHandle, mpsc::Receiver<Box<Command>>) {
+    ) -> Result<(Arc<Host>, SessionHandle, mpsc::Receiver<Box<Command>>), IdentityConflict> {
         let host = {
             let existing = self.get(&hello.name);
             match existing {
@@ -177,10 +211,25 @@ impl Registry {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let handle = SessionHandle {
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            boot_id: hello.boot_id,
+            peer: peer.to_string(),
+            attached_ms: now_ms,
+            last_heard_ms: Arc::new(std::sync::atomic::AtomicI64::new(now_ms)),
+            report_interval_ms: hello.report_interval_ms,
             cancel: shutdown.child_token(),
             commands,
         };
         let replaced = host.with(|s| {
+            if let Some(cur) = &s.session
+                && cur.boot_id != hello.boot_id
+                && cur.alive(now_ms)
+            {
+                return Err(IdentityConflict {
+                    peer: cur.peer.clone(),
+                    boot_id: cur.boot_id,
+                    since_ms: cur.attached_ms,
+                });
+            }
             let r = &mut s.record;
             r.labels = hello.labels.clone().into_iter().collect();
             r.agent_version = hello.version.clone();
@@ -198,12 +247,12 @@ impl Registry {
             let mut latest = s.latest.as_deref().cloned().unwrap_or_default();
             latest.services = hello.services.clone();
             s.latest = Some(Arc::new(latest));
-            s.session.replace(handle.clone())
-        });
+            Ok(s.session.replace(handle.clone()))
+        })?;
         if let Some(old) = replaced {
             old.cancel.cancel();
         }
-        (host, handle, command_rx)
+        Ok((host, handle, command_rx))
     }
 
     /// Marks the session `generation` of `host` ended. A newer session (that replaced it) is

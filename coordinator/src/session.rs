@@ -222,7 +222,23 @@ enum Inbound {
 impl AgentApi {
     async fn session(self, hello: Hello, peer: String, mut inbound: Streaming<AgentMessage>, tx: Outbound) {
         let now = fleet_common::now_ms();
-        let (host, handle, mut commands) = self.registry.attach(&hello, &peer, now, &self.shutdown);
+        let (host, handle, mut commands) = match self.registry.attach(&hello, &peer, now, &self.shutdown) {
+            Ok(attached) => attached,
+            Err(c) => {
+                self.metrics.identity_conflicts.inc();
+                let msg = format!(
+                    "{name} is already attached from {} (boot id {:x}, since {}): two machines use the certificate of {name}; this session from {peer} (boot id {:x}) is refused. Give each machine its own certificate (fleetctl certs issue agent NAME)",
+                    c.peer,
+                    c.boot_id,
+                    fleet_common::rfc3339(c.since_ms),
+                    hello.boot_id,
+                    name = hello.name,
+                );
+                tracing::error!(host = %hello.name, %peer, kept = %c.peer, "identity conflict: {msg}");
+                let _ = tx.send(Err(Status::already_exists(msg))).await;
+                return;
+            }
+        };
         self.sessions.fetch_add(1, Ordering::Relaxed);
         let _open = OpenSession(self.sessions.clone());
         self.metrics.sessions_opened.inc();
@@ -280,6 +296,7 @@ impl AgentApi {
                 }
                 m = next_inbound(&mut inbound), if pending.len() < MAX_PENDING => {
                     silence.as_mut().reset(tokio::time::Instant::now() + self.offline_after);
+                    handle.last_heard_ms.store(fleet_common::now_ms(), Ordering::Relaxed);
                     let msg = match m {
                         Inbound::End(reason) => break (reason, None),
                         Inbound::Message(m) => m,

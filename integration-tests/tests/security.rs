@@ -214,3 +214,59 @@ async fn an_agent_refuses_to_start_with_another_agents_certificate() {
         "{err}"
     );
 }
+
+/// Two machines with pc2's certificate: the first keeps its session, the second is refused
+/// with a loud error on both sides and counted, instead of the two replacing each other; once
+/// the first is gone the second attaches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_machine_with_the_same_identity_is_refused_not_flapping() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { offline_after: Duration::from_secs(10), ..Default::default() }).await;
+    c.start_agent("pc2", Duration::from_millis(200));
+    c.wait_online(&["pc2"], Duration::from_secs(10)).await;
+    let first = c.hosts().await.unwrap()[0].peer_address.clone();
+
+    // The clone: the same certificate, its own data directory (so another boot id).
+    let cfg = c.agent_config("pc2", Duration::from_millis(200), "");
+    let clone_cfg = c.dir().join("pc2-clone.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text =
+        text.replace(&c.dir().join("pc2").display().to_string(), &c.dir().join("pc2-clone").display().to_string());
+    std::fs::write(&clone_cfg, text).unwrap();
+    let mut clone = fleet_integration_tests::Proc::spawn(
+        "pc2-clone",
+        &fleet_integration_tests::bin("fleet-agent"),
+        &["run", "--config", clone_cfg.to_str().unwrap()],
+        &c.dir().join("logs/pc2-clone.log"),
+    );
+    eventually(Duration::from_secs(15), "the clone to be refused", || async {
+        clone.log_text().contains("its identity is in use by another machine").then_some(())
+    })
+    .await;
+    let coordinator = c.coordinator.as_ref().unwrap();
+    assert!(
+        coordinator.log_text().contains("identity conflict: pc2 is already attached from"),
+        "{}",
+        coordinator.log_text()
+    );
+    // The first machine kept its session the whole time: no flapping.
+    for _ in 0..10 {
+        let h = c.hosts().await.unwrap().remove(0);
+        assert!(h.online && h.peer_address == first, "pc2 moved to {} ({})", h.peer_address, h.online);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(coordinator.log_text().matches("agent online host=pc2").count(), 1, "{}", coordinator.log_text());
+    let (_, text) = c.http_get("/metrics").await;
+    let m = fleet_integration_tests::parse_metrics(&text);
+    assert!(m["fleet_coordinator_identity_conflicts_total"] >= 1.0);
+
+    // The first machine goes away for good: the clone attaches on its next attempt.
+    c.agent("pc2").kill9();
+    eventually(Duration::from_secs(45), "the clone to take over pc2", || async {
+        let h = c.hosts().await?.into_iter().next()?;
+        (h.online && h.peer_address != first).then_some(())
+    })
+    .await;
+    clone.kill9();
+}
