@@ -59,6 +59,9 @@ pub struct SessionHandle {
 /// Commands queued towards one agent session, at most.
 pub const COMMAND_QUEUE: usize = 256;
 
+/// A session just attached: its host, its handle, and the queue of commands to send over it.
+pub type Attached = (Arc<Host>, SessionHandle, mpsc::Receiver<Box<Command>>);
+
 /// A second machine attaching with an identity whose session is up and alive on another
 /// (two machines holding one certificate): the first is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +194,7 @@ impl Registry {
         peer: &str,
         now_ms: i64,
         shutdown: &CancellationToken,
-    ) -> Result<(Arc<Host>, SessionHandle, mpsc::Receiver<Box<Command>>), IdentityConflict> {
+    ) -> Result<Attached, IdentityConflict> {
         let host = {
             let existing = self.get(&hello.name);
             match existing {
