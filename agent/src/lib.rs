@@ -177,6 +177,9 @@ fn statuses(supervisor: &Supervisor, deployer: &Deployer) -> Vec<fleet_proto::v1
     all
 }
 
+/// Reports that could not be buffered, said once a minute.
+static LOST_REPORTS: fleet_common::Throttle = fleet_common::Throttle::new(Duration::from_secs(60));
+
 /// What the report loop reads from.
 struct Reporter {
     interval: Duration,
@@ -233,8 +236,15 @@ impl Reporter {
                 reports_dropped_total: outbox.dropped_total(),
             };
             if let Err(e) = outbox.push(&report, now).await {
-                tracing::error!(error = %e, seq, "cannot buffer a report; it is lost");
+                outbox.note_lost();
+                // A full disk fails every report: said at once, then once a minute.
+                if let Some(held) = LOST_REPORTS.ready() {
+                    tracing::error!(error = %e, seq, lost_since_last_said = held, "cannot buffer a report; it is lost (counted in fleet_agent_reports_dropped_total)");
+                }
                 continue;
+            }
+            if LOST_REPORTS.clear() {
+                tracing::info!("buffering reports again");
             }
             new_report.notify_one();
         }

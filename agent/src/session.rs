@@ -82,12 +82,25 @@ pub async fn run(ctx: SessionContext, tls: TlsMaterial, shutdown: CancellationTo
     while !shutdown.is_cancelled() {
         match attach(&ctx, &tls, &shutdown).await {
             Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::CannotStore { reason }) => {
+                // The coordinator is up but cannot store (its disk is full): the reports stay
+                // here, and the agent comes back every few seconds, saying so once a minute.
+                if let Some(held) = CANNOT_STORE.ready() {
+                    tracing::warn!(coordinator = %ctx.coordinator, %reason, sessions_not_logged = held, "the coordinator cannot store reports; keeping them and retrying");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(STORE_RETRY) => {}
+                }
+                continue;
+            }
             Ok(SessionEnd::Lost { reason, welcomed }) => {
                 if welcomed {
                     backoff.reset();
                     failures = 0;
                 }
                 failures += 1;
+                CANNOT_STORE.clear();
                 tracing::warn!(coordinator = %ctx.coordinator, %reason, "session with the coordinator ended; reconnecting");
             }
             Err(Refused::IdentityConflict(reason)) => {
@@ -116,8 +129,19 @@ pub async fn run(ctx: SessionContext, tls: TlsMaterial, shutdown: CancellationTo
 
 enum SessionEnd {
     Shutdown,
-    Lost { reason: String, welcomed: bool },
+    Lost {
+        reason: String,
+        welcomed: bool,
+    },
+    /// The coordinator ended the session because it cannot store reports.
+    CannotStore {
+        reason: String,
+    },
 }
+
+/// How long to wait before attaching again to a coordinator that cannot store reports.
+const STORE_RETRY: Duration = Duration::from_secs(2);
+static CANNOT_STORE: fleet_common::Throttle = fleet_common::Throttle::new(Duration::from_secs(60));
 
 /// Why a session could not start.
 enum Refused {
@@ -220,6 +244,9 @@ async fn attach_inner(
             msg = inbound.next() => {
                 let msg = match msg {
                     None => return Ok(SessionEnd::Lost { reason: "the coordinator closed the session".into(), welcomed: true }),
+                    Some(Err(s)) if s.code() == tonic::Code::ResourceExhausted => {
+                        return Ok(SessionEnd::CannotStore { reason: status_reason(&s) });
+                    }
                     Some(Err(s)) => return Ok(SessionEnd::Lost { reason: status_reason(&s), welcomed: true }),
                     Some(Ok(m)) => m,
                 };

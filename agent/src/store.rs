@@ -9,8 +9,16 @@
 //!
 //! A report is flushed to disk before it is sent, so a report the coordinator may have seen is
 //! never lost by an agent crash; the buffer is bounded by age and bytes, and every drop is
-//! counted. A store that cannot be opened is moved aside (loudly) and the agent starts clean:
-//! an agent must never crash-loop on its own buffer.
+//! counted. A store that is damaged is moved aside (loudly) and the agent starts clean: an
+//! agent must never crash-loop on its own buffer. A store that is merely in use (another agent
+//! on the same data_dir, or this process's previous handle still closing) is never moved
+//! aside: opening waits a little, then fails naming the problem.
+//!
+//! sled remembers the first I/O error its flusher meets (a full disk) and fails every later
+//! operation with it, for the life of the process. An operation that fails with an I/O error
+//! therefore marks the store broken, and the next operation (at most once a second) closes
+//! sled and opens it again from what is on disk, rebuilding the in-memory mirror: the agent
+//! buffers reports again within seconds of space coming back (docs/install.md, "A full disk").
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -47,16 +55,32 @@ pub enum StoreError {
     /// The store could not be moved aside.
     #[error("cannot move the unreadable store {path} aside: {reason}; remove it by hand")]
     MoveAside { path: PathBuf, reason: String },
+    /// Another process holds the store.
+    #[error(
+        "agent store at {path} is in use by another process ({reason}); is another fleet-agent running with the same data_dir?"
+    )]
+    InUse { path: PathBuf, reason: String },
+    /// The store is closed after an I/O error and could not be opened again yet.
+    #[error("agent store at {path} is unavailable after an I/O error ({reason}); it is opened again at the next write")]
+    Unavailable { path: PathBuf, reason: String },
 }
 
-/// The buffer of reports taken but not yet acknowledged, oldest first.
-pub struct Outbox {
-    path: PathBuf,
+/// The sled handles, replaced whole when the store is opened again.
+struct Handles {
     db: sled::Db,
     outbox: sled::Tree,
     meta: sled::Tree,
     commands: sled::Tree,
     releases: sled::Tree,
+}
+
+/// The buffer of reports taken but not yet acknowledged, oldest first.
+pub struct Outbox {
+    path: PathBuf,
+    handles: std::sync::RwLock<Option<Handles>>,
+    /// Set by an I/O error: the next operation opens the store again.
+    broken: std::sync::atomic::AtomicBool,
+    last_reopen: Mutex<Option<std::time::Instant>>,
     limits: OutboxLimits,
     state: Mutex<State>,
 }
@@ -104,15 +128,41 @@ fn id_of(r: &Report) -> (u64, u64) {
     r.id.as_ref().map(|i| (i.boot_id, i.seq)).unwrap_or_default()
 }
 
-fn open_db(path: &Path) -> Result<sled::Db, String> {
+/// Why sled could not be opened.
+enum OpenFailure {
+    /// Its lock is held: by another process, or by this one's previous handle still closing.
+    Locked(String),
+    /// Anything else: damage.
+    Damaged(String),
+}
+
+fn open_db_once(path: &Path) -> Result<sled::Db, OpenFailure> {
     let p = path.to_path_buf();
     // sled panics on some kinds of damage instead of returning an error; treat both alike.
     match std::panic::catch_unwind(move || {
         sled::Config::new().path(p).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open()
     }) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the store panicked while opening".to_string()),
+        // sled says so only in words: "could not acquire lock on ...".
+        Ok(Err(e)) if e.to_string().contains("could not acquire lock") => Err(OpenFailure::Locked(e.to_string())),
+        Ok(Err(e)) => Err(OpenFailure::Damaged(e.to_string())),
+        Err(_) => Err(OpenFailure::Damaged("the store panicked while opening".to_string())),
+    }
+}
+
+/// How long opening waits for a held lock to be released (a previous handle's threads end
+/// within a flush interval).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_db(path: &Path) -> Result<sled::Db, OpenFailure> {
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match open_db_once(path) {
+            Err(OpenFailure::Locked(_)) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -122,7 +172,12 @@ impl Outbox {
         let path = data_dir.join("store");
         let existed = path.exists();
         let mut opened = if existed { Opened::Existing } else { Opened::New };
-        let attempt = open_db(&path).and_then(|db| Outbox::load(&path, db, limits).map_err(|e| e.to_string()));
+        let attempt = match open_db(&path) {
+            Ok(db) => Outbox::load(&path, db, limits).map_err(|e| e.to_string()),
+            // In use is not damage: moving a live store aside would lose what it holds.
+            Err(OpenFailure::Locked(reason)) => return Err(StoreError::InUse { path, reason }),
+            Err(OpenFailure::Damaged(reason)) => Err(reason),
+        };
         let outbox = match attempt {
             Ok(o) => o,
             Err(reason) => {
@@ -137,7 +192,10 @@ impl Outbox {
                 std::fs::rename(&path, &aside)
                     .map_err(|e| StoreError::MoveAside { path: path.clone(), reason: fleet_common::io_reason(&e) })?;
                 opened = Opened::MovedAside(aside);
-                let db = open_db(&path).map_err(|reason| StoreError::MoveAside { path: path.clone(), reason })?;
+                let db = open_db(&path).map_err(|f| {
+                    let (OpenFailure::Locked(reason) | OpenFailure::Damaged(reason)) = f;
+                    StoreError::MoveAside { path: path.clone(), reason }
+                })?;
                 Outbox::load(&path, db, limits)?
             }
         };
@@ -145,6 +203,19 @@ impl Outbox {
     }
 
     fn load(path: &Path, db: sled::Db, limits: OutboxLimits) -> Result<Outbox, StoreError> {
+        let (handles, state) = Outbox::read(path, db)?;
+        Ok(Outbox {
+            path: path.to_path_buf(),
+            handles: std::sync::RwLock::new(Some(handles)),
+            broken: Default::default(),
+            last_reopen: Mutex::new(None),
+            limits,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The handles of `db` and the in-memory mirror of what it holds.
+    fn read(path: &Path, db: sled::Db) -> Result<(Handles, State), StoreError> {
         let err = |source| StoreError::Sled { path: path.to_path_buf(), source };
         let outbox = db.open_tree("outbox").map_err(err)?;
         let meta = db.open_tree("meta").map_err(err)?;
@@ -172,16 +243,77 @@ impl Outbox {
         if let Some(v) = meta.get(DROPPED_KEY).map_err(err)? {
             state.dropped_total = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
         }
-        Ok(Outbox { path: path.to_path_buf(), db, outbox, meta, commands, releases, limits, state: Mutex::new(state) })
+        Ok((Handles { db, outbox, meta, commands, releases }, state))
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
+        if matches!(source, sled::Error::Io(_)) {
+            self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         StoreError::Sled { path: self.path.clone(), source }
+    }
+
+    /// The sled handles, after opening the store again if an I/O error broke it.
+    fn handles(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Handles>>, StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            self.reopen();
+        }
+        let g = self.handles.read().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            return Err(StoreError::Unavailable {
+                path: self.path.clone(),
+                reason: "it could not be opened yet".into(),
+            });
+        }
+        Ok(g)
+    }
+
+    /// Closes sled and opens it again from what is on disk (at most once a second), with the
+    /// in-memory mirror rebuilt: whatever did not reach the disk before the error is gone,
+    /// and is counted as dropped.
+    fn reopen(&self) {
+        {
+            let mut last = self.last_reopen.lock().expect("reopen lock");
+            if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let mut g = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        if !self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        // Dropping the handles flushes what sled can and ends its threads, releasing its lock.
+        *g = None;
+        match open_db_once(&self.path)
+            .map_err(|(OpenFailure::Locked(e) | OpenFailure::Damaged(e))| e)
+            .and_then(|db| Outbox::read(&self.path, db).map_err(|e| e.to_string()))
+        {
+            Ok((handles, fresh)) => {
+                let mut st = self.state.lock().expect("outbox lock");
+                let lost = st.entries.len().saturating_sub(fresh.entries.len()) as u64;
+                let dropped_total = fresh.dropped_total.max(st.dropped_total) + lost;
+                *st = State { dropped_total, next_index: fresh.next_index.max(st.next_index), ..fresh };
+                let _ = handles.meta.insert(DROPPED_KEY, &dropped_total.to_be_bytes());
+                *g = Some(handles);
+                self.broken.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(store = %self.path.display(), buffered = st.entries.len(), lost, "opened the agent store again after an I/O error");
+            }
+            Err(reason) => {
+                tracing::debug!(store = %self.path.display(), %reason, "the agent store cannot be opened again yet")
+            }
+        }
     }
 
     /// Reports dropped because of the bounds, since the store was created.
     pub fn dropped_total(&self) -> u64 {
         self.state.lock().expect("outbox lock").dropped_total
+    }
+
+    /// Counts a report that could not be buffered as dropped (it is saved with the count the
+    /// next time the store can write).
+    pub fn note_lost(&self) {
+        self.state.lock().expect("outbox lock").dropped_total += 1;
     }
 
     /// Reports waiting for acknowledgement.
@@ -198,11 +330,13 @@ impl Outbox {
     /// flushes to disk before returning, so the report survives a crash from here on.
     pub async fn push(&self, report: &Report, now_ms: i64) -> Result<(), StoreError> {
         let bytes = report.encode_to_vec();
-        {
+        let db = {
+            let g = self.handles()?;
+            let h = g.as_ref().expect("checked by handles()");
             let mut st = self.state.lock().expect("outbox lock");
             let index = st.next_index;
             st.next_index += 1;
-            self.outbox.insert(index.to_be_bytes(), bytes.as_slice()).map_err(|e| self.err(e))?;
+            h.outbox.insert(index.to_be_bytes(), bytes.as_slice()).map_err(|e| self.err(e))?;
             st.bytes += bytes.len() as u64;
             st.entries.push_back(Entry {
                 index,
@@ -217,14 +351,14 @@ impl Outbox {
                 if !over_size && front.timestamp_ms >= oldest_allowed {
                     break;
                 }
-                self.outbox.remove(front.index.to_be_bytes()).map_err(|e| self.err(e))?;
+                h.outbox.remove(front.index.to_be_bytes()).map_err(|e| self.err(e))?;
                 st.entries.pop_front();
                 st.bytes -= front.size;
                 dropped += 1;
             }
             if dropped > 0 {
                 st.dropped_total += dropped;
-                self.meta.insert(DROPPED_KEY, &st.dropped_total.to_be_bytes()).map_err(|e| self.err(e))?;
+                h.meta.insert(DROPPED_KEY, &st.dropped_total.to_be_bytes()).map_err(|e| self.err(e))?;
                 tracing::warn!(
                     dropped,
                     dropped_total = st.dropped_total,
@@ -233,8 +367,9 @@ impl Outbox {
                     fleet_common::human_bytes(self.limits.max_bytes)
                 );
             }
-        }
-        self.db.flush_async().await.map_err(|e| self.err(e))?;
+            h.db.clone()
+        };
+        db.flush_async().await.map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -243,7 +378,9 @@ impl Outbox {
     pub fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<(u64, Report)>, StoreError> {
         let start = after.map(|i| i + 1).unwrap_or(0);
         let mut out = Vec::new();
-        for item in self.outbox.range(start.to_be_bytes()..).take(max) {
+        let g = self.handles()?;
+        let h = g.as_ref().expect("checked by handles()");
+        for item in h.outbox.range(start.to_be_bytes()..).take(max) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let index = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             match Report::decode(v.as_ref()) {
@@ -263,13 +400,15 @@ impl Outbox {
     /// Removes every report up to and including insertion index `index`: the coordinator has
     /// stored them.
     pub fn remove_through(&self, index: u64) -> Result<usize, StoreError> {
+        let g = self.handles()?;
+        let h = g.as_ref().expect("checked by handles()");
         let mut st = self.state.lock().expect("outbox lock");
         let mut removed = 0;
         while let Some(front) = st.entries.front().copied() {
             if front.index > index {
                 break;
             }
-            self.outbox.remove(front.index.to_be_bytes()).map_err(|e| self.err(e))?;
+            h.outbox.remove(front.index.to_be_bytes()).map_err(|e| self.err(e))?;
             st.entries.pop_front();
             st.bytes -= front.size;
             removed += 1;
@@ -285,17 +424,28 @@ impl Outbox {
 
     /// What the journal knows about command `id`.
     pub fn command(&self, id: &str) -> Result<Option<Recorded>, StoreError> {
-        let v = self.commands.get(id.as_bytes()).map_err(|e| self.err(e))?;
+        let g = self.handles()?;
+        let v = g.as_ref().expect("checked by handles()").commands.get(id.as_bytes()).map_err(|e| self.err(e))?;
         Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     /// Records command `id` (accepted or finished) durably, before it is acted on or answered.
     pub async fn record_command(&self, id: &str, rec: &Recorded) -> Result<(), StoreError> {
         let json = serde_json::to_vec(rec).map_err(|e| self.err(sled::Error::Unsupported(e.to_string())))?;
-        self.commands.insert(id.as_bytes(), json).map_err(|e| self.err(e))?;
-        if self.commands.len() > MAX_COMMANDS {
+        let db = self.record_command_unflushed(id, json)?;
+        db.flush_async().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Writes a journal entry, forgetting the oldest beyond [`MAX_COMMANDS`]; returns the
+    /// database, to flush.
+    fn record_command_unflushed(&self, id: &str, json: Vec<u8>) -> Result<sled::Db, StoreError> {
+        let g = self.handles()?;
+        let h = g.as_ref().expect("checked by handles()");
+        h.commands.insert(id.as_bytes(), json).map_err(|e| self.err(e))?;
+        if h.commands.len() > MAX_COMMANDS {
             // Forget the oldest entries; ids that old are never delivered again.
-            let mut all: Vec<(i64, sled::IVec)> = self
+            let mut all: Vec<(i64, sled::IVec)> = h
                 .commands
                 .iter()
                 .filter_map(Result::ok)
@@ -304,45 +454,49 @@ impl Outbox {
             all.sort_by_key(|(at, _)| *at);
             let excess = all.len().saturating_sub(MAX_COMMANDS);
             for (_, k) in all.into_iter().take(excess) {
-                self.commands.remove(k).map_err(|e| self.err(e))?;
+                h.commands.remove(k).map_err(|e| self.err(e))?;
             }
         }
-        self.db.flush_async().await.map_err(|e| self.err(e))?;
-        Ok(())
+        Ok(h.db.clone())
     }
 
     /// The release state of `service` (empty when it was never deployed).
     pub fn releases(&self, service: &str) -> Result<crate::deploy::ServiceReleases, StoreError> {
-        match self.releases.get(service.as_bytes()).map_err(|e| self.err(e))? {
+        let g = self.handles()?;
+        match g.as_ref().expect("checked by handles()").releases.get(service.as_bytes()).map_err(|e| self.err(e))? {
             Some(v) => serde_json::from_slice(&v)
                 .map_err(|e| self.err(sled::Error::Unsupported(format!("release state of {service}: {e}")))),
             None => Ok(Default::default()),
         }
     }
 
-    fn put_releases(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
+    /// Writes the release state of `service`; returns the database, to flush.
+    fn put_releases(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<sled::Db, StoreError> {
         let json = serde_json::to_vec(st).map_err(|e| self.err(sled::Error::Unsupported(e.to_string())))?;
-        self.releases.insert(service.as_bytes(), json).map_err(|e| self.err(e))?;
-        Ok(())
+        let g = self.handles()?;
+        let h = g.as_ref().expect("checked by handles()");
+        h.releases.insert(service.as_bytes(), json).map_err(|e| self.err(e))?;
+        Ok(h.db.clone())
     }
 
     /// Saves the release state of `service` durably.
     pub async fn save_releases(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
-        self.put_releases(service, st)?;
-        self.db.flush_async().await.map_err(|e| self.err(e))?;
+        let db = self.put_releases(service, st)?;
+        db.flush_async().await.map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Saves the release state of `service` durably, from non-async code.
     pub fn save_releases_blocking(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
-        self.put_releases(service, st)?;
-        self.db.flush().map_err(|e| self.err(e))?;
+        let db = self.put_releases(service, st)?;
+        db.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Flushes outstanding writes; called on shutdown.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
+        let db = self.handles()?.as_ref().expect("checked by handles()").db.clone();
+        db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
     }
 }
 
@@ -420,7 +574,7 @@ mod tests {
             let rec = Recorded { at_ms: 10 + i as i64, finished: true, state: 2, message: String::new() };
             o.record_command(&format!("x{i}"), &rec).await.unwrap();
         }
-        assert!(o.commands.len() <= MAX_COMMANDS);
+        assert!(o.handles().unwrap().as_ref().unwrap().commands.len() <= MAX_COMMANDS);
         assert_eq!(o.command("c1").unwrap(), None, "the oldest entry went first");
     }
 

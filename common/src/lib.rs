@@ -182,3 +182,64 @@ mod printable_tests {
         assert!(matches!(printable("plain ünïcode", &[]), std::borrow::Cow::Borrowed(_)));
     }
 }
+
+/// Says a repeated failure once in a while instead of every time it happens (a full disk
+/// fails every write, ten times a second): [`Throttle::ready`] is true for the first
+/// occurrence and then at most once per period, and tells how many were held back since.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    /// At most once per `every`.
+    pub const fn new(every: Duration) -> Self {
+        Throttle { every, state: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// Whether to log this occurrence: `Some(n)` with the `n` occurrences not logged since the
+    /// last one that was, or `None` to stay quiet.
+    pub fn ready(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match s.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let held = s.1;
+                *s = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+
+    /// The failure has stopped: the next one is said at once. Returns whether there had been
+    /// one since the last clear (worth saying that it is over).
+    pub fn clear(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let was = s.0.is_some();
+        *s = (None, 0);
+        was
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn says_the_first_then_at_most_once_a_period_with_what_it_held_back() {
+        let t = Throttle::new(Duration::from_secs(60));
+        assert_eq!(t.ready(), Some(0));
+        assert_eq!((0..99).filter_map(|_| t.ready()).count(), 0);
+        assert!(t.clear());
+        assert!(!t.clear());
+        assert_eq!(t.ready(), Some(0));
+        let t = Throttle::new(Duration::ZERO);
+        assert_eq!(t.ready(), Some(0));
+        assert_eq!(t.ready(), Some(0));
+    }
+}

@@ -75,11 +75,9 @@ async fn status_page(State(s): State<HttpState>) -> Response {
 }
 
 fn store_status(m: &Metrics) -> (bool, String) {
-    match m.last_store_error() {
-        Some((at, e)) if fleet_common::now_ms() - at < 60_000 => {
-            (false, format!("group commit failed {}s ago: {e}", (fleet_common::now_ms() - at) / 1000))
-        }
-        _ => (true, format!("{} reports stored since start", m.reports_stored.get())),
+    match m.store_failing() {
+        Some((at, e)) => (false, format!("group commit failed {}s ago: {e}", (fleet_common::now_ms() - at) / 1000)),
+        None => (true, format!("{} reports stored since start", m.reports_stored.get())),
     }
 }
 

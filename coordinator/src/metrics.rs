@@ -84,6 +84,8 @@ pub struct Metrics {
     pub control_seconds: Histogram,
     /// When the last group commit failed, and why.
     last_store_error: std::sync::Mutex<Option<(i64, String)>>,
+    /// When a group commit last succeeded whole (reports and host records), in ms.
+    last_store_ok: std::sync::atomic::AtomicI64,
 }
 
 impl Metrics {
@@ -93,9 +95,16 @@ impl Metrics {
         *self.last_store_error.lock().expect("metrics lock") = Some((fleet_common::now_ms(), error));
     }
 
-    /// The last failed group commit, if any.
-    pub fn last_store_error(&self) -> Option<(i64, String)> {
-        self.last_store_error.lock().expect("metrics lock").clone()
+    /// Notes a group commit that succeeded whole.
+    pub fn store_ok(&self) {
+        self.last_store_ok.store(fleet_common::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last failed group commit, if no commit has succeeded since: whether the store is
+    /// failing now (it recovers as soon as a commit succeeds again, a full disk freed say).
+    pub fn store_failing(&self) -> Option<(i64, String)> {
+        let ok = self.last_store_ok.load(std::sync::atomic::Ordering::Relaxed);
+        self.last_store_error.lock().expect("metrics lock").clone().filter(|(at, _)| *at >= ok)
     }
 }
 

@@ -32,6 +32,8 @@ pub struct HostState {
     pub session: Option<SessionHandle>,
     /// The newest stored report.
     pub latest: Option<Arc<Report>>,
+    /// Its last session ended because the store could not write: its return is not news.
+    pub quiet_reconnect: bool,
 }
 
 /// The session currently attached for a host.

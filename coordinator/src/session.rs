@@ -253,7 +253,11 @@ impl AgentApi {
             self.end(&host, handle.generation, "the agent went away before the welcome", None, &tx).await;
             return;
         }
-        tracing::info!(host = %hello.name, %peer, version = %hello.version, boot_id = hello.boot_id, "agent online");
+        if host.with(|s| std::mem::take(&mut s.quiet_reconnect)) {
+            tracing::debug!(host = %hello.name, %peer, boot_id = hello.boot_id, "agent online again");
+        } else {
+            tracing::info!(host = %hello.name, %peer, version = %hello.version, boot_id = hello.boot_id, "agent online");
+        }
         // Commands that were waiting for an outcome when the last session ended go again; the
         // agent's journal makes sure none is applied twice.
         for cmd in self.hub.pending_for(&host.name) {
@@ -281,7 +285,9 @@ impl AgentApi {
                                 break ("the agent is not reading its session".to_string(), None);
                             }
                         }
-                        Ok(Err(e)) => break (format!("the store failed: {e}"), Some(Status::unavailable("the coordinator cannot store reports right now; retry"))),
+                        // RESOURCE_EXHAUSTED tells the agent to keep its reports and come back in
+                        // a little while, not at once (a full disk fails every commit).
+                        Ok(Err(e)) => break (format!("the store failed: {e}"), Some(Status::resource_exhausted("the coordinator cannot store reports right now (is its disk full?); the agent keeps them and retries"))),
                         Err(_) => break ("the store writer stopped".to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
                     }
                 }
@@ -345,6 +351,9 @@ impl AgentApi {
     }
 
     async fn end(&self, host: &Arc<Host>, generation: u64, reason: &str, status: Option<Status>, tx: &Outbound) {
+        // Sessions ended because the store cannot write (a full disk) come back every few
+        // seconds: the store's failure is logged (once a minute), their comings and goings not.
+        let store_failing = status.as_ref().is_some_and(|s| s.code() == tonic::Code::ResourceExhausted);
         if let Some(s) = status {
             let _ = tx.try_send(Err(s));
         }
@@ -356,7 +365,12 @@ impl AgentApi {
             if self.tsdb.loaded() {
                 self.tsdb.append_sample(crate::tsdb::UP, &mut [("host", &host.name)], now, 0.0);
             }
-            tracing::info!(host = %host.name, %reason, "agent offline");
+            if store_failing {
+                host.with(|s| s.quiet_reconnect = true);
+                tracing::debug!(host = %host.name, %reason, "agent offline");
+            } else {
+                tracing::info!(host = %host.name, %reason, "agent offline");
+            }
             self.writer.save_host(host.clone()).await;
         } else {
             tracing::debug!(host = %host.name, %reason, "superseded session ended");

@@ -14,6 +14,7 @@
 //! A store that cannot be opened is never silently replaced: the coordinator refuses to start
 //! and says how to recover.
 
+mod reopen;
 pub mod reports;
 
 use std::collections::{BTreeMap, HashMap};
@@ -120,9 +121,31 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
-    db: sled::Db,
-    tree: sled::Tree,
+    /// sled (host records, rollouts, alert state), opened again after an I/O error.
+    sled: Arc<reopen::Reopening>,
     reports: Arc<ReportLog>,
+}
+
+/// The sled tree that holds everything.
+const TREE: &str = "cluster";
+
+fn open_sled(path: &Path) -> Result<sled::Db, String> {
+    let p = path.to_path_buf();
+    // sled panics on some kinds of damage instead of returning an error; treat both alike.
+    match std::panic::catch_unwind(move || {
+        sled::Config::new().path(p).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open()
+    }) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => {
+            let s = e.to_string();
+            if s.contains("lock") || s.contains("WouldBlock") || s.contains("Resource temporarily unavailable") {
+                Err(format!("{s} (another process has it open)"))
+            } else {
+                Err(s)
+            }
+        }
+        Err(_) => Err("the store is damaged (reading it failed)".into()),
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -190,29 +213,13 @@ impl Store {
     pub fn open(data_dir: &Path, retention: Duration) -> Result<Store, StoreError> {
         let path = data_dir.join("store");
         let open_err = |reason: String| StoreError::Open { path: path.clone(), reason };
-        let p = path.clone();
-        let db = match std::panic::catch_unwind(move || {
-            sled::Config::new().path(p).cache_capacity(CACHE_BYTES).flush_every_ms(Some(1000)).open()
-        }) {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => {
-                let s = e.to_string();
-                let reason =
-                    if s.contains("lock") || s.contains("WouldBlock") || s.contains("Resource temporarily unavailable")
-                    {
-                        format!("{s} (another process has it open)")
-                    } else {
-                        s
-                    };
-                return Err(open_err(reason));
-            }
-            Err(_) => return Err(open_err("the store is damaged (reading it failed)".into())),
-        };
-        let tree = db.open_tree("cluster").map_err(|e| open_err(e.to_string()))?;
+        let db = open_sled(&path).map_err(open_err)?;
+        let tree = db.open_tree(TREE).map_err(|e| open_err(e.to_string()))?;
         // sled's lock (above) keeps a second coordinator out of the report log too.
         let reports = ReportLog::open(data_dir.join("reports"), retention.as_millis() as i64)
             .map_err(|e| StoreError::Open { path: data_dir.join("reports"), reason: e.to_string() })?;
-        Ok(Store { path, db, tree, reports: Arc::new(reports) })
+        let sled = Arc::new(reopen::Reopening::new(&path, db, tree, TREE, open_sled));
+        Ok(Store { path, sled, reports: Arc::new(reports) })
     }
 
     fn io(&self, e: impl std::fmt::Display) -> StoreError {
@@ -231,8 +238,9 @@ impl Store {
     pub fn load(&self, since_ms: i64) -> Result<Vec<LoadedHost>, StoreError> {
         let open_err = |reason: String| StoreError::Open { path: self.path.clone(), reason };
         let mut hosts: BTreeMap<String, LoadedHost> = Default::default();
-        for item in self.tree.scan_prefix(b"h") {
-            let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
+        let records =
+            self.sled.with(|_, tree| tree.scan_prefix(b"h").collect::<sled::Result<Vec<_>>>()).map_err(open_err)?;
+        for (k, v) in records {
             let record: HostRecord = serde_json::from_slice(&v)
                 .map_err(|e| open_err(format!("host record {}: {e}", String::from_utf8_lossy(&k[1..]))))?;
             hosts.insert(record.name.clone(), LoadedHost { record, ..Default::default() });
@@ -351,13 +359,11 @@ impl Store {
         let open_err = |reason: String| StoreError::Open { path: self.path.clone(), reason };
         let mut moved = 0usize;
         loop {
-            let mut keys = Vec::new();
-            let mut values = Vec::new();
-            for item in self.tree.scan_prefix(b"r").take(4096) {
-                let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
-                keys.push(k);
-                values.push(v);
-            }
+            let batch = self
+                .sled
+                .with(|_, tree| tree.scan_prefix(b"r").take(4096).collect::<sled::Result<Vec<_>>>())
+                .map_err(open_err)?;
+            let (keys, values): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             if keys.is_empty() {
                 break;
             }
@@ -380,12 +386,16 @@ impl Store {
             self.reports
                 .append(&records)
                 .map_err(|e| StoreError::Open { path: self.reports.dir().to_path_buf(), reason: e.to_string() })?;
-            let mut batch = sled::Batch::default();
-            for k in keys {
-                batch.remove(k);
-            }
-            self.tree.apply_batch(batch).map_err(|e| open_err(e.to_string()))?;
-            self.db.flush().map_err(|e| open_err(e.to_string()))?;
+            self.sled
+                .with(|db, tree| {
+                    let mut batch = sled::Batch::default();
+                    for k in &keys {
+                        batch.remove(k.clone());
+                    }
+                    tree.apply_batch(batch)?;
+                    db.flush()
+                })
+                .map_err(open_err)?;
         }
         if moved > 0 {
             tracing::info!(reports = moved, "moved the reports of the sled store to the report log");
@@ -416,13 +426,20 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut encoded = Vec::with_capacity(records.len());
         for rec in records {
-            let json = serde_json::to_vec(rec).map_err(|e| self.io(e))?;
-            batch.insert(host_key(&rec.name), json);
+            encoded.push((host_key(&rec.name), serde_json::to_vec(rec).map_err(|e| self.io(e))?));
         }
-        self.tree.apply_batch(batch).map_err(|e| self.io(e))?;
-        self.db.flush().map_err(|e| self.io(e))?;
+        self.sled
+            .with(|db, tree| {
+                let mut batch = sled::Batch::default();
+                for (k, v) in &encoded {
+                    batch.insert(k.as_slice(), v.as_slice());
+                }
+                tree.apply_batch(batch)?;
+                db.flush()
+            })
+            .map_err(|e| self.io(e))?;
         Ok(())
     }
 
@@ -459,7 +476,7 @@ impl Store {
 
     /// Flushes outstanding writes.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.io(e))
+        self.sled.with(|db, _| db.flush()).map(|_| ()).map_err(|e| self.io(e))
     }
 
     /// Saves a rollout durably (flushed before returning), forgetting the oldest finished
@@ -468,25 +485,28 @@ impl Store {
         let mut key = vec![b'o'];
         key.extend_from_slice(r.id.as_bytes());
         let json = serde_json::to_vec(r).map_err(|e| self.io(e))?;
-        self.tree.insert(key, json).map_err(|e| self.io(e))?;
-        let total = self.tree.scan_prefix(b"o").count();
-        if total > crate::rollouts::MAX_ROLLOUTS {
-            let mut done: Vec<(i64, sled::IVec)> = self
-                .tree
-                .scan_prefix(b"o")
-                .filter_map(Result::ok)
-                .filter_map(|(k, v)| {
-                    let r: crate::rollouts::RolloutRecord = serde_json::from_slice(&v).ok()?;
-                    r.finished().then_some((r.created_at_ms, k))
-                })
-                .collect();
-            done.sort_by_key(|(t, _)| *t);
-            let excess = total - crate::rollouts::MAX_ROLLOUTS;
-            for (_, k) in done.into_iter().take(excess) {
-                self.tree.remove(k).map_err(|e| self.io(e))?;
-            }
-        }
-        self.db.flush().map_err(|e| self.io(e))?;
+        self.sled
+            .with(|db, tree| {
+                tree.insert(key.as_slice(), json.as_slice())?;
+                let total = tree.scan_prefix(b"o").count();
+                if total > crate::rollouts::MAX_ROLLOUTS {
+                    let mut done: Vec<(i64, sled::IVec)> = tree
+                        .scan_prefix(b"o")
+                        .filter_map(Result::ok)
+                        .filter_map(|(k, v)| {
+                            let r: crate::rollouts::RolloutRecord = serde_json::from_slice(&v).ok()?;
+                            r.finished().then_some((r.created_at_ms, k))
+                        })
+                        .collect();
+                    done.sort_by_key(|(t, _)| *t);
+                    let excess = total - crate::rollouts::MAX_ROLLOUTS;
+                    for (_, k) in done.into_iter().take(excess) {
+                        tree.remove(k)?;
+                    }
+                }
+                db.flush()
+            })
+            .map_err(|e| self.io(e))?;
         Ok(())
     }
 
@@ -495,15 +515,18 @@ impl Store {
     pub fn save_alert_state(&self, group: &str, json: &[u8]) -> Result<(), StoreError> {
         let mut key = vec![b'a'];
         key.extend_from_slice(group.as_bytes());
-        self.tree.insert(key, json).map_err(|e| self.io(e))?;
+        self.sled.with(|_, tree| tree.insert(key.as_slice(), json)).map_err(|e| self.io(e))?;
         Ok(())
     }
 
     /// The saved alert state of every rule group.
     pub fn load_alert_state(&self) -> Result<std::collections::HashMap<String, Vec<u8>>, StoreError> {
         let mut out = std::collections::HashMap::new();
-        for item in self.tree.scan_prefix(b"a") {
-            let (k, v) = item.map_err(|e| self.io(e))?;
+        let items = self
+            .sled
+            .with(|_, tree| tree.scan_prefix(b"a").collect::<sled::Result<Vec<_>>>())
+            .map_err(|e| self.io(e))?;
+        for (k, v) in items {
             out.insert(String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec());
         }
         Ok(out)
@@ -512,8 +535,11 @@ impl Store {
     /// Every stored rollout.
     pub fn load_rollouts(&self) -> Result<Vec<crate::rollouts::RolloutRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(b"o") {
-            let (k, v) = item.map_err(|e| self.io(e))?;
+        let items = self
+            .sled
+            .with(|_, tree| tree.scan_prefix(b"o").collect::<sled::Result<Vec<_>>>())
+            .map_err(|e| self.io(e))?;
+        for (k, v) in items {
             let r = serde_json::from_slice(&v).map_err(|e| StoreError::Open {
                 path: self.path.clone(),
                 reason: format!("rollout {}: {e}", String::from_utf8_lossy(&k[1..])),
@@ -604,7 +630,7 @@ mod tests {
                 for n in [ts as u64, 7, seq] {
                     k.extend_from_slice(&n.to_be_bytes());
                 }
-                s.tree.insert(k, report(seq, ts).encode_to_vec()).unwrap();
+                s.sled.with(|_, tree| tree.insert(k.as_slice(), report(seq, ts).encode_to_vec())).unwrap();
             }
             s.flush().unwrap();
         }
@@ -614,7 +640,11 @@ mod tests {
         s.replay_history(1500, || false, |_, _| replayed += 1).unwrap();
         assert_eq!(replayed, 2);
         assert_eq!(hosts[0].record.last_stored(), Some(BootMark { boot_id: 7, seq: 3 }));
-        assert_eq!(s.tree.scan_prefix(b"r").count(), 0, "sled no longer holds reports");
+        assert_eq!(
+            s.sled.with(|_, tree| Ok(tree.scan_prefix(b"r").count())).unwrap(),
+            0,
+            "sled no longer holds reports"
+        );
         assert_eq!(s.host_reports("pc2", 0, 10).unwrap().count, 2);
         drop(s);
         let s = Store::open(dir.path(), HOUR).unwrap();

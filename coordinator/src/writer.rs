@@ -19,6 +19,10 @@ use crate::store::{HostRecord, Record, Store};
 
 /// Most operations in one group commit.
 pub const MAX_BATCH: usize = 4096;
+
+/// Failed commits and record saves are logged at once, then once a minute.
+static COMMIT_FAILED: fleet_common::Throttle = fleet_common::Throttle::new(Duration::from_secs(60));
+static RECORDS_FAILED: fleet_common::Throttle = fleet_common::Throttle::new(Duration::from_secs(60));
 /// Capacity of the queue in front of the writer: sessions wait (backpressure) beyond it.
 pub const QUEUE: usize = 16_384;
 
@@ -162,6 +166,8 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         }
     }
     let started = Instant::now();
+    // Whether this commit writes anything: only a write that succeeds says the store works.
+    let (wrote_reports, wrote_records) = (!encoded.is_empty(), !save.is_empty());
     let writer_store = store.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let reports: Vec<Record<'_>> = encoded
@@ -198,7 +204,10 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         Ok(live) => live,
         Err(e) => {
             metrics.store_failed(e.to_string());
-            tracing::error!(error = %e, reports = pending.len(), "group commit failed; the reports are not acknowledged");
+            // A full disk fails every commit: said at once, then once a minute.
+            if let Some(held) = COMMIT_FAILED.ready() {
+                tracing::error!(error = %e, reports = pending.len(), failures_not_logged = held, "group commit failed; the reports are not acknowledged");
+            }
             let msg = e.to_string();
             for p in pending {
                 let _ = p.reply.send(Err(msg.clone()));
@@ -210,7 +219,15 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         // The reports are durable and acknowledged; the records are saved again at the next
         // hello or disconnect, and the report log brings them up to date at start-up.
         metrics.store_failed(e.to_string());
-        tracing::error!(error = %e, "saving host records failed");
+        if let Some(held) = RECORDS_FAILED.ready() {
+            tracing::error!(error = %e, failures_not_logged = held, "saving host records failed");
+        }
+    } else if wrote_reports || wrote_records {
+        let was_failing = (wrote_reports && COMMIT_FAILED.clear()) | (wrote_records && RECORDS_FAILED.clear());
+        if was_failing {
+            tracing::info!("the store accepts writes again");
+        }
+        metrics.store_ok();
     }
     for (_, (host, rec)) in records {
         host.with(|s| {
