@@ -389,3 +389,62 @@ async fn a_command_timeout_is_honoured_and_says_what_became_of_the_command() {
     );
     assert!(took < Duration::from_millis(4500), "--timeout 3s took {took:?}");
 }
+
+/// Invariant 8 across an agent restart: an agent killed after journaling a command, while
+/// applying it, does not apply it again when the same command id comes after its restart, and
+/// says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_is_not_applied_twice_across_an_agent_restart() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { offline_after: Duration::from_secs(20), ..Default::default() }).await;
+    // Its stop takes 3 s: time to kill the agent while it applies the restart.
+    let svc =
+        sh_service("slow", "trap 'sleep 3; exit 0' TERM; while true; do sleep 0.1; done", "stop_timeout = \"10s\"");
+    c.start_agent_with("pc2", Duration::from_millis(200), &svc);
+    c.wait_service("pc2", "slow", Duration::from_secs(10), "running", |s| s.state == "running").await;
+    let req = RunServiceCommandRequest {
+        host: "pc2".into(),
+        service: "slow".into(),
+        action: ServiceAction::Restart as i32,
+        timeout_ms: 30_000,
+        request_id: "once-across-agent-restarts".into(),
+    };
+    let mut client = c.control().await;
+    let first = tokio::spawn({
+        let req = req.clone();
+        async move { client.run_service_command(req).await }
+    });
+    eventually(Duration::from_secs(10), "the agent to journal and start applying the restart", || async {
+        c.agents["pc2"].log_text().contains("applying a command").then_some(())
+    })
+    .await;
+    c.agent("pc2").kill9();
+    eventually(Duration::from_secs(10), "pc2 offline", || async {
+        (c.online("pc2").await == Some(false)).then_some(())
+    })
+    .await;
+    let log = c.dir().join("pc2/logs/slow.log");
+    c.start_agent_with("pc2", Duration::from_millis(200), &svc);
+    eventually(Duration::from_secs(15), "pc2 online again", || async {
+        (c.online("pc2").await == Some(true)).then_some(())
+    })
+    .await;
+    // The coordinator sends the command again on reconnect; the journal answers it.
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert_eq!(first.state, CommandState::Failed as i32, "{}", first.message);
+    assert!(first.message.contains("it is not applied again"), "{}", first.message);
+    c.wait_service("pc2", "slow", Duration::from_secs(15), "running again", |s| s.state == "running").await;
+    let starts = || std::fs::read_to_string(&log).unwrap().matches("started (pid").count();
+    let before = starts();
+
+    // And so does the same id asked again.
+    let again = c.control().await.run_service_command(req).await.unwrap().into_inner();
+    assert_eq!(again.state, CommandState::Failed as i32, "{}", again.message);
+    assert!(again.message.contains("it is not applied again"), "{}", again.message);
+    let quiet_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet_until {
+        assert_eq!(starts(), before, "the repeated command restarted the service");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
