@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of fleet: the unit tests and the end-to-end tests, which start the real
 # binaries beside a real promtool and Alertmanager (Debian packages prometheus and
-# prometheus-alertmanager; curl for the README walkthrough). When those are missing it installs them with apt-get if it runs
+# prometheus-alertmanager; curl for the README walkthrough; faketime for an agent whose clock is
+# off). Two tests mount a small tmpfs to fill a disk, which needs root. When those are missing it installs them with apt-get if it runs
 # as root on Debian, and otherwise says what to install. Extra arguments go to `cargo test`
 # (for example `scripts/test.sh -p fleet-rules`).
 set -euo pipefail
@@ -11,6 +12,7 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 command -v curl >/dev/null 2>&1 || missing+=(curl)   # the README walkthrough's curl lines
+[ -x /usr/bin/faketime ] || missing+=(faketime)        # an agent whose clock is off
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

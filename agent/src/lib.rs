@@ -120,6 +120,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         hostname: Collector::host_name().unwrap_or_default(),
         os: Collector::os(),
         report_interval_ms: config.report_interval.as_millis() as u64,
+        time_ms: 0,
     };
     tracing::info!(name = %config.name, boot_id, coordinator = %config.coordinator, "fleet-agent {} starting", fleet_common::VERSION);
 
@@ -234,6 +235,7 @@ impl Reporter {
                 host: Some(host),
                 services: statuses(&supervisor, &deployer),
                 reports_dropped_total: outbox.dropped_total(),
+                sent_at_ms: 0,
             };
             if let Err(e) = outbox.push(&report, now).await {
                 outbox.note_lost();

@@ -177,6 +177,7 @@ async fn attach_inner(
     let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND);
     let mut hello = ctx.hello.clone();
     hello.services = ctx.supervisor.statuses();
+    hello.time_ms = fleet_common::now_ms();
     tx.try_send(AgentMessage { msg: Some(AgentMsg::Hello(hello)) }).map_err(|e| format!("cannot queue hello: {e}"))?;
     let mut inbound = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
@@ -233,9 +234,12 @@ async fn attach_inner(
                 let Ok(permit) = permit else {
                     return Ok(SessionEnd::Lost { reason: "the session's send queue closed".into(), welcomed: true });
                 };
-                let Some((index, report)) = ctx.outbox.read_after(last_sent, 1).map_err(|e| e.to_string())?.into_iter().next() else {
+                let Some((index, mut report)) = ctx.outbox.read_after(last_sent, 1).map_err(|e| e.to_string())?.into_iter().next() else {
                     continue;
                 };
+                // The send time, not the time it was taken: how the coordinator follows this
+                // agent's clock, also while it replays old reports.
+                report.sent_at_ms = fleet_common::now_ms();
                 let id = report.id.unwrap_or_default();
                 permit.send(AgentMessage { msg: Some(AgentMsg::Report(report)) });
                 in_flight.push_back((index, id.boot_id, id.seq));

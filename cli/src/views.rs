@@ -79,6 +79,7 @@ pub fn host_json(h: &HostSummary) -> Value {
         "load1": num(m.load1),
         "uptime_seconds": int(m.uptime_seconds),
         "reports_dropped_total": h.reports_dropped_total,
+        "clock_offset_seconds": if h.online { json!(h.clock_offset_ms as f64 / 1000.0) } else { Value::Null },
         "services": h.services.iter().map(|s| json!({
             "name": s.name,
             "state": s.state,
@@ -89,6 +90,23 @@ pub fn host_json(h: &HostSummary) -> Value {
             "awaiting_release": s.awaiting_release,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// An agent's clock offset for people: in step, or how far off and what fleet does about it
+/// (the coordinator corrects beyond 5 s and warns beyond 30 s; coordinator/src/clock.rs).
+fn clock(offset_ms: i64) -> String {
+    if offset_ms.abs() <= 1000 {
+        return "in step with the coordinator".into();
+    }
+    let way = if offset_ms > 0 { "ahead of" } else { "behind" };
+    let mut s = format!("{:.1}s {way} the coordinator", offset_ms.abs() as f64 / 1000.0);
+    if offset_ms.abs() > 5_000 {
+        s.push_str("; its samples are stored at corrected times");
+    }
+    if offset_ms.abs() > 30_000 {
+        s.push_str("; fix its clock (NTP)");
+    }
+    s
 }
 
 /// Prints one JSON document, pretty.
@@ -226,6 +244,9 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
     );
     println!("labels       {}", p(&labels.join(", ")));
     println!("last report  {}", ago(h.last_report_ms));
+    if h.online {
+        println!("clock        {}", clock(h.clock_offset_ms));
+    }
     if h.metrics.is_some() {
         println!("cpu          {} of {} cores", pct(m.cpu_usage_ratio), m.cpu_count);
         println!("memory       {}", mem(&m));

@@ -13,6 +13,7 @@ pub mod alerting;
 pub mod artifacts;
 pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod control;

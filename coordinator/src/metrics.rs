@@ -254,6 +254,16 @@ pub fn render(registry: &Registry, m: &Metrics, sessions_open: usize, started_at
             e.sample("fleet_agent_reports_dropped_total", &[("host", name)], l.reports_dropped_total as f64);
         }
     }
+    e.family(
+        "fleet_agent_clock_offset_seconds",
+        "gauge",
+        "The agent's clock minus the coordinator's, as estimated from its session; beyond 5s its samples are stored at corrected times.",
+    );
+    for h in &hosts {
+        if let Some(offset) = h.with(|s| s.session.as_ref().and(s.clock_offset_ms)) {
+            e.sample("fleet_agent_clock_offset_seconds", &[("host", &h.name)], offset as f64 / 1000.0);
+        }
+    }
     // Host metrics are exported only while the host is online: the last values of a silent
     // host would keep alerts such as "CPU above 80%" firing for a machine nobody can see.
     let online: Vec<_> = snaps

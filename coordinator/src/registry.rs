@@ -34,6 +34,8 @@ pub struct HostState {
     pub latest: Option<Arc<Report>>,
     /// Its last session ended because the store could not write: its return is not news.
     pub quiet_reconnect: bool,
+    /// Its clock minus the coordinator's (ms), as its session estimates it (crate::clock).
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// The session currently attached for a host.
@@ -119,6 +121,7 @@ impl Host {
                 peer_address: r.peer_address.clone(),
                 report_interval_ms: r.report_interval_ms,
                 reports_dropped_total: s.latest.as_ref().map(|l| l.reports_dropped_total).unwrap_or(0),
+                clock_offset_ms: s.clock_offset_ms.unwrap_or(0),
                 last_disconnect_reason: if s.session.is_some() {
                     String::new()
                 } else {

@@ -239,6 +239,12 @@ impl AgentApi {
                 return;
             }
         };
+        // The agent's clock, followed through the session (crate::clock).
+        let mut clock = crate::clock::ClockOffset::default();
+        if hello.time_ms != 0 {
+            let offset = clock.observe(hello.time_ms, now);
+            self.note_clock(&host, offset);
+        }
         self.sessions.fetch_add(1, Ordering::Relaxed);
         let _open = OpenSession(self.sessions.clone());
         self.metrics.sessions_opened.inc();
@@ -308,7 +314,12 @@ impl AgentApi {
                         Inbound::Message(m) => m,
                     };
                     match msg.msg {
-                        Some(AgentMsg::Report(report)) => {
+                        Some(AgentMsg::Report(mut report)) => {
+                            if report.sent_at_ms != 0 {
+                                let offset = clock.observe(report.sent_at_ms, fleet_common::now_ms());
+                                self.note_clock(&host, offset);
+                                report.timestamp_ms = crate::clock::corrected(report.timestamp_ms, offset);
+                            }
                             let Some(id) = report.id.filter(|i| i.boot_id != 0 && i.seq != 0) else {
                                 break ("the agent sent a report without an id".to_string(), Some(Status::invalid_argument("report.id must carry a boot id and a sequence number")));
                             };
@@ -348,6 +359,28 @@ impl AgentApi {
             }
         };
         self.end(&host, handle.generation, &reason, status, &tx).await;
+    }
+
+    /// Keeps the host's clock offset for metrics and fleetctl, and says when it crosses
+    /// [`crate::clock::WARN_MS`] (either way).
+    fn note_clock(&self, host: &Host, offset_ms: i64) {
+        let was = host.with(|s| s.clock_offset_ms.replace(offset_ms));
+        let skewed = |o: i64| o.abs() > crate::clock::WARN_MS;
+        let seconds = offset_ms as f64 / 1000.0;
+        match was {
+            Some(w) if skewed(w) == skewed(offset_ms) => {}
+            _ if skewed(offset_ms) => tracing::warn!(
+                host = %host.name,
+                offset_seconds = seconds,
+                "the agent's clock is {:.0}s {} the coordinator's: its samples are stored at corrected times; fix its clock (NTP)",
+                seconds.abs(),
+                if offset_ms > 0 { "ahead of" } else { "behind" }
+            ),
+            Some(_) => {
+                tracing::info!(host = %host.name, offset_seconds = seconds, "the agent's clock agrees with the coordinator's again")
+            }
+            None => {}
+        }
     }
 
     async fn end(&self, host: &Arc<Host>, generation: u64, reason: &str, status: Option<Status>, tx: &Outbound) {

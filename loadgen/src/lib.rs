@@ -96,6 +96,8 @@ impl SimHost {
         Report {
             id: Some(ReportId { boot_id: self.boot_id, seq: self.seq }),
             timestamp_ms,
+            // Sent as soon as it is taken, as a live agent's report is.
+            sent_at_ms: timestamp_ms,
             host: Some(HostMetrics {
                 cpu_usage_ratio: self.rng.random::<f64>() * 0.5,
                 cpu_count: 8,
