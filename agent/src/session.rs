@@ -263,6 +263,9 @@ async fn attach_inner(
                         };
                         let (index, _, _) = in_flight[pos];
                         in_flight.drain(..=pos);
+                        // What the coordinator has promised to keep (RUST_LOG=fleet_agent::acks=debug):
+                        // the crash tests hold it to that promise.
+                        tracing::debug!(target: "fleet_agent::acks", boot_id = id.boot_id, seq = id.seq, "acknowledged");
                         ctx.outbox.remove_through(index).map_err(|e| e.to_string())?;
                     }
                     Some(CoordMsg::Command(cmd)) => ctx.dispatcher.handle(cmd, tx.clone()),

@@ -47,6 +47,9 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `deadline` naming `what`.
+/// Every poll is itself bounded by what is left of the deadline, so a check that hangs (a
+/// call to a coordinator that does not answer) fails the wait on time instead of stalling the
+/// test; a poll that fails returns `None` and is simply tried again.
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
@@ -54,13 +57,16 @@ where
 {
     let start = Instant::now();
     loop {
-        if let Some(v) = f().await {
-            return v;
+        let left = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(10));
+        match tokio::time::timeout(left, f()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {deadline:?} waiting for: {what} (the last check did not return)"),
         }
         if start.elapsed() > deadline {
             panic!("timed out after {deadline:?} waiting for: {what}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50).min(left)).await;
     }
 }
 
@@ -121,11 +127,16 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin args...` with output appended to `log`.
     pub fn spawn(name: &str, bin: &Path, args: &[&str], log: &Path) -> Proc {
+        Proc::spawn_logging(name, bin, args, log, "info")
+    }
+
+    /// Like [`Proc::spawn`], with `RUST_LOG` set to `filter`.
+    pub fn spawn_logging(name: &str, bin: &Path, args: &[&str], log: &Path, filter: &str) -> Proc {
         let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
         let err = out.try_clone().expect("clone log");
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -458,7 +469,8 @@ impl Cluster {
 
     /// GET http://<http>/<path> and the body.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("http://{}{path}", self.http)).await.expect("http get");
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+        let r = client.get(format!("http://{}{path}", self.http)).send().await.expect("http get");
         let code = r.status().as_u16();
         (code, r.text().await.expect("body"))
     }

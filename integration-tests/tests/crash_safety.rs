@@ -1,12 +1,13 @@
 //! Store crash safety (invariant 1): kill -9 of agent and coordinator while reports are being
 //! written never loses an acknowledged report and never leaves a store that fails to open,
-//! repeated 20 times. A store that is unreadable anyway is moved aside by the agent (which
+//! repeated 20 times. "Acknowledged" is what the agent logged as acknowledged (before it
+//! dropped the report from its buffer), not what the coordinator happens to list. A store that is unreadable anyway is moved aside by the agent (which
 //! starts clean) and makes the coordinator refuse to start with a recovery hint.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fleet_integration_tests::{Cluster, CoordinatorOpts, assert_contiguous, eventually, serial};
+use fleet_integration_tests::{Cluster, CoordinatorOpts, Proc, assert_contiguous, bin, eventually, serial};
 
 const ROUNDS: u64 = 20;
 
@@ -14,12 +15,38 @@ fn ids(reports: &[fleet_proto::v1::StoredReport]) -> BTreeSet<(u64, u64)> {
     reports.iter().map(|r| r.id.unwrap()).map(|i| (i.boot_id, i.seq)).collect()
 }
 
+/// Starts main-pc logging every acknowledgement it receives.
+fn start_agent_logging_acks(c: &mut Cluster) {
+    let cfg = c.agent_config("main-pc", Duration::from_millis(100), "");
+    let p = Proc::spawn_logging(
+        "main-pc",
+        &bin("fleet-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        &c.dir().join("logs/main-pc.log"),
+        "info,fleet_agent::acks=debug",
+    );
+    c.agents.insert("main-pc".into(), p);
+}
+
+/// The highest sequence number the agent saw acknowledged, per boot id, from its log.
+fn acknowledged(log: &str) -> std::collections::BTreeMap<u64, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains("acknowledged")) {
+        let field = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(boot), Some(seq)) = (field("boot_id="), field("seq=")) {
+            let e = out.entry(boot).or_insert(0);
+            *e = seq.max(*e);
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_while_writing_never_loses_an_acknowledged_report() {
     let _g = serial().await;
     let mut c = Cluster::new(&["main-pc"]);
     c.start_coordinator(CoordinatorOpts { offline_after: Duration::from_secs(5), ..Default::default() }).await;
-    c.start_agent("main-pc", Duration::from_millis(100));
+    start_agent_logging_acks(&mut c);
     let mut stored_before_kill = BTreeSet::new();
     for round in 0..ROUNDS {
         c.wait_online(&["main-pc"], Duration::from_secs(15)).await;
@@ -41,7 +68,7 @@ async fn kill_9_while_writing_never_loses_an_acknowledged_report() {
         }
         let opts = c.opts.clone();
         c.start_coordinator(opts).await; // panics if the store does not open
-        c.start_agent("main-pc", Duration::from_millis(100));
+        start_agent_logging_acks(&mut c);
     }
     c.wait_online(&["main-pc"], Duration::from_secs(15)).await;
     // Once the agent has replayed its buffer, every run's reports are contiguous from 1: a
@@ -53,6 +80,14 @@ async fn kill_9_while_writing_never_loses_an_acknowledged_report() {
     .await;
     let per_boot = assert_contiguous(&all);
     assert!(per_boot.len() as u64 >= ROUNDS, "expected a boot id per agent start, got {per_boot:?}");
+    // The last reports a boot saw acknowledged before its kill are what a crash risks: every
+    // one of them is stored.
+    let acked = acknowledged(&c.agents["main-pc"].log_text());
+    assert!(acked.len() as u64 >= ROUNDS, "the agent logged acknowledgements of {} boots", acked.len());
+    for (boot, seq) in &acked {
+        let stored = per_boot.get(boot).copied().unwrap_or(0);
+        assert!(stored >= *seq, "boot {boot:x}: seq {seq} was acknowledged but only 1..={stored} are stored");
+    }
     assert!(!c.agent("main-pc").log_text().contains("UNREADABLE"), "a kill -9 left the agent store unreadable");
 }
 
