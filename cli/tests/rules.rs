@@ -14,14 +14,41 @@ fn fleetctl_test(file: &Path) -> (Option<i32>, String) {
     (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-fn promtool_test(file: &Path) -> Option<i32> {
+fn promtool_run(file: &Path) -> (Option<i32>, String) {
     let out = Command::new("promtool")
         .args(["test", "rules"])
         .arg(file.file_name().unwrap())
         .current_dir(file.parent().unwrap())
         .output()
-        .expect("promtool is not installed: apt-get install prometheus (.ci/run does this)");
-    out.status.code()
+        .expect("promtool is not installed: apt-get install prometheus (scripts/test.sh does this)");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn promtool_test(file: &Path) -> Option<i32> {
+    promtool_run(file).0
+}
+
+/// Which checks failed, as both tools name them: `alertname: X, time: T` and
+/// `expr: "E", time: T`.
+fn failed_checks(out: &str) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for key in ["alertname: ", "expr: \""] {
+        let mut rest = out;
+        while let Some(i) = rest.find(key) {
+            let tail = &rest[i..];
+            let Some(t) = tail.find(", time: ") else { break };
+            let after = &tail[t + ", time: ".len()..];
+            let end = after.find(',').unwrap_or(after.len());
+            // promtool prints the time as Go does (3m0s), fleetctl as the file has it (3m).
+            let time = &after[..end];
+            let ms = fleet_rules::rules::parse_duration(&time.replace("m0s", "m").replace("h0m", "h"))
+                .map(|d| d.as_millis().to_string())
+                .unwrap_or_else(|_| time.to_string());
+            found.insert(format!("{} at {ms} ms", &tail[..t]));
+            rest = &tail[t..];
+        }
+    }
+    found
 }
 
 #[test]
@@ -94,9 +121,13 @@ fn mutated_tests_fail_exactly_where_promtool_fails() {
         let stem = file.split('.').next().unwrap();
         let test_file = dir.path().join(format!("{stem}.rules.test.yml"));
         let (ours, out) = fleetctl_test(&test_file);
-        let theirs = promtool_test(&test_file);
+        let (theirs, their_out) = promtool_run(&test_file);
         assert_eq!(theirs, Some(1), "{file}: {from:?} -> {to:?} is not caught by promtool: a useless mutation");
         assert_eq!(ours, theirs, "{file}: {from:?} -> {to:?}: fleetctl exited {ours:?}, promtool {theirs:?}\n{out}");
+        // Not only both fail: the same checks fail.
+        let (a, b) = (failed_checks(&out), failed_checks(&their_out));
+        assert!(!b.is_empty(), "{file}: no failed check found in promtool's output:\n{their_out}");
+        assert_eq!(a, b, "{file}: {from:?} -> {to:?}: fleetctl and promtool fail different checks\n{out}\n{their_out}");
     }
 }
 

@@ -143,7 +143,13 @@ async fn a_down_agent_alerts_alertmanager_and_resolves() {
     .await;
     assert_eq!(after[0]["active_at"], active_at, "the alert keeps the time it became active");
 
-    // A broken rule file on reload: reported with file and line; the old rules stay.
+    // A broken rule file on reload: reported with file and line; the old rules stay, all of
+    // them as they were: a good file changed in the same reload is not applied either.
+    std::fs::write(
+        rules.join("fleet.yml"),
+        format!("{RULES}      - alert: AddedInTheSameReload\n        expr: vector(1)\n"),
+    )
+    .unwrap();
     std::fs::write(
         rules.join("broken.yml"),
         "groups:\n  - name: b\n    rules:\n      - alert: B\n        expr: up ==\n",
@@ -159,7 +165,9 @@ async fn a_down_agent_alerts_alertmanager_and_resolves() {
         log.log_text().contains("rule reload failed; the previous rules stay active").then_some(())
     })
     .await;
-    assert!(String::from_utf8_lossy(&c.fleetctl(&["rules"]).stdout).contains("FleetAgentDown"));
+    let listed = String::from_utf8_lossy(&c.fleetctl(&["rules"]).stdout).into_owned();
+    assert!(listed.contains("FleetAgentDown"), "{listed}");
+    assert!(!listed.contains("AddedInTheSameReload"), "a refused reload applied part of the files:\n{listed}");
     // Valid Prometheus that fleet cannot evaluate is refused the same way, naming the rule and
     // the construct, instead of being loaded to fail at every evaluation.
     std::fs::write(
@@ -175,6 +183,7 @@ async fn a_down_agent_alerts_alertmanager_and_resolves() {
         "{err}"
     );
     std::fs::remove_file(rules.join("broken.yml")).unwrap();
+    std::fs::write(rules.join("fleet.yml"), RULES).unwrap();
     assert!(c.fleetctl(&["rules", "reload"]).status.success());
 
     // Back: Alertmanager sees it resolved.

@@ -14,6 +14,7 @@ async fn a_full_buffer_drops_the_oldest_reports_and_counts_them() {
     c.start_agent_with("pc2", Duration::from_millis(100), "[outbox]\nmax_bytes = \"4KiB\"\n");
     c.wait_online(&["pc2"], Duration::from_secs(10)).await;
 
+    let before_outage = c.reports("pc2").await.iter().map(|r| r.id.unwrap().seq).max().unwrap_or(0);
     c.coordinator.as_mut().unwrap().kill9();
     let agent_log = c.agents["pc2"].log.clone();
     eventually(Duration::from_secs(20), "pc2 to drop reports from its full buffer", || {
@@ -37,6 +38,18 @@ async fn a_full_buffer_drops_the_oldest_reports_and_counts_them() {
         })
         .await;
     assert!(stored > 0);
+    // The oldest went first: what is missing is one run of reports right after those stored
+    // before the outage, and everything newer is there (dropping the newest instead would
+    // satisfy the count above, not this).
+    let mut seqs: Vec<u64> = c.reports("pc2").await.iter().map(|r| r.id.unwrap().seq).collect();
+    seqs.sort_unstable();
+    let max = *seqs.last().unwrap();
+    let missing: Vec<u64> = (1..=max).filter(|s| seqs.binary_search(s).is_err()).collect();
+    assert_eq!(missing.len() as u64, dropped);
+    let (first, last) = (missing[0], *missing.last().unwrap());
+    assert_eq!(last - first + 1, dropped, "the dropped reports are not one run: {missing:?}");
+    assert!(first > before_outage, "a report delivered before the outage is missing: {missing:?}");
+    assert!(last < max, "the newest reports must be kept, not dropped");
     let out = c.fleetctl(&["host", "pc2"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("dropped      {dropped} reports")), "{text}");
