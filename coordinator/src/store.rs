@@ -510,12 +510,18 @@ impl Store {
         Ok(())
     }
 
-    /// Saves the alert state of one rule group (not flushed: the next group commit or the
-    /// background flush makes it durable within a second).
+    /// Saves the alert state of one rule group durably (flushed: one sync per group
+    /// evaluation, so that a crash right after an alert fired neither forgets it nor fires it
+    /// again with a new start time).
     pub fn save_alert_state(&self, group: &str, json: &[u8]) -> Result<(), StoreError> {
         let mut key = vec![b'a'];
         key.extend_from_slice(group.as_bytes());
-        self.sled.with(|_, tree| tree.insert(key.as_slice(), json)).map_err(|e| self.io(e))?;
+        self.sled
+            .with(|db, tree| {
+                tree.insert(key.as_slice(), json)?;
+                db.flush()
+            })
+            .map_err(|e| self.io(e))?;
         Ok(())
     }
 

@@ -70,6 +70,18 @@ where
     }
 }
 
+/// When the first line of `log` after byte `from` that contains `needle` was written, in ms
+/// since the epoch: fleet's logs (its daemons' and its services') start every line with an
+/// RFC 3339 time. Tests measure what a process did by its own clock this way, instead of by
+/// when a loaded test machine got round to noticing.
+pub fn logged_at(log: &str, from: usize, needle: &str) -> Option<i64> {
+    let line = log.get(from..)?.lines().find(|l| l.contains(needle))?;
+    let t =
+        time::OffsetDateTime::parse(line.split_whitespace().next()?, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 /// Runs a command to completion and returns its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))

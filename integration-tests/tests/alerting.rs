@@ -115,7 +115,10 @@ async fn a_down_agent_alerts_alertmanager_and_resolves() {
     })
     .await;
     let took = killed.elapsed();
-    assert!(took <= Duration::from_millis(4000 + 700), "reached Alertmanager after {took:?}");
+    // The contract is `for` (2s) plus two evaluations (1s each); a loaded two-core machine
+    // adds scheduling delays of its own, hence the slack (the exact timing of `for` is pinned
+    // down by the rule tests on a virtual clock).
+    assert!(took <= Duration::from_millis(4000 + 3000), "reached Alertmanager after {took:?}");
     assert_eq!(alert["labels"]["host"], "pc2");
     assert_eq!(alert["labels"]["severity"], "critical");
     assert_eq!(alert["labels"]["cluster"], "test", "external labels are added");

@@ -2,7 +2,7 @@
 //! agent whose socket stays open is offline within offline_after + 1s, and online again when it
 //! continues; and a host that goes away stays listed, offline, with its last-seen time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_integration_tests::{Cluster, CoordinatorOpts, eventually, serial};
 use rustix::process::Signal;
@@ -16,14 +16,17 @@ async fn killed_agent_is_offline_within_two_seconds() {
     c.start_agent("pc2", Duration::from_millis(200));
     c.wait_online(&["main-pc", "pc2"], Duration::from_secs(10)).await;
 
-    let killed = Instant::now();
+    let log_from = c.coordinator.as_ref().unwrap().log_text().len();
+    let killed = fleet_common::now_ms();
     c.agent("pc2").kill9();
-    eventually(Duration::from_secs(2), "pc2 offline after kill -9", || async {
+    eventually(Duration::from_secs(10), "pc2 offline after kill -9", || async {
         (c.online("pc2").await == Some(false)).then_some(())
     })
     .await;
-    let took = killed.elapsed();
-    assert!(took < Duration::from_secs(2), "offline after {took:?}");
+    // Measured by the coordinator's own log: when it marked pc2 offline.
+    let log = c.coordinator.as_ref().unwrap().log_text();
+    let offline = fleet_integration_tests::logged_at(&log, log_from, "agent offline host=pc2").unwrap();
+    assert!(offline - killed < 2000, "offline {} ms after the kill", offline - killed);
 
     // Still listed, offline, with a last-seen time and a reason; main-pc unaffected.
     let hosts = c.hosts().await.unwrap();
@@ -58,17 +61,20 @@ async fn stopped_agent_goes_offline_and_comes_back() {
     c.start_agent("pc2", Duration::from_millis(200));
     c.wait_online(&["main-pc", "pc2"], Duration::from_secs(10)).await;
 
-    let stopped = Instant::now();
+    let log_from = c.coordinator.as_ref().unwrap().log_text().len();
+    let stopped = fleet_common::now_ms();
     c.agent("main-pc").signal(Signal::STOP);
-    eventually(offline_after + Duration::from_secs(1), "main-pc offline after SIGSTOP", || async {
+    eventually(offline_after + Duration::from_secs(10), "main-pc offline after SIGSTOP", || async {
         (c.online("main-pc").await == Some(false)).then_some(())
     })
     .await;
-    assert!(
-        stopped.elapsed() >= offline_after - Duration::from_millis(300),
-        "offline too early: {:?}",
-        stopped.elapsed()
-    );
+    // By the coordinator's own log: not before offline_after of silence (the last report may
+    // have left up to one report interval before the stop), and within a second of it.
+    let log = c.coordinator.as_ref().unwrap().log_text();
+    let offline = fleet_integration_tests::logged_at(&log, log_from, "agent offline host=main-pc").unwrap() - stopped;
+    let window = offline_after.as_millis() as i64;
+    assert!(offline >= window - 250, "offline too early: {offline} ms after the stop");
+    assert!(offline <= window + 1000, "offline too late: {offline} ms after the stop");
     let hosts = c.hosts().await.unwrap();
     let reason = &hosts.iter().find(|h| h.name == "main-pc").unwrap().last_disconnect_reason;
     assert!(reason.contains("no message from the agent for 2s"), "{reason}");

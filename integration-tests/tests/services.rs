@@ -31,17 +31,23 @@ async fn a_killed_service_runs_again_within_a_second() {
     );
     let before = c.wait_service("pc2", "sleeper", Duration::from_secs(10), "running", |s| s.state == "running").await;
 
-    let killed = Instant::now();
     kill9(before.pid);
+    // The coordinator hears of it at the next report; the test waits generously for that,
+    // and measures the restart itself by the agent's own log.
     let after = c
-        .wait_service("pc2", "sleeper", Duration::from_secs(1), "a new process", |s| s.pid != 0 && s.pid != before.pid)
+        .wait_service("pc2", "sleeper", Duration::from_secs(10), "a new process", |s| s.pid != 0 && s.pid != before.pid)
         .await;
-    assert!(killed.elapsed() < Duration::from_secs(1));
     assert!(alive(after.pid));
     assert_eq!(after.restarts, before.restarts + 1);
     let log = std::fs::read_to_string(c.dir().join("pc2/logs/sleeper.log")).unwrap();
     assert!(log.contains("was killed by signal 9 (KILL)"), "{log}");
     assert!(log.contains("restarting in 100ms"), "{log}");
+    let died = log.find("was killed by signal 9").unwrap();
+    let (exit, start) = (
+        fleet_integration_tests::logged_at(&log, died.saturating_sub(64), "was killed by signal 9").unwrap(),
+        fleet_integration_tests::logged_at(&log, died, "started (pid").unwrap(),
+    );
+    assert!(start - exit < 1000, "running again {} ms after it was killed", start - exit);
 }
 
 #[tokio::test(flavor = "multi_thread")]
