@@ -302,6 +302,11 @@ async fn a_service_ignoring_sigterm_is_killed_with_its_children() {
     let out = c.fleetctl(&["stop", "pc2", "stubborn"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(started.elapsed() >= Duration::from_secs(1), "stopped before stop_timeout: it ignores TERM");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the KILL after stop_timeout (1s) took {:?}",
+        started.elapsed()
+    );
     eventually(Duration::from_secs(2), "the service and its child to be gone", || async {
         (!alive(s.pid) && !alive(child)).then_some(())
     })
@@ -315,19 +320,31 @@ async fn the_agent_stops_its_services_and_cleans_up_after_a_crash() {
     let _g = serial().await;
     let mut c = Cluster::new(&["pc2"]);
     c.start_coordinator(CoordinatorOpts::default()).await;
+    // b leaves a background child, which must go with it: its pid is written to a file.
+    let child_file = c.dir().join("b-child.pid");
+    let b_script = format!("sleep 1000 & echo $! > {}; exec sleep 1000", child_file.display());
     let services = format!(
         "{}{}",
         sh_service("a", "exec sleep 1000", "start_secs = \"100ms\""),
-        sh_service("b", "sleep 1000 & exec sleep 1000", "start_secs = \"100ms\"")
+        sh_service("b", &b_script, "start_secs = \"100ms\"")
     );
+    let child = || async {
+        eventually(Duration::from_secs(5), "b's background child", || async {
+            std::fs::read_to_string(&child_file).ok()?.trim().parse::<u32>().ok().filter(|p| alive(*p))
+        })
+        .await
+    };
     c.start_agent_with("pc2", Duration::from_secs(1), &services);
     let a = c.wait_service("pc2", "a", Duration::from_secs(10), "running", |s| s.state == "running").await;
     let b = c.wait_service("pc2", "b", Duration::from_secs(10), "running", |s| s.state == "running").await;
+    let b_child = child().await;
 
-    // SIGTERM: every service stops with the agent.
+    // SIGTERM: every service stops with the agent, children included.
     let status = c.agent("pc2").terminate(Duration::from_secs(30));
     assert!(status.success());
     assert!(!alive(a.pid) && !alive(b.pid), "services outlived the agent");
+    assert!(!alive(b_child), "b's background child outlived the agent");
+    std::fs::remove_file(&child_file).unwrap();
 
     // kill -9: the services are orphaned; the next agent finds and stops them, then starts
     // supervised ones.
@@ -338,11 +355,13 @@ async fn the_agent_stops_its_services_and_cleans_up_after_a_crash() {
     let b = c
         .wait_service("pc2", "b", Duration::from_secs(10), "running again", |s| s.state == "running" && s.pid != b.pid)
         .await;
+    let b_child = child().await;
+    std::fs::remove_file(&child_file).unwrap();
     c.agent("pc2").kill9();
     assert!(alive(a.pid) && alive(b.pid), "services are expected to survive a kill -9 of the agent");
     c.start_agent_with("pc2", Duration::from_secs(1), &services);
-    eventually(Duration::from_secs(15), "the orphaned services to be stopped", || async {
-        (!alive(a.pid) && !alive(b.pid)).then_some(())
+    eventually(Duration::from_secs(15), "the orphaned services and their children to be stopped", || async {
+        (!alive(a.pid) && !alive(b.pid) && !alive(b_child)).then_some(())
     })
     .await;
     let a2 = c
@@ -353,6 +372,12 @@ async fn the_agent_stops_its_services_and_cleans_up_after_a_crash() {
     assert!(alive(a2.pid));
     let log = std::fs::read_to_string(c.dir().join("pc2/logs/a.log")).unwrap();
     assert!(log.contains(&format!("stopped pid {} left running by an earlier fleet-agent", a.pid)), "{log}");
+
+    // And the last agent leaves nothing either: checked here, before the harness' own
+    // clean-up (which kills what pid files name) could hide a leak.
+    let (b2, b2_child) = (c.service("pc2", "b").await.unwrap().pid, child().await);
+    assert!(c.agent("pc2").terminate(Duration::from_secs(30)).success());
+    assert!(!alive(a2.pid) && !alive(b2) && !alive(b2_child), "processes outlived the agent");
 }
 
 /// `--timeout` bounds the whole command, and when it runs out fleetctl says what became of

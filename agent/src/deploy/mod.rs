@@ -682,6 +682,92 @@ mod tests {
         assert!(!added.exists(), "a path that did not exist before is removed");
     }
 
+    fn release(id: &str) -> ReleaseRecord {
+        let version = id.split('-').next().unwrap().to_string();
+        ReleaseRecord {
+            id: id.into(),
+            version,
+            sha256: String::new(),
+            deployed_at_ms: 0,
+            bad: false,
+            reason: String::new(),
+        }
+    }
+
+    /// Invariant 10: an agent that stopped after writing the pending record, before or after
+    /// switching `current`, rolls back at its next start: `current` on the earlier release,
+    /// its files restored, the new release marked bad, nothing pending.
+    #[tokio::test]
+    async fn recover_rolls_back_an_unfinished_switch_wherever_it_stopped() {
+        for (from, switched) in [(Some("1.0-aaaaaaaa"), false), (Some("1.0-aaaaaaaa"), true), (None, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, conf) = (dir.path().join("app"), dir.path().join("conf"));
+            for id in ["1.0-aaaaaaaa", "2.0-bbbbbbbb"] {
+                std::fs::create_dir_all(root.join("releases").join(id)).unwrap();
+            }
+            std::fs::create_dir_all(&conf).unwrap();
+            std::fs::write(conf.join("app.conf"), "before").unwrap();
+            switch_current(&root, from).unwrap();
+            let cfg = DeployConfig {
+                root: root.clone(),
+                keep_releases: 5,
+                backup_paths: vec![conf.clone()],
+                max_size: 1 << 20,
+                max_files: 100,
+            };
+            let service = ServiceConfig {
+                name: "app".into(),
+                command: "bin/start".into(),
+                args: Vec::new(),
+                env: Default::default(),
+                workdir: None,
+                user: None,
+                restart: crate::config::RestartPolicy::OnFailure,
+                start_secs: Duration::from_secs(1),
+                start_retries: 5,
+                stop_signal: "TERM".into(),
+                stop_timeout: Duration::from_secs(10),
+                memory_max: None,
+                log_max_bytes: 1 << 20,
+                log_backups: 1,
+                health: None,
+                deploy: Some(cfg.clone()),
+            };
+            let (store, _) = Outbox::open(&dir.path().join("data"), Default::default()).unwrap();
+            // The switch as far as it got: backup, pending record, maybe the switch itself.
+            let backup = root.join("backups/2.0-bbbbbbbb");
+            take_backup(&cfg, &backup).unwrap();
+            let st = ServiceReleases {
+                releases: vec![release("1.0-aaaaaaaa"), release("2.0-bbbbbbbb")],
+                current: from.map(str::to_string),
+                previous: None,
+                pending: Some(PendingSwitch { to: "2.0-bbbbbbbb".into(), from: from.map(str::to_string), backup }),
+            };
+            store.save_releases("app", &st).await.unwrap();
+            if switched {
+                switch_current(&root, Some("2.0-bbbbbbbb")).unwrap();
+                std::fs::write(conf.join("app.conf"), "written by 2.0").unwrap();
+            }
+
+            recover(&store, &[service]);
+
+            let case = format!("from {from:?}, switched {switched}");
+            match from {
+                Some(f) => assert_eq!(
+                    std::fs::read_link(root.join("current")).unwrap(),
+                    Path::new("releases").join(f),
+                    "{case}"
+                ),
+                None => assert!(std::fs::symlink_metadata(root.join("current")).is_err(), "{case}: nothing to run"),
+            }
+            assert_eq!(std::fs::read_to_string(conf.join("app.conf")).unwrap(), "before", "{case}: files restored");
+            let after = store.releases("app").unwrap();
+            assert_eq!(after.pending, None, "{case}");
+            assert_eq!(after.current.as_deref(), from, "{case}");
+            assert!(after.record("2.0-bbbbbbbb").unwrap().bad, "{case}: the new release is marked bad");
+        }
+    }
+
     #[test]
     fn versions_must_be_safe_names() {
         assert!(valid_version("1.4.2+build-7"));
