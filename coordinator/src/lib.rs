@@ -183,74 +183,6 @@ pub fn artifacts_to_keep(
     keep
 }
 
-#[cfg(test)]
-mod artifact_gc_tests {
-    use super::*;
-    use rollouts::{HostStep, RolloutRecord};
-
-    fn rollout(id: &str, version: &str, state: &str, at: i64, hosts: &[(&str, &str)]) -> RolloutRecord {
-        RolloutRecord {
-            id: id.into(),
-            service: "api".into(),
-            version: version.into(),
-            sha256: format!("sha-{version}"),
-            size_bytes: 1,
-            state: state.into(),
-            reason: String::new(),
-            hosts: hosts
-                .iter()
-                .map(|(h, prev)| HostStep {
-                    host: h.to_string(),
-                    state: "healthy".into(),
-                    message: String::new(),
-                    previous_version: prev.to_string(),
-                    updated_at_ms: at,
-                    log_tail: Vec::new(),
-                })
-                .collect(),
-            max_parallel: 1,
-            canary: 0,
-            auto_promote: false,
-            min_healthy_time_ms: 0,
-            healthy_deadline_ms: 0,
-            progress_deadline_ms: 0,
-            auto_revert: true,
-            promoted: true,
-            abort_requested: false,
-            created_by: String::new(),
-            created_at_ms: at,
-            updated_at_ms: at,
-            last_progress_ms: at,
-        }
-    }
-
-    #[test]
-    fn the_current_and_previous_release_of_every_host_are_kept() {
-        let rollouts = [
-            rollout("r1", "1.0", "succeeded", 1, &[("a", ""), ("b", "")]),
-            rollout("r2", "2.0", "succeeded", 2, &[("a", "1.0"), ("b", "1.0")]),
-            rollout("r3", "3.0", "succeeded", 3, &[("a", "2.0"), ("b", "2.0")]),
-            rollout("r4", "4.0", "rolled_back", 4, &[("a", "3.0")]),
-            rollout("r5", "5.0", "succeeded", 5, &[("a", "3.0")]),
-        ];
-        // a runs 5.0 (before it 3.0), b runs 3.0 (before it 2.0); 4.0 failed, 1.0 is long gone.
-        let running =
-            [("a".to_string(), "api".to_string(), "5.0".to_string()), ("b".into(), "api".into(), "3.0".into())];
-        let keep = artifacts_to_keep(&rollouts, &running);
-        for v in ["5.0", "3.0", "2.0"] {
-            assert!(keep.contains(&format!("sha-{v}")), "{v} is needed: {keep:?}");
-        }
-        assert!(!keep.contains("sha-1.0") && !keep.contains("sha-4.0"), "{keep:?}");
-        // A host that went back to 1.0 by hand keeps 1.0, and an unfinished rollout its own.
-        let mut running = running.to_vec();
-        running.push(("c".into(), "api".into(), "1.0".into()));
-        let mut rollouts = rollouts.to_vec();
-        rollouts.push(rollout("r6", "6.0", "running", 6, &[("c", "1.0")]));
-        let keep = artifacts_to_keep(&rollouts, &running);
-        assert!(keep.contains("sha-1.0") && keep.contains("sha-6.0"), "{keep:?}");
-    }
-}
-
 /// Removes artifacts that nothing needs ([`artifacts_to_keep`]) every minute, from
 /// [`ARTIFACT_GC_DELAY`] after the start on.
 async fn artifact_gc(
@@ -514,4 +446,72 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let _ = std::fs::remove_file(config.data_dir.join(ADDRS_FILE));
     tracing::info!("fleet-coordinator stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod artifact_gc_tests {
+    use super::*;
+    use rollouts::{HostStep, RolloutRecord};
+
+    fn rollout(id: &str, version: &str, state: &str, at: i64, hosts: &[(&str, &str)]) -> RolloutRecord {
+        RolloutRecord {
+            id: id.into(),
+            service: "api".into(),
+            version: version.into(),
+            sha256: format!("sha-{version}"),
+            size_bytes: 1,
+            state: state.into(),
+            reason: String::new(),
+            hosts: hosts
+                .iter()
+                .map(|(h, prev)| HostStep {
+                    host: h.to_string(),
+                    state: "healthy".into(),
+                    message: String::new(),
+                    previous_version: prev.to_string(),
+                    updated_at_ms: at,
+                    log_tail: Vec::new(),
+                })
+                .collect(),
+            max_parallel: 1,
+            canary: 0,
+            auto_promote: false,
+            min_healthy_time_ms: 0,
+            healthy_deadline_ms: 0,
+            progress_deadline_ms: 0,
+            auto_revert: true,
+            promoted: true,
+            abort_requested: false,
+            created_by: String::new(),
+            created_at_ms: at,
+            updated_at_ms: at,
+            last_progress_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_current_and_previous_release_of_every_host_are_kept() {
+        let rollouts = [
+            rollout("r1", "1.0", "succeeded", 1, &[("a", ""), ("b", "")]),
+            rollout("r2", "2.0", "succeeded", 2, &[("a", "1.0"), ("b", "1.0")]),
+            rollout("r3", "3.0", "succeeded", 3, &[("a", "2.0"), ("b", "2.0")]),
+            rollout("r4", "4.0", "rolled_back", 4, &[("a", "3.0")]),
+            rollout("r5", "5.0", "succeeded", 5, &[("a", "3.0")]),
+        ];
+        // a runs 5.0 (before it 3.0), b runs 3.0 (before it 2.0); 4.0 failed, 1.0 is long gone.
+        let running =
+            [("a".to_string(), "api".to_string(), "5.0".to_string()), ("b".into(), "api".into(), "3.0".into())];
+        let keep = artifacts_to_keep(&rollouts, &running);
+        for v in ["5.0", "3.0", "2.0"] {
+            assert!(keep.contains(&format!("sha-{v}")), "{v} is needed: {keep:?}");
+        }
+        assert!(!keep.contains("sha-1.0") && !keep.contains("sha-4.0"), "{keep:?}");
+        // A host that went back to 1.0 by hand keeps 1.0, and an unfinished rollout its own.
+        let mut running = running.to_vec();
+        running.push(("c".into(), "api".into(), "1.0".into()));
+        let mut rollouts = rollouts.to_vec();
+        rollouts.push(rollout("r6", "6.0", "running", 6, &[("c", "1.0")]));
+        let keep = artifacts_to_keep(&rollouts, &running);
+        assert!(keep.contains("sha-1.0") && keep.contains("sha-6.0"), "{keep:?}");
+    }
 }
