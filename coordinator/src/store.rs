@@ -677,6 +677,34 @@ mod tests {
         assert!(err.contains("move the store aside"), "{err}");
     }
 
+    /// The store keeps at most MAX_ROLLOUTS rollouts: the oldest finished ones go, an
+    /// unfinished one never does.
+    #[test]
+    fn rollouts_are_bounded_and_unfinished_ones_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), HOUR).unwrap();
+        let rollout = |i: usize, state: &str| -> crate::rollouts::RolloutRecord {
+            serde_json::from_value(serde_json::json!({
+                "id": format!("r{i:05}"), "service": "api", "version": "1", "sha256": "x", "size_bytes": 1,
+                "state": state, "reason": "", "hosts": [], "max_parallel": 1, "canary": 0, "auto_promote": false,
+                "min_healthy_time_ms": 0, "healthy_deadline_ms": 0, "progress_deadline_ms": 0, "auto_revert": true,
+                "promoted": true, "abort_requested": false, "created_by": "", "created_at_ms": i as i64,
+                "updated_at_ms": i as i64, "last_progress_ms": 0
+            }))
+            .unwrap()
+        };
+        s.save_rollout(&rollout(0, "running")).unwrap();
+        let max = crate::rollouts::MAX_ROLLOUTS;
+        for i in 1..=max + 5 {
+            s.save_rollout(&rollout(i, "succeeded")).unwrap();
+        }
+        let kept = s.load_rollouts().unwrap();
+        assert_eq!(kept.len(), max);
+        assert!(kept.iter().any(|r| r.id == "r00000"), "the unfinished rollout is kept");
+        assert!(!kept.iter().any(|r| r.id == "r00001"), "the oldest finished one went first");
+        assert!(kept.iter().any(|r| r.id == format!("r{:05}", max + 5)));
+    }
+
     #[test]
     fn boot_marks_are_bounded() {
         let mut rec = HostRecord::default();

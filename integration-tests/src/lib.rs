@@ -226,6 +226,8 @@ pub struct CoordinatorOpts {
     pub extra: String,
     /// More keys of the `[http]` table (which the config already has).
     pub http_extra: String,
+    /// More keys of the `[agents]` table (which the config already has).
+    pub agents_extra: String,
 }
 
 impl Default for CoordinatorOpts {
@@ -237,6 +239,7 @@ impl Default for CoordinatorOpts {
             json_logs: false,
             extra: String::new(),
             http_extra: String::new(),
+            agents_extra: String::new(),
         }
     }
 }
@@ -319,12 +322,13 @@ impl Cluster {
         let addrs = data.join("coordinator.addrs.json");
         let _ = fs::remove_file(&addrs);
         let config = format!(
-            "data_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n{}[agents]\noffline_after = \"{}ms\"\n{}",
+            "data_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n{}[agents]\noffline_after = \"{}ms\"\n{}{}",
             data.display(),
             opts.grpc_port,
             opts.http_port,
             opts.http_extra,
             opts.offline_after.as_millis(),
+            opts.agents_extra,
             self.pki.toml("coordinator")
         ) + &opts.extra;
         fs::write(self.coordinator_config(), config).expect("write config");

@@ -203,3 +203,31 @@ async fn http_connections_that_send_nothing_are_closed_and_bounded() {
     let (_, text) = c.http_get("/metrics").await;
     assert!(parse_metrics(&text)["fleet_coordinator_http_connections_refused_total"] >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_connections_are_bounded_and_a_silent_handshake_is_cut() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { agents_extra: "max_connections = 4\n".into(), ..Default::default() }).await;
+    c.start_agent("pc2", Duration::from_millis(200));
+    c.wait_online(&["pc2"], Duration::from_secs(15)).await;
+    let grpc = c.addr.trim_start_matches("https://").to_string();
+    // Three connections that never start a TLS handshake, and the agent's: the limit.
+    let mut silent: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(&grpc).unwrap()).collect();
+    let closed = |s: &mut std::net::TcpStream| match s.read(&mut [0u8; 16]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    let mut extra = std::net::TcpStream::connect(&grpc).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(closed(&mut extra), "a connection beyond max_connections is closed at once");
+    // The silent ones are cut by the handshake deadline (10 s); then operators get in again.
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert!(closed(s), "a connection that never completes its handshake is closed");
+    }
+    assert!(c.fleetctl(&["status"]).status.success());
+    let (_, text) = c.http_get("/metrics").await;
+    assert!(parse_metrics(&text)["fleet_coordinator_connections_refused_total"] >= 1.0);
+    assert_eq!(c.online("pc2").await, Some(true), "the agent's session was never at risk");
+}

@@ -555,3 +555,44 @@ async fn old_releases_are_pruned_but_never_current_or_previous() {
     assert_eq!(std::fs::read_dir(app.c.dir().join("pc2/app/releases")).unwrap().count(), 2);
     assert_eq!(app.serves("pc2").await.as_deref(), Some("hello from app 2.0\n"));
 }
+
+/// `[artifacts] max_bytes` is enforced: a larger artifact is refused, announced or not, and
+/// nothing of it is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_artifact_over_the_size_limit_is_refused() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts { extra: "[artifacts]\nmax_bytes = \"1KiB\"\n".into(), ..Default::default() })
+        .await;
+    let port = free_port();
+    let svc = app_service(&c.dir().join("pc2/app"), port, &c.dir().join("pc2/conf"), "");
+    c.start_agent_with("pc2", Duration::from_millis(500), &svc);
+    c.wait_online(&["pc2"], Duration::from_secs(15)).await;
+    let big = c.dir().join("big.tar.gz");
+    std::fs::write(&big, (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    let out = c.fleetctl(&["rollout", "start", "app", "--artifact", big.to_str().unwrap(), "--version", "9.0"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("over the coordinator's limit of 1.0 KiB ([artifacts] max_bytes)"),
+        "{}",
+        stderr(&out)
+    );
+    // A client that announces less than it sends is cut off too.
+    {
+        use fleet_proto::v1::upload_artifact_request::Part;
+        use fleet_proto::v1::{ArtifactHeader, UploadArtifactRequest};
+        use sha2::Digest;
+        let data = std::fs::read(&big).unwrap();
+        let sha: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        let parts = vec![
+            UploadArtifactRequest {
+                part: Some(Part::Header(ArtifactHeader { sha256: sha, size_bytes: 100, name: "x".into() })),
+            },
+            UploadArtifactRequest { part: Some(Part::Data(data)) },
+        ];
+        let err = c.control().await.upload_artifact(tokio_stream::iter(parts)).await.unwrap_err();
+        assert!(err.message().contains("larger than the announced 100 bytes"), "{err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(c.dir().join("coordinator/artifacts")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "nothing of a refused upload is kept: {left:?}");
+}
