@@ -270,3 +270,60 @@ async fn a_second_machine_with_the_same_identity_is_refused_not_flapping() {
     .await;
     clone.kill9();
 }
+
+/// The other half of invariant 4: a server that presents a certificate of the fleet's CA but
+/// not the coordinator identity (an operator's, with the right address in it) is refused by
+/// fleetctl and by agents, before they send anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_the_coordinator_identity_is_refused_by_its_clients() {
+    let _g = serial().await;
+    let c = Cluster::new(&["pc2"]);
+    // Signed by the fleet's CA, good for serving TLS at 127.0.0.1, but an operator's identity.
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(c.pki.dir.join("ca-key.pem")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(c.pki.dir.join("ca.pem")).unwrap(), ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI("spiffe://fleet.local/operator/mallory".to_string().try_into().unwrap()),
+        rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()),
+    ];
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(c.pki.dir.join("mallory.pem"), cert.pem()).unwrap();
+    std::fs::write(c.pki.dir.join("mallory-key.pem"), key.serialize_pem()).unwrap();
+    let tls = TlsMaterial::load(&c.pki.files("mallory")).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("https://{}", listener.local_addr().unwrap());
+    let got_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = got_bytes.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = acceptor.accept(tcp).await {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let out = c.fleetctl(&["status", "--addr", &addr]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("the server presented identity spiffe://fleet.local/operator/mallory, expected spiffe://fleet.local/coordinator"), "{err}");
+    let agent_tls = TlsMaterial::load(&c.pki.files("pc2")).unwrap();
+    let e = connect_coordinator(&addr, &agent_tls).await.unwrap_err();
+    assert!(e.to_string().contains("expected spiffe://fleet.local/coordinator"), "{e}");
+    assert_eq!(got_bytes.load(std::sync::atomic::Ordering::Relaxed), 0, "a request was sent to the impostor");
+}
