@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fleet_integration_tests::{Cluster, CoordinatorOpts, bin, serial, sh_service};
+use fleet_integration_tests::{Cluster, CoordinatorOpts, bin, eventually, serial, sh_service};
 
 /// Prints numbered, 150-byte lines, 50 a second.
 const CHATTY: &str = "i=0; while true; do i=$((i+1)); echo \"line $i $(printf '%0130d' 0)\"; sleep 0.02; done";
@@ -113,4 +113,53 @@ async fn logs_show_recent_lines_and_follow_across_rotation() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An agent streams at most 32 followed logs at once: the 33rd is refused with a message that
+/// says so, the others keep streaming, and once one ends another may start.
+#[tokio::test(flavor = "multi_thread")]
+async fn followed_logs_are_bounded_per_agent() {
+    use fleet_proto::v1::StreamLogsRequest;
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    c.start_coordinator(CoordinatorOpts::default()).await;
+    c.start_agent_with(
+        "pc2",
+        Duration::from_secs(1),
+        &sh_service("chatty", "while true; do echo tick; sleep 0.1; done", ""),
+    );
+    c.wait_service("pc2", "chatty", Duration::from_secs(10), "running", |s| s.state == "running").await;
+    let req = || StreamLogsRequest { host: "pc2".into(), service: "chatty".into(), lines: 0, follow: true };
+    let mut open = Vec::new();
+    for _ in 0..32 {
+        let mut s = c.control().await.stream_logs(req()).await.unwrap().into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("a line").unwrap();
+        assert!(first.is_some());
+        open.push(s);
+    }
+    let mut extra = c.control().await.stream_logs(req()).await.unwrap().into_inner();
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match extra.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        }
+    })
+    .await
+    .expect("the 33rd stream ends");
+    let e = refused.expect("the 33rd stream is refused, not ended quietly");
+    assert!(e.message().contains("already streams 32 logs"), "{e}");
+    // The 32 still stream.
+    for s in open.iter_mut().take(3) {
+        assert!(tokio::time::timeout(Duration::from_secs(5), s.message()).await.unwrap().unwrap().is_some());
+    }
+    // One goes away: its slot is freed on the agent, and a new follower gets in.
+    drop(open.pop());
+    eventually(Duration::from_secs(15), "a new follower once one went away", || async {
+        let mut s = c.control().await.stream_logs(req()).await.ok()?.into_inner();
+        tokio::time::timeout(Duration::from_secs(3), s.message()).await.ok()?.ok()?.map(|_| ())
+    })
+    .await;
 }
