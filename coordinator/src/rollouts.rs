@@ -181,6 +181,74 @@ impl std::fmt::Debug for Rollouts {
     }
 }
 
+/// What a rollout does next, decided from its record and the time alone (pure: the engine
+/// below does the I/O, and `tests` check the decisions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Move the hosts already changed back (auto_revert), for this reason.
+    Revert(String),
+    /// End as aborted: nothing to move back.
+    Aborted,
+    /// Paused or waiting for promotion: nothing happens until an operator acts.
+    WaitForOperator,
+    /// In the middle of moving hosts back.
+    Reverting,
+    /// The canaries are done: promote (auto_promote).
+    Promote,
+    /// The canaries are done: wait for `rollout resume`.
+    AwaitPromotion,
+    /// Every host is done.
+    Succeeded,
+    /// No host finished within the progress deadline.
+    Fail(String),
+    /// Start (or go on with) these hosts, by index, at most max_parallel.
+    Deploy(Vec<usize>),
+    /// Hosts are busy and none may start: wait for a change.
+    Idle,
+}
+
+/// The next step of `r` at `now_ms` (the rollout has not ended).
+pub fn next_step(r: &RolloutRecord, now_ms: i64) -> Step {
+    if r.abort_requested && r.state != "reverting" {
+        if r.auto_revert && r.hosts.iter().any(|h| h.state == "healthy" || h.state == "deploying") {
+            return Step::Revert("aborted by an operator".into());
+        }
+        return Step::Aborted;
+    }
+    match r.state.as_str() {
+        "paused" | "waiting_promotion" => return Step::WaitForOperator,
+        "reverting" => return Step::Reverting,
+        _ => {}
+    }
+    let in_canary = |i: usize| (i as u32) < r.canary;
+    let canaries_done = r.hosts.iter().enumerate().filter(|(i, _)| in_canary(*i)).all(|(_, h)| h.state == "healthy");
+    if r.canary > 0 && canaries_done && !r.promoted {
+        return if r.auto_promote { Step::Promote } else { Step::AwaitPromotion };
+    }
+    if r.hosts.iter().all(|h| h.state == "healthy") {
+        return Step::Succeeded;
+    }
+    // Measured from the last host that finished, or from the start, or from the last resume:
+    // time spent waiting for an operator does not count.
+    if now_ms - r.last_progress_ms > r.progress_deadline_ms as i64 {
+        return Step::Fail(format!(
+            "no host finished within the progress deadline of {}",
+            fleet_common::human_duration(Duration::from_millis(r.progress_deadline_ms))
+        ));
+    }
+    let eligible: Vec<usize> = r
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| {
+            (h.state == "pending" || h.state == "deploying") && (r.promoted || r.canary == 0 || in_canary(*i))
+        })
+        .map(|(i, _)| i)
+        .take(r.max_parallel.max(1) as usize)
+        .collect();
+    if eligible.is_empty() { Step::Idle } else { Step::Deploy(eligible) }
+}
+
 enum HostOutcome {
     Done(String),
     /// Why, and the newest lines the failed release wrote.
@@ -503,27 +571,27 @@ impl Rollouts {
             if r.finished() {
                 return;
             }
-            if r.abort_requested && r.state != "reverting" {
-                if r.auto_revert && r.hosts.iter().any(|h| h.state == "healthy" || h.state == "deploying") {
+            let eligible = match next_step(&r, fleet_common::now_ms()) {
+                Step::Revert(reason) => {
                     self.save(live, |r| {
                         r.state = "reverting".into();
-                        r.reason = "aborted by an operator".into();
+                        r.reason = reason;
                     })
                     .await;
                     continue;
                 }
-                self.finish(live, "aborted", "aborted by an operator").await;
-                return;
-            }
-            match r.state.as_str() {
-                "paused" | "waiting_promotion" => {
+                Step::Aborted => {
+                    self.finish(live, "aborted", "aborted by an operator").await;
+                    return;
+                }
+                Step::WaitForOperator => {
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = live.wake.notified() => {}
                     }
                     continue;
                 }
-                "reverting" => {
+                Step::Reverting => {
                     self.revert(live).await;
                     if self.shutdown.is_cancelled() {
                         return;
@@ -544,52 +612,33 @@ impl Rollouts {
                     self.finish(live, end, &reason).await;
                     return;
                 }
-                _ => {}
-            }
-            // Which hosts to start now.
-            let in_canary = |i: usize| (i as u32) < r.canary;
-            let canaries_done =
-                r.hosts.iter().enumerate().filter(|(i, _)| in_canary(*i)).all(|(_, h)| h.state == "healthy");
-            if r.canary > 0 && canaries_done && !r.promoted {
-                if r.auto_promote {
+                Step::Promote => {
                     self.save(live, |r| r.promoted = true).await;
-                } else {
+                    continue;
+                }
+                Step::AwaitPromotion => {
                     self.save(live, |r| r.state = "waiting_promotion".into()).await;
+                    continue;
                 }
-                continue;
-            }
-            if r.hosts.iter().all(|h| h.state == "healthy") {
-                self.finish(live, "succeeded", "").await;
-                return;
-            }
-            let now = fleet_common::now_ms();
-            if now - r.last_progress_ms > r.progress_deadline_ms as i64 {
-                let reason = format!(
-                    "no host finished within the progress deadline of {}",
-                    fleet_common::human_duration(Duration::from_millis(r.progress_deadline_ms))
-                );
-                self.fail(live, &reason).await;
-                continue;
-            }
-            let eligible: Vec<usize> = r
-                .hosts
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| {
-                    (h.state == "pending" || h.state == "deploying") && (r.promoted || r.canary == 0 || in_canary(*i))
-                })
-                .map(|(i, _)| i)
-                .take(r.max_parallel.max(1) as usize)
-                .collect();
-            if eligible.is_empty() {
-                // Canaries still running elsewhere? Nothing to do but wait for a change.
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return,
-                    _ = live.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                Step::Succeeded => {
+                    self.finish(live, "succeeded", "").await;
+                    return;
                 }
-                continue;
-            }
+                Step::Fail(reason) => {
+                    self.fail(live, &reason).await;
+                    continue;
+                }
+                Step::Idle => {
+                    // Canaries still running elsewhere? Nothing to do but wait for a change.
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = live.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+                Step::Deploy(hosts) => hosts,
+            };
             let mut batch = tokio::task::JoinSet::new();
             for i in eligible {
                 let host = r.hosts[i].host.clone();
@@ -688,5 +737,114 @@ impl Rollouts {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(hosts: &[&str], canary: u32, max_parallel: u32) -> RolloutRecord {
+        RolloutRecord {
+            id: "r1".into(),
+            service: "api".into(),
+            version: "2.0".into(),
+            sha256: "x".into(),
+            size_bytes: 1,
+            state: "running".into(),
+            reason: String::new(),
+            hosts: hosts
+                .iter()
+                .map(|h| HostStep {
+                    host: h.to_string(),
+                    state: "pending".into(),
+                    message: String::new(),
+                    previous_version: "1.0".into(),
+                    updated_at_ms: 0,
+                    log_tail: Vec::new(),
+                })
+                .collect(),
+            max_parallel,
+            canary,
+            auto_promote: false,
+            min_healthy_time_ms: 10_000,
+            healthy_deadline_ms: 300_000,
+            progress_deadline_ms: 600_000,
+            auto_revert: true,
+            promoted: canary == 0,
+            abort_requested: false,
+            created_by: "ops".into(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            last_progress_ms: 0,
+        }
+    }
+
+    #[test]
+    fn canaries_go_first_and_wait_for_promotion() {
+        let mut r = rollout(&["a", "b", "c"], 1, 2);
+        assert_eq!(next_step(&r, 1), Step::Deploy(vec![0]), "only the canary");
+        r.hosts[0].state = "healthy".into();
+        assert_eq!(next_step(&r, 1), Step::AwaitPromotion);
+        r.auto_promote = true;
+        assert_eq!(next_step(&r, 1), Step::Promote);
+        r.promoted = true;
+        assert_eq!(next_step(&r, 1), Step::Deploy(vec![1, 2]), "max_parallel at a time");
+        r.hosts[1].state = "healthy".into();
+        r.hosts[2].state = "healthy".into();
+        assert_eq!(next_step(&r, 1), Step::Succeeded);
+    }
+
+    #[test]
+    fn hosts_go_max_parallel_at_a_time_and_an_interrupted_host_is_taken_up_again() {
+        let mut r = rollout(&["a", "b", "c"], 0, 1);
+        assert_eq!(next_step(&r, 1), Step::Deploy(vec![0]));
+        // A coordinator restarted while a was deploying asks a again (the agent's journal
+        // answers with the outcome).
+        r.hosts[0].state = "deploying".into();
+        assert_eq!(next_step(&r, 1), Step::Deploy(vec![0]));
+        r.hosts[0].state = "healthy".into();
+        assert_eq!(next_step(&r, 1), Step::Deploy(vec![1]));
+    }
+
+    #[test]
+    fn the_progress_deadline_counts_from_the_last_progress() {
+        let mut r = rollout(&["a", "b"], 0, 1);
+        assert_eq!(next_step(&r, 599_000), Step::Deploy(vec![0]));
+        assert!(matches!(next_step(&r, 601_000), Step::Fail(m) if m.contains("progress deadline of 10m")));
+        // A resume (or a host finishing) starts it again.
+        r.last_progress_ms = 600_000;
+        assert_eq!(next_step(&r, 1_000_000), Step::Deploy(vec![0]));
+        // Waiting for an operator is not progress that can run late.
+        r.state = "waiting_promotion".into();
+        assert_eq!(next_step(&r, 10_000_000), Step::WaitForOperator);
+    }
+
+    #[test]
+    fn an_abort_moves_back_what_was_moved_unless_told_not_to() {
+        let mut r = rollout(&["a", "b"], 0, 1);
+        r.abort_requested = true;
+        assert_eq!(next_step(&r, 1), Step::Aborted, "nothing moved yet");
+        r.hosts[0].state = "healthy".into();
+        assert_eq!(next_step(&r, 1), Step::Revert("aborted by an operator".into()));
+        r.auto_revert = false;
+        assert_eq!(next_step(&r, 1), Step::Aborted);
+        r.auto_revert = true;
+        r.state = "reverting".into();
+        assert_eq!(next_step(&r, 1), Step::Reverting, "an abort while reverting goes on reverting");
+    }
+
+    #[test]
+    fn a_paused_rollout_starts_nothing() {
+        let mut r = rollout(&["a", "b"], 0, 2);
+        r.state = "paused".into();
+        assert_eq!(next_step(&r, 1), Step::WaitForOperator);
+    }
+
+    #[test]
+    fn finish_messages_are_one_line_and_name_what_went_where() {
+        let r = rollout(&["a", "b"], 0, 1);
+        assert_eq!(finish_message(&r, ""), "api 2.0 to a,b");
+        assert_eq!(finish_message(&r, "a: exited\nstderr: boom"), "api 2.0 to a,b: a: exited stderr: boom");
     }
 }
