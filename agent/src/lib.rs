@@ -13,6 +13,7 @@ pub mod collector;
 pub mod commands;
 pub mod config;
 pub mod deploy;
+pub mod failpoint;
 pub mod session;
 pub mod store;
 pub mod supervisor;

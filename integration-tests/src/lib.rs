@@ -144,11 +144,17 @@ impl Proc {
 
     /// Like [`Proc::spawn`], with `RUST_LOG` set to `filter`.
     pub fn spawn_logging(name: &str, bin: &Path, args: &[&str], log: &Path, filter: &str) -> Proc {
+        Proc::spawn_env(name, bin, args, log, &[("RUST_LOG", filter)])
+    }
+
+    /// Like [`Proc::spawn`], with `env` added to the environment.
+    pub fn spawn_env(name: &str, bin: &Path, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
         let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
         let err = out.try_clone().expect("clone log");
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", filter)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -171,6 +177,18 @@ impl Proc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `deadline` for the process to exit on its own.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(start.elapsed() < deadline, "{} did not exit within {deadline:?}", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then waits up to `deadline` for the exit status.
@@ -383,12 +401,18 @@ impl Cluster {
 
     /// Starts agent `name` with `extra` TOML appended to its config.
     pub fn start_agent_with(&mut self, name: &str, report_interval: Duration, extra: &str) {
+        self.start_agent_env(name, report_interval, extra, &[]);
+    }
+
+    /// Like [`Cluster::start_agent_with`], with `env` added to the agent's environment.
+    pub fn start_agent_env(&mut self, name: &str, report_interval: Duration, extra: &str, env: &[(&str, &str)]) {
         let cfg = self.agent_config(name, report_interval, extra);
-        let p = Proc::spawn(
+        let p = Proc::spawn_env(
             name,
             &bin("fleet-agent"),
             &["run", "--config", cfg.to_str().unwrap()],
             &self.dir().join(format!("logs/{name}.log")),
+            env,
         );
         self.agents.insert(name.to_string(), p);
     }

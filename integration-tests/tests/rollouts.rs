@@ -520,6 +520,53 @@ async fn an_agent_killed_during_probation_rolls_back_before_starting() {
     assert!(rel.contains(&("2.0".to_string(), "bad".to_string())), "{rel:?}");
 }
 
+/// Invariant 10 at the two points a random kill -9 almost never lands on: right after the
+/// pending record is durable (nothing switched yet) and right after `current` moved (the new
+/// release never started). Either way the next start rolls back before starting the service:
+/// 1.0 serves, the files under `backup_paths` are as they were, 2.0 is marked bad.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_between_the_pending_record_and_the_restart_rolls_back() {
+    let _g = serial().await;
+    for point in [fleet_agent::failpoint::AFTER_PENDING, fleet_agent::failpoint::AFTER_SWITCH] {
+        let mut app = App::start(&["pc2"], "").await;
+        let v1 = app.release("1.0", false);
+        assert!(app.rollout("1.0", &v1, &["--watch"]).status.success(), "{point}");
+        let port = app.ports[0].1;
+        let conf = app.c.dir().join("pc2/conf");
+        let svc = app_service(&app.c.dir().join("pc2/app"), port, &conf, "");
+        app.c.agent("pc2").terminate(Duration::from_secs(15));
+        app.c.start_agent_env("pc2", Duration::from_millis(500), &svc, &[("FLEET_FAILPOINTS", point)]);
+        app.c.wait_online(&["pc2"], Duration::from_secs(15)).await;
+
+        let v2 = app.release("2.0", false);
+        let out = app.rollout("2.0", &v2, &[]);
+        assert!(out.status.success(), "{point}: {}", stderr(&out));
+        let id = stdout(&out).trim().to_string();
+        let status = app.c.agent("pc2").wait_exit(Duration::from_secs(30));
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{point}: {status:?}");
+        let current = std::fs::read_link(app.c.dir().join("pc2/app/current")).unwrap();
+        let switched = current.to_string_lossy().contains("2.0-");
+        assert_eq!(switched, point == fleet_agent::failpoint::AFTER_SWITCH, "{point}: current is {current:?}");
+        // A file that appeared after the backup was taken: the rollback removes it.
+        std::fs::write(conf.join("left-by-2.0"), "x").unwrap();
+
+        app.c.start_agent_with("pc2", Duration::from_millis(500), &svc);
+        let body = eventually(Duration::from_secs(30), "pc2 serving again", || async { app.serves("pc2").await }).await;
+        assert_eq!(body, "hello from app 1.0\n", "{point}");
+        let current = std::fs::read_link(app.c.dir().join("pc2/app/current")).unwrap();
+        assert!(current.to_string_lossy().contains("1.0-"), "{point}: current is {current:?}");
+        assert!(!conf.join("left-by-2.0").exists(), "{point}: backup_paths not restored");
+        let log = app.c.agent("pc2").log_text();
+        assert!(log.contains("found an unfinished deploy: rolling back before starting the service"), "{point}: {log}");
+        let out = app.c.fleetctl(&["rollout", "status", &id, "--watch"]);
+        assert_eq!(out.status.code(), Some(1), "{point}");
+        assert!(stderr(&out).contains("the agent restarted while applying this command"), "{point}: {}", stderr(&out));
+        let rel = app.releases("pc2");
+        assert!(rel.contains(&("1.0".to_string(), "current".to_string())), "{point}: {rel:?}");
+        assert!(rel.contains(&("2.0".to_string(), "bad".to_string())), "{point}: {rel:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn old_releases_are_pruned_but_never_current_or_previous() {
     let _g = serial().await;

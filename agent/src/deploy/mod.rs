@@ -535,7 +535,9 @@ impl Deployer {
         take_backup(cfg, &backup).map_err(|e| (e, Vec::new()))?;
         st.pending = Some(PendingSwitch { to: to.to_string(), from: from.clone(), backup: backup.clone() });
         self.store.save_releases(service, &st).await.map_err(|e| (e.to_string(), Vec::new()))?;
+        crate::failpoint::hit(crate::failpoint::AFTER_PENDING);
         switch_current(&cfg.root, Some(to)).map_err(|e| (e, Vec::new()))?;
+        crate::failpoint::hit(crate::failpoint::AFTER_SWITCH);
         if let Some(r) = &restore
             && let Err(e) = restore_backup(r)
         {
