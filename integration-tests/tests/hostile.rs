@@ -2,7 +2,8 @@
 //! credentials) is refused or bounded, and the coordinator keeps answering `/health` and
 //! keeps its agents online after it (invariant 7): expressions too deep or too long, times
 //! that are not times, queries past their timeout or sample bound, queries whose client went
-//! away, SIGTERM while a query runs, and connections that never send a request.
+//! away, SIGTERM while a query runs, and connections that never send a request; and on the
+//! agents' port, connections past the limit, silent handshakes and a session that never reads.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -230,4 +231,70 @@ async fn grpc_connections_are_bounded_and_a_silent_handshake_is_cut() {
     let (_, text) = c.http_get("/metrics").await;
     assert!(parse_metrics(&text)["fleet_coordinator_connections_refused_total"] >= 1.0);
     assert_eq!(c.online("pc2").await, Some(true), "the agent's session was never at risk");
+}
+
+/// An agent (or whoever holds an agent's key) that sends reports as fast as it can and never
+/// reads its acks: what the coordinator holds for it is bounded (the HTTP/2 windows and 1,024
+/// unsent messages), the session is ended once that is full, the operator sees why, and other
+/// agents never notice. (While 512 of its reports wait for the store the coordinator reads no
+/// more from it: `select!` in `coordinator/src/session.rs`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_never_reads_its_acks_is_cut_off_and_bounded() {
+    use fleet_common::tls::{TlsMaterial, connect_coordinator};
+    use fleet_proto::v1::agent_message::Msg;
+    use fleet_proto::v1::agent_service_client::AgentServiceClient;
+    use fleet_proto::v1::{AgentMessage, Hello, Report, ReportId};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio_stream::StreamExt;
+
+    let _g = serial().await;
+    let mut c = Cluster::new(&["main-pc", "pc2"]);
+    c.start_coordinator(CoordinatorOpts::default()).await;
+    c.start_agent("main-pc", Duration::from_millis(200));
+    c.wait_online(&["main-pc"], Duration::from_secs(15)).await;
+
+    let tls = TlsMaterial::load(&c.pki.files("pc2")).unwrap();
+    let ch = connect_coordinator(&c.addr, &tls).await.unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let boot_id = 7;
+    let hello = AgentMessage {
+        msg: Some(Msg::Hello(Hello {
+            name: "pc2".into(),
+            version: "0.1.0".into(),
+            boot_id,
+            report_interval_ms: 200,
+            time_ms: fleet_common::now_ms(),
+            ..Default::default()
+        })),
+    };
+    let flood = tokio_stream::iter(1..=2_000_000u64).map(move |seq| {
+        counter.store(seq, Ordering::Relaxed);
+        AgentMessage {
+            msg: Some(Msg::Report(Report {
+                id: Some(ReportId { boot_id, seq }),
+                timestamp_ms: fleet_common::now_ms(),
+                ..Default::default()
+            })),
+        }
+    });
+    let started = Instant::now();
+    let stream = tokio_stream::iter([hello]).chain(flood);
+    // The response stream is held and never read.
+    let _unread = AgentServiceClient::new(ch).attach(stream).await.unwrap();
+    let coordinator = c.coordinator.as_ref().unwrap();
+    eventually(Duration::from_secs(120), "the coordinator to cut the flooding session", || async {
+        coordinator.log_text().contains("the agent is not reading its session").then_some(())
+    })
+    .await;
+    // What the operator sees of pc2: offline, and why.
+    let pc2 = eventually(Duration::from_secs(10), "pc2 offline", || async {
+        c.hosts().await?.into_iter().find(|h| h.name == "pc2" && !h.online)
+    })
+    .await;
+    assert_eq!(pc2.last_disconnect_reason, "the agent is not reading its session");
+    eprintln!("{} reports sent before the cut, in {:?}", sent.load(Ordering::Relaxed), started.elapsed());
+    assert_eq!(c.http_get("/health").await.0, 200);
+    assert_eq!(c.online("main-pc").await, Some(true));
 }
