@@ -200,6 +200,17 @@ async fn http_connections_that_send_nothing_are_closed_and_bounded() {
         assert!(closed(&mut s), "the server closes a connection that sends no request");
     }
     assert!(started.elapsed() < Duration::from_secs(15), "closed after {:?}", started.elapsed());
+    // A keep-alive connection that went quiet after a request is closed the same way.
+    let mut kept = std::net::TcpStream::connect(&c.http).unwrap();
+    std::io::Write::write_all(&mut kept, b"GET /health HTTP/1.1\r\nHost: fleet\r\n\r\n").unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut first = [0u8; 64];
+    let n = kept.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+    let mut rest = Vec::new();
+    let idle = Instant::now();
+    let _ = kept.read_to_end(&mut rest);
+    assert!(idle.elapsed() < Duration::from_secs(15), "an idle keep-alive connection was held {:?}", idle.elapsed());
     still_serving(&c).await;
     let (_, text) = c.http_get("/metrics").await;
     assert!(parse_metrics(&text)["fleet_coordinator_http_connections_refused_total"] >= 1.0);
