@@ -4,16 +4,10 @@
 //! mode 0600, and nothing existing is overwritten without `--force`.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use fleet_common::identity::{DEFAULT_TRUST_DOMAIN, Identity, Role, valid_name};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use time::{Duration, OffsetDateTime};
 
 use crate::CliError;
 
@@ -44,13 +38,6 @@ fn check_days(days: u32) -> Result<(), CliError> {
         return Err(CliError::usage(format!("--days {days} is more than {MAX_DAYS} (a hundred years)")));
     }
     Ok(())
-}
-
-fn validity(params: &mut CertificateParams, days: u32) {
-    // Five minutes of slack for clocks that are slightly behind.
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(i64::from(days));
 }
 
 fn check_free(paths: &[&Path], force: bool) -> Result<(), CliError> {
@@ -103,40 +90,15 @@ pub fn init(dir: &Path, trust_domain: &str, days: u32, force: bool) -> Result<(P
     let cert_path = dir.join(CA_CERT);
     let key_path = dir.join(CA_KEY);
     check_free(&[&cert_path, &key_path], force)?;
-    let key = KeyPair::generate().map_err(|e| CliError::failed(format!("cannot generate a key: {e}")))?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("fleet CA {trust_domain}"));
-    dn.push(DnType::OrganizationName, "fleet");
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{trust_domain}").try_into().map_err(|e| CliError::usage(format!("trust domain: {e}")))?,
-    )];
-    validity(&mut params, days);
-    let cert = params.self_signed(&key).map_err(|e| CliError::failed(format!("cannot sign the CA: {e}")))?;
-    write_file(&key_path, &key.serialize_pem(), 0o600)?;
-    write_file(&cert_path, &cert.pem(), 0o644)?;
+    let (cert_pem, key_pem) = fleet_common::pki::new_root(trust_domain, days).map_err(CliError::failed)?;
+    write_file(&key_path, &key_pem, 0o600)?;
+    write_file(&cert_path, &cert_pem, 0o644)?;
     Ok((cert_path, key_path))
 }
 
 /// The trust domain recorded in a CA certificate (its `spiffe://<domain>` URI SAN).
 pub fn ca_trust_domain(ca_pem: &str) -> Option<String> {
-    let der = rustls_pem_der(ca_pem)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => {
-            u.strip_prefix("spiffe://").filter(|d| !d.is_empty() && !d.contains('/')).map(str::to_string)
-        }
-        _ => None,
-    })
-}
-
-fn rustls_pem_der(pem: &str) -> Option<Vec<u8>> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    Some(p.contents)
+    fleet_common::pki::ca_trust_domain(ca_pem)
 }
 
 /// `certs issue`: creates `dir/NAME.pem` and `dir/NAME-key.pem`, signed by the CA in `dir`.
@@ -176,16 +138,7 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32, for
     Ok(Issued { cert: cert_path, key: key_path, identity: minted.identity })
 }
 
-/// A certificate and key made in memory.
-#[derive(Debug, Clone)]
-pub struct Minted {
-    /// The identity it carries.
-    pub identity: Identity,
-    /// The certificate, PEM.
-    pub cert_pem: String,
-    /// The private key, PEM.
-    pub key_pem: String,
-}
+pub use fleet_common::pki::Minted;
 
 /// Issues a certificate for `role` `name` signed by the CA given as PEM, in memory (for
 /// `certs issue` and for tools such as fleet-loadgen that need many identities).
@@ -201,48 +154,10 @@ pub fn mint(
         return Err(CliError::usage(format!("invalid name \"{name}\"")));
     }
     check_days(days)?;
-    let ca_key = KeyPair::from_pem(ca_key_pem)
-        .map_err(|e| CliError::usage(format!("the CA key is not a usable private key: {e}")))?;
-    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)
-        .map_err(|e| CliError::usage(format!("the CA certificate is not usable: {e}")))?;
-    let trust_domain = ca_trust_domain(ca_pem).unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
-    let identity = Identity::new(trust_domain, role, name);
-
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    dn.push(DnType::OrganizationalUnitName, role.as_str());
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = match role {
-        Role::Coordinator => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
-    };
-    let mut san_list =
-        vec![SanType::URI(identity.uri().try_into().map_err(|e| CliError::usage(format!("identity: {e}")))?)];
-    let mut names: Vec<String> = sans.to_vec();
-    if role == Role::Coordinator && names.is_empty() {
-        // A coordinator certificate with no --san still works on this machine.
-        names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    }
-    for s in &names {
-        let s = s.trim();
-        match s.parse::<IpAddr>() {
-            Ok(ip) => san_list.push(SanType::IpAddress(ip)),
-            Err(_) => san_list.push(SanType::DnsName(
-                s.to_string()
-                    .try_into()
-                    .map_err(|e| CliError::usage(format!("--san {s}: not a DNS name or IP address: {e}")))?,
-            )),
-        }
-    }
-    params.subject_alt_names = san_list;
-    validity(&mut params, days);
-    let key = KeyPair::generate().map_err(|e| CliError::failed(format!("cannot generate a key: {e}")))?;
-    let cert = params.signed_by(&key, &issuer).map_err(|e| CliError::failed(format!("cannot sign: {e}")))?;
-    Ok(Minted { identity, cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    let signer = fleet_common::pki::Signer::from_pem(ca_pem, ca_key_pem).map_err(CliError::usage)?;
+    signer
+        .issue(role, name, sans, days)
+        .map_err(|e| if e.starts_with("--san") { CliError::usage(e) } else { CliError::failed(e) })
 }
 
 #[cfg(test)]
@@ -262,7 +177,7 @@ mod tests {
         let issued = issue(dir.path(), Role::Agent, "pc2", &[], 365, false).unwrap();
         assert_eq!(issued.identity.uri(), "spiffe://example.org/agent/pc2");
         let pem = std::fs::read_to_string(&issued.cert).unwrap();
-        let der = rustls_pem_der(&pem).unwrap();
+        let der = fleet_common::pki::first_cert_der(&pem).unwrap();
         assert_eq!(Identity::from_cert_der(&der).unwrap(), issued.identity);
         let mode = std::fs::metadata(&issued.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -292,7 +207,7 @@ mod tests {
         )
         .unwrap();
         let pem = std::fs::read_to_string(&issued.cert).unwrap();
-        let der = rustls_pem_der(&pem).unwrap();
+        let der = fleet_common::pki::first_cert_der(&pem).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap();
         let names: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();

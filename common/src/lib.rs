@@ -6,6 +6,7 @@
 pub mod config;
 pub mod identity;
 pub mod logging;
+pub mod pki;
 pub mod shutdown;
 pub mod tls;
 
