@@ -279,12 +279,15 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let coord_config = dir.join("coordinator.toml");
     let text = format!(
         "# Written by `fleetctl dev`; rewritten at every start.\ndata_dir = \"{}\"\n[grpc]\nlisten = \"{}\"\n[http]\nlisten = \"{}\"\n[agents]\noffline_after = \"{}\"\n\
-         # fleet's default rules (deploy/rules); `fleetctl alerts` shows what they raise.\n[alerting]\nrule_files = [\"{}\"]\n{}",
+         # fleet's default rules (deploy/rules); `fleetctl alerts` shows what they raise.\n[alerting]\nrule_files = [\"{}\"]\n\
+         # The dev operator may do everything, tokens and revocation included.\n[access.operators]\ndev = \"admin\"\n\
+         # Machines may join with `fleetctl tokens create`.\n[enrollment]\nca_key = \"{}\"\n{}",
         coord_data.display(),
         args.grpc_listen,
         args.http_listen,
         humantime::format_duration((args.report_interval * 5).max(Duration::from_secs(3))),
         rules.join("*.yml").display(),
+        pki.join(certs::CA_KEY).display(),
         tls_section(&pki, "coordinator"),
     );
     certs::write_file(&coord_config, &text, 0o644)?;

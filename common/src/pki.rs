@@ -287,6 +287,19 @@ impl Signer {
     }
 }
 
+/// Checks that `csr_der` is a well-formed, self-signed PKCS#10 request of a size fleet accepts.
+pub fn check_csr(csr_der: &[u8]) -> Result<(), String> {
+    if csr_der.len() > MAX_CSR_BYTES {
+        return Err(format!(
+            "the certificate request is {} bytes; at most {MAX_CSR_BYTES} are accepted",
+            csr_der.len()
+        ));
+    }
+    CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+        .map(drop)
+        .map_err(|e| format!("the certificate request is not a valid, self-signed PKCS#10 request: {e}"))
+}
+
 /// A new key and a certificate request for it (DER), made where the key is to stay.
 pub fn new_key_and_csr(identity: &Identity) -> Result<(String, Vec<u8>), String> {
     let key = KeyPair::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
@@ -325,6 +338,20 @@ mod tests {
             signer.sign_csr(&vec![0u8; MAX_CSR_BYTES + 1], &wanted, now, now + 60).unwrap_err().contains("at most")
         );
         assert!(signer.sign_csr(b"nonsense", &wanted, now, now + 60).is_err());
+    }
+
+    #[test]
+    fn der_written_as_pem_reads_back() {
+        let (ca, _) = new_root("fleet.local", 30).unwrap();
+        let der = first_cert_der(&ca).unwrap();
+        let pem = crate::tls::pem_block("CERTIFICATE", &der);
+        assert_eq!(first_cert_der(&pem).unwrap(), der);
+        for n in 1..6 {
+            let bytes: Vec<u8> = (0..n).collect();
+            let pem = crate::tls::pem_block("CERTIFICATE", &bytes);
+            let back = rustls_pki_types::pem::from_buf(&mut pem.as_bytes()).unwrap().unwrap();
+            assert_eq!(back.1, bytes, "{pem}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -199,15 +200,50 @@ impl TlsMaterial {
     /// A server configuration that requires a client certificate from the fleet CA and speaks
     /// TLS 1.3 with HTTP/2 only.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(self.root_store()?), provider())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        self.server_config_with(self.client_verifier(false)?, false)
+    }
+
+    /// The fleet CA's verdict on client certificates; with `allow_anonymous`, a client may
+    /// also come without one (and is then refused by every service but enrollment).
+    pub fn client_verifier(&self, allow_anonymous: bool) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(self.root_store()?), provider());
+        let builder = if allow_anonymous { builder.allow_unauthenticated() } else { builder };
+        builder.build().map_err(|e| rustls::Error::General(e.to_string()))
+    }
+
+    /// A server configuration with `verifier` for client certificates. With `send_roots` the
+    /// trust roots follow this party's chain, so that a machine that knows only the CA's pin
+    /// can check the server ([`connect_pinned`]).
+    pub fn server_config_with(
+        &self,
+        verifier: Arc<dyn ClientCertVerifier>,
+        send_roots: bool,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut chain = self.chain.clone();
+        if send_roots {
+            chain.extend(self.roots.iter().filter(|r| !self.chain.contains(r)).cloned());
+        }
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_single_cert(chain, self.key.clone_key())?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// The trust roots, PEM.
+    pub fn roots_pem(&self) -> String {
+        self.roots.iter().map(|c| pem_block("CERTIFICATE", c.as_ref())).collect()
+    }
+
+    /// The trust roots, DER.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// This party's certificate, DER.
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
     }
 
     /// A client configuration that presents this party's certificate, trusts only the fleet
@@ -267,12 +303,115 @@ pub async fn connect_coordinator(addr: &str, tls: &TlsMaterial) -> Result<Channe
     let connector = Connector {
         addr: addr.to_string(),
         config: tls.client_config().map_err(|e| ConnectError::Tls(e.to_string()))?,
-        trust_domain: tls.identity().trust_domain.clone(),
+        trust_domain: Some(tls.identity().trust_domain.clone()),
     };
     endpoint.connect_with_connector(connector).await.map_err(|e| match ConnectError::find(&e) {
         Some(c) => c.clone(),
         None => ConnectError::Tcp { addr: addr.to_string(), reason: chain_to_string(&e) },
     })
+}
+
+/// Opens a channel to the coordinator at `addr` with server-only TLS, trusting it only if its
+/// chain holds the CA whose pin is `pin` and that CA signed its certificate, which must carry
+/// the coordinator identity: how a machine that is not enrolled yet reaches enrollment.
+pub async fn connect_pinned(addr: &str, pin: &str) -> Result<Channel, ConnectError> {
+    let endpoint = coordinator_endpoint(addr)?;
+    let verifier = Arc::new(PinVerifier { pin: pin.to_string(), provider: provider() });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConnectError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = Connector { addr: addr.to_string(), config: Arc::new(config), trust_domain: None };
+    endpoint.connect_with_connector(connector).await.map_err(|e| match ConnectError::find(&e) {
+        Some(c) => c.clone(),
+        None => ConnectError::Tcp { addr: addr.to_string(), reason: chain_to_string(&e) },
+    })
+}
+
+/// Checks a server against a CA pin: a certificate of the presented chain must have the pinned
+/// key, and the server's certificate must verify (signature, validity, name) with that one as
+/// the only root.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let root = intermediates
+            .iter()
+            .find(|c| crate::pki::ca_pin(c).is_ok_and(|p| p == self.pin))
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the server's chain holds no CA with pin {}: this is not the coordinator the pin names (or it is not set up for enrollment)",
+                    self.pin
+                ))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(root.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// DER as a PEM block.
+pub fn pem_block(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 fn coordinator_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
@@ -334,7 +473,9 @@ pub fn status_detail(s: &tonic::Status) -> String {
 struct Connector {
     addr: String,
     config: Arc<ClientConfig>,
-    trust_domain: String,
+    /// The trust domain the coordinator's identity must be in (any, when connecting by pin:
+    /// the pinned CA signed it).
+    trust_domain: Option<String>,
 }
 
 impl tower::Service<Uri> for Connector {
@@ -375,13 +516,15 @@ impl Connector {
             ConnectError::Handshake { addr: addr.clone(), reason: "the server sent no certificate".into() }
         })?;
         match Identity::from_cert_der(peer) {
-            Ok(id) if id.role == Role::Coordinator && id.trust_domain == self.trust_domain => {}
+            Ok(id)
+                if id.role == Role::Coordinator
+                    && self.trust_domain.as_ref().is_none_or(|td| *td == id.trust_domain) => {}
             Ok(id) => {
                 return Err(ConnectError::Handshake {
                     addr,
                     reason: format!(
                         "the server presented identity {id}, expected spiffe://{}/coordinator",
-                        self.trust_domain
+                        self.trust_domain.as_deref().unwrap_or("<trust-domain>")
                     ),
                 });
             }
@@ -412,6 +555,8 @@ pub fn alert_hint(base: &str) -> &'static str {
         || base.contains("DecryptError")
     {
         "; the coordinator does not accept this certificate: was it issued by the coordinator's CA?"
+    } else if base.contains("CertificateRevoked") || base.contains("revoked") {
+        "; the coordinator revoked this certificate (fleetctl certs revoke): an agent must enroll again with a new join token, an operator needs a new certificate"
     } else if base.contains("Expired") || base.contains("expired") {
         "; a certificate has expired: issue a new one with `fleetctl certs issue`"
     } else {

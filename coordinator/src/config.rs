@@ -11,6 +11,8 @@ use fleet_common::tls::TlsFiles;
 /// The whole coordinator configuration.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
+    /// The file it was read from (read again on SIGHUP).
+    pub source: PathBuf,
     /// Where the store lives.
     pub data_dir: PathBuf,
     /// The gRPC (agents and fleetctl) listen address.
@@ -35,6 +37,10 @@ pub struct CoordinatorConfig {
     pub alerting: AlertingConfig,
     /// `[query]`: what one query may use.
     pub query: crate::query::QueryLimits,
+    /// `[access]`: operators' roles.
+    pub access: crate::access::Access,
+    /// `[enrollment]`: signing agents' keys with join tokens; None when off.
+    pub enrollment: Option<crate::enroll::EnrollmentConfig>,
 }
 
 /// `[alerting]`.
@@ -208,9 +214,12 @@ impl CoordinatorConfig {
             }
             None => (None, None),
         };
+        let access = crate::access::Access::read(&mut root);
+        let enrollment = enrollment_section(&mut root);
         root.finish();
         let config = (|| {
             Some(CoordinatorConfig {
+                source: path.to_path_buf(),
                 data_dir: data_dir?,
                 grpc_listen: grpc_listen?,
                 http_listen: http_listen?,
@@ -223,6 +232,8 @@ impl CoordinatorConfig {
                 artifact_max_bytes: artifact_max_bytes.unwrap_or(1 << 30),
                 alerting,
                 query,
+                access,
+                enrollment,
             })
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))
@@ -240,6 +251,26 @@ fn http_section(root: &mut Section) -> (Option<SocketAddr>, usize) {
     }
     s.finish();
     (addr, max.map(|m| m.clamp(1, 1 << 20) as usize).unwrap_or(1024))
+}
+
+/// Reads `[enrollment]`: `ca_key` (required), `ca_cert`, `cert_ttl` (default 30 days, from a
+/// minute to a year). The key and certificate are checked to form a signing CA.
+fn enrollment_section(root: &mut Section) -> Option<crate::enroll::EnrollmentConfig> {
+    let mut s = root.section("enrollment")?;
+    let ca_key = s.required_path("ca_key");
+    let ca_cert = s.path("ca_cert");
+    let cert_ttl = s
+        .duration_in("cert_ttl", Duration::from_secs(60), Duration::from_secs(366 * 86400))
+        .unwrap_or(Duration::from_secs(30 * 86400));
+    for (k, p) in [("ca_key", &ca_key), ("ca_cert", &ca_cert)] {
+        if let Some(p) = p
+            && let Err(e) = std::fs::metadata(p)
+        {
+            s.error(k, format!("cannot read {}: {}", p.display(), fleet_common::io_reason(&e)));
+        }
+    }
+    s.finish();
+    Some(crate::enroll::EnrollmentConfig { ca_key: ca_key?, ca_cert, cert_ttl })
 }
 
 /// Reads `[<table>] listen`, with `default` when the table or the key is absent.

@@ -1,5 +1,6 @@
-//! The ControlService: what fleetctl calls. Every call has passed the operator-only
-//! interceptor ([`crate::auth::OperatorOnly`]) before it reaches these handlers.
+//! The ControlService: what fleetctl calls. Every call has passed the guard
+//! ([`crate::guard`]: an operator identity, not revoked, with the access role the rpc needs)
+//! before it reaches these handlers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,6 +74,15 @@ pub struct ControlApi {
     pub query_limits: crate::query::QueryLimits,
     /// Cancelled when the coordinator stops (calls off queries in flight).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Tokens, revocation, removing hosts.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+}
+
+fn identity_of<T>(req: &Request<T>) -> Result<Identity, Status> {
+    req.extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))
 }
 
 fn caller<T>(req: &Request<T>) -> String {
@@ -800,6 +810,83 @@ impl ControlService for ControlApi {
             })
             .collect();
         Ok(Response::new(fleet_proto::v1::ListAlertsResponse { alerts }))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<fleet_proto::v1::WhoAmIRequest>,
+    ) -> Result<Response<fleet_proto::v1::WhoAmIResponse>, Status> {
+        let caller = req
+            .extensions()
+            .get::<crate::guard::Caller>()
+            .ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))?;
+        Ok(Response::new(fleet_proto::v1::WhoAmIResponse {
+            identity: caller.identity.uri(),
+            role: caller.role.map(|r| r.as_str()).unwrap_or_default().to_string(),
+            serial: caller.cert.serial.clone(),
+            not_after_ms: caller.cert.not_after_s.saturating_mul(1000),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<fleet_proto::v1::CreateTokenRequest>,
+    ) -> Result<Response<fleet_proto::v1::CreateTokenResponse>, Status> {
+        let by = identity_of(&req)?;
+        let addr = req.extensions().get::<crate::guard::Dialed>().map(|d| d.0.clone()).unwrap_or_default();
+        let r = req.into_inner();
+        let out = self.lifecycle.create_token(&by, &r, &addr);
+        let (outcome, message) = match &out {
+            Ok(t) => ("succeeded", format!("token {}", t.token.as_ref().map(|t| t.id.as_str()).unwrap_or(""))),
+            Err(s) => ("failed", s.message().to_string()),
+        };
+        let _ = self.audit.append(entry(&by.uri(), "tokens create", &r.name, "", "", outcome, &message)).await;
+        out.map(Response::new)
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<fleet_proto::v1::ListTokensRequest>,
+    ) -> Result<Response<fleet_proto::v1::ListTokensResponse>, Status> {
+        Ok(Response::new(fleet_proto::v1::ListTokensResponse { tokens: self.lifecycle.enrollment.list_tokens() }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<fleet_proto::v1::RevokeTokenRequest>,
+    ) -> Result<Response<fleet_proto::v1::JoinToken>, Status> {
+        let by = identity_of(&req)?;
+        let id = req.into_inner().id;
+        let out = self.lifecycle.enrollment.revoke_token(&id);
+        let outcome = if out.is_ok() { "succeeded" } else { "failed" };
+        let shown: String = id.split('.').next().unwrap_or_default().chars().take(64).collect();
+        let _ =
+            self.audit.append(entry(&by.uri(), "tokens revoke", "", "", "", outcome, &format!("token {shown}"))).await;
+        out.map(Response::new)
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<fleet_proto::v1::RevokeCertificateRequest>,
+    ) -> Result<Response<fleet_proto::v1::RevokeCertificateResponse>, Status> {
+        let by = identity_of(&req)?;
+        self.lifecycle.revoke(&by, &req.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_revocations(
+        &self,
+        _: Request<fleet_proto::v1::ListRevocationsRequest>,
+    ) -> Result<Response<fleet_proto::v1::ListRevocationsResponse>, Status> {
+        Ok(Response::new(fleet_proto::v1::ListRevocationsResponse { revocations: self.lifecycle.revocations() }))
+    }
+
+    async fn remove_host(
+        &self,
+        req: Request<fleet_proto::v1::RemoveHostRequest>,
+    ) -> Result<Response<fleet_proto::v1::RemoveHostResponse>, Status> {
+        let by = identity_of(&req)?;
+        let r = req.into_inner();
+        self.lifecycle.remove_host(&by, &r.name, &r.reason).await.map(Response::new)
     }
 
     async fn reload_rules(

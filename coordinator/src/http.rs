@@ -33,6 +33,8 @@ pub struct HttpState {
     pub rollouts: Arc<crate::rollouts::Rollouts>,
     /// The history, for the query API.
     pub tsdb: Arc<crate::tsdb::Tsdb>,
+    /// Certificates known, for their expiry metric.
+    pub certificates: crate::certificates::Seen,
     /// Rules and alerts.
     pub alerting: Arc<crate::alerting::Alerting>,
     /// The store, for its size.
@@ -66,6 +68,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     crate::metrics::render_rollouts(&mut text, &s.rollouts);
     crate::metrics::render_store(&mut text, &s.store);
     crate::metrics::render_alerting(&mut text, &s.alerting, &s.tsdb);
+    crate::metrics::render_certificates(&mut text, &s.certificates);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

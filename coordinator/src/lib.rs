@@ -4,24 +4,31 @@
 //!
 //! Code map: [`config`] reads the config file; [`store`] owns the sled schema; [`writer`] is
 //! the group-commit task in front of it; [`registry`] is the in-memory cluster state;
-//! [`session`] serves agents, [`control`] serves fleetctl, [`auth`] decides who may do what;
-//! [`server`] accepts TLS connections; [`http`] and [`metrics`] are the HTTP side.
+//! [`session`] serves agents, [`control`] serves fleetctl, [`guard`] decides who may call
+//! what (with [`access`] for operators' roles and [`revocation`] for the deny list);
+//! [`enroll`] and [`lifecycle`] issue and take back identities; [`server`] accepts TLS
+//! connections; [`http`] and [`metrics`] are the HTTP side.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod alerting;
 pub mod artifacts;
 pub mod audit;
-pub mod auth;
+pub mod certificates;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod enroll;
+pub mod guard;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod promapi;
 pub mod query;
 pub mod registry;
+pub mod revocation;
 pub mod rollouts;
 pub mod server;
 pub mod session;
@@ -40,6 +47,7 @@ use fleet_common::identity::Role;
 use fleet_common::tls::{TlsError, TlsMaterial};
 use fleet_proto::v1::agent_service_server::AgentServiceServer;
 use fleet_proto::v1::control_service_server::ControlServiceServer;
+use fleet_proto::v1::enroll_service_server::EnrollServiceServer;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +59,8 @@ use crate::writer::Writer;
 
 /// How long shutdown may take to drain sessions and flush the store.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest message the enrollment service reads (a token, a name and a CSR).
+const ENROLL_MAX_MESSAGE: usize = 64 * 1024;
 /// The file in `data_dir` that tells tools the addresses actually bound (useful with port 0).
 pub const ADDRS_FILE: &str = "coordinator.addrs.json";
 
@@ -61,7 +71,7 @@ pub enum RunError {
     #[error("{0}")]
     Setup(String),
     /// The TLS files are unusable.
-    #[error(transparent)]
+    #[error("tls: {0}")]
     Tls(#[from] TlsError),
     /// The store is unusable.
     #[error(transparent)]
@@ -102,6 +112,139 @@ pub fn load_identity(config: &CoordinatorConfig) -> Result<TlsMaterial, RunError
     Ok(tls)
 }
 
+/// The signing CA of `[enrollment]`, if enrollment is on: its key with `ca_cert` (or the
+/// trust root), in the coordinator's trust domain.
+pub fn load_signer(
+    config: &CoordinatorConfig,
+    tls: &TlsMaterial,
+) -> Result<Option<fleet_common::pki::Signer>, RunError> {
+    let Some(e) = &config.enrollment else { return Ok(None) };
+    let cert_path = e.ca_cert.clone().unwrap_or_else(|| config.tls.ca.clone());
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|err| {
+            RunError::Setup(format!("enrollment: cannot read {}: {}", p.display(), fleet_common::io_reason(&err)))
+        })
+    };
+    let signer = fleet_common::pki::Signer::from_pem(&read(&cert_path)?, &read(&e.ca_key)?).map_err(|err| {
+        RunError::Setup(format!(
+            "enrollment: {}",
+            err.replace("the CA key", &e.ca_key.display().to_string())
+                .replace("the CA certificate", &cert_path.display().to_string())
+        ))
+    })?;
+    if signer.trust_domain() != tls.identity().trust_domain {
+        return Err(RunError::Setup(format!(
+            "enrollment: {} issues identities in trust domain {}, but this coordinator serves {}",
+            cert_path.display(),
+            signer.trust_domain(),
+            tls.identity().trust_domain
+        )));
+    }
+    Ok(Some(signer))
+}
+
+/// The server side of the gRPC port's TLS: the coordinator's certificate (followed by the
+/// trust roots when enrollment is on, for machines that only know the CA's pin), client
+/// certificates checked against the CA and the deny list (optional when enrollment is on:
+/// only enrollment is open to a client without one).
+fn grpc_server_config(
+    tls: &TlsMaterial,
+    enrollment_on: bool,
+    authority: &Arc<guard::Authority>,
+) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    let base = tls.client_verifier(enrollment_on).map_err(|e| RunError::Serve(e.to_string()))?;
+    let a = authority.clone();
+    let verifier = revocation::DenyingVerifier::new(base, authority.revocations.clone(), move |cert, r| {
+        let who = cert.identity.as_ref().map(|i| i.uri()).unwrap_or_else(|| format!("serial {}", cert.serial));
+        let msg = format!(
+            "TLS handshake with a revoked certificate (serial {}, revoked at {} by {})",
+            cert.serial,
+            fleet_common::rfc3339(r.revoked_at_s.saturating_mul(1000)),
+            r.by
+        );
+        a.refused(guard::DenyReason::Revoked, &who, "", "handshake", &msg);
+    });
+    tls.server_config_with(Arc::new(verifier), enrollment_on).map_err(|e| RunError::Serve(e.to_string()))
+}
+
+/// Follows the coordinator's own certificate files: on SIGHUP (with `[access]` from the
+/// config file) and whenever their modification times change, the next handshakes use the
+/// new certificate. A file that does not load leaves the current one in use, said in the log.
+async fn follow_identity(
+    config: CoordinatorConfig,
+    server_tls: server::ServerTls,
+    authority: Arc<guard::Authority>,
+    alerting: Arc<alerting::Alerting>,
+    enrollment_on: bool,
+    shutdown: CancellationToken,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload by restarting");
+        return;
+    };
+    let mtimes = |files: &fleet_common::tls::TlsFiles| {
+        [&files.ca, &files.cert, &files.key].map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    let mut files = config.tls.clone();
+    let mut seen = mtimes(&files);
+    let mut tick = tokio::time::interval(CERT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hangup = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => true,
+            _ = tick.tick() => false,
+        };
+        if hangup {
+            // SIGHUP reloads the rule files, as it does for Prometheus, and [access].
+            if let Err(e) = alerting.reload() {
+                tracing::error!(error = %e, "rule reload failed; the previous rules stay active");
+            }
+            match CoordinatorConfig::load(&config.source) {
+                Ok(new) => {
+                    for w in new.access.warnings() {
+                        tracing::warn!("{w}");
+                    }
+                    let mut cur = authority.access.write().expect("access lock");
+                    if *cur != new.access {
+                        tracing::info!(operators = new.access.operators.len(), default_role = %new.access.default_role, "access roles reloaded");
+                        *cur = new.access;
+                    }
+                    files = new.tls;
+                }
+                Err(e) => tracing::error!(error = %e, "config reload failed; the previous [access] stays in effect"),
+            }
+        }
+        let now = mtimes(&files);
+        if !hangup && now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = TlsMaterial::load(&files).map_err(RunError::from).and_then(|tls| {
+            if tls.identity().role != Role::Coordinator {
+                return Err(RunError::Setup(format!("{} is not a coordinator certificate", files.cert.display())));
+            }
+            let cfg = grpc_server_config(&tls, enrollment_on, &authority)?;
+            Ok((tls, cfg))
+        });
+        match loaded {
+            Ok((tls, cfg)) => {
+                if let Ok(info) = fleet_common::pki::cert_info(tls.leaf()) {
+                    tracing::info!(serial = %info.serial, not_after = %fleet_common::rfc3339(info.not_after_s.saturating_mul(1000)), "the coordinator's certificate is (re)loaded; new connections use it");
+                    authority.seen.note(tls.identity().uri(), "coordinator", &info);
+                }
+                server_tls.replace(cfg);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the coordinator's new certificate files do not load; the current certificate stays in use")
+            }
+        }
+    }
+}
+
+/// How often the coordinator's certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(5);
+
 /// How often `fleet_agent_up` is recorded into the history (at most; as often as rules are
 /// evaluated when that is more often).
 pub const UP_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -112,6 +255,7 @@ async fn sample_up(
     registry: Arc<Registry>,
     tsdb: Arc<tsdb::Tsdb>,
     rollouts: Arc<rollouts::Rollouts>,
+    certificates: certificates::Seen,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -134,6 +278,15 @@ async fn sample_up(
         for result in ["succeeded", "failed", "rolled_back", "aborted"] {
             let n = counts.get(result).copied().unwrap_or(0) as f64;
             tsdb.append_sample("fleet_rollouts_total", &mut [("result", result)], now, n);
+        }
+        // Certificate expiry, so that FleetCertificateExpiringSoon can see it.
+        for (identity, f) in certificates.all() {
+            tsdb.append_sample(
+                "fleet_certificate_expiry_timestamp_seconds",
+                &mut [("identity", &identity), ("kind", f.kind)],
+                now,
+                f.not_after_s as f64,
+            );
         }
     }
 }
@@ -281,6 +434,36 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
 
     let audit = audit::AuditLog::open(&config.data_dir)
         .map_err(|e| RunError::Setup(format!("cannot open the audit log in {}: {e}", config.data_dir.display())))?;
+    let metrics = Arc::new(Metrics::default());
+    let revocations = revocation::Revocations::load(store.clone())?;
+    let certificates = certificates::Seen::default();
+    if let Ok(info) = fleet_common::pki::cert_info(tls.leaf()) {
+        certificates.note(tls.identity().uri(), "coordinator", &info);
+    }
+    for root in tls.roots() {
+        if let Ok(info) = fleet_common::pki::cert_info(root) {
+            certificates.note(format!("spiffe://{trust_domain}"), "ca", &info);
+        }
+    }
+    for w in config.access.warnings() {
+        tracing::warn!("{w}");
+    }
+    let authority = Arc::new(guard::Authority::new(
+        trust_domain.clone(),
+        config.access.clone(),
+        revocations,
+        metrics.clone(),
+        audit.clone(),
+        certificates.clone(),
+    ));
+    let signer = load_signer(&config, &tls)?;
+    let enrollment_on = signer.is_some();
+    let ttl = config.enrollment.as_ref().map(|e| e.cert_ttl).unwrap_or(Duration::from_secs(30 * 86400));
+    let enrollment = Arc::new(
+        enroll::Enrollment::open(signer, ttl, &tls, store.clone(), audit.clone(), authority.clone())
+            .map_err(RunError::Setup)?,
+    );
+    let connections = server::Connections::default();
     let hub = Arc::new(commands::Hub::default());
     let artifacts = artifacts::Artifacts::open(&config.data_dir, config.artifact_max_bytes).map_err(|e| {
         RunError::Setup(format!("cannot open the artifact store in {}: {e}", config.data_dir.display()))
@@ -288,7 +471,6 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
     let rollouts =
         rollouts::Rollouts::start(store.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())
             .map_err(RunError::Setup)?;
-    let metrics = Arc::new(Metrics::default());
     let alerting = alerting::Alerting::start(config.alerting.clone(), tsdb.clone(), store.clone(), shutdown.clone())
         .map_err(|e| RunError::Setup(format!("rule files: {e}")))?;
     for w in config.alerting.warnings() {
@@ -300,25 +482,6 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         tokio::spawn(async move {
             for w in alerting.unreachable_notifiers().await {
                 tracing::warn!("{w}");
-            }
-        });
-    }
-    {
-        // SIGHUP reloads the rule files, as it does for Prometheus.
-        let alerting = alerting.clone();
-        let shutdown = shutdown.clone();
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| RunError::Serve(e.to_string()))?;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = hup.recv() => {
-                        if let Err(e) = alerting.reload() {
-                            tracing::error!(error = %e, "rule reload failed; the previous rules stay active");
-                        }
-                    }
-                }
             }
         });
     }
@@ -339,14 +502,30 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         shutdown.clone(),
     ));
     let up_every = UP_SAMPLE_INTERVAL.min(config.alerting.evaluation_interval);
-    tasks.spawn(sample_up(registry.clone(), tsdb.clone(), rollouts.clone(), up_every, shutdown.clone()));
+    tasks.spawn(sample_up(
+        registry.clone(),
+        tsdb.clone(),
+        rollouts.clone(),
+        certificates.clone(),
+        up_every,
+        shutdown.clone(),
+    ));
 
     // gRPC: our TLS accept loop feeds tonic.
-    let server_config = tls.server_config().map_err(|e| RunError::Serve(e.to_string()))?;
+    let server_tls = server::ServerTls::new(grpc_server_config(&tls, enrollment_on, &authority)?);
+    tasks.spawn(follow_identity(
+        config.clone(),
+        server_tls.clone(),
+        authority.clone(),
+        alerting.clone(),
+        enrollment_on,
+        shutdown.clone(),
+    ));
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(256);
     tasks.spawn(server::accept_loop(
         grpc,
-        tokio_rustls::TlsAcceptor::from(server_config),
+        server_tls,
+        connections.clone(),
         config.max_connections,
         conn_tx,
         metrics.clone(),
@@ -371,7 +550,17 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         hub: hub.clone(),
         artifacts: artifacts.clone(),
         tsdb: tsdb.clone(),
+        authority: authority.clone(),
+        enrollment: enrollment.clone(),
     };
+    let lifecycle = Arc::new(lifecycle::Lifecycle {
+        authority: authority.clone(),
+        enrollment: enrollment.clone(),
+        connections: connections.clone(),
+        registry: registry.clone(),
+        store: store.clone(),
+        audit: audit.clone(),
+    });
     let control_api = control::ControlApi {
         store: store.clone(),
         registry: registry.clone(),
@@ -388,18 +577,25 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         alerting: alerting.clone(),
         query_limits: config.query,
         shutdown: shutdown.clone(),
+        lifecycle,
     };
-    let operator_only = auth::OperatorOnly { trust_domain: trust_domain.clone(), metrics: metrics.clone() };
     // HTTP/2 keepalive notices a peer whose socket stays open but that no longer answers;
     // the session's own silence deadline (offline_after) covers the rest.
     let keepalive = (config.offline_after / 2).max(Duration::from_secs(1));
     let grpc_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(AgentServiceServer::new(agent_api))
-        .add_service(ControlServiceServer::with_interceptor(control_api, operator_only))
+        .add_service(guard::Guard::new(health_service, guard::Gate::AnyIdentity, authority.clone()))
+        .add_service(guard::Guard::new(reflection, guard::Gate::AnyIdentity, authority.clone()))
+        .add_service(guard::Guard::new(AgentServiceServer::new(agent_api), guard::Gate::Agent, authority.clone()))
+        .add_service(guard::Guard::new(ControlServiceServer::new(control_api), guard::Gate::Control, authority.clone()))
+        .add_service(guard::Guard::new(
+            // Strangers reach this one: small messages only.
+            EnrollServiceServer::new(enroll::EnrollApi { enrollment: enrollment.clone() })
+                .max_decoding_message_size(ENROLL_MAX_MESSAGE),
+            guard::Gate::Open,
+            authority.clone(),
+        ))
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown.clone().cancelled_owned());
     drop(writer);
 
@@ -416,6 +612,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         alerting: alerting.clone(),
         store: store.clone(),
         query_limits: config.query,
+        certificates: certificates.clone(),
     };
     let http_server =
         http::serve(http, http::router(http_state), config.http_max_connections, metrics.clone(), shutdown.clone());

@@ -52,9 +52,13 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::CheckConfig { config }) => {
             return match CoordinatorConfig::load(&config) {
-                Ok(c) => match fleet_coordinator::load_identity(&c) {
+                Ok(c) => match fleet_coordinator::load_identity(&c).and_then(|tls| {
+                    fleet_coordinator::load_signer(&c, &tls)?;
+                    Ok(tls)
+                }) {
                     Ok(tls) => {
                         let mut warnings = c.alerting.warnings();
+                        warnings.extend(c.access.warnings());
                         if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                             warnings.extend(rt.block_on(c.alerting.unreachable_notifiers()));
                         }
@@ -72,7 +76,7 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        eprintln!("error: {}: tls: {e}", config.display());
+                        eprintln!("error: {}: {e}", config.display());
                         ExitCode::from(2)
                     }
                 },
@@ -93,8 +97,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = fleet_coordinator::load_identity(&config) {
-        eprintln!("error: {}: tls: {e}", args.config.display());
+    if let Err(e) =
+        fleet_coordinator::load_identity(&config).and_then(|tls| fleet_coordinator::load_signer(&config, &tls))
+    {
+        eprintln!("error: {}: {e}", args.config.display());
         return ExitCode::from(2);
     }
     // Bind before starting anything: a port in use is a config problem, reported at once.

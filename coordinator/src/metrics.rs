@@ -82,6 +82,9 @@ pub struct Metrics {
     pub control_denied: Counter,
     /// Operator API latency.
     pub control_seconds: Histogram,
+    /// Calls, handshakes and enrollments refused, by [`crate::guard::DenyReason`] (in the
+    /// order of `DenyReason::ALL`).
+    denied: [Counter; crate::guard::DenyReason::ALL.len()],
     /// When the last group commit failed, and why.
     last_store_error: std::sync::Mutex<Option<(i64, String)>>,
     /// When a group commit last succeeded whole (reports and host records), in ms.
@@ -89,6 +92,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a refusal.
+    pub fn denied(&self, reason: crate::guard::DenyReason) {
+        if let Some(i) = crate::guard::DenyReason::ALL.iter().position(|r| *r == reason) {
+            self.denied[i].inc();
+        }
+    }
+
     /// Notes a failed group commit.
     pub fn store_failed(&self, error: String) {
         self.store_errors.inc();
@@ -429,6 +439,14 @@ fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_op
         }
         e.sample(name, labels, c.get() as f64);
     }
+    e.family(
+        "fleet_coordinator_denied_total",
+        "counter",
+        "Calls, TLS handshakes and enrollments refused since start, by reason.",
+    );
+    for (reason, c) in crate::guard::DenyReason::ALL.iter().zip(&m.denied) {
+        e.sample("fleet_coordinator_denied_total", &[("reason", reason.as_str())], c.get() as f64);
+    }
     e.histogram(
         "fleet_coordinator_store_write_duration_seconds",
         "Time to write and flush one group commit.",
@@ -509,6 +527,25 @@ pub fn render_alerting(out: &mut String, alerting: &crate::alerting::Alerting, t
         "Alert batches dropped because the notification queue was full.",
     );
     e.sample("fleet_coordinator_notifications_dropped_total", &[], m.dropped.get() as f64);
+    *out = e.out;
+}
+
+/// Appends `fleet_certificate_expiry_timestamp_seconds{identity,kind}` for every certificate
+/// the coordinator follows.
+pub fn render_certificates(out: &mut String, seen: &crate::certificates::Seen) {
+    let mut e = Exposition { out: std::mem::take(out) };
+    e.family(
+        "fleet_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When a certificate the coordinator knows expires, in seconds since the Unix epoch.",
+    );
+    for (identity, f) in seen.all() {
+        e.sample(
+            "fleet_certificate_expiry_timestamp_seconds",
+            &[("identity", &identity), ("kind", f.kind)],
+            f.not_after_s as f64,
+        );
+    }
     *out = e.out;
 }
 

@@ -53,8 +53,11 @@ pub struct SessionHandle {
     pub last_heard_ms: Arc<std::sync::atomic::AtomicI64>,
     /// How often that agent reports.
     pub report_interval_ms: u64,
-    /// Cancelled to end the session (replaced by a newer one, or shutdown).
+    /// Cancelled to end the session (replaced by a newer one, revoked, or shutdown).
     pub cancel: CancellationToken,
+    /// Why it was ended, when not replaced or shut down: the reason shown to operators and
+    /// the status the agent gets.
+    pub ended_by: Arc<Mutex<Option<(String, tonic::Status)>>>,
     /// Commands to send to the agent over this session (boxed: a tokio channel allocates 32
     /// slots at once, which for unboxed commands is kilobytes per idle session).
     pub commands: mpsc::Sender<Box<Command>>,
@@ -225,6 +228,7 @@ impl Registry {
             last_heard_ms: Arc::new(std::sync::atomic::AtomicI64::new(now_ms)),
             report_interval_ms: hello.report_interval_ms,
             cancel: shutdown.child_token(),
+            ended_by: Arc::new(Mutex::new(None)),
             commands,
         };
         let replaced = host.with(|s| {
@@ -275,6 +279,21 @@ impl Registry {
             s.record.last_disconnect_reason = reason.to_string();
             true
         })
+    }
+
+    /// Ends the live session of `name`, if any, telling the agent `status`; returns whether
+    /// there was one.
+    pub fn end_session(&self, name: &str, reason: &str, status: tonic::Status) -> bool {
+        let Some(host) = self.get(name) else { return false };
+        let Some(handle) = host.with(|s| s.session.clone()) else { return false };
+        *handle.ended_by.lock().expect("session end lock") = Some((reason.to_string(), status));
+        handle.cancel.cancel();
+        true
+    }
+
+    /// Forgets host `name` (its session must have ended); returns whether it was known.
+    pub fn remove(&self, name: &str) -> bool {
+        self.hosts.write().expect("registry lock").remove(name).is_some()
     }
 
     /// (online, offline) host counts.

@@ -1,7 +1,10 @@
 //! The gRPC listener: our own TLS accept loop in front of tonic, so that every connection is
-//! counted against `max_connections`, handshakes have a deadline, and a refused handshake
-//! (no certificate, another CA) is logged with the peer and the reason.
+//! counted against `max_connections`, handshakes have a deadline, a refused handshake (no
+//! certificate, another CA, revoked) is logged with the peer and the reason, the server's own
+//! certificate can be replaced while it runs ([`ServerTls`]), and the connections of a revoked
+//! certificate can be cut ([`Connections`]).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,9 +26,94 @@ use crate::metrics::Metrics;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An accepted mutual-TLS connection, holding its slot of `max_connections` until dropped.
+/// Once `cut` fires, every read and write fails and the connection closes.
 pub struct Conn {
     stream: TlsStream<TcpStream>,
     _permit: OwnedSemaphorePermit,
+    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    _registered: Option<Registered>,
+}
+
+impl Conn {
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.cut
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| io::Error::new(io::ErrorKind::ConnectionAborted, "the connection's certificate was revoked"))
+    }
+}
+
+/// The open connections by the certificate they were made with, so that revoking one cuts
+/// them (and with them every session, stream and call they carry).
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    inner: Arc<std::sync::Mutex<ConnTable>>,
+}
+
+#[derive(Debug, Default)]
+struct ConnTable {
+    next: u64,
+    open: std::collections::HashMap<u64, (fleet_common::pki::CertInfo, CancellationToken)>,
+}
+
+/// A connection's entry, removed when the connection is dropped.
+struct Registered {
+    id: u64,
+    table: Connections,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.table.inner.lock().expect("connections lock").open.remove(&self.id);
+    }
+}
+
+impl Connections {
+    fn register(&self, cert: fleet_common::pki::CertInfo, token: CancellationToken) -> Registered {
+        let mut t = self.inner.lock().expect("connections lock");
+        t.next += 1;
+        let id = t.next;
+        t.open.insert(id, (cert, token));
+        Registered { id, table: self.clone() }
+    }
+
+    /// Cuts every connection whose certificate `matches`; returns how many.
+    pub fn cut(&self, matches: impl Fn(&fleet_common::pki::CertInfo) -> bool) -> usize {
+        let t = self.inner.lock().expect("connections lock");
+        let mut n = 0;
+        for (cert, token) in t.open.values() {
+            if matches(cert) && !token.is_cancelled() {
+                token.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// The server side of TLS, replaceable while the coordinator runs: a renewed certificate is
+/// used for the next handshake.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    current: Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>,
+}
+
+impl ServerTls {
+    /// Starts with `config`.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        ServerTls { current: Arc::new(std::sync::RwLock::new(config)) }
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current.read().expect("server tls lock").clone()
+    }
+
+    /// Uses `config` from the next handshake on.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.current.write().expect("server tls lock") = config;
+    }
 }
 
 impl Connected for Conn {
@@ -38,13 +126,21 @@ impl Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.poll_cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.poll_cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
@@ -57,7 +153,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(e) = this.poll_cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
@@ -68,7 +168,8 @@ impl AsyncWrite for Conn {
 /// connections to tonic through `out` until `shutdown`.
 pub async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
+    connections: Connections,
     max_connections: usize,
     out: mpsc::Sender<io::Result<Conn>>,
     metrics: Arc<Metrics>,
@@ -94,13 +195,25 @@ pub async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.current());
         let out = out.clone();
         let metrics = metrics.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = out.send(Ok(Conn { stream, _permit: permit })).await;
+                    let token = CancellationToken::new();
+                    let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    let registered = leaf
+                        .and_then(|der| fleet_common::pki::cert_info(der).ok())
+                        .map(|info| connections.register(info, token.clone()));
+                    let conn = Conn {
+                        stream,
+                        _permit: permit,
+                        cut: Box::pin(token.cancelled_owned()),
+                        _registered: registered,
+                    };
+                    let _ = out.send(Ok(conn)).await;
                 }
                 Ok(Err(e)) => {
                     metrics.tls_handshake_failures.inc();
@@ -121,6 +234,8 @@ fn handshake_reason(e: &io::Error) -> String {
         "the client presented no certificate (fleet requires mutual TLS)".into()
     } else if s.contains("UnknownIssuer") || s.contains("unknown issuer") || s.contains("BadSignature") {
         "the client certificate is not signed by this coordinator's CA".into()
+    } else if s.contains("Revoked") {
+        "the client certificate is revoked (fleetctl certs revoke)".into()
     } else if s.contains("Expired") || s.contains("expired") {
         format!("the client certificate has expired ({s})")
     } else {

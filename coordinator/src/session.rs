@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleet_common::identity::Role;
 use fleet_proto::v1::agent_message::Msg as AgentMsg;
 use fleet_proto::v1::agent_service_server::AgentService;
 use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
 use fleet_proto::v1::{
     Ack, AgentMessage, ArtifactChunk, CancelCommand, Command, CoordinatorMessage, FetchArtifactRequest, Hello,
-    ReportId, Welcome,
+    IssuedCertificate, RenewRequest, ReportId, Welcome,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -24,7 +23,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::peer_identity;
 use crate::commands::{Hub, Relay};
 use crate::metrics::Metrics;
 use crate::registry::{Host, Registry};
@@ -60,6 +58,10 @@ pub struct AgentApi {
     pub artifacts: crate::artifacts::Artifacts,
     /// The history, where a host going offline is recorded at once.
     pub tsdb: Arc<crate::tsdb::Tsdb>,
+    /// Who may call what; where refusals go.
+    pub authority: Arc<crate::guard::Authority>,
+    /// Enrollment, for renewals and the labels join tokens bound.
+    pub enrollment: Arc<crate::enroll::Enrollment>,
 }
 
 #[tonic::async_trait]
@@ -67,14 +69,17 @@ impl AgentService for AgentApi {
     type AttachStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
     type FetchArtifactStream = ReceiverStream<Result<ArtifactChunk, Status>>;
 
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<IssuedCertificate>, Status> {
+        let caller = caller_of(&req)?.clone();
+        let csr = req.into_inner().csr;
+        self.enrollment.renew(&caller, &csr).await.map(Response::new)
+    }
+
     async fn fetch_artifact(
         &self,
         req: Request<FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        let id = peer_identity(&req, &self.trust_domain)?;
-        if id.role != Role::Agent {
-            return Err(Status::permission_denied(format!("{id} is not an agent identity")));
-        }
+        caller_of(&req)?;
         let sha = req.into_inner().sha256;
         if !crate::artifacts::valid_sha256(&sha) || self.artifacts.stat(&sha).is_none() {
             return Err(Status::not_found(format!("the coordinator holds no artifact {sha}")));
@@ -105,17 +110,8 @@ impl AgentService for AgentApi {
 
     async fn attach(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let id = peer_identity(&req, &self.trust_domain).inspect_err(|s| {
-            self.metrics.sessions_rejected_identity.inc();
-            tracing::warn!(%peer, reason = %s.message(), "agent session refused");
-        })?;
-        if id.role != Role::Agent {
-            self.metrics.sessions_rejected_identity.inc();
-            tracing::warn!(%peer, identity = %id, "agent session refused: not an agent identity");
-            return Err(Status::permission_denied(format!(
-                "{id} is not an agent identity; only agent certificates may attach"
-            )));
-        }
+        // The guard admitted an agent identity whose certificate is not revoked.
+        let id = caller_of(&req)?.identity.clone();
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage { msg: Some(AgentMsg::Hello(h)) }))) => h,
@@ -129,7 +125,7 @@ impl AgentService for AgentApi {
         if hello.name != id.name {
             self.metrics.sessions_rejected_identity.inc();
             let msg = format!("certificate names {} but the agent calls itself {}", id.name, hello.name);
-            tracing::warn!(%peer, identity = %id, "agent session refused: {msg}");
+            self.authority.refused(crate::guard::DenyReason::Impersonation, &id.uri(), &peer, "Attach", &msg);
             return Err(Status::permission_denied(msg));
         }
         if hello.boot_id == 0 {
@@ -140,6 +136,16 @@ impl AgentService for AgentApi {
             self.metrics.sessions_rejected_protocol.inc();
             tracing::warn!(%peer, identity = %id, "agent session refused: {why}");
             return Err(Status::invalid_argument(why));
+        }
+        // Labels a join token bound are the host's whatever its config says.
+        let mut hello = hello;
+        if let Some(bound) = self.enrollment.bound_labels(&hello.name) {
+            for (k, v) in bound {
+                if hello.labels.get(&k).is_some_and(|have| *have != v) {
+                    tracing::debug!(host = %hello.name, label = %k, "the join token's label value wins over the agent's");
+                }
+                hello.labels.insert(k, v);
+            }
         }
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let api = self.clone();
@@ -155,6 +161,21 @@ pub const MAX_HELLO_STRING: usize = 256;
 /// Services a Hello may list, at most.
 pub const MAX_SERVICES: usize = 256;
 
+/// Whether `k` may be a label name of a host's series.
+pub fn valid_label_name(k: &str) -> bool {
+    k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !k.starts_with("__")
+        && k.len() <= MAX_HELLO_STRING
+}
+
+/// The caller the guard admitted ([`crate::guard`]).
+fn caller_of<T>(req: &Request<T>) -> Result<&crate::guard::Caller, Status> {
+    req.extensions()
+        .get::<crate::guard::Caller>()
+        .ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))
+}
+
 /// What an agent says of itself is shown to operators and becomes labels of series: bounded,
 /// well-formed, and free of control characters that would reach operators' terminals.
 fn validate_hello(h: &Hello) -> Result<(), String> {
@@ -163,11 +184,7 @@ fn validate_hello(h: &Hello) -> Result<(), String> {
         return Err(format!("the agent has {} labels; at most {MAX_LABELS} are accepted ({fix})", h.labels.len()));
     }
     for (k, v) in &h.labels {
-        let valid = k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !k.starts_with("__")
-            && k.len() <= MAX_HELLO_STRING;
-        if !valid {
+        if !valid_label_name(k) {
             return Err(format!("label name {:?} is not a valid label name ({fix})", k));
         }
         if v.len() > MAX_HELLO_STRING || fleet_common::has_control(v) {
@@ -277,7 +294,10 @@ impl AgentApi {
             tokio::select! {
                 biased;
                 _ = handle.cancel.cancelled() => {
-                    break if self.shutdown.is_cancelled() {
+                    let ended = handle.ended_by.lock().expect("session end lock").take();
+                    break if let Some((reason, status)) = ended {
+                        (reason, Some(status))
+                    } else if self.shutdown.is_cancelled() {
                         ("the coordinator shut down".to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect")))
                     } else {
                         ("replaced by a newer session of the same agent".to_string(), Some(Status::aborted("replaced by a newer session of the same agent")))

@@ -128,6 +128,8 @@ pub struct Store {
 
 /// The sled tree that holds everything.
 const TREE: &str = "cluster";
+/// The key prefix of hosts an operator removed (`fleetctl hosts remove`), with when.
+const GONE_KIND: u8 = b'g';
 
 fn open_sled(path: &Path) -> Result<sled::Db, String> {
     let p = path.to_path_buf();
@@ -306,7 +308,27 @@ impl Store {
                 h.latest = Some(r);
             }
         }
+        // Hosts an operator removed stay gone unless they reported since.
+        for (name, gone_at_ms) in self.records::<i64>(GONE_KIND)? {
+            if hosts.get(&name).is_some_and(|h| h.record.last_report_ms <= gone_at_ms) {
+                hosts.remove(&name);
+            }
+        }
         Ok(hosts.into_values().collect())
+    }
+
+    /// Forgets host `name` as of `at_ms`: its record goes, and its reports in the log (which
+    /// age out with the retention) no longer bring it back at the next start.
+    pub fn remove_host(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.put_record(GONE_KIND, name, &at_ms)?;
+        let key = host_key(name);
+        self.sled
+            .with(|db, tree| {
+                tree.remove(key.as_slice())?;
+                db.flush()
+            })
+            .map_err(|e| self.io(e))?;
+        Ok(())
     }
 
     /// Calls `f` with every report taken at or after `since_ms`, in the order of the log
@@ -551,6 +573,54 @@ impl Store {
                 reason: format!("rollout {}: {e}", String::from_utf8_lossy(&k[1..])),
             })?;
             out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Saves one small record of `kind` (a key prefix byte of this tree: `k` join tokens,
+    /// `x` revocations, `n` enrolled hosts, `g` removed hosts) durably, flushed before
+    /// returning.
+    pub fn put_record<T: serde::Serialize>(&self, kind: u8, id: &str, value: &T) -> Result<(), StoreError> {
+        let mut key = vec![kind];
+        key.extend_from_slice(id.as_bytes());
+        let json = serde_json::to_vec(value).map_err(|e| self.io(e))?;
+        self.sled
+            .with(|db, tree| {
+                tree.insert(key.as_slice(), json.as_slice())?;
+                db.flush()
+            })
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Removes a record saved with [`Store::put_record`], durably.
+    pub fn remove_record(&self, kind: u8, id: &str) -> Result<(), StoreError> {
+        let mut key = vec![kind];
+        key.extend_from_slice(id.as_bytes());
+        self.sled
+            .with(|db, tree| {
+                tree.remove(key.as_slice())?;
+                db.flush()
+            })
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Every record of `kind`, with its id. A record that cannot be read back fails the load:
+    /// a deny list must not silently lose an entry.
+    pub fn records<T: serde::de::DeserializeOwned>(&self, kind: u8) -> Result<Vec<(String, T)>, StoreError> {
+        let items = self
+            .sled
+            .with(|_, tree| tree.scan_prefix([kind]).collect::<sled::Result<Vec<_>>>())
+            .map_err(|e| self.io(e))?;
+        let mut out = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: format!("record {}{id}: {e}", kind as char),
+            })?;
+            out.push((id, value));
         }
         Ok(out)
     }

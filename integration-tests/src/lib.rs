@@ -246,6 +246,8 @@ pub struct CoordinatorOpts {
     pub http_extra: String,
     /// More keys of the `[agents]` table (which the config already has).
     pub agents_extra: String,
+    /// The body of the `[access]` table: by default operator `ops` is an admin.
+    pub access: String,
 }
 
 impl Default for CoordinatorOpts {
@@ -258,6 +260,7 @@ impl Default for CoordinatorOpts {
             extra: String::new(),
             http_extra: String::new(),
             agents_extra: String::new(),
+            access: "[access.operators]\nops = \"admin\"\n".into(),
         }
     }
 }
@@ -340,13 +343,14 @@ impl Cluster {
         let addrs = data.join("coordinator.addrs.json");
         let _ = fs::remove_file(&addrs);
         let config = format!(
-            "data_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n{}[agents]\noffline_after = \"{}ms\"\n{}{}",
+            "data_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n{}[agents]\noffline_after = \"{}ms\"\n{}[access]\n{}{}",
             data.display(),
             opts.grpc_port,
             opts.http_port,
             opts.http_extra,
             opts.offline_after.as_millis(),
             opts.agents_extra,
+            opts.access,
             self.pki.toml("coordinator")
         ) + &opts.extra;
         fs::write(self.coordinator_config(), config).expect("write config");

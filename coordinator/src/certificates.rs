@@ -1,0 +1,88 @@
+//! The certificates the coordinator knows, for `fleet_certificate_expiry_timestamp_seconds
+//! {identity,kind}` (DESIGN §11): its own, the CA's, and the newest one each agent and operator
+//! presented or was issued. Rules see the series too (`FleetCertificateExpiringSoon`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use fleet_common::identity::{Identity, Role};
+use fleet_common::pki::CertInfo;
+
+/// Most certificates followed; beyond it new identities are not (each is one series).
+pub const MAX_FOLLOWED: usize = 100_000;
+
+/// A followed certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Followed {
+    /// `coordinator`, `ca`, `agent` or `operator`.
+    pub kind: &'static str,
+    /// Its serial.
+    pub serial: String,
+    /// When it expires, Unix seconds.
+    pub not_after_s: i64,
+}
+
+/// The certificates seen, by identity URI (the CA by its trust domain URI).
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    inner: Arc<Mutex<BTreeMap<String, Followed>>>,
+}
+
+fn kind_of(role: Role) -> &'static str {
+    match role {
+        Role::Agent => "agent",
+        Role::Operator => "operator",
+        Role::Coordinator => "coordinator",
+    }
+}
+
+impl Seen {
+    /// Notes the certificate `identity` presented or was issued (the newest wins).
+    pub fn saw(&self, identity: &Identity, cert: &CertInfo) {
+        self.note(identity.uri(), kind_of(identity.role), cert);
+    }
+
+    /// Notes a certificate under a name of `kind` (the coordinator's own, the CA's).
+    pub fn note(&self, name: String, kind: &'static str, cert: &CertInfo) {
+        let mut m = self.inner.lock().expect("certificates lock");
+        if m.len() >= MAX_FOLLOWED && !m.contains_key(&name) {
+            return;
+        }
+        let f = Followed { kind, serial: cert.serial.clone(), not_after_s: cert.not_after_s };
+        if m.get(&name) != Some(&f) {
+            m.insert(name, f);
+        }
+    }
+
+    /// Stops following `uri` (a removed host).
+    pub fn forget(&self, uri: &str) {
+        self.inner.lock().expect("certificates lock").remove(uri);
+    }
+
+    /// Every followed certificate, by name.
+    pub fn all(&self) -> Vec<(String, Followed)> {
+        self.inner.lock().expect("certificates lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_certificate_of_an_identity_is_followed() {
+        let seen = Seen::default();
+        let id = Identity::new("fleet.local", Role::Agent, "pc2");
+        let cert = |serial: &str, end: i64| CertInfo {
+            identity: Some(id.clone()),
+            serial: serial.into(),
+            not_before_s: 0,
+            not_after_s: end,
+        };
+        seen.saw(&id, &cert("a", 100));
+        seen.saw(&id, &cert("b", 200));
+        assert_eq!(seen.all(), vec![(id.uri(), Followed { kind: "agent", serial: "b".into(), not_after_s: 200 })]);
+        seen.forget(&id.uri());
+        assert!(seen.all().is_empty());
+    }
+}
