@@ -22,12 +22,34 @@ pub struct AgentConfig {
     pub report_interval: Duration,
     /// Operator-chosen labels.
     pub labels: BTreeMap<String, String>,
-    /// The agent's PKI files.
-    pub tls: TlsFiles,
+    /// Where the agent's certificate comes from.
+    pub tls: TlsSource,
     /// Bounds of the buffer of undelivered reports.
     pub outbox: OutboxLimits,
     /// Supervised services.
     pub services: Vec<ServiceConfig>,
+}
+
+/// Where the agent's identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// `[tls]`: files made by `fleetctl certs issue` (renewed by whoever made them).
+    Files(TlsFiles),
+    /// Enrollment: a key made here and a certificate from the coordinator, kept under
+    /// `data_dir/identity` and renewed by the agent; `join` enrolls on the first start.
+    Enrolled {
+        /// `join_token` and `ca_pin`, when set.
+        join: Option<Join>,
+    },
+}
+
+/// `join_token` and `ca_pin` of agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The join token.
+    pub token: String,
+    /// The CA pin, `sha256:<hex>`.
+    pub ca_pin: String,
 }
 
 /// How much undelivered history the agent keeps while the coordinator is unreachable.
@@ -185,7 +207,34 @@ impl AgentConfig {
         if labels.len() > 32 {
             root.error("labels", "at most 32 labels");
         }
-        let tls = TlsFiles::read(&mut root);
+        let token = root.nonempty_string("join_token");
+        let pin = root.nonempty_string("ca_pin");
+        if let Some(p) = &pin
+            && let Err(e) = fleet_common::pki::parse_pin(p)
+        {
+            root.error("ca_pin", e);
+        }
+        let tls = match (root.has("tls"), token, pin) {
+            (true, None, None) => TlsFiles::read(&mut root).map(TlsSource::Files),
+            (true, _, _) => {
+                root.error(
+                    "join_token",
+                    "set either [tls] (certificates made by hand) or join_token and ca_pin (enrollment), not both",
+                );
+                None
+            }
+            (false, Some(token), Some(ca_pin)) => Some(TlsSource::Enrolled { join: Some(Join { token, ca_pin }) }),
+            (false, Some(_), None) => {
+                root.error("ca_pin", "is required with join_token: copy it from `fleetctl tokens create`");
+                None
+            }
+            (false, None, Some(_)) => {
+                root.error("join_token", "is required with ca_pin: make one with `fleetctl tokens create`");
+                None
+            }
+            // Enrolled before (fleet-agent enroll), or an error at start: said by load_identity.
+            (false, None, None) => Some(TlsSource::Enrolled { join: None }),
+        };
         let outbox = match root.section("outbox") {
             Some(mut s) => {
                 let d = OutboxLimits::default();

@@ -12,6 +12,7 @@
 pub mod collector;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod deploy;
 pub mod failpoint;
 pub mod session;
@@ -21,15 +22,16 @@ pub mod supervisor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_common::identity::Role;
-use fleet_common::tls::{TlsError, TlsMaterial};
+use fleet_common::tls::TlsError;
 use fleet_proto::v1::{Hello, Report, ReportId};
+use rand::SeedableRng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::collector::Collector;
 use crate::commands::Dispatcher;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Join, TlsSource};
+use crate::credentials::Credentials;
 use crate::deploy::Deployer;
 use crate::store::{Opened, Outbox, StoreError};
 use crate::supervisor::Supervisor;
@@ -60,19 +62,46 @@ pub enum RunError {
     Collector(String),
 }
 
-/// Loads the TLS material and checks it names this agent.
-pub fn load_identity(config: &AgentConfig) -> Result<TlsMaterial, RunError> {
-    let tls = TlsMaterial::load(&config.tls)?;
-    let id = tls.identity();
-    if id.role != Role::Agent || id.name != config.name {
-        return Err(RunError::Identity(format!(
-            "{} carries identity {id}, but this agent is configured as \"{}\"; issue it a certificate with `fleetctl certs issue agent {}` or fix `name`",
-            config.tls.cert.display(),
-            config.name,
-            config.name
-        )));
+/// Loads the agent's identity and checks it names this agent. An agent to be enrolled at its
+/// first start (`join_token`) has none yet: `Ok(None)`.
+pub fn load_identity(config: &AgentConfig) -> Result<Option<Credentials>, RunError> {
+    if let TlsSource::Enrolled { join } = &config.tls
+        && !credentials::is_enrolled(&config.data_dir)
+    {
+        return match join {
+            Some(_) => Ok(None),
+            None => Err(RunError::Identity(format!(
+                "no [tls] and no enrolled identity in {}: enroll this machine (fleet-agent enroll --coordinator URL --token TOKEN --ca-pin PIN, or join_token and ca_pin in the config; `fleetctl tokens create` prints both), or give [tls] files made with `fleetctl certs issue agent {}`",
+                config.data_dir.join(credentials::DIR).display(),
+                config.name
+            ))),
+        };
     }
-    Ok(tls)
+    Credentials::load(&config.tls, &config.name, &config.data_dir).map(Some).map_err(RunError::Identity)
+}
+
+/// Enrolls at the first start (join_token in the config): retried while the coordinator cannot
+/// be reached, given up when it refuses the token.
+async fn enroll_at_start(config: &AgentConfig, join: &Join, shutdown: &CancellationToken) -> Result<(), RunError> {
+    let mut backoff = session::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    loop {
+        match credentials::enroll(&config.coordinator, join, &config.name, &config.data_dir).await {
+            Ok(_) => return Ok(()),
+            Err(credentials::EnrollError::Unreachable(e)) => {
+                tracing::warn!(coordinator = %config.coordinator, error = %e, "cannot enroll yet; retrying");
+            }
+            Err(e) => {
+                return Err(RunError::Identity(format!(
+                    "{e}; nothing was written (make a new token with `fleetctl tokens create`)"
+                )));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(RunError::Identity("stopped before the enrollment finished".into())),
+            _ = tokio::time::sleep(backoff.next_delay(&mut rng)) => {}
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -81,7 +110,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         path: config.data_dir.display().to_string(),
         reason: fleet_common::io_reason(&e),
     })?;
-    let tls = load_identity(&config)?;
+    let creds = match load_identity(&config)? {
+        Some(c) => c,
+        None => {
+            let TlsSource::Enrolled { join: Some(join) } = &config.tls else {
+                unreachable!("load_identity returns None only for an agent to enroll")
+            };
+            enroll_at_start(&config, join, &shutdown).await?;
+            Credentials::load(&config.tls, &config.name, &config.data_dir).map_err(RunError::Identity)?
+        }
+    };
+    let creds = Arc::new(creds);
     let (outbox, opened) = Outbox::open(&config.data_dir, config.outbox)?;
     let outbox = Arc::new(outbox);
     match opened {
@@ -102,7 +141,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         supervisor.clone(),
         &config.data_dir,
         config.coordinator.clone(),
-        tls.clone(),
+        creds.clone(),
     ));
     let dispatcher = Dispatcher::new(supervisor.clone(), deployer.clone(), outbox.clone());
     let collector = Arc::new(Mutex::new(Collector::new().map_err(RunError::Collector)?));
@@ -145,7 +184,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         supervisor: supervisor.clone(),
         dispatcher,
     };
-    tasks.spawn(session::run(ctx, tls, shutdown.clone()));
+    tasks.spawn(session::run(ctx, creds, shutdown.clone()));
     tasks.close();
 
     shutdown.cancelled().await;

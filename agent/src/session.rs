@@ -1,6 +1,8 @@
 //! The agent's session with the coordinator: dial over mutual TLS, say Hello, send buffered
-//! reports in order with a bounded window, drop them from the buffer as Acks arrive, and
-//! reconnect with capped, jittered exponential backoff when anything goes wrong.
+//! reports in order with a bounded window, drop them from the buffer as Acks arrive, renew an
+//! enrolled certificate in time (moving to a new session before leaving the old one), and
+//! reconnect with capped, jittered exponential backoff when anything goes wrong; a revoked
+//! agent says so and tries only hourly.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,8 +18,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 use crate::commands::Dispatcher;
+use crate::credentials::Credentials;
 use crate::store::Outbox;
 use crate::supervisor::Supervisor;
 
@@ -75,13 +79,32 @@ pub struct SessionContext {
 }
 
 /// Runs sessions until `shutdown` is cancelled.
-pub async fn run(ctx: SessionContext, tls: TlsMaterial, shutdown: CancellationToken) {
+pub async fn run(ctx: SessionContext, creds: Arc<Credentials>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut failures: u32 = 0;
+    // A session opened with a renewed certificate before the one it replaces was dropped.
+    let mut next: Option<Opened> = None;
     while !shutdown.is_cancelled() {
-        match attach(&ctx, &tls, &shutdown).await {
+        let opened = match next.take() {
+            Some(o) => Ok(o),
+            None => open(&ctx, &creds.current(), &shutdown).await,
+        };
+        let end = match opened {
+            Ok(o) => serve(&ctx, o, &creds, &shutdown).await,
+            Err(r) => Err(r),
+        };
+        // Log streams belong to the session they were asked on.
+        ctx.dispatcher.cancel_followers();
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match end {
             Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Renewed(o)) => {
+                next = Some(o);
+                continue;
+            }
             Ok(SessionEnd::CannotStore { reason }) => {
                 // The coordinator is up but cannot store (its disk is full): the reports stay
                 // here, and the agent comes back every few seconds, saying so once a minute.
@@ -102,6 +125,19 @@ pub async fn run(ctx: SessionContext, tls: TlsMaterial, shutdown: CancellationTo
                 failures += 1;
                 CANNOT_STORE.clear();
                 tracing::warn!(coordinator = %ctx.coordinator, %reason, "session with the coordinator ended; reconnecting");
+            }
+            Err(Refused::Revoked(reason)) => {
+                // Not transient: the coordinator will refuse this certificate for good. Say
+                // so, then try again only hourly, or as soon as the machine was enrolled anew.
+                tracing::error!(
+                    coordinator = %ctx.coordinator,
+                    %reason,
+                    "this agent's certificate was revoked: it cannot attach until the machine is enrolled again (fleet-agent enroll --token NEW_TOKEN, docs/install.md); retrying hourly"
+                );
+                if !wait_revoked(&creds, &shutdown).await {
+                    break;
+                }
+                continue;
             }
             Err(Refused::IdentityConflict(reason)) => {
                 // Not a transient failure: another machine holds this agent's certificate.
@@ -127,6 +163,26 @@ pub async fn run(ctx: SessionContext, tls: TlsMaterial, shutdown: CancellationTo
     }
 }
 
+/// How long a revoked agent waits before trying again.
+pub const REVOKED_RETRY: Duration = Duration::from_secs(3600);
+
+/// Waits [`REVOKED_RETRY`], or until the identity files change (the machine was enrolled
+/// again); false on shutdown.
+async fn wait_revoked(creds: &Credentials, shutdown: &CancellationToken) -> bool {
+    let until = tokio::time::Instant::now() + REVOKED_RETRY;
+    while tokio::time::Instant::now() < until {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if creds.reload_if_changed() {
+            tracing::info!("the agent's identity files changed (enrolled again); attaching");
+            return true;
+        }
+    }
+    true
+}
+
 enum SessionEnd {
     Shutdown,
     Lost {
@@ -137,6 +193,8 @@ enum SessionEnd {
     CannotStore {
         reason: String,
     },
+    /// The certificate was renewed and a session with the new one is open.
+    Renewed(Opened),
 }
 
 /// How long to wait before attaching again to a coordinator that cannot store reports.
@@ -147,44 +205,42 @@ static CANNOT_STORE: fleet_common::Throttle = fleet_common::Throttle::new(Durati
 enum Refused {
     /// Another machine is attached with this agent's identity.
     IdentityConflict(String),
+    /// The coordinator revoked this agent's certificate.
+    Revoked(String),
     Other(String),
 }
 
 impl From<String> for Refused {
     fn from(reason: String) -> Self {
-        Refused::Other(reason)
+        if reason.contains("revoked") { Refused::Revoked(reason) } else { Refused::Other(reason) }
     }
 }
 
-/// One session: returns how it ended, or why it could not start.
-async fn attach(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationToken) -> Result<SessionEnd, Refused> {
-    let end = attach_inner(ctx, tls, shutdown).await;
-    // Log streams belong to the session they were asked on.
-    ctx.dispatcher.cancel_followers();
-    end
+/// A session that was welcomed: its channel, its two streams and what the welcome said.
+struct Opened {
+    channel: Channel,
+    tx: mpsc::Sender<AgentMessage>,
+    inbound: tonic::Streaming<fleet_proto::v1::CoordinatorMessage>,
 }
 
-async fn attach_inner(
-    ctx: &SessionContext,
-    tls: &TlsMaterial,
-    shutdown: &CancellationToken,
-) -> Result<SessionEnd, Refused> {
+/// Connects, says Hello and waits for the welcome; drops what the coordinator already holds.
+async fn open(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationToken) -> Result<Opened, Refused> {
     let channel = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        _ = shutdown.cancelled() => return Err(Refused::Other("shutting down".into())),
         c = connect_coordinator(&ctx.coordinator, tls) => c.map_err(|e| e.to_string())?,
     };
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = AgentServiceClient::new(channel.clone());
     let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND);
     let mut hello = ctx.hello.clone();
     hello.services = ctx.supervisor.statuses();
     hello.time_ms = fleet_common::now_ms();
     tx.try_send(AgentMessage { msg: Some(AgentMsg::Hello(hello)) }).map_err(|e| format!("cannot queue hello: {e}"))?;
     let mut inbound = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        _ = shutdown.cancelled() => return Err(Refused::Other("shutting down".into())),
         r = client.attach(ReceiverStream::new(rx)) => r.map_err(|s| status_reason(&s))?.into_inner(),
     };
     let welcome = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        _ = shutdown.cancelled() => return Err(Refused::Other("shutting down".into())),
         m = tokio::time::timeout(WELCOME_TIMEOUT, inbound.next()) => match m {
             Err(_) => return Err(format!("no welcome within {}s", WELCOME_TIMEOUT.as_secs()).into()),
             Ok(None) => return Err("the coordinator closed the session before welcoming the agent".to_string().into()),
@@ -219,14 +275,52 @@ async fn attach_inner(
         buffered = ctx.outbox.len(),
         "attached to the coordinator"
     );
+    Ok(Opened { channel, tx, inbound })
+}
 
+/// Runs a welcomed session: sends buffered reports in order within the window, drops them as
+/// Acks arrive, hands commands to the dispatcher, and renews the certificate when it is time
+/// (opening the next session before this one is dropped, so the host never goes offline).
+async fn serve(
+    ctx: &SessionContext,
+    opened: Opened,
+    creds: &Credentials,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, Refused> {
+    let Opened { channel, tx, mut inbound } = opened;
+    let mut renew_at = creds.renew_in().map(|d| tokio::time::Instant::now() + d);
     // Sent but unacknowledged: (outbox index, boot, seq), in send order.
     let mut in_flight: VecDeque<(u64, u64, u64)> = VecDeque::new();
     let mut last_sent: Option<u64> = None;
     loop {
         let can_send = in_flight.len() < WINDOW && ctx.outbox.has_after(last_sent);
+        let renewal = async {
+            match renew_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            _ = renewal => {
+                match creds.renew(channel.clone()).await {
+                    Ok(material) => {
+                        tracing::info!(identity = %material.identity(), "renewed the agent's certificate; moving the session to it");
+                        match open(ctx, &material, shutdown).await {
+                            Ok(next) => return Ok(SessionEnd::Renewed(next)),
+                            Err(Refused::Other(reason) | Refused::Revoked(reason) | Refused::IdentityConflict(reason)) => {
+                                // This session goes on; the next one uses the new certificate.
+                                tracing::warn!(%reason, "cannot open a session with the renewed certificate yet; keeping the current one");
+                            }
+                        }
+                        renew_at = creds.renew_in().map(|d| tokio::time::Instant::now() + d);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, "cannot renew the agent's certificate; trying again in a minute");
+                        renew_at = Some(tokio::time::Instant::now() + RENEW_RETRY);
+                    }
+                }
+            }
             _ = ctx.new_report.notified(), if !can_send => {}
             // One report at a time, each when the queue has room: command updates and log
             // lines share the queue, and a report is never dropped for lack of room.
@@ -250,6 +344,9 @@ async fn attach_inner(
                     None => return Ok(SessionEnd::Lost { reason: "the coordinator closed the session".into(), welcomed: true }),
                     Some(Err(s)) if s.code() == tonic::Code::ResourceExhausted => {
                         return Ok(SessionEnd::CannotStore { reason: status_reason(&s) });
+                    }
+                    Some(Err(s)) if s.code() == tonic::Code::PermissionDenied && s.message().contains("revoked") => {
+                        return Err(Refused::Revoked(s.message().to_string()));
                     }
                     Some(Err(s)) => return Ok(SessionEnd::Lost { reason: status_reason(&s), welcomed: true }),
                     Some(Ok(m)) => m,
@@ -275,6 +372,9 @@ async fn attach_inner(
         }
     }
 }
+
+/// How long after a failed renewal the agent tries again.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
 
 fn status_reason(s: &tonic::Status) -> String {
     if let Some(c) = std::error::Error::source(s).and_then(fleet_common::tls::ConnectError::find) {

@@ -40,11 +40,31 @@ impl Target {
     /// A connected ControlService client.
     pub async fn control(&self) -> Result<ControlServiceClient<Channel>, CliError> {
         let tls = TlsMaterial::load(&self.tls).map_err(|e| CliError::usage(e.to_string()))?;
+        warn_if_expiring(&tls, &self.tls.cert);
         let channel = connect_coordinator(&self.addr, &tls).await.map_err(|e| match e {
             fleet_common::tls::ConnectError::BadAddress { .. } => CliError::usage(e.to_string()),
             _ => CliError::connect(e.to_string()),
         })?;
         Ok(ControlServiceClient::new(channel))
+    }
+}
+
+/// How long before its end fleetctl starts saying that its certificate expires.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
+
+/// Says on stderr when the operator's certificate ends within [`EXPIRY_WARNING`].
+fn warn_if_expiring(tls: &TlsMaterial, path: &std::path::Path) {
+    let Ok(info) = fleet_common::pki::cert_info(tls.leaf()) else { return };
+    let left_s = info.not_after_s - fleet_common::now_ms() / 1000;
+    if left_s < EXPIRY_WARNING.as_secs() as i64 {
+        eprintln!(
+            "warning: your certificate {} ({}) expires at {} (in {}); ask an admin for a new one before then (fleetctl certs issue operator {} --force)",
+            path.display(),
+            tls.identity(),
+            fleet_common::rfc3339(info.not_after_s.saturating_mul(1000)),
+            fleet_common::human_duration(std::time::Duration::from_secs(left_s.max(0) as u64)),
+            tls.identity().name
+        );
     }
 }
 
@@ -66,9 +86,8 @@ pub fn status_error(addr: &str, s: tonic::Status) -> CliError {
         ));
     }
     match s.code() {
-        Code::Unauthenticated | Code::PermissionDenied => {
-            CliError::connect(format!("the coordinator at {addr} refused this identity: {msg}"))
-        }
+        Code::Unauthenticated => CliError::connect(format!("the coordinator at {addr} refused this identity: {msg}")),
+        Code::PermissionDenied => CliError::connect(format!("permission denied by the coordinator at {addr}: {msg}")),
         Code::Unavailable => CliError::connect(format!("the coordinator at {addr} is unavailable: {msg}")),
         Code::InvalidArgument => CliError::usage(msg),
         Code::Unimplemented => CliError::failed(format!(

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod dev;
+pub mod identity;
 pub mod rollout;
 pub mod services;
 pub mod views;
@@ -132,8 +133,19 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// One row per host.
+    /// One row per host; `hosts remove NAME` revokes a host and forgets it.
     Hosts {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        cmd: Option<HostsCommand>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Join tokens: how new machines enroll.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Who the coordinator takes you for, and your role.
+    Whoami {
         #[command(flatten)]
         conn: Conn,
     },
@@ -251,6 +263,55 @@ pub enum Command {
     /// A small HTTP service for trying fleet (used by `fleetctl dev`).
     #[command(hide = true)]
     DemoServer(demo::DemoArgs),
+}
+
+/// `hosts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Revoke a host's identity and forget it (its history ages out); needs the admin role.
+    Remove {
+        /// The host (agent) name.
+        name: String,
+        /// Why, for the audit log and the deny list.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `tokens` subcommands (the admin role).
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a join token and print the command that enrolls a machine with it.
+    Create {
+        /// Only a machine enrolling under this name may use it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Labels the enrolled hosts get, whatever their config says: k=v,k2=v2.
+        #[arg(long, value_parser = identity::parse_labels, default_value = "")]
+        labels: std::collections::HashMap<String, String>,
+        /// How long it can be used.
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        ttl: Duration,
+        /// How many machines may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Every join token with its state and uses.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a join token unusable.
+    Revoke {
+        /// The token's id (or the whole token).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// `rules` subcommands.
@@ -594,6 +655,45 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Make an intermediate CA under the root in DIR, for the coordinator to sign enrolled
+    /// agents with, so that the root's key can be kept offline.
+    Intermediate {
+        /// Where the root CA is.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write intermediate.pem and intermediate-key.pem.
+        #[arg(long)]
+        out: PathBuf,
+        /// A name for it (shown in its subject).
+        #[arg(long, default_value = "issuing")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke a certificate: every one of an identity (agent/NAME, operator/NAME or its
+    /// spiffe:// URI) issued until now, or one by serial. Its connections are cut; needs the
+    /// admin role.
+    Revoke {
+        /// agent/NAME, operator/NAME or spiffe://<trust-domain>/<role>/<name>.
+        identity: Option<String>,
+        /// A certificate serial (hex) instead of an identity.
+        #[arg(long)]
+        serial: Option<String>,
+        /// Why, for the audit log and the deny list.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// The deny list.
+    Revoked {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// Runs the parsed command line.
@@ -610,9 +710,31 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("wrote {} and {} for {}", issued.cert.display(), issued.key.display(), issued.identity);
             Ok(())
         }
+        Command::Certs(CertsCommand::Intermediate { dir, out, name, days, force }) => {
+            identity::intermediate(dir, out, name, *days, *force)
+        }
+        Command::Certs(CertsCommand::Revoke { identity: id, serial, reason, conn }) => {
+            identity::revoke(&Target::from_conn(conn)?, id.as_deref(), serial.as_deref(), reason, cli.output).await
+        }
+        Command::Certs(CertsCommand::Revoked { conn }) => {
+            identity::revocations(&Target::from_conn(conn)?, cli.output).await
+        }
+        Command::Tokens(TokensCommand::Create { name, labels, ttl, uses, conn }) => {
+            identity::create_token(&Target::from_conn(conn)?, name.as_deref(), labels, *ttl, *uses, cli.output).await
+        }
+        Command::Tokens(TokensCommand::List { conn }) => {
+            identity::list_tokens(&Target::from_conn(conn)?, cli.output).await
+        }
+        Command::Tokens(TokensCommand::Revoke { id, conn }) => {
+            identity::revoke_token(&Target::from_conn(conn)?, id, cli.output).await
+        }
+        Command::Whoami { conn } => identity::whoami(&Target::from_conn(conn)?, cli.output).await,
+        Command::Hosts { cmd: Some(HostsCommand::Remove { name, reason, conn }), .. } => {
+            identity::remove_host(&Target::from_conn(conn)?, name, reason, cli.output).await
+        }
         Command::Dev(args) => dev::run(args.clone()).await,
         Command::Status { conn } => views::status(&Target::from_conn(conn)?, cli.output).await,
-        Command::Hosts { conn } => views::hosts(&Target::from_conn(conn)?, cli.output).await,
+        Command::Hosts { cmd: None, conn } => views::hosts(&Target::from_conn(conn)?, cli.output).await,
         Command::Host { name, conn } => views::host(&Target::from_conn(conn)?, name, cli.output).await,
         Command::Services { host, conn } => {
             services::list(&Target::from_conn(conn)?, host.as_deref(), cli.output).await

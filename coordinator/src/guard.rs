@@ -4,7 +4,8 @@
 //! access role the rpc needs ([`crate::access::CONTROL_RPCS`]). What it admits reaches the
 //! handler with the caller's [`Identity`] and [`Caller`] in the request's extensions; what it
 //! refuses is answered here, logged, counted in `fleet_coordinator_denied_total{reason}` and
-//! written to the audit log (repeats of the same refusal within a minute are counted only).
+//! written to the audit log (repeats of the same refusal of the same call within a minute are
+//! counted only).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -104,7 +105,7 @@ pub struct Caller {
 #[derive(Debug, Clone)]
 pub struct Dialed(pub String);
 
-/// How long the same refusal (identity, reason) is counted without being audited again.
+/// How long the same refusal (identity, reason, call) is counted without being audited again.
 const AUDIT_REPEAT: Duration = Duration::from_secs(60);
 /// Most distinct refusals remembered for that.
 const AUDIT_MEMORY: usize = 4096;
@@ -124,7 +125,7 @@ pub struct Authority {
     pub audit: AuditLog,
     /// Certificates seen, for `fleet_certificate_expiry_timestamp_seconds`.
     pub seen: crate::certificates::Seen,
-    audited: Mutex<HashMap<(String, DenyReason), Instant>>,
+    audited: Mutex<HashMap<(String, DenyReason, String), Instant>>,
 }
 
 impl Authority {
@@ -169,10 +170,11 @@ impl Authority {
                     seen.clear();
                 }
             }
-            match seen.get(&(who.to_string(), reason)) {
+            let key = (who.to_string(), reason, action.to_string());
+            match seen.get(&key) {
                 Some(at) if now.duration_since(*at) < AUDIT_REPEAT => false,
                 _ => {
-                    seen.insert((who.to_string(), reason), now);
+                    seen.insert(key, now);
                     true
                 }
             }

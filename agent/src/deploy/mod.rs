@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_common::tls::{TlsMaterial, connect_coordinator};
+use fleet_common::tls::connect_coordinator;
 use fleet_proto::v1::agent_service_client::AgentServiceClient;
 use fleet_proto::v1::{FetchArtifactRequest, Release};
 use serde::{Deserialize, Serialize};
@@ -246,7 +246,7 @@ pub struct Deployer {
     supervisor: Arc<Supervisor>,
     artifacts: PathBuf,
     coordinator: String,
-    tls: TlsMaterial,
+    credentials: Arc<crate::credentials::Credentials>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -282,20 +282,20 @@ pub fn recover(store: &Outbox, services: &[ServiceConfig]) {
 }
 
 impl Deployer {
-    /// A deployer fetching artifacts from `coordinator` with `tls`.
+    /// A deployer fetching artifacts from `coordinator` with the agent's `credentials`.
     pub fn new(
         store: Arc<Outbox>,
         supervisor: Arc<Supervisor>,
         data_dir: &Path,
         coordinator: String,
-        tls: TlsMaterial,
+        credentials: Arc<crate::credentials::Credentials>,
     ) -> Deployer {
         Deployer {
             store,
             supervisor,
             artifacts: data_dir.join("artifacts"),
             coordinator,
-            tls,
+            credentials,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -384,7 +384,7 @@ impl Deployer {
         std::fs::create_dir_all(&self.artifacts).map_err(|e| Fetch::Fatal(io("cannot create", &self.artifacts, e)))?;
         let dest = self.artifacts.join(format!("{sha256}.tar.gz"));
         let partial = self.artifacts.join(format!("{sha256}.partial"));
-        let channel = connect_coordinator(&self.coordinator, &self.tls)
+        let channel = connect_coordinator(&self.coordinator, &self.credentials.current())
             .await
             .map_err(|e| Fetch::Transient(format!("cannot fetch artifact {sha256}: {e}")))?;
         let mut stream = AgentServiceClient::new(channel)
