@@ -421,6 +421,41 @@ impl Cluster {
         self.agents.insert(name.to_string(), p);
     }
 
+    /// `[enrollment]` signing with this cluster's CA, certificates valid for `cert_ttl`.
+    pub fn enrollment_toml(&self, cert_ttl: &str) -> String {
+        format!(
+            "[enrollment]\nca_key = {}\ncert_ttl = \"{cert_ttl}\"\n",
+            toml_string(self.pki.dir.join("ca-key.pem").to_str().unwrap())
+        )
+    }
+
+    /// Writes the config of an agent with no `[tls]` (an enrolled one; `extra` may hold
+    /// `join_token` and `ca_pin`, before any table) and returns its path.
+    pub fn enrolled_agent_config(&self, name: &str, report_interval: Duration, extra: &str) -> PathBuf {
+        let path = self.dir().join(format!("{name}.toml"));
+        let config = format!(
+            "name = \"{name}\"\ncoordinator = \"{}\"\ndata_dir = \"{}\"\nreport_interval = \"{}ms\"\n{extra}",
+            self.addr,
+            self.dir().join(name).display(),
+            report_interval.as_millis(),
+        );
+        fs::write(&path, config).expect("write agent config");
+        path
+    }
+
+    /// Starts an agent with no `[tls]`: enrolled already, or enrolling with `extra`'s
+    /// `join_token` at its first start.
+    pub fn start_enrolled_agent(&mut self, name: &str, report_interval: Duration, extra: &str) {
+        let cfg = self.enrolled_agent_config(name, report_interval, extra);
+        let p = Proc::spawn(
+            name,
+            &bin("fleet-agent"),
+            &["run", "--config", cfg.to_str().unwrap()],
+            &self.dir().join(format!("logs/{name}.log")),
+        );
+        self.agents.insert(name.to_string(), p);
+    }
+
     /// The agent process `name`.
     pub fn agent(&mut self, name: &str) -> &mut Proc {
         self.agents.get_mut(name).unwrap_or_else(|| panic!("no agent {name}"))
