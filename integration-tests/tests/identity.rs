@@ -63,7 +63,7 @@ async fn a_revoked_agent_is_cut_off_at_once_and_stays_out() {
             let r = fleet_proto::v1::agent_service_client::AgentServiceClient::new(ch)
                 .fetch_artifact(fleet_proto::v1::FetchArtifactRequest { sha256: "00".repeat(32) })
                 .await;
-            format!("{:?}", r.err().expect("a revoked certificate got an answer"))
+            format!("{:?}", r.expect_err("a revoked certificate got an answer"))
         }
     };
     assert!(reason.contains("revoked") || reason.contains("Revoked"), "{reason}");
