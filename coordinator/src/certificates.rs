@@ -1,6 +1,9 @@
 //! The certificates the coordinator knows, for `fleet_certificate_expiry_timestamp_seconds
 //! {identity,kind}` (DESIGN §11): its own, the CA's, and the newest one each agent and operator
-//! presented or was issued. Rules see the series too (`FleetCertificateExpiringSoon`).
+//! presented or was issued. Enrolled agents renew their own certificates at two thirds of
+//! their lifetime: for them `fleet_certificate_renewal_timestamp_seconds` says when, so that
+//! `FleetCertificateExpiringSoon` waits for a renewal that is due instead of warning about
+//! every enrolled agent in the last third of its certificate. Rules see both series.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +23,16 @@ pub struct Followed {
     pub serial: String,
     /// When it expires, Unix seconds.
     pub not_after_s: i64,
+    /// When its holder renews it (enrolled agents), Unix seconds.
+    pub renew_at_s: Option<i64>,
 }
 
 /// The certificates seen, by identity URI (the CA by its trust domain URI).
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
     inner: Arc<Mutex<BTreeMap<String, Followed>>>,
+    /// Identities that renew their own certificates (enrolled agents).
+    renewing: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 fn kind_of(role: Role) -> &'static str {
@@ -42,13 +49,25 @@ impl Seen {
         self.note(identity.uri(), kind_of(identity.role), cert);
     }
 
+    /// Notes that `uri` renews its own certificates (it enrolled).
+    pub fn renews_itself(&self, uri: String) {
+        let mut r = self.renewing.lock().expect("certificates lock");
+        if r.len() < MAX_FOLLOWED {
+            r.insert(uri);
+        }
+    }
+
     /// Notes a certificate under a name of `kind` (the coordinator's own, the CA's).
     pub fn note(&self, name: String, kind: &'static str, cert: &CertInfo) {
+        let renew_at_s = self.renewing.lock().expect("certificates lock").contains(&name).then(|| {
+            let life = cert.not_after_s - cert.not_before_s;
+            cert.not_before_s + life * 2 / 3
+        });
         let mut m = self.inner.lock().expect("certificates lock");
         if m.len() >= MAX_FOLLOWED && !m.contains_key(&name) {
             return;
         }
-        let f = Followed { kind, serial: cert.serial.clone(), not_after_s: cert.not_after_s };
+        let f = Followed { kind, serial: cert.serial.clone(), not_after_s: cert.not_after_s, renew_at_s };
         if m.get(&name) != Some(&f) {
             m.insert(name, f);
         }
@@ -57,6 +76,7 @@ impl Seen {
     /// Stops following `uri` (a removed host).
     pub fn forget(&self, uri: &str) {
         self.inner.lock().expect("certificates lock").remove(uri);
+        self.renewing.lock().expect("certificates lock").remove(uri);
     }
 
     /// Every followed certificate, by name.
@@ -81,7 +101,17 @@ mod tests {
         };
         seen.saw(&id, &cert("a", 100));
         seen.saw(&id, &cert("b", 200));
-        assert_eq!(seen.all(), vec![(id.uri(), Followed { kind: "agent", serial: "b".into(), not_after_s: 200 })]);
+        let followed = |serial: &str, end, renew| Followed {
+            kind: "agent",
+            serial: serial.into(),
+            not_after_s: end,
+            renew_at_s: renew,
+        };
+        assert_eq!(seen.all(), vec![(id.uri(), followed("b", 200, None))]);
+        // Enrolled: renewed at two thirds of its lifetime.
+        seen.renews_itself(id.uri());
+        seen.saw(&id, &cert("c", 300));
+        assert_eq!(seen.all(), vec![(id.uri(), followed("c", 300, Some(200)))]);
         seen.forget(&id.uri());
         assert!(seen.all().is_empty());
     }

@@ -199,7 +199,11 @@ impl Enrollment {
             None => String::new(),
         };
         let tokens = store.records::<TokenRecord>(TOKEN_KIND).map_err(|e| e.to_string())?.into_iter().collect();
-        let enrolled = store.records::<EnrolledHost>(ENROLLED_KIND).map_err(|e| e.to_string())?.into_iter().collect();
+        let enrolled: BTreeMap<String, EnrolledHost> =
+            store.records::<EnrolledHost>(ENROLLED_KIND).map_err(|e| e.to_string())?.into_iter().collect();
+        for name in enrolled.keys() {
+            authority.seen.renews_itself(Identity::new(authority.trust_domain.clone(), Role::Agent, name).uri());
+        }
         Ok(Enrollment {
             signer,
             chain_tail,
@@ -484,6 +488,7 @@ impl Enrollment {
         let host = EnrolledHost { token_id: id.to_string(), labels, enrolled_at_ms: now };
         self.store.put_record(ENROLLED_KIND, &req.name, &host).map_err(|e| Status::unavailable(e.to_string()))?;
         self.enrolled.lock().expect("enrolled lock").insert(req.name.clone(), host);
+        self.authority.seen.renews_itself(identity.uri());
         Ok((identity, id.to_string()))
     }
 

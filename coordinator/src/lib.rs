@@ -287,6 +287,14 @@ async fn sample_up(
                 now,
                 f.not_after_s as f64,
             );
+            if let Some(at) = f.renew_at_s {
+                tsdb.append_sample(
+                    "fleet_certificate_renewal_timestamp_seconds",
+                    &mut [("identity", &identity), ("kind", f.kind)],
+                    now,
+                    at as f64,
+                );
+            }
         }
     }
 }

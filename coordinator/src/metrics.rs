@@ -539,12 +539,27 @@ pub fn render_certificates(out: &mut String, seen: &crate::certificates::Seen) {
         "gauge",
         "When a certificate the coordinator knows expires, in seconds since the Unix epoch.",
     );
-    for (identity, f) in seen.all() {
+    let all = seen.all();
+    for (identity, f) in &all {
         e.sample(
             "fleet_certificate_expiry_timestamp_seconds",
-            &[("identity", &identity), ("kind", f.kind)],
+            &[("identity", identity), ("kind", f.kind)],
             f.not_after_s as f64,
         );
+    }
+    e.family(
+        "fleet_certificate_renewal_timestamp_seconds",
+        "gauge",
+        "When the holder of a certificate renews it itself (enrolled agents), in seconds since the Unix epoch.",
+    );
+    for (identity, f) in &all {
+        if let Some(at) = f.renew_at_s {
+            e.sample(
+                "fleet_certificate_renewal_timestamp_seconds",
+                &[("identity", identity), ("kind", f.kind)],
+                at as f64,
+            );
+        }
     }
     *out = e.out;
 }
