@@ -260,6 +260,12 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Read a password on stdin and print its bcrypt hash, for `[http.basic_auth_users]`.
+    HashPassword {
+        /// bcrypt cost (each step doubles the work).
+        #[arg(long, default_value_t = 10)]
+        cost: u32,
+    },
     /// A small HTTP service for trying fleet (used by `fleetctl dev`).
     #[command(hide = true)]
     DemoServer(demo::DemoArgs),
@@ -612,6 +618,22 @@ fn rules_check(files: &[PathBuf]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `fleetctl hash-password`: the first line of stdin, bcrypt-hashed.
+fn hash_password(cost: u32) -> Result<(), CliError> {
+    if !(4..=16).contains(&cost) {
+        return Err(CliError::usage("--cost must be between 4 and 16"));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| CliError::failed(format!("cannot read stdin: {e}")))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(CliError::usage("no password on stdin: echo -n PASSWORD | fleetctl hash-password"));
+    }
+    let hash = bcrypt::hash(password, cost).map_err(|e| CliError::failed(e.to_string()))?;
+    println!("{hash}");
+    Ok(())
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write for example 30s or 2m"))
 }
@@ -808,6 +830,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rules { cmd: None, conn } => rules_list(&Target::from_conn(conn)?, cli.output).await,
         Command::Alerts { conn } => alerts(&Target::from_conn(conn)?, cli.output).await,
         Command::Query { expr, at, conn } => query(&Target::from_conn(conn)?, expr, at.as_deref(), cli.output).await,
+        Command::HashPassword { cost } => hash_password(*cost),
         Command::DemoServer(a) => demo::run(a.clone()).await,
     }
 }

@@ -21,6 +21,8 @@ pub struct CoordinatorConfig {
     pub http_listen: SocketAddr,
     /// Most HTTP connections open at once.
     pub http_max_connections: usize,
+    /// TLS and credentials of the HTTP port.
+    pub http_security: crate::http_auth::HttpSecurity,
     /// The coordinator's PKI files.
     pub tls: TlsFiles,
     /// An agent silent for this long is offline and its session is closed.
@@ -116,7 +118,7 @@ impl CoordinatorConfig {
         let (mut root, errors) = read_toml(path)?;
         let data_dir = root.required_path("data_dir");
         let grpc_listen = listen(&mut root, "grpc", "0.0.0.0:7443");
-        let (http_listen, http_max_connections) = http_section(&mut root);
+        let (http_listen, http_max_connections, http_security) = http_section(&mut root);
         let tls = TlsFiles::read(&mut root);
         let (offline_after, max_connections) = match root.section("agents") {
             Some(mut s) => {
@@ -224,6 +226,7 @@ impl CoordinatorConfig {
                 grpc_listen: grpc_listen?,
                 http_listen: http_listen?,
                 http_max_connections,
+                http_security,
                 tls: tls?,
                 offline_after: offline_after.unwrap_or(Duration::from_secs(15)),
                 retention: retention.unwrap_or(Duration::from_secs(3600)),
@@ -240,17 +243,23 @@ impl CoordinatorConfig {
     }
 }
 
-/// Reads `[http]`: `listen` and `max_connections` (default 1024).
-fn http_section(root: &mut Section) -> (Option<SocketAddr>, usize) {
+/// Reads `[http]`: `listen`, `max_connections` (default 1024) and who may use the port
+/// ([`crate::http_auth::HttpSecurity`]).
+fn http_section(root: &mut Section) -> (Option<SocketAddr>, usize, crate::http_auth::HttpSecurity) {
     const DEFAULT: &str = "127.0.0.1:9090";
-    let Some(mut s) = root.section("http") else { return (DEFAULT.parse().ok(), 1024) };
+    let open = || crate::http_auth::HttpSecurity {
+        public_paths: crate::http_auth::DEFAULT_PUBLIC_PATHS.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
+    let Some(mut s) = root.section("http") else { return (DEFAULT.parse().ok(), 1024, open()) };
     let addr = if s.has("listen") { s.socket_addr("listen") } else { DEFAULT.parse().ok() };
     let max = s.u64("max_connections");
     if max == Some(0) {
         s.error("max_connections", "must be at least 1");
     }
+    let security = crate::http_auth::HttpSecurity::read(&mut s);
     s.finish();
-    (addr, max.map(|m| m.clamp(1, 1 << 20) as usize).unwrap_or(1024))
+    (addr, max.map(|m| m.clamp(1, 1 << 20) as usize).unwrap_or(1024), security)
 }
 
 /// Reads `[enrollment]`: `ca_key` (required), `ca_cert`, `cert_ttl` (default 30 days, from a

@@ -43,8 +43,8 @@ pub struct HttpState {
     pub query_limits: crate::query::QueryLimits,
 }
 
-/// The routes.
-pub fn router(state: HttpState) -> Router {
+/// The routes, behind `gate`'s credentials check.
+pub fn router(state: HttpState, gate: crate::http_auth::Gatekeeper) -> Router {
     let api = crate::promapi::routes(
         crate::promapi::QueryApi {
             tsdb: state.tsdb.clone(),
@@ -61,6 +61,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health/ready", get(ready))
         .with_state(state)
         .merge(api)
+        .layer(axum::middleware::from_fn_with_state(gate, crate::http_auth::require_credentials))
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
@@ -138,10 +139,12 @@ const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     max_connections: usize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -164,8 +167,23 @@ pub async fn serve(
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();
+        let acceptor = acceptor.clone();
         connections.spawn(async move {
             let _slot = slot;
+            let stream = match acceptor {
+                None => Either::Plain(stream),
+                Some(a) => match tokio::time::timeout(HEADER_READ_TIMEOUT, a.accept(stream)).await {
+                    Ok(Ok(s)) => Either::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "HTTPS handshake not completed in time");
+                        return;
+                    }
+                },
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -186,4 +204,54 @@ pub async fn serve(
     }
     connections.close();
     let _ = tokio::time::timeout(GRACE, connections.wait()).await;
+}
+
+/// A plain or TLS connection of the HTTP port.
+enum Either {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Either {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Either {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod control;
 pub mod enroll;
 pub mod guard;
 pub mod http;
+pub mod http_auth;
 pub mod lifecycle;
 pub mod metrics;
 pub mod promapi;
@@ -622,8 +623,16 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         query_limits: config.query,
         certificates: certificates.clone(),
     };
-    let http_server =
-        http::serve(http, http::router(http_state), config.http_max_connections, metrics.clone(), shutdown.clone());
+    let http_tls = config.http_security.server_config().map_err(RunError::Setup)?;
+    let gate = http_auth::Gatekeeper::new(config.http_security.clone());
+    let http_server = http::serve(
+        http,
+        http::router(http_state, gate),
+        http_tls,
+        config.http_max_connections,
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     if let Err(e) = write_addrs(&config.data_dir, grpc_addr, http_addr) {
         tracing::warn!(error = %e, "cannot write {ADDRS_FILE}");

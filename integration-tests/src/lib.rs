@@ -624,6 +624,28 @@ pub fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// A promtool that takes `--http.config.file` (Prometheus 2.45 or later): `FLEET_PROMTOOL`,
+/// which scripts/test.sh sets (fetching Debian 13's promtool when the system's is older).
+pub fn promtool_with_http_config() -> PathBuf {
+    let candidates = [
+        std::env::var_os("FLEET_PROMTOOL").map(PathBuf::from),
+        Some(bin_dir().join("../test-tools/bin/promtool")),
+        Some(PathBuf::from("promtool")),
+    ];
+    for p in candidates.into_iter().flatten() {
+        let help = Command::new(&p).args(["query", "instant", "--help"]).output();
+        if help.is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("--http.config.file")
+                || String::from_utf8_lossy(&o.stderr).contains("--http.config.file")
+        }) {
+            return p;
+        }
+    }
+    panic!(
+        "no promtool with --http.config.file (Prometheus 2.45 or later): run the tests with scripts/test.sh, which fetches one, or set FLEET_PROMTOOL"
+    );
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
