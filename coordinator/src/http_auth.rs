@@ -8,7 +8,7 @@
 //! of wrong passwords costs at most one core), and a password that verified is remembered
 //! (by its SHA-256) so that a scraper's every request does not pay for it again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -167,12 +167,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A user and the SHA-256 of a password that verified.
+type Verified = (String, [u8; 32]);
+
 /// The authentication step in front of the routes.
 #[derive(Debug, Clone)]
 pub struct Gatekeeper {
     security: Arc<HttpSecurity>,
     /// (user, SHA-256 of the password) that verified.
-    verified: Arc<Mutex<HashMap<(String, [u8; 32]), ()>>>,
+    verified: Arc<Mutex<HashSet<Verified>>>,
     /// One bcrypt at a time.
     bcrypt: Arc<tokio::sync::Semaphore>,
 }
@@ -199,7 +202,7 @@ impl Gatekeeper {
         let Ok(text) = String::from_utf8(decoded) else { return false };
         let Some((user, password)) = text.split_once(':') else { return false };
         let key = (user.to_string(), Sha256::digest(password.as_bytes()).into());
-        if self.verified.lock().expect("verified lock").contains_key(&key) {
+        if self.verified.lock().expect("verified lock").contains(&key) {
             return true;
         }
         let hash = self.security.basic_auth_users.get(user).cloned();
@@ -216,7 +219,7 @@ impl Gatekeeper {
             if v.len() >= VERIFIED_MEMORY {
                 v.clear();
             }
-            v.insert(key, ());
+            v.insert(key);
         }
         ok
     }
