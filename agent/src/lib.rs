@@ -186,6 +186,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     tasks.spawn(session::run(ctx, creds, shutdown.clone()));
     tasks.close();
+    fleet_common::systemd::ready(&format!("reporting to {}", config.coordinator), shutdown.clone());
 
     shutdown.cancelled().await;
     // Services first, each within its stop_timeout; the session stays up meanwhile.

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod logging;
 pub mod pki;
 pub mod shutdown;
+pub mod systemd;
 pub mod tls;
 
 use std::fs::File;

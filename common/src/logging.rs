@@ -1,5 +1,6 @@
-//! Structured logs for the daemons and fleetctl: `tracing` to stderr as text or JSON, filtered
-//! by `RUST_LOG` (default `info`).
+//! Structured logs for the daemons and fleetctl: `tracing` to stderr as text or JSON, or to
+//! the journal with priorities when stderr is the journal (a systemd service), filtered by
+//! `RUST_LOG` (default `info`).
 
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -46,6 +47,15 @@ pub fn init(format: LogFormat, default_directive: &str) {
         eprintln!("warning: {e}; logging at {default_directive}");
         default_directive.parse().expect("the built-in default is a valid filter")
     });
+    // Under systemd, text goes to the journal natively: a priority per line (ERROR is err,
+    // WARN warning, ...) and fields as journal fields; JSON stays JSON for shippers.
+    if format == LogFormat::Text
+        && crate::systemd::stderr_is_journal()
+        && let Ok(journal) = tracing_journald::layer()
+    {
+        drop(tracing_subscriber::registry().with(journal).with(targets).try_init());
+        return;
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {

@@ -641,6 +641,8 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
 
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(http_server);
+    // Both ports accept (they were bound before the store opened) and the store is open.
+    fleet_common::systemd::ready(&format!("serving gRPC on {grpc_addr}, HTTP on {http_addr}"), shutdown.clone());
     shutdown.cancelled().await;
     tasks.close();
     let drain = async {

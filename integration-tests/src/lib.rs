@@ -248,6 +248,8 @@ pub struct CoordinatorOpts {
     pub agents_extra: String,
     /// The body of the `[access]` table: by default operator `ops` is an admin.
     pub access: String,
+    /// More environment for the coordinator process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for CoordinatorOpts {
@@ -261,6 +263,7 @@ impl Default for CoordinatorOpts {
             http_extra: String::new(),
             agents_extra: String::new(),
             access: "[access.operators]\nops = \"admin\"\n".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -356,11 +359,13 @@ impl Cluster {
         fs::write(self.coordinator_config(), config).expect("write config");
         let cfg = self.coordinator_config();
         let format = if opts.json_logs { "json" } else { "text" };
-        let mut p = Proc::spawn(
+        let env: Vec<(&str, &str)> = opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut p = Proc::spawn_env(
             "coordinator",
             &bin("fleet-coordinator"),
             &["run", "--config", cfg.to_str().unwrap(), "--log-format", format],
             &self.dir().join("logs/coordinator.log"),
+            &env,
         );
         let (grpc, http) = eventually(Duration::from_secs(20), "the coordinator to listen", || {
             let exited = p.child.try_wait().expect("try_wait");
