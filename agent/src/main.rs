@@ -79,6 +79,15 @@ fn enroll(args: EnrollArgs) -> ExitCode {
         eprintln!("error: no valid agent name: pass --name NAME (1-63 letters, digits, '-', '_' or '.')");
         return ExitCode::from(2);
     };
+    if let (Some(given), Some(c)) = (&args.coordinator, &from_config)
+        && *given != c.coordinator
+    {
+        eprintln!(
+            "warning: {} says coordinator = \"{}\", where the agent will attach; set it to \"{given}\" before starting the agent",
+            args.config.display(),
+            c.coordinator
+        );
+    }
     let Some(coordinator) = args.coordinator.or_else(|| from_config.as_ref().map(|c| c.coordinator.clone())) else {
         eprintln!("error: no coordinator: pass --coordinator https://HOST:PORT");
         return ExitCode::from(2);
@@ -179,7 +188,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("error: {e}");
-                ExitCode::FAILURE
+                // An identity problem (a refused join token) is for the operator to fix, as a
+                // config error is: exit 2, which the unit does not restart on.
+                if matches!(e, fleet_agent::RunError::Identity(_) | fleet_agent::RunError::Tls(_)) {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     })

@@ -85,6 +85,35 @@ fn the_example_config_in_deploy_is_valid() {
     fleetctl::certs::issue(&pki, fleet_common::identity::Role::Coordinator, "coordinator", &[], 30, false).unwrap();
     let out = coordinator().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Every commented-out setting is valid once uncommented (the placeholders filled in).
+    let hash = bcrypt::hash("secret", 4).unwrap();
+    let uncommented: String = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if (rest.starts_with('[') && rest.ends_with(']'))
+                    || rest.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .map(|l| {
+            l.replace("$2y$10$...", &hash)
+                .replace("sha256:<64 hex digits>", &format!("sha256:{}", "ab".repeat(32)))
+                .replace("http.pem", "coordinator.pem")
+                .replace("http-key.pem", "coordinator-key.pem")
+                + "\n"
+        })
+        .collect();
+    for section in ["[enrollment]", "[http.tls]", "[http.basic_auth_users]", "[access.operators]", "ca_key = "] {
+        assert!(uncommented.contains(&format!("\n{section}")), "{section} is not in the example: {uncommented}");
+    }
+    std::fs::write(&cfg, &uncommented).unwrap();
+    let out = coordinator().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{uncommented}\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn pki_toml(dir: &std::path::Path) -> String {
