@@ -351,7 +351,7 @@ fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceCon
         s.error("workdir", format!("{} {what}; create it or fix the path", w.display()));
     }
     if let Some(u) = &user
-        && let Err(e) = crate::supervisor::lookup_user(u)
+        && let Err(e) = lookup_user(u)
     {
         s.error("user", format!("{e}; create the user (useradd --system {u}) or fix the name"));
     }
@@ -451,6 +451,20 @@ fn read_deploy(mut d: Section) -> Option<DeployConfig> {
     let max_files = d.u64("max_files").unwrap_or(100_000);
     d.finish();
     Some(DeployConfig { root: root?, keep_releases: keep_releases.min(1000) as u32, backup_paths, max_size, max_files })
+}
+
+/// The uid and gid of a local user, from /etc/passwd.
+pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            let uid = f[2].parse().map_err(|_| format!("bad uid for user {name} in /etc/passwd"))?;
+            let gid = f[3].parse().map_err(|_| format!("bad gid for user {name} in /etc/passwd"))?;
+            return Ok((uid, gid));
+        }
+    }
+    Err(format!("no user named \"{name}\" in /etc/passwd"))
 }
 
 #[cfg(test)]

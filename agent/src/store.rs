@@ -4,7 +4,7 @@
 //! but not yet acknowledged by the coordinator. Tree `meta`: counters that must survive
 //! restarts (`reports_dropped_total`). Tree `commands`: key = command id, value = JSON
 //! [`Recorded`], the at-most-once journal of service commands (the newest 4096 are kept).
-//! Tree `releases`: key = service name, value = JSON `deploy::ServiceReleases` (its releases,
+//! Tree `releases`: key = service name, value = JSON `ServiceReleases` (its releases,
 //! current, previous, and a pending switch).
 //!
 //! A report is flushed to disk before it is sent, so a report the coordinator may have seen is
@@ -24,8 +24,9 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use fleet_proto::v1::{Report, ReportId};
+use fleet_proto::v1::{Release, Report, ReportId};
 use prost::Message;
+use serde::{Deserialize, Serialize};
 
 use crate::config::OutboxLimits;
 
@@ -461,7 +462,7 @@ impl Outbox {
     }
 
     /// The release state of `service` (empty when it was never deployed).
-    pub fn releases(&self, service: &str) -> Result<crate::deploy::ServiceReleases, StoreError> {
+    pub fn releases(&self, service: &str) -> Result<ServiceReleases, StoreError> {
         let g = self.handles()?;
         match g.as_ref().expect("checked by handles()").releases.get(service.as_bytes()).map_err(|e| self.err(e))? {
             Some(v) => serde_json::from_slice(&v)
@@ -471,7 +472,7 @@ impl Outbox {
     }
 
     /// Writes the release state of `service`; returns the database, to flush.
-    fn put_releases(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<sled::Db, StoreError> {
+    fn put_releases(&self, service: &str, st: &ServiceReleases) -> Result<sled::Db, StoreError> {
         let json = serde_json::to_vec(st).map_err(|e| self.err(sled::Error::Unsupported(e.to_string())))?;
         let g = self.handles()?;
         let h = g.as_ref().expect("checked by handles()");
@@ -480,14 +481,14 @@ impl Outbox {
     }
 
     /// Saves the release state of `service` durably.
-    pub async fn save_releases(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
+    pub async fn save_releases(&self, service: &str, st: &ServiceReleases) -> Result<(), StoreError> {
         let db = self.put_releases(service, st)?;
         db.flush_async().await.map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Saves the release state of `service` durably, from non-async code.
-    pub fn save_releases_blocking(&self, service: &str, st: &crate::deploy::ServiceReleases) -> Result<(), StoreError> {
+    pub fn save_releases_blocking(&self, service: &str, st: &ServiceReleases) -> Result<(), StoreError> {
         let db = self.put_releases(service, st)?;
         db.flush().map_err(|e| self.err(e))?;
         Ok(())
@@ -497,6 +498,76 @@ impl Outbox {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.handles()?.as_ref().expect("checked by handles()").db.clone();
         db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
+    }
+}
+
+/// One release kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// `<version>-<sha256[..8]>`, the directory name under `releases/`.
+    pub id: String,
+    /// The version.
+    pub version: String,
+    /// The artifact's digest.
+    pub sha256: String,
+    /// When it was last switched to (or unpacked).
+    pub deployed_at_ms: i64,
+    /// Whether it failed probation or was rolled back from.
+    pub bad: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// A switch in progress: what to go back to if the agent stops before it commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSwitch {
+    /// The release switched to.
+    pub to: String,
+    /// The release before it, if any.
+    pub from: Option<String>,
+    /// The backup of backup_paths taken before the switch.
+    pub backup: PathBuf,
+}
+
+/// Everything the agent keeps about one service's releases (in its store, key = service).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReleases {
+    /// Releases on disk, oldest first.
+    pub releases: Vec<ReleaseRecord>,
+    /// The committed release `current` points at.
+    pub current: Option<String>,
+    /// The release before it.
+    pub previous: Option<String>,
+    /// A switch not yet committed.
+    pub pending: Option<PendingSwitch>,
+}
+
+impl ServiceReleases {
+    pub(crate) fn record(&self, id: &str) -> Option<&ReleaseRecord> {
+        self.releases.iter().find(|r| r.id == id)
+    }
+
+    pub(crate) fn version_of(&self, id: &Option<String>) -> String {
+        id.as_ref().and_then(|i| self.record(i)).map(|r| r.version.clone()).unwrap_or_else(|| "none".into())
+    }
+
+    /// The releases as the protocol carries them, newest first.
+    pub fn to_proto(&self) -> Vec<Release> {
+        let mut v: Vec<Release> = self
+            .releases
+            .iter()
+            .map(|r| Release {
+                version: r.version.clone(),
+                sha256: r.sha256.clone(),
+                deployed_at_ms: r.deployed_at_ms,
+                current: self.current.as_deref() == Some(r.id.as_str()),
+                previous: self.previous.as_deref() == Some(r.id.as_str()),
+                bad: r.bad,
+                reason: r.reason.clone(),
+            })
+            .collect();
+        v.sort_by_key(|r| std::cmp::Reverse(r.deployed_at_ms));
+        v
     }
 }
 

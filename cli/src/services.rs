@@ -9,7 +9,7 @@ use fleet_proto::v1::{
 use serde_json::{Value, json};
 
 use crate::client::{Target, status_error};
-use crate::views::table;
+use crate::views::{health_word, table};
 use crate::{CliError, Output};
 
 fn service_json(h: &HostService) -> Value {
@@ -31,17 +31,6 @@ fn service_json(h: &HostService) -> Value {
         "version": if s.version.is_empty() { Value::Null } else { json!(s.version) },
         "message": s.message,
     })
-}
-
-/// The HEALTH column: "healthy", "unhealthy", or "-" without a check.
-pub fn health_word(s: &fleet_proto::v1::ServiceStatus) -> &'static str {
-    match (s.has_health_check, s.healthy, s.state.as_str()) {
-        (false, _, _) => "-",
-        (true, true, _) => "healthy",
-        (true, false, "running") if s.message.is_empty() => "checking",
-        (true, false, "running") => "unhealthy",
-        (true, false, _) => "-",
-    }
 }
 
 /// `fleetctl services [--host NAME]`.

@@ -92,6 +92,17 @@ pub fn host_json(h: &HostSummary) -> Value {
     })
 }
 
+/// The HEALTH column: "healthy", "unhealthy", or "-" without a check.
+pub fn health_word(s: &fleet_proto::v1::ServiceStatus) -> &'static str {
+    match (s.has_health_check, s.healthy, s.state.as_str()) {
+        (false, _, _) => "-",
+        (true, true, _) => "healthy",
+        (true, false, "running") if s.message.is_empty() => "checking",
+        (true, false, "running") => "unhealthy",
+        (true, false, _) => "-",
+    }
+}
+
 /// An agent's clock offset for people: in step, or how far off and what fleet does about it
 /// (the coordinator corrects beyond 5 s and warns beyond 30 s; coordinator/src/clock.rs).
 fn clock(offset_ms: i64) -> String {
@@ -303,7 +314,7 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
                 vec![
                     s.name.clone(),
                     s.state.clone(),
-                    crate::services::health_word(s).to_string(),
+                    health_word(s).to_string(),
                     if s.pid == 0 { "-".into() } else { s.pid.to_string() },
                     s.restarts.to_string(),
                     if s.memory_rss_bytes == 0 { "-".into() } else { human_bytes(s.memory_rss_bytes) },

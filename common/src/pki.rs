@@ -311,6 +311,31 @@ pub fn new_key_and_csr(identity: &Identity) -> Result<(String, Vec<u8>), String>
     Ok((key.serialize_pem(), csr.der().to_vec()))
 }
 
+/// DER as a PEM block.
+pub fn pem_block(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,11 +369,11 @@ mod tests {
     fn der_written_as_pem_reads_back() {
         let (ca, _) = new_root("fleet.local", 30).unwrap();
         let der = first_cert_der(&ca).unwrap();
-        let pem = crate::tls::pem_block("CERTIFICATE", &der);
+        let pem = pem_block("CERTIFICATE", &der);
         assert_eq!(first_cert_der(&pem).unwrap(), der);
         for n in 1..6 {
             let bytes: Vec<u8> = (0..n).collect();
-            let pem = crate::tls::pem_block("CERTIFICATE", &bytes);
+            let pem = pem_block("CERTIFICATE", &bytes);
             let back = rustls_pki_types::pem::from_buf(&mut pem.as_bytes()).unwrap().unwrap();
             assert_eq!(back.1, bytes, "{pem}");
         }

@@ -233,7 +233,7 @@ impl TlsMaterial {
 
     /// The trust roots, PEM.
     pub fn roots_pem(&self) -> String {
-        self.roots.iter().map(|c| pem_block("CERTIFICATE", c.as_ref())).collect()
+        self.roots.iter().map(|c| crate::pki::pem_block("CERTIFICATE", c.as_ref())).collect()
     }
 
     /// The trust roots, DER.
@@ -387,31 +387,6 @@ impl rustls::client::danger::ServerCertVerifier for PinVerifier {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// DER as a PEM block.
-pub fn pem_block(label: &str, der: &[u8]) -> String {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
-    for chunk in der.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn coordinator_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {

@@ -419,6 +419,46 @@ async fn deliver(
     }
 }
 
+/// `fleet_alerts_firing{alertname,severity}` and the notification counters.
+impl crate::metrics::FmtMetrics for Alerting {
+    fn fmt_metrics(&self, e: &mut crate::metrics::Exposition) {
+        let alerting = self;
+        let mut firing: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for a in alerting.alerts() {
+            if a.state == fleet_rules::rules::AlertState::Firing {
+                let key = (
+                    a.labels.get("alertname").unwrap_or_default().to_string(),
+                    a.labels.get("severity").unwrap_or_default().to_string(),
+                );
+                *firing.entry(key).or_default() += 1;
+            }
+        }
+        e.family("fleet_alerts_firing", "gauge", "Alerts firing now, by alert name and severity.");
+        for ((name, sev), n) in &firing {
+            e.sample("fleet_alerts_firing", &[("alertname", name), ("severity", sev)], *n as f64);
+        }
+        let m = &alerting.metrics;
+        e.family(
+            "fleet_coordinator_notifications_sent_total",
+            "counter",
+            "Alert batches delivered to an Alertmanager or webhook.",
+        );
+        e.sample("fleet_coordinator_notifications_sent_total", &[], m.sent.get() as f64);
+        e.family(
+            "fleet_coordinator_notifications_failed_total",
+            "counter",
+            "Alert batches that could not be delivered after retries.",
+        );
+        e.sample("fleet_coordinator_notifications_failed_total", &[], m.failed.get() as f64);
+        e.family(
+            "fleet_coordinator_notifications_dropped_total",
+            "counter",
+            "Alert batches dropped because the notification queue was full.",
+        );
+        e.sample("fleet_coordinator_notifications_dropped_total", &[], m.dropped.get() as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,41 @@ impl Seen {
     }
 }
 
+/// Appends `fleet_certificate_expiry_timestamp_seconds{identity,kind}` for every certificate
+/// the coordinator follows.
+impl crate::metrics::FmtMetrics for Seen {
+    fn fmt_metrics(&self, e: &mut crate::metrics::Exposition) {
+        let seen = self;
+        e.family(
+            "fleet_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When a certificate the coordinator knows expires, in seconds since the Unix epoch.",
+        );
+        let all = seen.all();
+        for (identity, f) in &all {
+            e.sample(
+                "fleet_certificate_expiry_timestamp_seconds",
+                &[("identity", identity), ("kind", f.kind)],
+                f.not_after_s as f64,
+            );
+        }
+        e.family(
+            "fleet_certificate_renewal_timestamp_seconds",
+            "gauge",
+            "When the holder of a certificate renews it itself (enrolled agents), in seconds since the Unix epoch.",
+        );
+        for (identity, f) in &all {
+            if let Some(at) = f.renew_at_s {
+                e.sample(
+                    "fleet_certificate_renewal_timestamp_seconds",
+                    &[("identity", identity), ("kind", f.kind)],
+                    at as f64,
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

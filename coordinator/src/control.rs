@@ -23,7 +23,7 @@ use crate::audit::{AuditLog, entry};
 use crate::commands::{Hub, Submitted, new_id};
 use crate::metrics::Metrics;
 use crate::registry::{Host, Registry};
-use crate::rollouts::{HostStep, RolloutRecord};
+use crate::store::{HostStep, RolloutRecord};
 use fleet_proto::v1::upload_artifact_request::Part;
 use fleet_proto::v1::{
     ListReleasesRequest, ListReleasesResponse, ListRolloutsRequest, ListRolloutsResponse, ReleasesCommand,

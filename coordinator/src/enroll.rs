@@ -259,20 +259,7 @@ impl Enrollment {
             )));
         }
         let labels: BTreeMap<String, String> = req.labels.clone().into_iter().collect();
-        if labels.len() > crate::session::MAX_LABELS {
-            return Err(Status::invalid_argument(format!("at most {} labels", crate::session::MAX_LABELS)));
-        }
-        for (k, v) in &labels {
-            if !crate::session::valid_label_name(k) {
-                return Err(Status::invalid_argument(format!("label name {k:?} is not a valid label name")));
-            }
-            if v.len() > crate::session::MAX_HELLO_STRING || fleet_common::has_control(v) {
-                return Err(Status::invalid_argument(format!(
-                    "the value of label {k} is longer than {} bytes or holds control characters",
-                    crate::session::MAX_HELLO_STRING
-                )));
-            }
-        }
+        crate::labels::check(labels.iter()).map_err(Status::invalid_argument)?;
         let ttl = if req.ttl_ms == 0 { DEFAULT_TOKEN_TTL } else { Duration::from_millis(req.ttl_ms) };
         if ttl > MAX_TOKEN_TTL || ttl < Duration::from_secs(1) {
             return Err(Status::invalid_argument(format!(
@@ -357,7 +344,7 @@ impl Enrollment {
         } else {
             format!("agent {name:?}")
         };
-        self.authority.metrics.denied(DenyReason::Token);
+        self.authority.count(DenyReason::Token);
         tracing::warn!(%peer, name = %fleet_common::printable(name, &[]), token = %token_id, "enrollment refused: {why}");
         let audit = self.audit.clone();
         let e = entry(&who, "enroll", name, "", token_id, "denied", &format!("{why} (from {peer})"));

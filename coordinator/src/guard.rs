@@ -24,7 +24,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::access::{Access, AccessRole};
 use crate::audit::AuditLog;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::revocation::Revocations;
 
 /// Why a call or a handshake was refused: the `reason` label of
@@ -119,8 +119,10 @@ pub struct Authority {
     pub access: RwLock<Access>,
     /// The deny list.
     pub revocations: Revocations,
-    /// Where refusals are counted.
+    /// Where refusals of a kind that is not the denied counters' are counted.
     pub metrics: Arc<Metrics>,
+    /// Refusals by reason, in the order of [`DenyReason::ALL`].
+    denied: [Counter; DenyReason::ALL.len()],
     /// Where refusals are written.
     pub audit: AuditLog,
     /// Certificates seen, for `fleet_certificate_expiry_timestamp_seconds`.
@@ -143,9 +145,17 @@ impl Authority {
             access: RwLock::new(access),
             revocations,
             metrics,
+            denied: Default::default(),
             audit,
             seen,
             audited: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a refusal (without logging it: see [`Authority::refused`]).
+    pub fn count(&self, reason: DenyReason) {
+        if let Some(i) = DenyReason::ALL.iter().position(|r| *r == reason) {
+            self.denied[i].inc();
         }
     }
 
@@ -158,7 +168,7 @@ impl Authority {
     /// unless the same refusal was within the last minute. `who` is the identity URI, or the
     /// peer's address (without the port) when there is none.
     pub fn refused(&self, reason: DenyReason, who: &str, peer: &str, action: &str, message: &str) {
-        self.metrics.denied(reason);
+        self.count(reason);
         let anonymous = !who.starts_with("spiffe://");
         let who = if anonymous { who.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(who) } else { who };
         let now = Instant::now();
@@ -342,6 +352,20 @@ where
                 Box::pin(async move { ready.call(req).await })
             }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
+    }
+}
+
+/// `fleet_coordinator_denied_total{reason}`.
+impl crate::metrics::FmtMetrics for Authority {
+    fn fmt_metrics(&self, e: &mut crate::metrics::Exposition) {
+        e.family(
+            "fleet_coordinator_denied_total",
+            "counter",
+            "Calls, TLS handshakes and enrollments refused since start, by reason.",
+        );
+        for (reason, c) in DenyReason::ALL.iter().zip(&self.denied) {
+            e.sample("fleet_coordinator_denied_total", &[("reason", reason.as_str())], c.get() as f64);
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct HttpState {
     pub store: crate::store::Store,
     /// What one query may use.
     pub query_limits: crate::query::QueryLimits,
+    /// Who may call what, for its refusal counters.
+    pub authority: Arc<crate::guard::Authority>,
 }
 
 /// The routes, behind `gate`'s credentials check.
@@ -65,17 +67,30 @@ pub fn router(state: HttpState, gate: crate::http_auth::Gatekeeper) -> Router {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    let mut text = crate::metrics::render(&s.registry, &s.metrics, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
-    crate::metrics::render_rollouts(&mut text, &s.rollouts);
-    crate::metrics::render_store(&mut text, &s.store);
-    crate::metrics::render_alerting(&mut text, &s.alerting, &s.tsdb);
-    crate::metrics::render_certificates(&mut text, &s.certificates);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    use crate::metrics::FmtMetrics;
+    let mut e = crate::metrics::Exposition::with_capacity(4096 + s.registry.len() * 2048);
+    crate::series::render_hosts(&mut e, &s.registry);
+    crate::series::render_coordinator(&mut e, &s.registry, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
+    let parts: [&dyn FmtMetrics; 7] =
+        [&*s.metrics, &*s.authority, &*s.rollouts, &s.store, &*s.tsdb, &*s.alerting, &s.certificates];
+    for part in parts {
+        part.fmt_metrics(&mut e);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], e.into_string()).into_response()
 }
 
 /// The read-only status page (crate::status_page).
 async fn status_page(State(s): State<HttpState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::status_page::render(&s)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        crate::status_page::render(
+            &s.registry,
+            s.sessions.load(std::sync::atomic::Ordering::Relaxed),
+            &s.alerting,
+            &s.rollouts,
+        ),
+    )
+        .into_response()
 }
 
 fn store_status(m: &Metrics) -> (bool, String) {

@@ -24,6 +24,7 @@ pub mod enroll;
 pub mod guard;
 pub mod http;
 pub mod http_auth;
+pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
 pub mod promapi;
@@ -31,6 +32,7 @@ pub mod query;
 pub mod registry;
 pub mod revocation;
 pub mod rollouts;
+pub mod series;
 pub mod server;
 pub mod session;
 pub mod status_page;
@@ -309,7 +311,7 @@ const ARTIFACT_GC_DELAY: Duration = Duration::from_secs(600);
 /// newest succeeded rollouts of each service. `running` is (host, service, version) of what
 /// hosts report running.
 pub fn artifacts_to_keep(
-    rollouts: &[rollouts::RolloutRecord],
+    rollouts: &[store::RolloutRecord],
     running: &[(String, String, String)],
 ) -> std::collections::HashSet<String> {
     use std::collections::HashSet;
@@ -333,7 +335,7 @@ pub fn artifacts_to_keep(
         }
     }
     let mut per_service: std::collections::HashMap<&str, usize> = Default::default();
-    let mut newest_first: Vec<&rollouts::RolloutRecord> = rollouts.iter().collect();
+    let mut newest_first: Vec<&store::RolloutRecord> = rollouts.iter().collect();
     newest_first.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
     for r in newest_first {
         let n = per_service.entry(r.service.as_str()).or_default();
@@ -622,6 +624,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         store: store.clone(),
         query_limits: config.query,
         certificates: certificates.clone(),
+        authority: authority.clone(),
     };
     let http_tls = config.http_security.server_config().map_err(RunError::Setup)?;
     let gate = http_auth::Gatekeeper::new(config.http_security.clone());
@@ -667,7 +670,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
 #[cfg(test)]
 mod artifact_gc_tests {
     use super::*;
-    use rollouts::{HostStep, RolloutRecord};
+    use store::{HostStep, RolloutRecord};
 
     fn rollout(id: &str, version: &str, state: &str, at: i64, hosts: &[(&str, &str)]) -> RolloutRecord {
         RolloutRecord {

@@ -1,7 +1,9 @@
-//! The `/metrics` exposition (DESIGN §9): host and service series built from the registry at
-//! scrape time, plus the coordinator's own `fleet_coordinator_*` metrics.
+//! Metric primitives and the Prometheus text writer: counters, histograms, [`Exposition`] and
+//! the [`FmtMetrics`] trait through which every subsystem writes its own families into
+//! `/metrics` (crate::http assembles them; crate::series writes the host and service families
+//! from the registry at scrape time). A leaf: it imports nothing else of the coordinator.
 //!
-//! The text is written here in the Prometheus text format 0.0.4 rather than through the
+//! The text is written in the Prometheus text format 0.0.4 rather than through the
 //! prometheus-client crate: that crate emits OpenMetrics text, whose counter families
 //! (`# TYPE x counter` followed by `x_total` samples) `promtool check metrics` reports as
 //! lacking help text, and the exposition must pass promtool with no finding. Writing the
@@ -10,8 +12,6 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::registry::Registry;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -82,9 +82,6 @@ pub struct Metrics {
     pub control_denied: Counter,
     /// Operator API latency.
     pub control_seconds: Histogram,
-    /// Calls, handshakes and enrollments refused, by [`crate::guard::DenyReason`] (in the
-    /// order of `DenyReason::ALL`).
-    denied: [Counter; crate::guard::DenyReason::ALL.len()],
     /// When the last group commit failed, and why.
     last_store_error: std::sync::Mutex<Option<(i64, String)>>,
     /// When a group commit last succeeded whole (reports and host records), in ms.
@@ -92,13 +89,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts a refusal.
-    pub fn denied(&self, reason: crate::guard::DenyReason) {
-        if let Some(i) = crate::guard::DenyReason::ALL.iter().position(|r| *r == reason) {
-            self.denied[i].inc();
-        }
-    }
-
     /// Notes a failed group commit.
     pub fn store_failed(&self, error: String) {
         self.store_errors.inc();
@@ -130,16 +120,35 @@ fn escape(v: &str, out: &mut String) {
     }
 }
 
-struct Exposition {
+/// Something that writes metric families into the exposition.
+pub trait FmtMetrics {
+    /// Appends its families to `e`.
+    fn fmt_metrics(&self, e: &mut Exposition);
+}
+
+/// The exposition being written: text format 0.0.4, one family after another.
+pub struct Exposition {
     out: String,
 }
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// An empty exposition with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Exposition { out: String::with_capacity(capacity) }
+    }
+
+    /// The text written.
+    pub fn into_string(self) -> String {
+        self.out
+    }
+
+    /// Starts a family: its HELP and TYPE lines.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = write!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    /// One sample of the current family.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -157,7 +166,8 @@ impl Exposition {
         let _ = writeln!(self.out, " {}", fmt_value(value));
     }
 
-    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+    /// A whole histogram family.
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.family(name, "histogram", help);
         let mut cumulative = 0;
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
@@ -184,412 +194,86 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-/// One service family: name, type, help, and how to read the value.
-pub type SvcValue = (&'static str, &'static str, &'static str, fn(&fleet_proto::v1::ServiceStatus) -> f64);
-/// The per-service families of DESIGN §9 (fleet_service_info is written separately).
-pub const SERVICE: [SvcValue; 5] = [
-    ("fleet_service_up", "gauge", "1 while the service runs (and is healthy, where it has a health check).", |s| {
-        if s.state == "running" && s.healthy { 1.0 } else { 0.0 }
-    }),
-    ("fleet_service_healthy", "gauge", "1 when the service's last health check passed.", |s| {
-        if s.healthy { 1.0 } else { 0.0 }
-    }),
-    (
-        "fleet_service_restarts_total",
-        "counter",
-        "Restarts of the service since the agent started supervising it.",
-        |s| s.restarts as f64,
-    ),
-    ("fleet_service_memory_rss_bytes", "gauge", "Resident memory of the service's process.", |s| {
-        s.memory_rss_bytes as f64
-    }),
-    ("fleet_service_cpu_seconds_total", "counter", "CPU time used by the service's current process.", |s| {
-        s.cpu_seconds
-    }),
-];
-
-/// One host family: name, type, help, and how to read the value from a host's metrics.
-pub type HostGauge = (&'static str, &'static str, fn(&fleet_proto::v1::HostMetrics) -> f64);
-
-/// The per-host gauges of DESIGN §9.
-pub const HOST_GAUGES: [HostGauge; 9] = [
-    (
-        "fleet_host_cpu_usage_ratio",
-        "CPU busy time over wall time in the last report interval, 0 to 1, over all cores.",
-        |m| m.cpu_usage_ratio,
-    ),
-    ("fleet_host_memory_total_bytes", "Physical memory.", |m| m.memory_total_bytes as f64),
-    ("fleet_host_memory_available_bytes", "Memory available for new work without swapping.", |m| {
-        m.memory_available_bytes as f64
-    }),
-    ("fleet_host_swap_total_bytes", "Swap space.", |m| m.swap_total_bytes as f64),
-    ("fleet_host_swap_used_bytes", "Swap space in use.", |m| m.swap_used_bytes as f64),
-    ("fleet_host_load1", "Load average over 1 minute.", |m| m.load1),
-    ("fleet_host_load5", "Load average over 5 minutes.", |m| m.load5),
-    ("fleet_host_load15", "Load average over 15 minutes.", |m| m.load15),
-    ("fleet_host_uptime_seconds", "Seconds since the machine booted.", |m| m.uptime_seconds as f64),
-];
-
-/// Renders the whole exposition.
-pub fn render(registry: &Registry, m: &Metrics, sessions_open: usize, started_at_ms: i64) -> String {
-    let mut e = Exposition { out: String::with_capacity(4096 + registry.len() * 2048) };
-    let hosts = registry.all();
-    // Snapshot each host once: one lock per host per scrape.
-    let snaps: Vec<_> = hosts
-        .iter()
-        .map(|h| h.with(|s| (h.name.clone(), s.session.is_some(), s.record.last_report_ms, s.latest.clone())))
-        .collect();
-
-    e.family("fleet_agent_up", "gauge", "1 while the agent's session is up, 0 when it is offline.");
-    for (name, online, _, _) in &snaps {
-        e.sample("fleet_agent_up", &[("host", name)], if *online { 1.0 } else { 0.0 });
-    }
-    e.family(
-        "fleet_agent_last_report_timestamp_seconds",
-        "gauge",
-        "When the agent took its newest stored report, in seconds since the Unix epoch.",
-    );
-    for (name, _, last, _) in &snaps {
-        if *last > 0 {
-            e.sample("fleet_agent_last_report_timestamp_seconds", &[("host", name)], *last as f64 / 1000.0);
-        }
-    }
-    e.family(
-        "fleet_agent_reports_dropped_total",
-        "counter",
-        "Reports the agent dropped from its buffer because it reached its size or age bound.",
-    );
-    for (name, _, _, latest) in &snaps {
-        if let Some(l) = latest {
-            e.sample("fleet_agent_reports_dropped_total", &[("host", name)], l.reports_dropped_total as f64);
-        }
-    }
-    e.family(
-        "fleet_agent_clock_offset_seconds",
-        "gauge",
-        "The agent's clock minus the coordinator's, as estimated from its session; beyond 5s its samples are stored at corrected times.",
-    );
-    for h in &hosts {
-        if let Some(offset) = h.with(|s| s.session.as_ref().and(s.clock_offset_ms)) {
-            e.sample("fleet_agent_clock_offset_seconds", &[("host", &h.name)], offset as f64 / 1000.0);
-        }
-    }
-    // Host metrics are exported only while the host is online: the last values of a silent
-    // host would keep alerts such as "CPU above 80%" firing for a machine nobody can see.
-    let online: Vec<_> = snaps
-        .iter()
-        .filter(|(_, on, _, _)| *on)
-        .filter_map(|(n, _, _, l)| l.as_ref().and_then(|l| l.host.as_ref().map(|h| (n, h, l))))
-        .collect();
-    for (name, help, get) in HOST_GAUGES {
-        e.family(name, "gauge", help);
-        for (host, hm, _) in &online {
-            e.sample(name, &[("host", host)], get(hm));
-        }
-    }
-    e.family("fleet_host_filesystem_size_bytes", "gauge", "Size of a mounted filesystem.");
-    for (host, hm, _) in &online {
-        for fs in &hm.filesystems {
-            e.sample(
-                "fleet_host_filesystem_size_bytes",
-                &[("host", host), ("mountpoint", &fs.mountpoint)],
-                fs.size_bytes as f64,
-            );
-        }
-    }
-    e.family(
-        "fleet_host_filesystem_avail_bytes",
-        "gauge",
-        "Bytes of a mounted filesystem available to unprivileged users.",
-    );
-    for (host, hm, _) in &online {
-        for fs in &hm.filesystems {
-            e.sample(
-                "fleet_host_filesystem_avail_bytes",
-                &[("host", host), ("mountpoint", &fs.mountpoint)],
-                fs.avail_bytes as f64,
-            );
-        }
-    }
-    e.family(
-        "fleet_host_network_receive_bytes_total",
-        "counter",
-        "Bytes received by a network interface since the machine booted.",
-    );
-    for (host, hm, _) in &online {
-        for n in &hm.networks {
-            e.sample(
-                "fleet_host_network_receive_bytes_total",
-                &[("host", host), ("device", &n.device)],
-                n.receive_bytes_total as f64,
-            );
-        }
-    }
-    e.family(
-        "fleet_host_network_transmit_bytes_total",
-        "counter",
-        "Bytes transmitted by a network interface since the machine booted.",
-    );
-    for (host, hm, _) in &online {
-        for n in &hm.networks {
-            e.sample(
-                "fleet_host_network_transmit_bytes_total",
-                &[("host", host), ("device", &n.device)],
-                n.transmit_bytes_total as f64,
-            );
-        }
-    }
-    render_services(&mut e, &online);
-    render_self(&mut e, registry, m, sessions_open, started_at_ms);
-    e.out
-}
-
-type OnlineHost<'a> = (&'a String, &'a fleet_proto::v1::HostMetrics, &'a std::sync::Arc<fleet_proto::v1::Report>);
-
-fn render_services(e: &mut Exposition, online: &[OnlineHost<'_>]) {
-    for (name, kind, help, get) in SERVICE {
-        e.family(name, kind, help);
-        for (host, _, report) in online {
-            for s in &report.services {
-                e.sample(name, &[("host", host), ("service", &s.name)], get(s));
+impl FmtMetrics for Metrics {
+    fn fmt_metrics(&self, e: &mut Exposition) {
+        let m = self;
+        type CounterRow<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a Counter);
+        let counters: [CounterRow<'_>; 12] = [
+            (
+                "fleet_coordinator_sessions_opened_total",
+                "Agent sessions attached since start.",
+                &[],
+                &m.sessions_opened,
+            ),
+            (
+                "fleet_coordinator_sessions_rejected_total",
+                "Agent sessions refused since start, by reason.",
+                &[("reason", "identity")],
+                &m.sessions_rejected_identity,
+            ),
+            ("fleet_coordinator_sessions_rejected_total", "", &[("reason", "protocol")], &m.sessions_rejected_protocol),
+            (
+                "fleet_coordinator_reports_received_total",
+                "Reports received from agents, including duplicates.",
+                &[],
+                &m.reports_received,
+            ),
+            ("fleet_coordinator_reports_stored_total", "Reports written to the store.", &[], &m.reports_stored),
+            (
+                "fleet_coordinator_reports_duplicate_total",
+                "Reports received again after they were stored; not written twice.",
+                &[],
+                &m.reports_duplicate,
+            ),
+            ("fleet_coordinator_store_errors_total", "Group commits to the store that failed.", &[], &m.store_errors),
+            (
+                "fleet_coordinator_tls_handshake_failures_total",
+                "Incoming connections whose TLS handshake failed.",
+                &[],
+                &m.tls_handshake_failures,
+            ),
+            (
+                "fleet_coordinator_connections_refused_total",
+                "Connections refused because max_connections was reached.",
+                &[],
+                &m.connections_refused,
+            ),
+            (
+                "fleet_coordinator_http_connections_refused_total",
+                "HTTP connections refused because [http] max_connections was reached.",
+                &[],
+                &m.http_connections_refused,
+            ),
+            (
+                "fleet_coordinator_identity_conflicts_total",
+                "Agent sessions refused because another machine was attached with the same identity.",
+                &[],
+                &m.identity_conflicts,
+            ),
+            (
+                "fleet_coordinator_control_denied_total",
+                "Operator API calls denied for lack of an operator identity.",
+                &[],
+                &m.control_denied,
+            ),
+        ];
+        for (name, help, labels, c) in counters {
+            if !help.is_empty() {
+                e.family(name, "counter", help);
             }
+            e.sample(name, labels, c.get() as f64);
         }
-    }
-    e.family("fleet_service_info", "gauge", "Always 1; the version label is the service's committed release.");
-    for (host, _, report) in online {
-        for s in &report.services {
-            e.sample("fleet_service_info", &[("host", host), ("service", &s.name), ("version", &s.version)], 1.0);
-        }
-    }
-}
-
-fn render_self(e: &mut Exposition, registry: &Registry, m: &Metrics, sessions_open: usize, started_at_ms: i64) {
-    let (online, offline) = registry.counts();
-    e.family("fleet_coordinator_build_info", "gauge", "Always 1; labels describe the running fleet-coordinator.");
-    e.sample("fleet_coordinator_build_info", &[("version", fleet_common::VERSION)], 1.0);
-    e.family(
-        "fleet_coordinator_start_time_seconds",
-        "gauge",
-        "When the coordinator started, in seconds since the Unix epoch.",
-    );
-    e.sample("fleet_coordinator_start_time_seconds", &[], started_at_ms as f64 / 1000.0);
-    e.family("fleet_coordinator_hosts", "gauge", "Known hosts by status.");
-    e.sample("fleet_coordinator_hosts", &[("status", "online")], online as f64);
-    e.sample("fleet_coordinator_hosts", &[("status", "offline")], offline as f64);
-    e.family("fleet_coordinator_sessions", "gauge", "Agent sessions open now.");
-    e.sample("fleet_coordinator_sessions", &[], sessions_open as f64);
-    type CounterRow<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a Counter);
-    let counters: [CounterRow<'_>; 12] = [
-        ("fleet_coordinator_sessions_opened_total", "Agent sessions attached since start.", &[], &m.sessions_opened),
-        (
-            "fleet_coordinator_sessions_rejected_total",
-            "Agent sessions refused since start, by reason.",
-            &[("reason", "identity")],
-            &m.sessions_rejected_identity,
-        ),
-        ("fleet_coordinator_sessions_rejected_total", "", &[("reason", "protocol")], &m.sessions_rejected_protocol),
-        (
-            "fleet_coordinator_reports_received_total",
-            "Reports received from agents, including duplicates.",
-            &[],
-            &m.reports_received,
-        ),
-        ("fleet_coordinator_reports_stored_total", "Reports written to the store.", &[], &m.reports_stored),
-        (
-            "fleet_coordinator_reports_duplicate_total",
-            "Reports received again after they were stored; not written twice.",
-            &[],
-            &m.reports_duplicate,
-        ),
-        ("fleet_coordinator_store_errors_total", "Group commits to the store that failed.", &[], &m.store_errors),
-        (
-            "fleet_coordinator_tls_handshake_failures_total",
-            "Incoming connections whose TLS handshake failed.",
-            &[],
-            &m.tls_handshake_failures,
-        ),
-        (
-            "fleet_coordinator_connections_refused_total",
-            "Connections refused because max_connections was reached.",
-            &[],
-            &m.connections_refused,
-        ),
-        (
-            "fleet_coordinator_http_connections_refused_total",
-            "HTTP connections refused because [http] max_connections was reached.",
-            &[],
-            &m.http_connections_refused,
-        ),
-        (
-            "fleet_coordinator_identity_conflicts_total",
-            "Agent sessions refused because another machine was attached with the same identity.",
-            &[],
-            &m.identity_conflicts,
-        ),
-        (
-            "fleet_coordinator_control_denied_total",
-            "Operator API calls denied for lack of an operator identity.",
-            &[],
-            &m.control_denied,
-        ),
-    ];
-    for (name, help, labels, c) in counters {
-        if !help.is_empty() {
-            e.family(name, "counter", help);
-        }
-        e.sample(name, labels, c.get() as f64);
-    }
-    e.family(
-        "fleet_coordinator_denied_total",
-        "counter",
-        "Calls, TLS handshakes and enrollments refused since start, by reason.",
-    );
-    for (reason, c) in crate::guard::DenyReason::ALL.iter().zip(&m.denied) {
-        e.sample("fleet_coordinator_denied_total", &[("reason", reason.as_str())], c.get() as f64);
-    }
-    e.histogram(
-        "fleet_coordinator_store_write_duration_seconds",
-        "Time to write and flush one group commit.",
-        &m.store_write_seconds,
-    );
-    e.histogram(
-        "fleet_coordinator_control_request_duration_seconds",
-        "Time to answer one operator API call.",
-        &m.control_seconds,
-    );
-}
-
-/// Appends what the store holds: reports in the history window and the report log's size.
-pub fn render_store(out: &mut String, store: &crate::store::Store) {
-    let mut e = Exposition { out: std::mem::take(out) };
-    e.family("fleet_coordinator_history_reports", "gauge", "Reports held in the history window.");
-    e.sample("fleet_coordinator_history_reports", &[], store.reports_held() as f64);
-    e.family("fleet_coordinator_report_log_bytes", "gauge", "Bytes of the report log's segment files.");
-    e.sample("fleet_coordinator_report_log_bytes", &[], store.reports_disk_bytes() as f64);
-    *out = e.out;
-}
-
-/// Appends `fleet_alerts_firing{alertname,severity}`, the notification counters and the size
-/// of the history.
-pub fn render_alerting(out: &mut String, alerting: &crate::alerting::Alerting, tsdb: &crate::tsdb::Tsdb) {
-    let mut e = Exposition { out: std::mem::take(out) };
-    e.family("fleet_coordinator_history_series", "gauge", "Series held in the history.");
-    e.sample("fleet_coordinator_history_series", &[], tsdb.len() as f64);
-    e.family(
-        "fleet_coordinator_history_series_dropped_total",
-        "counter",
-        "Samples dropped because the history reached [history] max_series.",
-    );
-    e.sample("fleet_coordinator_history_series_dropped_total", &[], tsdb.dropped_series() as f64);
-    let (disk_bytes, chunk_errors) = tsdb.chunk_files();
-    e.family(
-        "fleet_coordinator_history_disk_bytes",
-        "gauge",
-        "Bytes of full history chunks in segment files under data_dir/history.",
-    );
-    e.sample("fleet_coordinator_history_disk_bytes", &[], disk_bytes as f64);
-    e.family(
-        "fleet_coordinator_history_chunk_errors_total",
-        "counter",
-        "History chunks that could not be written to disk (kept in memory instead) or read back.",
-    );
-    e.sample("fleet_coordinator_history_chunk_errors_total", &[], chunk_errors as f64);
-    let mut firing: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    for a in alerting.alerts() {
-        if a.state == fleet_rules::rules::AlertState::Firing {
-            let key = (
-                a.labels.get("alertname").unwrap_or_default().to_string(),
-                a.labels.get("severity").unwrap_or_default().to_string(),
-            );
-            *firing.entry(key).or_default() += 1;
-        }
-    }
-    e.family("fleet_alerts_firing", "gauge", "Alerts firing now, by alert name and severity.");
-    for ((name, sev), n) in &firing {
-        e.sample("fleet_alerts_firing", &[("alertname", name), ("severity", sev)], *n as f64);
-    }
-    let m = &alerting.metrics;
-    e.family(
-        "fleet_coordinator_notifications_sent_total",
-        "counter",
-        "Alert batches delivered to an Alertmanager or webhook.",
-    );
-    e.sample("fleet_coordinator_notifications_sent_total", &[], m.sent.get() as f64);
-    e.family(
-        "fleet_coordinator_notifications_failed_total",
-        "counter",
-        "Alert batches that could not be delivered after retries.",
-    );
-    e.sample("fleet_coordinator_notifications_failed_total", &[], m.failed.get() as f64);
-    e.family(
-        "fleet_coordinator_notifications_dropped_total",
-        "counter",
-        "Alert batches dropped because the notification queue was full.",
-    );
-    e.sample("fleet_coordinator_notifications_dropped_total", &[], m.dropped.get() as f64);
-    *out = e.out;
-}
-
-/// Appends `fleet_certificate_expiry_timestamp_seconds{identity,kind}` for every certificate
-/// the coordinator follows.
-pub fn render_certificates(out: &mut String, seen: &crate::certificates::Seen) {
-    let mut e = Exposition { out: std::mem::take(out) };
-    e.family(
-        "fleet_certificate_expiry_timestamp_seconds",
-        "gauge",
-        "When a certificate the coordinator knows expires, in seconds since the Unix epoch.",
-    );
-    let all = seen.all();
-    for (identity, f) in &all {
-        e.sample(
-            "fleet_certificate_expiry_timestamp_seconds",
-            &[("identity", identity), ("kind", f.kind)],
-            f.not_after_s as f64,
+        e.histogram(
+            "fleet_coordinator_store_write_duration_seconds",
+            "Time to write and flush one group commit.",
+            &m.store_write_seconds,
+        );
+        e.histogram(
+            "fleet_coordinator_control_request_duration_seconds",
+            "Time to answer one operator API call.",
+            &m.control_seconds,
         );
     }
-    e.family(
-        "fleet_certificate_renewal_timestamp_seconds",
-        "gauge",
-        "When the holder of a certificate renews it itself (enrolled agents), in seconds since the Unix epoch.",
-    );
-    for (identity, f) in &all {
-        if let Some(at) = f.renew_at_s {
-            e.sample(
-                "fleet_certificate_renewal_timestamp_seconds",
-                &[("identity", identity), ("kind", f.kind)],
-                at as f64,
-            );
-        }
-    }
-    *out = e.out;
-}
-
-/// Appends `fleet_rollouts_total{result}` and the progress of unfinished rollouts.
-pub fn render_rollouts(out: &mut String, rollouts: &crate::rollouts::Rollouts) {
-    let mut e = Exposition { out: std::mem::take(out) };
-    e.family("fleet_rollouts_total", "counter", "Rollouts that ended since the coordinator started, by result.");
-    let counts = rollouts.counts.by_result.lock().expect("counts lock").clone();
-    for result in ["succeeded", "failed", "rolled_back", "aborted"] {
-        e.sample("fleet_rollouts_total", &[("result", result)], counts.get(result).copied().unwrap_or(0) as f64);
-    }
-    let active: Vec<_> = rollouts.list().into_iter().filter(|r| !r.finished()).collect();
-    e.family("fleet_rollout_hosts", "gauge", "Hosts of unfinished rollouts, by state.");
-    for r in &active {
-        for state in ["pending", "deploying", "healthy", "failed", "reverting", "reverted"] {
-            let n = r.hosts.iter().filter(|h| h.state == state).count();
-            e.sample("fleet_rollout_hosts", &[("rollout", &r.id), ("service", &r.service), ("state", state)], n as f64);
-        }
-    }
-    e.family("fleet_rollout_progress_ratio", "gauge", "Share of an unfinished rollout's hosts that are done, 0 to 1.");
-    for r in &active {
-        let done = r.hosts.iter().filter(|h| h.state == "healthy").count();
-        e.sample(
-            "fleet_rollout_progress_ratio",
-            &[("rollout", &r.id), ("service", &r.service)],
-            done as f64 / r.hosts.len().max(1) as f64,
-        );
-    }
-    *out = e.out;
 }
 
 #[cfg(test)]

@@ -154,20 +154,8 @@ impl AgentService for AgentApi {
     }
 }
 
-/// Labels an agent may have, at most (as its config allows).
-pub const MAX_LABELS: usize = 32;
-/// The longest label value, version, host name or OS name a Hello may carry.
-pub const MAX_HELLO_STRING: usize = 256;
 /// Services a Hello may list, at most.
 pub const MAX_SERVICES: usize = 256;
-
-/// Whether `k` may be a label name of a host's series.
-pub fn valid_label_name(k: &str) -> bool {
-    k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !k.starts_with("__")
-        && k.len() <= MAX_HELLO_STRING
-}
 
 /// The caller the guard admitted ([`crate::guard`]).
 fn caller_of<T>(req: &Request<T>) -> Result<&crate::guard::Caller, Status> {
@@ -180,22 +168,13 @@ fn caller_of<T>(req: &Request<T>) -> Result<&crate::guard::Caller, Status> {
 /// well-formed, and free of control characters that would reach operators' terminals.
 fn validate_hello(h: &Hello) -> Result<(), String> {
     let fix = "fix the agent's config";
-    if h.labels.len() > MAX_LABELS {
-        return Err(format!("the agent has {} labels; at most {MAX_LABELS} are accepted ({fix})", h.labels.len()));
-    }
-    for (k, v) in &h.labels {
-        if !valid_label_name(k) {
-            return Err(format!("label name {:?} is not a valid label name ({fix})", k));
-        }
-        if v.len() > MAX_HELLO_STRING || fleet_common::has_control(v) {
-            return Err(format!(
-                "the value of label {k} is longer than {MAX_HELLO_STRING} bytes or holds control characters ({fix})"
-            ));
-        }
-    }
+    crate::labels::check(h.labels.iter()).map_err(|e| format!("the agent's labels: {e} ({fix})"))?;
     for (what, s) in [("version", &h.version), ("hostname", &h.hostname), ("os", &h.os)] {
-        if s.len() > MAX_HELLO_STRING || fleet_common::has_control(s) {
-            return Err(format!("hello.{what} is longer than {MAX_HELLO_STRING} bytes or holds control characters"));
+        if s.len() > crate::labels::MAX_VALUE || fleet_common::has_control(s) {
+            return Err(format!(
+                "hello.{what} is longer than {} bytes or holds control characters",
+                crate::labels::MAX_VALUE
+            ));
         }
     }
     if h.services.len() > MAX_SERVICES {

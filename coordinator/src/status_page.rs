@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use fleet_proto::v1::HostSummary;
 use fleet_rules::rules::AlertState;
 
-use crate::http::HttpState;
+use crate::alerting::Alerting;
+use crate::registry::Registry;
+use crate::rollouts::Rollouts;
 
 /// Rows shown at most in each table; the rest are counted, and fleetctl lists them all.
 pub const MAX_ROWS: usize = 500;
@@ -54,10 +56,10 @@ fn table(out: &mut String, title: &str, header: &[&str], rows: &[String], empty:
     }
 }
 
-/// The page.
-pub fn render(s: &HttpState) -> String {
+/// The page, from the cluster state, the number of open sessions, the alerts and the rollouts.
+pub fn render(registry: &Registry, sessions: usize, alerting: &Alerting, rollouts: &Rollouts) -> String {
     let now = fleet_common::now_ms();
-    let hosts: Vec<HostSummary> = s.registry.all().iter().map(|h| h.summary()).collect();
+    let hosts: Vec<HostSummary> = registry.all().iter().map(|h| h.summary()).collect();
     let online = hosts.iter().filter(|h| h.online).count();
     let mut out = String::with_capacity(8192);
     let _ = write!(
@@ -71,11 +73,11 @@ pub fn render(s: &HttpState) -> String {
          <a href=/api/v1/alerts>alerts API</a> &middot; <a href=/api/v1/rules>rules API</a></p>",
         fleet_common::VERSION,
         hosts.len() - online,
-        s.sessions.load(std::sync::atomic::Ordering::Relaxed),
+        sessions,
     );
 
     // Alerts: firing first, then pending.
-    let alerts = s.alerting.alerts();
+    let alerts = alerting.alerts();
     let rows: Vec<String> = alerts
         .iter()
         .map(|a| {
@@ -105,7 +107,7 @@ pub fn render(s: &HttpState) -> String {
     );
 
     // Rollouts under way.
-    let running: Vec<_> = s.rollouts.list().into_iter().filter(|r| !r.finished()).collect();
+    let running: Vec<_> = rollouts.list().into_iter().filter(|r| !r.finished()).collect();
     let rows: Vec<String> = running
         .iter()
         .map(|r| {

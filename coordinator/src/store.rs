@@ -8,7 +8,7 @@
 //!   says hello and when its session ends. Its de-duplication marks and newest report time move
 //!   on with every report; at start-up they are taken from the report log, which holds every
 //!   report the saved record may not know of.
-//! - `o<id>` → JSON `rollouts::RolloutRecord`, saved after every step of a rollout.
+//! - `o<id>` → JSON `RolloutRecord` (store/rollouts.rs), saved after every step of a rollout.
 //! - `a<rule file>\0<group>` → JSON alert state of a rule group, saved after every evaluation.
 //!
 //! A store that cannot be opened is never silently replaced: the coordinator refuses to start
@@ -16,6 +16,7 @@
 
 mod reopen;
 pub mod reports;
+mod rollouts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use reports::Record;
 use reports::{LogError, ReportLog};
+pub use rollouts::{HostStep, MAX_ROLLOUTS, RolloutRecord};
 
 /// sled's page cache (its default is 1 GiB). sled holds only host records, rollouts and alert
 /// state, read at start-up and written a few times a minute.
@@ -502,8 +504,8 @@ impl Store {
     }
 
     /// Saves a rollout durably (flushed before returning), forgetting the oldest finished
-    /// rollouts beyond [`crate::rollouts::MAX_ROLLOUTS`].
-    pub fn save_rollout(&self, r: &crate::rollouts::RolloutRecord) -> Result<(), StoreError> {
+    /// rollouts beyond [`MAX_ROLLOUTS`].
+    pub fn save_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
         let mut key = vec![b'o'];
         key.extend_from_slice(r.id.as_bytes());
         let json = serde_json::to_vec(r).map_err(|e| self.io(e))?;
@@ -511,17 +513,17 @@ impl Store {
             .with(|db, tree| {
                 tree.insert(key.as_slice(), json.as_slice())?;
                 let total = tree.scan_prefix(b"o").count();
-                if total > crate::rollouts::MAX_ROLLOUTS {
+                if total > MAX_ROLLOUTS {
                     let mut done: Vec<(i64, sled::IVec)> = tree
                         .scan_prefix(b"o")
                         .filter_map(Result::ok)
                         .filter_map(|(k, v)| {
-                            let r: crate::rollouts::RolloutRecord = serde_json::from_slice(&v).ok()?;
+                            let r: RolloutRecord = serde_json::from_slice(&v).ok()?;
                             r.finished().then_some((r.created_at_ms, k))
                         })
                         .collect();
                     done.sort_by_key(|(t, _)| *t);
-                    let excess = total - crate::rollouts::MAX_ROLLOUTS;
+                    let excess = total - MAX_ROLLOUTS;
                     for (_, k) in done.into_iter().take(excess) {
                         tree.remove(k)?;
                     }
@@ -561,7 +563,7 @@ impl Store {
     }
 
     /// Every stored rollout.
-    pub fn load_rollouts(&self) -> Result<Vec<crate::rollouts::RolloutRecord>, StoreError> {
+    pub fn load_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
         let mut out = Vec::new();
         let items = self
             .sled
@@ -628,6 +630,17 @@ impl Store {
     /// Where the store lives.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Appends what the store holds: reports in the history window and the report log's size.
+impl crate::metrics::FmtMetrics for Store {
+    fn fmt_metrics(&self, e: &mut crate::metrics::Exposition) {
+        let store = self;
+        e.family("fleet_coordinator_history_reports", "gauge", "Reports held in the history window.");
+        e.sample("fleet_coordinator_history_reports", &[], store.reports_held() as f64);
+        e.family("fleet_coordinator_report_log_bytes", "gauge", "Bytes of the report log's segment files.");
+        e.sample("fleet_coordinator_report_log_bytes", &[], store.reports_disk_bytes() as f64);
     }
 }
 
@@ -753,7 +766,7 @@ mod tests {
     fn rollouts_are_bounded_and_unfinished_ones_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), HOUR).unwrap();
-        let rollout = |i: usize, state: &str| -> crate::rollouts::RolloutRecord {
+        let rollout = |i: usize, state: &str| -> RolloutRecord {
             serde_json::from_value(serde_json::json!({
                 "id": format!("r{i:05}"), "service": "api", "version": "1", "sha256": "x", "size_bytes": 1,
                 "state": state, "reason": "", "hosts": [], "max_parallel": 1, "canary": 0, "auto_promote": false,
@@ -764,7 +777,7 @@ mod tests {
             .unwrap()
         };
         s.save_rollout(&rollout(0, "running")).unwrap();
-        let max = crate::rollouts::MAX_ROLLOUTS;
+        let max = MAX_ROLLOUTS;
         for i in 1..=max + 5 {
             s.save_rollout(&rollout(i, "succeeded")).unwrap();
         }

@@ -18,7 +18,7 @@ use fleet_proto::v1::Report;
 use fleet_rules::promql::{Labels, NAME, Series, Storage};
 use promql_parser::label::Matchers;
 
-use crate::metrics::{HOST_GAUGES, SERVICE};
+use crate::series::{HOST_GAUGES, SERVICE};
 
 /// Series kept at most, whatever the retention.
 pub const DEFAULT_MAX_SERIES: usize = 1_000_000;
@@ -464,6 +464,34 @@ impl Storage for Writable {
 impl fleet_rules::rules::Appender for Writable {
     fn append(&mut self, labels: Labels, t: i64, v: f64) {
         self.0.append(labels, t, v);
+    }
+}
+
+/// The history's size: series held and dropped, bytes of chunk files, chunk errors.
+impl crate::metrics::FmtMetrics for Tsdb {
+    fn fmt_metrics(&self, e: &mut crate::metrics::Exposition) {
+        let tsdb = self;
+        e.family("fleet_coordinator_history_series", "gauge", "Series held in the history.");
+        e.sample("fleet_coordinator_history_series", &[], tsdb.len() as f64);
+        e.family(
+            "fleet_coordinator_history_series_dropped_total",
+            "counter",
+            "Samples dropped because the history reached [history] max_series.",
+        );
+        e.sample("fleet_coordinator_history_series_dropped_total", &[], tsdb.dropped_series() as f64);
+        let (disk_bytes, chunk_errors) = tsdb.chunk_files();
+        e.family(
+            "fleet_coordinator_history_disk_bytes",
+            "gauge",
+            "Bytes of full history chunks in segment files under data_dir/history.",
+        );
+        e.sample("fleet_coordinator_history_disk_bytes", &[], disk_bytes as f64);
+        e.family(
+            "fleet_coordinator_history_chunk_errors_total",
+            "counter",
+            "History chunks that could not be written to disk (kept in memory instead) or read back.",
+        );
+        e.sample("fleet_coordinator_history_chunk_errors_total", &[], chunk_errors as f64);
     }
 }
 

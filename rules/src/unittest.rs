@@ -405,4 +405,24 @@ mod tests {
             assert!(o.failures.is_empty(), "{f}:\n{}", o.failures.join("\n"));
         }
     }
+
+    #[test]
+    fn a_template_that_fails_on_its_data_still_fires_the_alert_with_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("r.yml"),
+            "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up == 0\n        annotations:\n          broken: '{{ humanize 1 2 }}'\n          fine: '{{ $labels.job }}'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("t.yml"),
+            "rule_files: [r.yml]\ntests:\n  - input_series:\n      - series: 'up{job=\"db\"}'\n        values: '0'\n    alert_rule_test:\n      - eval_time: 0m\n        alertname: A\n        exp_alerts: [{exp_labels: {job: db}, exp_annotations: {fine: db}}]\n",
+        )
+        .unwrap();
+        let out = run_file(&dir.path().join("t.yml")).unwrap();
+        let failure = out.failures.join("\n");
+        assert!(failure.contains("broken=\"<error expanding template: "), "{failure}");
+        assert!(failure.contains("wrong number of args for humanize"), "{failure}");
+        assert!(failure.contains("fine=\"db\""), "{failure}");
+    }
 }

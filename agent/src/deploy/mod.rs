@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::config::{DeployConfig, ServiceConfig};
-use crate::store::Outbox;
+use crate::store::{Outbox, PendingSwitch, ReleaseRecord, ServiceReleases};
 use crate::supervisor::{Action, Supervisor};
 
 /// The largest artifact an agent fetches.
@@ -67,76 +67,6 @@ impl Probation {
                 Duration::from_millis(deadline_ms)
             },
         }
-    }
-}
-
-/// One release kept on disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRecord {
-    /// `<version>-<sha256[..8]>`, the directory name under `releases/`.
-    pub id: String,
-    /// The version.
-    pub version: String,
-    /// The artifact's digest.
-    pub sha256: String,
-    /// When it was last switched to (or unpacked).
-    pub deployed_at_ms: i64,
-    /// Whether it failed probation or was rolled back from.
-    pub bad: bool,
-    /// Why.
-    pub reason: String,
-}
-
-/// A switch in progress: what to go back to if the agent stops before it commits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingSwitch {
-    /// The release switched to.
-    pub to: String,
-    /// The release before it, if any.
-    pub from: Option<String>,
-    /// The backup of backup_paths taken before the switch.
-    pub backup: PathBuf,
-}
-
-/// Everything the agent keeps about one service's releases (in its store, key = service).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceReleases {
-    /// Releases on disk, oldest first.
-    pub releases: Vec<ReleaseRecord>,
-    /// The committed release `current` points at.
-    pub current: Option<String>,
-    /// The release before it.
-    pub previous: Option<String>,
-    /// A switch not yet committed.
-    pub pending: Option<PendingSwitch>,
-}
-
-impl ServiceReleases {
-    fn record(&self, id: &str) -> Option<&ReleaseRecord> {
-        self.releases.iter().find(|r| r.id == id)
-    }
-
-    fn version_of(&self, id: &Option<String>) -> String {
-        id.as_ref().and_then(|i| self.record(i)).map(|r| r.version.clone()).unwrap_or_else(|| "none".into())
-    }
-
-    /// The releases as the protocol carries them, newest first.
-    pub fn to_proto(&self) -> Vec<Release> {
-        let mut v: Vec<Release> = self
-            .releases
-            .iter()
-            .map(|r| Release {
-                version: r.version.clone(),
-                sha256: r.sha256.clone(),
-                deployed_at_ms: r.deployed_at_ms,
-                current: self.current.as_deref() == Some(r.id.as_str()),
-                previous: self.previous.as_deref() == Some(r.id.as_str()),
-                bad: r.bad,
-                reason: r.reason.clone(),
-            })
-            .collect();
-        v.sort_by_key(|r| std::cmp::Reverse(r.deployed_at_ms));
-        v
     }
 }
 

@@ -134,20 +134,6 @@ fn signal_name(s: Signal) -> &'static str {
     }
 }
 
-/// The uid and gid of a local user, from /etc/passwd.
-pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == name {
-            let uid = f[2].parse().map_err(|_| format!("bad uid for user {name} in /etc/passwd"))?;
-            let gid = f[3].parse().map_err(|_| format!("bad gid for user {name} in /etc/passwd"))?;
-            return Ok((uid, gid));
-        }
-    }
-    Err(format!("no user named \"{name}\" in /etc/passwd"))
-}
-
 /// The environment every service starts with, before its own `env`: a sane PATH and the
 /// locale and time zone of the agent. Nothing else of the agent's environment leaks in.
 fn base_env() -> Vec<(String, String)> {

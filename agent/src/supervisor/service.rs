@@ -386,7 +386,7 @@ impl ServiceTask {
             .process_group(0)
             .kill_on_drop(false);
         if let Some(user) = &c.user {
-            let (uid, gid) = super::lookup_user(user)?;
+            let (uid, gid) = crate::config::lookup_user(user)?;
             if !rustix::process::geteuid().is_root() && uid != rustix::process::geteuid().as_raw() {
                 return Err(format!("user = \"{user}\" needs fleet-agent to run as root"));
             }

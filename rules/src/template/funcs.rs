@@ -397,7 +397,7 @@ fn js_escape(s: &str) -> String {
             '&' => out.push_str("\\u0026"),
             '=' => out.push_str("\\u003D"),
             c if c < ' ' => out.push_str(&format!("\\u00{:02X}", c as u32)),
-            c if c.is_ascii() || gofmt::is_print(c) => out.push(c),
+            c if c.is_ascii() || super::strconv::is_print(c) => out.push(c),
             c => out.push_str(&format!("\\u{:04X}", c as u32)),
         }
     }
@@ -430,7 +430,7 @@ fn query_unescape(s: &str) -> Result<String, String> {
                     (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
                     _ => {
                         let bad = String::from_utf8_lossy(&b[i..(i + 3).min(b.len())]).into_owned();
-                        return Err(format!("invalid URL escape {}", gofmt::quote(&bad)));
+                        return Err(format!("invalid URL escape {}", super::strconv::quote(&bad)));
                     }
                 }
                 i += 3;
@@ -558,7 +558,7 @@ fn to_title(c: char) -> char {
 fn to_float(v: &Value) -> Result<f64, String> {
     match v {
         Value::Float(f) => Ok(*f),
-        Value::Str(s) => super::parse::parse_float(s),
+        Value::Str(s) => super::strconv::parse_float(s),
         Value::Int(i) => Ok(*i as f64),
         // Not uint8: Prometheus' converter takes int, uint, int64 and uint64 only.
         Value::Duration(d) => Ok(gotime::duration_in(*d, 1_000_000_000)),

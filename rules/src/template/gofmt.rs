@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use super::gotime::{duration_string, month_name, weekday_name};
+use super::strconv::{can_backquote, is_print, quote_with};
 use super::value::{Sample, Value};
 
 /// Go's `fmt.Sprint(f)` of a float64 (`%v`), which is `strconv.FormatFloat(f, 'g', -1, 64)`:
@@ -224,70 +225,6 @@ fn fmt_x(out: &mut String, a: f64, prec: i32, fmt: char) {
     out.push(if fmt == 'X' { 'P' } else { 'p' });
     out.push(if exp < 0 { '-' } else { '+' });
     let _ = write!(out, "{:02}", exp.unsigned_abs());
-}
-
-/// Go's `unicode.IsPrint`, approximated: Rust has no general-category table, so this treats
-/// controls, white space other than U+0020, format characters and private use as
-/// unprintable (unassigned code points are taken as printable).
-pub(super) fn is_print(c: char) -> bool {
-    if c == ' ' {
-        return true;
-    }
-    if c.is_control() || c.is_whitespace() {
-        return false;
-    }
-    !matches!(c,
-        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{180E}'
-        | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}'
-        | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}'
-        | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{10FFFF}')
-}
-
-/// Go's `strconv.Quote` (`ascii`: `QuoteToASCII`), with `quote` as the delimiter.
-fn quote_with(s: &str, quote: char, ascii: bool) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for c in s.chars() {
-        escape_rune(&mut out, c, quote, ascii);
-    }
-    out.push(quote);
-    out
-}
-
-fn escape_rune(out: &mut String, c: char, quote: char, ascii: bool) {
-    if c == quote || c == '\\' {
-        out.push('\\');
-        out.push(c);
-        return;
-    }
-    let printable = if ascii { c.is_ascii() && is_print(c) } else { is_print(c) };
-    if printable {
-        out.push(c);
-        return;
-    }
-    let _ = match c {
-        '\x07' => write!(out, "\\a"),
-        '\x08' => write!(out, "\\b"),
-        '\x0c' => write!(out, "\\f"),
-        '\n' => write!(out, "\\n"),
-        '\r' => write!(out, "\\r"),
-        '\t' => write!(out, "\\t"),
-        '\x0b' => write!(out, "\\v"),
-        c if c < ' ' || c == '\x7f' => write!(out, "\\x{:02x}", c as u32),
-        c if (c as u32) < 0x10000 => write!(out, "\\u{:04x}", c as u32),
-        c => write!(out, "\\U{:08x}", c as u32),
-    };
-}
-
-/// Go's `strconv.Quote`.
-pub(super) fn quote(s: &str) -> String {
-    quote_with(s, '"', false)
-}
-
-/// Go's `strconv.CanBackquote`.
-fn can_backquote(s: &str) -> bool {
-    s.chars().all(|c| c == '\t' || (c >= ' ' && c != '`' && c != '\x7f' && c != '\u{FEFF}'))
 }
 
 /// The flags and sizes of one verb (Go's `fmtFlags` plus `wid` and `prec`).

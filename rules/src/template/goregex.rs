@@ -14,7 +14,7 @@ pub(super) fn compile(pattern: &str) -> Result<Regex, String> {
     RegexBuilder::new(&translated)
         .size_limit(SIZE_LIMIT)
         .build()
-        .map_err(|e| format!("invalid regular expression {}: {}", super::gofmt::quote(pattern), first_line(&e)))
+        .map_err(|e| format!("invalid regular expression {}: {}", super::strconv::quote(pattern), first_line(&e)))
 }
 
 fn first_line(e: &regex::Error) -> String {

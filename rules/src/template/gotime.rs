@@ -569,7 +569,7 @@ pub(super) fn parse_model_duration(s: &str) -> Result<i64, String> {
             .unwrap_or_else(|e| unreachable!("the duration pattern is valid: {e}"))
     });
     let Some(caps) = re.captures(s) else {
-        return Err(format!("not a valid duration string: {}", super::gofmt::quote(s)));
+        return Err(format!("not a valid duration string: {}", super::strconv::quote(s)));
     };
     const MS: i64 = 1_000_000;
     let units: [(usize, i64); 7] = [

@@ -80,9 +80,9 @@ impl std::fmt::Display for Item {
             k if k.is_keyword() => write!(f, "<{}>", self.val),
             _ if self.val.chars().count() > 10 => {
                 let head: String = self.val.chars().take(10).collect();
-                write!(f, "{}...", super::gofmt::quote(&head))
+                write!(f, "{}...", super::strconv::quote(&head))
             }
-            _ => write!(f, "{}", super::gofmt::quote(&self.val)),
+            _ => write!(f, "{}", super::strconv::quote(&self.val)),
         }
     }
 }
@@ -469,13 +469,13 @@ impl Lexer<'_> {
     /// ("089") that the parser then refuses.
     fn lex_number(&mut self) -> State {
         if !self.scan_number() {
-            let text = super::gofmt::quote(&self.input[self.start..self.pos]);
+            let text = super::strconv::quote(&self.input[self.start..self.pos]);
             return self.error(format!("bad number syntax: {text}"));
         }
         if matches!(self.peek(), Some('+' | '-')) {
             // Complex: 1+2i. No spaces, must end in 'i'.
             if !self.scan_number() || !self.input[..self.pos].ends_with('i') {
-                let text = super::gofmt::quote(&self.input[self.start..self.pos]);
+                let text = super::strconv::quote(&self.input[self.start..self.pos]);
                 return self.error(format!("bad number syntax: {text}"));
             }
             self.emit(Kind::Complex);

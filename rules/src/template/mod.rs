@@ -26,6 +26,7 @@ mod goregex;
 mod gotime;
 mod lex;
 mod parse;
+mod strconv;
 mod value;
 
 use std::collections::{BTreeMap, HashMap};

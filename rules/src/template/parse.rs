@@ -16,6 +16,7 @@ use super::MAX_NESTING;
 use super::funcs::{self, FUNCS};
 use super::goregex;
 use super::lex::{Item, Kind, lex};
+use super::strconv::{parse_float, parse_int, parse_uint, unquote, unquote_char};
 use super::value::Value;
 
 #[derive(Debug, Clone)]
@@ -585,7 +586,7 @@ impl Parser<'_> {
                 Operand::Variable { pos, name, fields }
             }
             n @ (Operand::Bool(..) | Operand::Str { .. } | Operand::Number(_) | Operand::Nil(_) | Operand::Dot(_)) => {
-                let s = super::gofmt::quote(&n.to_string());
+                let s = super::strconv::quote(&n.to_string());
                 return self.err(n.pos(), format!("unexpected . after term {s}"));
             }
             base => Operand::Chain { pos: base.pos(), base: Box::new(base), fields: more },
@@ -601,7 +602,7 @@ impl Parser<'_> {
                     return self.err(pos, "the function \"call\" is not supported in fleet's templates: alert data holds no functions to call");
                 }
                 let Some(id) = funcs::lookup(&item.val) else {
-                    return self.err(pos, format!("function {} not defined", super::gofmt::quote(&item.val)));
+                    return self.err(pos, format!("function {} not defined", super::strconv::quote(&item.val)));
                 };
                 Operand::Func { pos, id }
             }
@@ -609,7 +610,7 @@ impl Parser<'_> {
             Kind::Nil => Operand::Nil(pos),
             Kind::Variable => {
                 if !self.vars.contains(&item.val) {
-                    return self.err(pos, format!("undefined variable {}", super::gofmt::quote(&item.val)));
+                    return self.err(pos, format!("undefined variable {}", super::strconv::quote(&item.val)));
                 }
                 Operand::Variable { pos, name: item.val, fields: Vec::new() }
             }
@@ -734,7 +735,7 @@ fn number(item: &Item) -> PResult<Number> {
     } else if let Ok(f) = parse_float(&text) {
         // Parsed as a float but looks like an integer: too large to be one.
         if !text.contains(['.', 'e', 'E', 'p', 'P']) {
-            return Err((item.pos, format!("integer overflow: {}", super::gofmt::quote(&text))));
+            return Err((item.pos, format!("integer overflow: {}", super::strconv::quote(&text))));
         }
         n.float = Some(f);
         if f.fract() == 0.0 && f > -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18 {
@@ -745,288 +746,9 @@ fn number(item: &Item) -> PResult<Number> {
         }
     }
     if n.int.is_none() && n.uint.is_none() && n.float.is_none() {
-        return Err((item.pos, format!("illegal number syntax: {}", super::gofmt::quote(&text))));
+        return Err((item.pos, format!("illegal number syntax: {}", super::strconv::quote(&text))));
     }
     Ok(n)
-}
-
-/// Go's `underscoreOK`: underscores only between digits or after a base prefix.
-fn underscore_ok(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut saw = b'^';
-    let mut i = 0;
-    let b = if matches!(b.first(), Some(b'+' | b'-')) { &b[1..] } else { b };
-    let mut hex = false;
-    if b.len() >= 2 && b[0] == b'0' && matches!(b[1].to_ascii_lowercase(), b'b' | b'o' | b'x') {
-        i = 2;
-        saw = b'0';
-        hex = b[1].eq_ignore_ascii_case(&b'x');
-    }
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_digit() || (hex && c.is_ascii_hexdigit()) {
-            saw = b'0';
-        } else if c == b'_' {
-            if saw != b'0' {
-                return false;
-            }
-            saw = b'_';
-        } else {
-            if saw == b'_' {
-                return false;
-            }
-            saw = b'!';
-        }
-        i += 1;
-    }
-    saw != b'_'
-}
-
-/// Go's `strconv.ParseUint(s, 0, 64)`: decimal, 0x, 0o, 0b or leading-0 octal.
-fn parse_uint(s: &str) -> Option<u64> {
-    let (base, digits) = if s.len() >= 3 && s.starts_with('0') {
-        match s.as_bytes()[1].to_ascii_lowercase() {
-            b'b' => (2, &s[2..]),
-            b'o' => (8, &s[2..]),
-            b'x' => (16, &s[2..]),
-            _ => (8, &s[1..]),
-        }
-    } else if let Some(rest) = s.strip_prefix('0') {
-        (8, rest)
-    } else {
-        (10, s)
-    };
-    if s.is_empty() || (base != 8 && base != 10 && digits.is_empty()) {
-        return None;
-    }
-    let mut n: u64 = 0;
-    let mut underscores = false;
-    for c in digits.chars() {
-        if c == '_' {
-            underscores = true;
-            continue;
-        }
-        let d = c.to_digit(base)?;
-        n = n.checked_mul(u64::from(base))?.checked_add(u64::from(d))?;
-    }
-    if underscores && !underscore_ok(s) {
-        return None;
-    }
-    Some(n)
-}
-
-/// Go's `strconv.ParseInt(s, 0, 64)`.
-fn parse_int(s: &str) -> Option<i64> {
-    let (neg, body) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let u = parse_uint(body)?;
-    if neg {
-        if u > 1 << 63 {
-            return None;
-        }
-        Some((u as i64).wrapping_neg())
-    } else {
-        i64::try_from(u).ok()
-    }
-}
-
-/// Go's `strconv.ParseFloat(s, 64)`, with its error text.
-pub(super) fn parse_float(s: &str) -> Result<f64, String> {
-    let syntax = || format!("strconv.ParseFloat: parsing {}: invalid syntax", super::gofmt::quote(s));
-    let range = || format!("strconv.ParseFloat: parsing {}: value out of range", super::gofmt::quote(s));
-    let (neg, body) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let lower = body.to_ascii_lowercase();
-    if lower == "inf" || lower == "infinity" {
-        return Ok(if neg { f64::NEG_INFINITY } else { f64::INFINITY });
-    }
-    if lower == "nan" && body.len() == s.len() {
-        return Ok(f64::NAN);
-    }
-    let cleaned: String;
-    let body = if body.contains('_') {
-        if !underscore_ok(s) {
-            return Err(syntax());
-        }
-        cleaned = body.replace('_', "");
-        cleaned.as_str()
-    } else {
-        body
-    };
-    let v = if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-        parse_hex_float(hex).ok_or_else(syntax)?
-    } else {
-        // Go's decimal syntax: digits, an optional point, an optional exponent.
-        let b = body.as_bytes();
-        let mut i = 0;
-        let mut digits = 0;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-            digits += 1;
-        }
-        if i < b.len() && b[i] == b'.' {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-                digits += 1;
-            }
-        }
-        if digits == 0 {
-            return Err(syntax());
-        }
-        if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-            i += 1;
-            if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
-                i += 1;
-            }
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i == start {
-                return Err(syntax());
-            }
-        }
-        if i != b.len() {
-            return Err(syntax());
-        }
-        body.parse::<f64>().map_err(|_| syntax())?
-    };
-    if v.is_infinite() {
-        return Err(range());
-    }
-    Ok(if neg { -v } else { v })
-}
-
-/// A hexadecimal float's mantissa and mandatory `p` exponent: "1.8p1".
-fn parse_hex_float(s: &str) -> Option<f64> {
-    let (mant, exp) = s.split_once(['p', 'P'])?;
-    let exp: i32 = exp.parse().ok()?;
-    let (int_part, frac_part) = mant.split_once('.').unwrap_or((mant, ""));
-    if int_part.is_empty() && frac_part.is_empty() {
-        return None;
-    }
-    let mut m: u128 = 0;
-    let mut shift: i32 = 0;
-    for (i, c) in int_part.chars().chain(frac_part.chars()).enumerate() {
-        let d = c.to_digit(16)?;
-        if m < 1 << 120 {
-            m = m * 16 + u128::from(d);
-            if i >= int_part.len() {
-                shift -= 4;
-            }
-        } else if i < int_part.len() {
-            shift += 4;
-        }
-    }
-    Some(m as f64 * 2f64.powi(exp.saturating_add(shift)))
-}
-
-/// Go's `strconv.Unquote` for "interpreted" and `raw` strings.
-fn unquote(s: &str) -> Result<String, String> {
-    if let Some(raw) = s.strip_prefix('`').and_then(|r| r.strip_suffix('`')) {
-        // Carriage returns are discarded from raw strings.
-        return Ok(raw.replace('\r', ""));
-    }
-    let Some(body) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
-        return Err("invalid syntax".into());
-    };
-    let mut out: Vec<u8> = Vec::with_capacity(body.len());
-    let mut rest = body;
-    while !rest.is_empty() {
-        let (c, tail) = unquote_one(rest, '"')?;
-        match c {
-            Unquoted::Byte(b) => out.push(b),
-            Unquoted::Rune(r) => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(r.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-        rest = tail;
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// A character constant ('a', '\n', '\x41') as its code point.
-fn unquote_char(s: &str) -> Result<i64, String> {
-    let body = s.strip_prefix('\'').ok_or("invalid syntax")?;
-    let (c, tail) = unquote_one(body, '\'')?;
-    if tail != "'" {
-        return Err(format!("malformed character constant: {s}"));
-    }
-    Ok(match c {
-        Unquoted::Byte(b) => i64::from(b),
-        Unquoted::Rune(r) => i64::from(u32::from(r)),
-    })
-}
-
-enum Unquoted {
-    Byte(u8),
-    Rune(char),
-}
-
-/// Go's `strconv.UnquoteChar`: one character or escape of a quoted literal.
-fn unquote_one(s: &str, quote: char) -> Result<(Unquoted, &str), String> {
-    let bad = || "invalid syntax".to_string();
-    let mut chars = s.chars();
-    let c = chars.next().ok_or_else(bad)?;
-    if c == quote {
-        return Err(bad());
-    }
-    if c != '\\' {
-        return Ok((Unquoted::Rune(c), chars.as_str()));
-    }
-    let e = chars.next().ok_or_else(bad)?;
-    let rest = chars.as_str();
-    let simple = match e {
-        'a' => Some('\x07'),
-        'b' => Some('\x08'),
-        'f' => Some('\x0c'),
-        'n' => Some('\n'),
-        'r' => Some('\r'),
-        't' => Some('\t'),
-        'v' => Some('\x0b'),
-        '\\' => Some('\\'),
-        '\'' | '"' if e == quote => Some(e),
-        _ => None,
-    };
-    if let Some(r) = simple {
-        return Ok((Unquoted::Rune(r), rest));
-    }
-    let hex = |n: usize| -> Result<(u32, &str), String> {
-        let digits = rest.get(..n).ok_or_else(bad)?;
-        let v = u32::from_str_radix(digits, 16).map_err(|_| bad())?;
-        if !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        Ok((v, &rest[n..]))
-    };
-    match e {
-        'x' => {
-            let (v, tail) = hex(2)?;
-            Ok((Unquoted::Byte(v as u8), tail))
-        }
-        'u' | 'U' => {
-            let (v, tail) = hex(if e == 'u' { 4 } else { 8 })?;
-            let r = char::from_u32(v).ok_or_else(bad)?;
-            Ok((Unquoted::Rune(r), tail))
-        }
-        '0'..='7' => {
-            let digits = s.get(1..4).ok_or_else(bad)?;
-            let v = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
-            if v > 255 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {
-                return Err(bad());
-            }
-            Ok((Unquoted::Byte(v as u8), &s[4..]))
-        }
-        _ => Err(bad()),
-    }
 }
 
 #[cfg(test)]
@@ -1045,19 +767,7 @@ mod tests {
         assert!(number(&item("089")).is_err());
         assert!(number(&item("18446744073709551615")).unwrap().ideal().unwrap_err().contains("overflows int"));
         assert!(number(&item("99999999999999999999")).unwrap_err().1.contains("integer overflow"));
-        assert_eq!(parse_float("0x1.8p1"), Ok(3.0));
-        assert_eq!(parse_float("-Inf"), Ok(f64::NEG_INFINITY));
-        assert!(parse_float("1e400").unwrap_err().contains("value out of range"));
-        assert!(parse_float("abc").unwrap_err().contains("invalid syntax"));
         let c = Item { kind: Kind::CharConstant, pos: 0, val: "'\\n'".into() };
         assert_eq!(number(&c).unwrap().int, Some(10));
-    }
-
-    #[test]
-    fn strings_unquote_like_go() {
-        assert_eq!(unquote(r#""a\tb\x41\u00e9\101""#).unwrap(), "a\tbAéA");
-        assert_eq!(unquote("`a\\n\r`").unwrap(), "a\\n");
-        assert!(unquote(r#""\q""#).is_err());
-        assert!(unquote(r#""\'""#).is_err());
     }
 }
