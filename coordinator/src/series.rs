@@ -1,56 +1,154 @@
-//! The series fleet makes of its hosts: the catalog of host and service families (DESIGN §9),
-//! used both by the history (crate::tsdb, which stores them from every report) and by
-//! `/metrics`, which writes them from the registry at scrape time without keeping an object per
-//! series.
+//! The series fleet makes of its hosts (DESIGN §9): one catalog, [`REPORT_FAMILIES`], says
+//! which samples a report gives, and both the history (crate::tsdb, which stores every
+//! report's samples) and `/metrics` (which writes the newest report of each online host at
+//! scrape time, keeping no object per series) read reports through it, so the two cannot
+//! disagree. The families that come from the session rather than a report (`fleet_agent_up`,
+//! the last report time, the clock offset) are written from the registry here too.
+
+use fleet_proto::v1::{HostMetrics, Report, ServiceStatus};
 
 use crate::metrics::Exposition;
 use crate::registry::Registry;
 
-/// One service family: name, type, help, and how to read the value.
-pub type SvcValue = (&'static str, &'static str, &'static str, fn(&fleet_proto::v1::ServiceStatus) -> f64);
-/// The per-service families of DESIGN §9 (fleet_service_info is written separately).
-pub const SERVICE: [SvcValue; 5] = [
-    ("fleet_service_up", "gauge", "1 while the service runs (and is healthy, where it has a health check).", |s| {
-        if s.state == "running" && s.healthy { 1.0 } else { 0.0 }
-    }),
-    ("fleet_service_healthy", "gauge", "1 when the service's last health check passed.", |s| {
-        if s.healthy { 1.0 } else { 0.0 }
-    }),
-    (
-        "fleet_service_restarts_total",
-        "counter",
-        "Restarts of the service since the agent started supervising it.",
-        |s| s.restarts as f64,
-    ),
-    ("fleet_service_memory_rss_bytes", "gauge", "Resident memory of the service's process.", |s| {
-        s.memory_rss_bytes as f64
-    }),
-    ("fleet_service_cpu_seconds_total", "counter", "CPU time used by the service's current process.", |s| {
-        s.cpu_seconds
-    }),
-];
+/// Where a family's samples go: `(labels beside host, value)`.
+pub type Sink<'a> = dyn FnMut(&[(&str, &str)], f64) + 'a;
+/// How a family reads its samples out of a report.
+pub type Each = fn(&Report, &mut Sink<'_>);
 
-/// One host family: name, type, help, and how to read the value from a host's metrics.
-pub type HostGauge = (&'static str, &'static str, fn(&fleet_proto::v1::HostMetrics) -> f64);
+/// One family of samples taken from a report.
+pub struct Family {
+    /// The metric name.
+    pub name: &'static str,
+    /// `gauge` or `counter`.
+    pub kind: &'static str,
+    /// Its HELP text.
+    pub help: &'static str,
+    /// Whether `/metrics` writes it for offline hosts too (from their last report); the host
+    /// and service families are written only while the host is online, as the last values of
+    /// a silent host would keep alerts such as "CPU above 80%" firing for a machine nobody sees.
+    pub while_offline: bool,
+    /// Calls `f(labels beside host, value)` for every sample of this family in a report.
+    pub each: Each,
+}
 
-/// The per-host gauges of DESIGN §9.
-pub const HOST_GAUGES: [HostGauge; 9] = [
-    (
+/// The most labels a report sample has beside `host`.
+pub const MAX_EXTRA_LABELS: usize = 2;
+
+const fn gauge(name: &'static str, help: &'static str, each: Each) -> Family {
+    Family { name, kind: "gauge", help, while_offline: false, each }
+}
+
+const fn counter(name: &'static str, help: &'static str, each: Each) -> Family {
+    Family { name, kind: "counter", help, while_offline: false, each }
+}
+
+/// Calls `f` with the host metrics of a report that has them.
+fn host(r: &Report, f: &mut Sink<'_>, get: fn(&HostMetrics) -> f64) {
+    if let Some(m) = &r.host {
+        f(&[], get(m));
+    }
+}
+
+/// Calls `f` once per service of a report.
+fn service(r: &Report, f: &mut Sink<'_>, get: fn(&ServiceStatus) -> f64) {
+    for s in &r.services {
+        f(&[("service", &s.name)], get(s));
+    }
+}
+
+/// Every family a report gives, in the order `/metrics` writes them.
+pub const REPORT_FAMILIES: [Family; 20] = [
+    Family {
+        name: "fleet_agent_reports_dropped_total",
+        kind: "counter",
+        help: "Reports the agent dropped from its buffer because it reached its size or age bound.",
+        while_offline: true,
+        each: |r, f| f(&[], r.reports_dropped_total as f64),
+    },
+    gauge(
         "fleet_host_cpu_usage_ratio",
         "CPU busy time over wall time in the last report interval, 0 to 1, over all cores.",
-        |m| m.cpu_usage_ratio,
+        |r, f| host(r, f, |m| m.cpu_usage_ratio),
     ),
-    ("fleet_host_memory_total_bytes", "Physical memory.", |m| m.memory_total_bytes as f64),
-    ("fleet_host_memory_available_bytes", "Memory available for new work without swapping.", |m| {
-        m.memory_available_bytes as f64
+    gauge("fleet_host_memory_total_bytes", "Physical memory.", |r, f| host(r, f, |m| m.memory_total_bytes as f64)),
+    gauge("fleet_host_memory_available_bytes", "Memory available for new work without swapping.", |r, f| {
+        host(r, f, |m| m.memory_available_bytes as f64)
     }),
-    ("fleet_host_swap_total_bytes", "Swap space.", |m| m.swap_total_bytes as f64),
-    ("fleet_host_swap_used_bytes", "Swap space in use.", |m| m.swap_used_bytes as f64),
-    ("fleet_host_load1", "Load average over 1 minute.", |m| m.load1),
-    ("fleet_host_load5", "Load average over 5 minutes.", |m| m.load5),
-    ("fleet_host_load15", "Load average over 15 minutes.", |m| m.load15),
-    ("fleet_host_uptime_seconds", "Seconds since the machine booted.", |m| m.uptime_seconds as f64),
+    gauge("fleet_host_swap_total_bytes", "Swap space.", |r, f| host(r, f, |m| m.swap_total_bytes as f64)),
+    gauge("fleet_host_swap_used_bytes", "Swap space in use.", |r, f| host(r, f, |m| m.swap_used_bytes as f64)),
+    gauge("fleet_host_load1", "Load average over 1 minute.", |r, f| host(r, f, |m| m.load1)),
+    gauge("fleet_host_load5", "Load average over 5 minutes.", |r, f| host(r, f, |m| m.load5)),
+    gauge("fleet_host_load15", "Load average over 15 minutes.", |r, f| host(r, f, |m| m.load15)),
+    gauge("fleet_host_uptime_seconds", "Seconds since the machine booted.", |r, f| {
+        host(r, f, |m| m.uptime_seconds as f64)
+    }),
+    gauge("fleet_host_filesystem_size_bytes", "Size of a mounted filesystem.", |r, f| {
+        for fs in r.host.iter().flat_map(|m| &m.filesystems) {
+            f(&[("mountpoint", &fs.mountpoint)], fs.size_bytes as f64);
+        }
+    }),
+    gauge(
+        "fleet_host_filesystem_avail_bytes",
+        "Bytes of a mounted filesystem available to unprivileged users.",
+        |r, f| {
+            for fs in r.host.iter().flat_map(|m| &m.filesystems) {
+                f(&[("mountpoint", &fs.mountpoint)], fs.avail_bytes as f64);
+            }
+        },
+    ),
+    counter(
+        "fleet_host_network_receive_bytes_total",
+        "Bytes received by a network interface since the machine booted.",
+        |r, f| {
+            for n in r.host.iter().flat_map(|m| &m.networks) {
+                f(&[("device", &n.device)], n.receive_bytes_total as f64);
+            }
+        },
+    ),
+    counter(
+        "fleet_host_network_transmit_bytes_total",
+        "Bytes transmitted by a network interface since the machine booted.",
+        |r, f| {
+            for n in r.host.iter().flat_map(|m| &m.networks) {
+                f(&[("device", &n.device)], n.transmit_bytes_total as f64);
+            }
+        },
+    ),
+    gauge("fleet_service_up", "1 while the service runs (and is healthy, where it has a health check).", |r, f| {
+        service(r, f, |s| if s.state == "running" && s.healthy { 1.0 } else { 0.0 })
+    }),
+    gauge("fleet_service_healthy", "1 when the service's last health check passed.", |r, f| {
+        service(r, f, |s| if s.healthy { 1.0 } else { 0.0 })
+    }),
+    counter(
+        "fleet_service_restarts_total",
+        "Restarts of the service since the agent started supervising it.",
+        |r, f| service(r, f, |s| s.restarts as f64),
+    ),
+    gauge("fleet_service_memory_rss_bytes", "Resident memory of the service's process.", |r, f| {
+        service(r, f, |s| s.memory_rss_bytes as f64)
+    }),
+    counter("fleet_service_cpu_seconds_total", "CPU time used by the service's current process.", |r, f| {
+        service(r, f, |s| s.cpu_seconds)
+    }),
+    gauge("fleet_service_info", "Always 1; the version label is the service's committed release.", |r, f| {
+        for s in &r.services {
+            f(&[("service", &s.name), ("version", &s.version)], 1.0);
+        }
+    }),
 ];
+
+/// Calls `f(name, labels, value)` for every sample of `r`, a report of `host`: the labels
+/// start with `host`.
+pub fn report_samples(host: &str, r: &Report, mut f: impl FnMut(&str, &mut [(&str, &str)], f64)) {
+    for family in &REPORT_FAMILIES {
+        (family.each)(r, &mut |extra, v| {
+            let mut labels = [("host", host); MAX_EXTRA_LABELS + 1];
+            labels[1..=extra.len()].copy_from_slice(extra);
+            f(family.name, &mut labels[..=extra.len()], v);
+        });
+    }
+}
 
 /// Writes the agent, host and service families of every host, from the registry (one lock per
 /// host per scrape).
@@ -59,11 +157,15 @@ pub fn render_hosts(e: &mut Exposition, registry: &Registry) {
     // Snapshot each host once: one lock per host per scrape.
     let snaps: Vec<_> = hosts
         .iter()
-        .map(|h| h.with(|s| (h.name.clone(), s.session.is_some(), s.record.last_report_ms, s.latest.clone())))
+        .map(|h| {
+            h.with(|s| {
+                (h.name.clone(), s.session.is_some(), s.record.last_report_ms, s.latest.clone(), s.clock_offset_ms)
+            })
+        })
         .collect();
 
     e.family("fleet_agent_up", "gauge", "1 while the agent's session is up, 0 when it is offline.");
-    for (name, online, _, _) in &snaps {
+    for (name, online, _, _, _) in &snaps {
         e.sample("fleet_agent_up", &[("host", name)], if *online { 1.0 } else { 0.0 });
     }
     e.family(
@@ -71,19 +173,9 @@ pub fn render_hosts(e: &mut Exposition, registry: &Registry) {
         "gauge",
         "When the agent took its newest stored report, in seconds since the Unix epoch.",
     );
-    for (name, _, last, _) in &snaps {
+    for (name, _, last, _, _) in &snaps {
         if *last > 0 {
             e.sample("fleet_agent_last_report_timestamp_seconds", &[("host", name)], *last as f64 / 1000.0);
-        }
-    }
-    e.family(
-        "fleet_agent_reports_dropped_total",
-        "counter",
-        "Reports the agent dropped from its buffer because it reached its size or age bound.",
-    );
-    for (name, _, _, latest) in &snaps {
-        if let Some(l) = latest {
-            e.sample("fleet_agent_reports_dropped_total", &[("host", name)], l.reports_dropped_total as f64);
         }
     }
     e.family(
@@ -91,94 +183,20 @@ pub fn render_hosts(e: &mut Exposition, registry: &Registry) {
         "gauge",
         "The agent's clock minus the coordinator's, as estimated from its session; beyond 5s its samples are stored at corrected times.",
     );
-    for h in &hosts {
-        if let Some(offset) = h.with(|s| s.session.as_ref().and(s.clock_offset_ms)) {
-            e.sample("fleet_agent_clock_offset_seconds", &[("host", &h.name)], offset as f64 / 1000.0);
+    for (name, online, _, _, offset) in &snaps {
+        if let (true, Some(offset)) = (*online, offset) {
+            e.sample("fleet_agent_clock_offset_seconds", &[("host", name)], *offset as f64 / 1000.0);
         }
     }
-    // Host metrics are exported only while the host is online: the last values of a silent
-    // host would keep alerts such as "CPU above 80%" firing for a machine nobody can see.
-    let online: Vec<_> = snaps
-        .iter()
-        .filter(|(_, on, _, _)| *on)
-        .filter_map(|(n, _, _, l)| l.as_ref().and_then(|l| l.host.as_ref().map(|h| (n, h, l))))
-        .collect();
-    for (name, help, get) in HOST_GAUGES {
-        e.family(name, "gauge", help);
-        for (host, hm, _) in &online {
-            e.sample(name, &[("host", host)], get(hm));
-        }
-    }
-    e.family("fleet_host_filesystem_size_bytes", "gauge", "Size of a mounted filesystem.");
-    for (host, hm, _) in &online {
-        for fs in &hm.filesystems {
-            e.sample(
-                "fleet_host_filesystem_size_bytes",
-                &[("host", host), ("mountpoint", &fs.mountpoint)],
-                fs.size_bytes as f64,
-            );
-        }
-    }
-    e.family(
-        "fleet_host_filesystem_avail_bytes",
-        "gauge",
-        "Bytes of a mounted filesystem available to unprivileged users.",
-    );
-    for (host, hm, _) in &online {
-        for fs in &hm.filesystems {
-            e.sample(
-                "fleet_host_filesystem_avail_bytes",
-                &[("host", host), ("mountpoint", &fs.mountpoint)],
-                fs.avail_bytes as f64,
-            );
-        }
-    }
-    e.family(
-        "fleet_host_network_receive_bytes_total",
-        "counter",
-        "Bytes received by a network interface since the machine booted.",
-    );
-    for (host, hm, _) in &online {
-        for n in &hm.networks {
-            e.sample(
-                "fleet_host_network_receive_bytes_total",
-                &[("host", host), ("device", &n.device)],
-                n.receive_bytes_total as f64,
-            );
-        }
-    }
-    e.family(
-        "fleet_host_network_transmit_bytes_total",
-        "counter",
-        "Bytes transmitted by a network interface since the machine booted.",
-    );
-    for (host, hm, _) in &online {
-        for n in &hm.networks {
-            e.sample(
-                "fleet_host_network_transmit_bytes_total",
-                &[("host", host), ("device", &n.device)],
-                n.transmit_bytes_total as f64,
-            );
-        }
-    }
-    render_services(e, &online);
-}
-
-type OnlineHost<'a> = (&'a String, &'a fleet_proto::v1::HostMetrics, &'a std::sync::Arc<fleet_proto::v1::Report>);
-
-fn render_services(e: &mut Exposition, online: &[OnlineHost<'_>]) {
-    for (name, kind, help, get) in SERVICE {
-        e.family(name, kind, help);
-        for (host, _, report) in online {
-            for s in &report.services {
-                e.sample(name, &[("host", host), ("service", &s.name)], get(s));
-            }
-        }
-    }
-    e.family("fleet_service_info", "gauge", "Always 1; the version label is the service's committed release.");
-    for (host, _, report) in online {
-        for s in &report.services {
-            e.sample("fleet_service_info", &[("host", host), ("service", &s.name), ("version", &s.version)], 1.0);
+    for family in &REPORT_FAMILIES {
+        e.family(family.name, family.kind, family.help);
+        for (name, online, _, latest, _) in &snaps {
+            let Some(report) = latest.as_ref().filter(|_| *online || family.while_offline) else { continue };
+            (family.each)(report, &mut |extra, v| {
+                let mut labels = [("host", name.as_str()); MAX_EXTRA_LABELS + 1];
+                labels[1..=extra.len()].copy_from_slice(extra);
+                e.sample(family.name, &labels[..=extra.len()], v);
+            });
         }
     }
 }

@@ -18,8 +18,6 @@ use fleet_proto::v1::Report;
 use fleet_rules::promql::{Labels, NAME, Series, Storage};
 use promql_parser::label::Matchers;
 
-use crate::series::{HOST_GAUGES, SERVICE};
-
 /// Series kept at most, whatever the retention.
 pub const DEFAULT_MAX_SERIES: usize = 1_000_000;
 
@@ -161,35 +159,12 @@ pub struct Tsdb {
 /// The metric that says whether a host's agent is up.
 pub const UP: &str = "fleet_agent_up";
 
-/// Calls `f(name, labels, value)` for every sample one report carries.
+/// Calls `f(name, labels, value)` for every sample one report carries: `fleet_agent_up` (a
+/// report is proof of life at the time it was taken; offline hosts get their 0s from the up
+/// sampler) and the families of [`crate::series::REPORT_FAMILIES`].
 pub fn report_samples(host: &str, r: &Report, mut f: impl FnMut(&str, &mut [(&str, &str)], f64)) {
-    // A report is proof of life at the time it was taken (offline hosts get their 0s from the
-    // up sampler).
     f(UP, &mut [("host", host)], 1.0);
-    f("fleet_agent_reports_dropped_total", &mut [("host", host)], r.reports_dropped_total as f64);
-    if let Some(m) = &r.host {
-        for (name, _, get) in HOST_GAUGES {
-            f(name, &mut [("host", host)], get(m));
-        }
-        for fs in &m.filesystems {
-            let mut l = [("host", host), ("mountpoint", fs.mountpoint.as_str())];
-            f("fleet_host_filesystem_size_bytes", &mut l, fs.size_bytes as f64);
-            f("fleet_host_filesystem_avail_bytes", &mut l, fs.avail_bytes as f64);
-        }
-        for n in &m.networks {
-            let mut l = [("host", host), ("device", n.device.as_str())];
-            f("fleet_host_network_receive_bytes_total", &mut l, n.receive_bytes_total as f64);
-            f("fleet_host_network_transmit_bytes_total", &mut l, n.transmit_bytes_total as f64);
-        }
-    }
-    for s in &r.services {
-        let mut l = [("host", host), ("service", s.name.as_str())];
-        for (name, _, _, get) in SERVICE {
-            f(name, &mut l, get(s));
-        }
-        let mut l = [("host", host), ("service", s.name.as_str()), ("version", s.version.as_str())];
-        f("fleet_service_info", &mut l, 1.0);
-    }
+    crate::series::report_samples(host, r, f);
 }
 
 /// What the store holds, for `/metrics` and the benchmarks.
