@@ -28,7 +28,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --version '^3.8' --locked
 fi
 missing=()
-for cmd in adduser:adduser runuser:util-linux python3:python3; do
+for cmd in adduser:adduser runuser:util-linux python3:python3 dpkg-shlibdeps:dpkg-dev; do
   command -v "${cmd%%:*}" >/dev/null || missing+=("${cmd##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
