@@ -119,7 +119,7 @@ pub struct Authority {
     pub access: RwLock<Access>,
     /// The deny list.
     pub revocations: Revocations,
-    /// Where refusals of a kind that is not the denied counters' are counted.
+    /// The coordinator's own counters, for `fleet_coordinator_control_denied_total`.
     pub metrics: Arc<Metrics>,
     /// Refusals by reason, in the order of [`DenyReason::ALL`].
     denied: [Counter; DenyReason::ALL.len()],
