@@ -36,7 +36,7 @@ pub struct DemoArgs {
 }
 
 fn say(line: &str) {
-    println!("{line}");
+    outln!("{line}");
 }
 
 /// Serves until SIGTERM or SIGINT.

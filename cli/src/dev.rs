@@ -351,26 +351,26 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             bin_dir.display(),
         );
         certs::write_file(&env_file, &env, 0o644)?;
-        println!("fleet dev cluster is up: coordinator {addr}, agents {}", AGENTS.join(" and "));
-        println!();
-        println!("in another terminal (the env file also puts fleetctl on PATH):");
-        println!("  source {}", env_file.display());
-        println!("  fleetctl status");
-        println!("  fleetctl hosts");
-        println!("  fleetctl host main-pc");
-        println!("  fleetctl services");
-        println!("  fleetctl logs main-pc web -f");
-        println!("  fleetctl restart pc2 web");
-        println!("  fleetctl alerts");
-        println!("  curl -s http://{http}/metrics | grep '^fleet_'");
-        println!("status page: http://{http}/");
-        println!();
-        println!("deploy the example app (deploy/example-app) to both agents:");
-        println!("  deploy/example-app/build.sh 1.0 && fleetctl rollout start app --artifact app-1.0.tar.gz --version 1.0 --watch");
-        println!("  it then answers on {}", app_ports.join(" and "));
-        println!();
-        println!("logs: {}/*.log   data: {}", logs.display(), dir.display());
-        println!("press Ctrl-C to stop everything");
+        outln!("fleet dev cluster is up: coordinator {addr}, agents {}", AGENTS.join(" and "));
+        outln!();
+        outln!("in another terminal (the env file also puts fleetctl on PATH):");
+        outln!("  source {}", env_file.display());
+        outln!("  fleetctl status");
+        outln!("  fleetctl hosts");
+        outln!("  fleetctl host main-pc");
+        outln!("  fleetctl services");
+        outln!("  fleetctl logs main-pc web -f");
+        outln!("  fleetctl restart pc2 web");
+        outln!("  fleetctl alerts");
+        outln!("  curl -s http://{http}/metrics | grep '^fleet_'");
+        outln!("status page: http://{http}/");
+        outln!();
+        outln!("deploy the example app (deploy/example-app) to both agents:");
+        outln!("  deploy/example-app/build.sh 1.0 && fleetctl rollout start app --artifact app-1.0.tar.gz --version 1.0 --watch");
+        outln!("  it then answers on {}", app_ports.join(" and "));
+        outln!();
+        outln!("logs: {}/*.log   data: {}", logs.display(), dir.display());
+        outln!("press Ctrl-C to stop everything");
 
         // Foreground until a signal or a child ends on its own.
         let exited = {

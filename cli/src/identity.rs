@@ -80,7 +80,7 @@ pub async fn create_token(
         }));
         return Ok(());
     }
-    println!(
+    outln!(
         "join token {} (valid until {}, {} use{}{})",
         t.id,
         when(t.expires_at_ms),
@@ -88,12 +88,12 @@ pub async fn create_token(
         if t.uses_allowed == 1 { "" } else { "s" },
         if t.name.is_empty() { String::new() } else { format!(", only for {}", t.name) }
     );
-    println!();
-    println!("On the new machine, as root:");
-    println!();
-    println!("  {}", r.command);
-    println!();
-    println!("The token is shown only now: the coordinator keeps a hash of it. Keep it secret until it is used.");
+    outln!();
+    outln!("On the new machine, as root:");
+    outln!();
+    outln!("  {}", r.command);
+    outln!();
+    outln!("The token is shown only now: the coordinator keeps a hash of it. Keep it secret until it is used.");
     Ok(())
 }
 
@@ -107,7 +107,7 @@ pub async fn list_tokens(target: &Target, output: Output) -> Result<(), CliError
         return Ok(());
     }
     if tokens.is_empty() {
-        println!("no join tokens (make one with `fleetctl tokens create`)");
+        outln!("no join tokens (make one with `fleetctl tokens create`)");
         return Ok(());
     }
     let now = fleet_common::now_ms();
@@ -131,7 +131,7 @@ pub async fn list_tokens(target: &Target, output: Output) -> Result<(), CliError
             .collect()
         })
         .collect();
-    print!("{}", table(&["ID", "STATE", "NAME", "LABELS", "USES", "EXPIRES", "BY", "ENROLLED"], &rows));
+    out!("{}", table(&["ID", "STATE", "NAME", "LABELS", "USES", "EXPIRES", "BY", "ENROLLED"], &rows));
     Ok(())
 }
 
@@ -149,7 +149,7 @@ pub async fn revoke_token(target: &Target, id: &str, output: Output) -> Result<(
     if output == Output::Json {
         print_json(&token_json(&t));
     } else {
-        println!("join token {} revoked: it enrolls nothing from now on", t.id);
+        outln!("join token {} revoked: it enrolls nothing from now on", t.id);
     }
     Ok(())
 }
@@ -191,11 +191,7 @@ pub async fn revoke(
             Some(s) => format!("the certificate with serial {s}"),
             None => format!("every certificate of {} issued until now", rev.target),
         };
-        println!(
-            "revoked {what}; {} connection{} cut",
-            r.connections_cut,
-            if r.connections_cut == 1 { "" } else { "s" }
-        );
+        outln!("revoked {what}; {} connection{} cut", r.connections_cut, if r.connections_cut == 1 { "" } else { "s" });
     }
     Ok(())
 }
@@ -214,7 +210,7 @@ pub async fn revocations(target: &Target, output: Output) -> Result<(), CliError
         return Ok(());
     }
     if list.is_empty() {
-        println!("nothing is revoked");
+        outln!("nothing is revoked");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -231,7 +227,7 @@ pub async fn revocations(target: &Target, output: Output) -> Result<(), CliError
             .collect()
         })
         .collect();
-    print!("{}", table(&["REVOKED", "AT", "BY", "REASON"], &rows));
+    out!("{}", table(&["REVOKED", "AT", "BY", "REASON"], &rows));
     Ok(())
 }
 
@@ -249,7 +245,7 @@ pub async fn remove_host(target: &Target, name: &str, reason: &str, output: Outp
     if output == Output::Json {
         print_json(&revocation_json(&r.revocation.unwrap_or_default()));
     } else {
-        println!(
+        outln!(
             "removed {name}: its certificates are revoked and it is no longer listed; its history ages out. To bring the machine back, enroll it again with a new join token."
         );
     }
@@ -265,7 +261,7 @@ pub async fn whoami(target: &Target, output: Output) -> Result<(), CliError> {
             &json!({ "identity": r.identity, "role": r.role, "serial": r.serial, "expires_at": when(r.not_after_ms) }),
         );
     } else {
-        println!("{} ({}), certificate {} valid until {}", r.identity, r.role, r.serial, when(r.not_after_ms));
+        outln!("{} ({}), certificate {} valid until {}", r.identity, r.role, r.serial, when(r.not_after_ms));
     }
     Ok(())
 }
@@ -297,8 +293,8 @@ pub fn intermediate(dir: &Path, out: &Path, name: &str, days: u32, force: bool) 
     }
     crate::certs::write_file(&key_path, &key_pem, 0o600)?;
     crate::certs::write_file(&cert_path, &cert_pem, 0o644)?;
-    println!("wrote {} and {}", cert_path.display(), key_path.display());
-    println!(
+    outln!("wrote {} and {}", cert_path.display(), key_path.display());
+    outln!(
         "give the coordinator these as [enrollment] ca_cert and ca_key, and keep {} (the root's key) offline",
         key.display()
     );

@@ -4,15 +4,34 @@
 //! Code map: [`certs`] makes the PKI; [`client`] connects to the coordinator and maps gRPC
 //! failures to exit codes; [`views`] renders hosts and status as tables or JSON;
 //! [`services`] acts on services and reads logs and the audit log; [`dev`] runs a local
-//! cluster, and [`demo`] is the small HTTP service it supervises.
+//! cluster, and [`demo`] is the small HTTP service it supervises; [`output`] writes standard
+//! output and ends fleetctl quietly when its reader goes away.
 
 #![deny(unsafe_code)]
+
+/// `println!` to standard output through [`output::print`].
+macro_rules! outln {
+    () => {
+        $crate::output::print(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` to standard output through [`output::print`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!($($arg)*))
+    };
+}
 
 pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod dev;
 pub mod identity;
+pub mod output;
 pub mod rollout;
 pub mod services;
 pub mod views;
@@ -428,7 +447,7 @@ async fn rules_list(target: &client::Target, output: Output) -> Result<(), CliEr
         return Ok(());
     }
     if groups.is_empty() {
-        println!("no rules loaded (set [alerting] rule_files in the coordinator's config)");
+        outln!("no rules loaded (set [alerting] rule_files in the coordinator's config)");
         return Ok(());
     }
     let mut rows = Vec::new();
@@ -445,7 +464,7 @@ async fn rules_list(target: &client::Target, output: Output) -> Result<(), CliEr
             rows.push(vec![g.name.clone(), r.r#type.clone(), r.name.clone(), state, health, last.clone()]);
         }
     }
-    print!("{}", views::table(&["GROUP", "TYPE", "NAME", "STATE", "HEALTH", "LAST EVALUATION"], &rows));
+    out!("{}", views::table(&["GROUP", "TYPE", "NAME", "STATE", "HEALTH", "LAST EVALUATION"], &rows));
     Ok(())
 }
 
@@ -457,7 +476,7 @@ async fn rules_reload(target: &client::Target) -> Result<(), CliError> {
         _ => client::status_error(&target.addr, e),
     })?;
     let r = r.into_inner();
-    println!("reloaded: {} groups, {} rules", r.groups, r.rules);
+    outln!("reloaded: {} groups, {} rules", r.groups, r.rules);
     Ok(())
 }
 
@@ -484,7 +503,7 @@ async fn alerts(target: &client::Target, output: Output) -> Result<(), CliError>
         return Ok(());
     }
     if alerts.is_empty() {
-        println!("no alerts pending or firing");
+        outln!("no alerts pending or firing");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = alerts
@@ -497,7 +516,7 @@ async fn alerts(target: &client::Target, output: Output) -> Result<(), CliError>
             vec![name, a.state.clone(), rest.join(","), format!("{}", a.value), fleet_common::rfc3339(a.active_at_ms)]
         })
         .collect();
-    print!("{}", views::table(&["ALERT", "STATE", "LABELS", "VALUE", "SINCE"], &rows));
+    out!("{}", views::table(&["ALERT", "STATE", "LABELS", "VALUE", "SINCE"], &rows));
     Ok(())
 }
 
@@ -548,11 +567,11 @@ async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Ou
         return Ok(());
     }
     match r.result_type.as_str() {
-        "scalar" => println!("{}", r.scalar),
-        "string" => println!("{}", fleet_common::printable(&r.string, &['\n', '\t'])),
+        "scalar" => outln!("{}", r.scalar),
+        "string" => outln!("{}", fleet_common::printable(&r.string, &['\n', '\t'])),
         _ => {
             if r.series.is_empty() {
-                println!("no data");
+                outln!("no data");
             }
             let mut rows: Vec<Vec<String>> = Vec::new();
             for s in &r.series {
@@ -562,7 +581,7 @@ async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Ou
             }
             rows.sort();
             if !rows.is_empty() {
-                print!("{}", views::table(&["SERIES", "VALUE", "TIME"], &rows));
+                out!("{}", views::table(&["SERIES", "VALUE", "TIME"], &rows));
             }
         }
     }
@@ -573,20 +592,20 @@ async fn query(target: &client::Target, expr: &str, at: Option<&str>, output: Ou
 fn rules_test(files: &[PathBuf]) -> Result<(), CliError> {
     let mut failed = 0;
     for f in files {
-        println!("Unit Testing:  {}", f.display());
+        outln!("Unit Testing:  {}", f.display());
         match fleet_rules::unittest::run_file(f) {
-            Ok(o) if o.failures.is_empty() => println!("  SUCCESS\n"),
+            Ok(o) if o.failures.is_empty() => outln!("  SUCCESS\n"),
             Ok(o) => {
                 failed += 1;
-                println!("  FAILED:");
+                outln!("  FAILED:");
                 for fail in &o.failures {
-                    println!("    {}", fail.replace('\n', "\n    "));
+                    outln!("    {}", fail.replace('\n', "\n    "));
                 }
-                println!();
+                outln!();
             }
             Err(e) => {
                 failed += 1;
-                println!("  FAILED:\n    {e}\n");
+                outln!("  FAILED:\n    {e}\n");
             }
         }
     }
@@ -600,15 +619,15 @@ fn rules_test(files: &[PathBuf]) -> Result<(), CliError> {
 fn rules_check(files: &[PathBuf]) -> Result<(), CliError> {
     let mut failed = 0;
     for f in files {
-        println!("Checking {}", f.display());
+        outln!("Checking {}", f.display());
         match fleet_rules::rules::load_file(f) {
             Ok(groups) => {
                 let n: usize = groups.iter().map(|g| g.rules.len()).sum();
-                println!("  SUCCESS: {n} rules found\n");
+                outln!("  SUCCESS: {n} rules found\n");
             }
             Err(e) => {
                 failed += 1;
-                println!("  FAILED:\n{e}\n");
+                outln!("  FAILED:\n{e}\n");
             }
         }
     }
@@ -630,7 +649,7 @@ fn hash_password(cost: u32) -> Result<(), CliError> {
         return Err(CliError::usage("no password on stdin: echo -n PASSWORD | fleetctl hash-password"));
     }
     let hash = bcrypt::hash(password, cost).map_err(|e| CliError::failed(e.to_string()))?;
-    println!("{hash}");
+    outln!("{hash}");
     Ok(())
 }
 
@@ -723,13 +742,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Certs(CertsCommand::Init { dir, trust_domain, days, force }) => {
             let (cert, key) = certs::init(dir, trust_domain, *days, *force)?;
-            println!("wrote {} and {} (trust domain {trust_domain})", cert.display(), key.display());
-            println!("keep {} secret: it can mint any fleet identity", key.display());
+            outln!("wrote {} and {} (trust domain {trust_domain})", cert.display(), key.display());
+            outln!("keep {} secret: it can mint any fleet identity", key.display());
             Ok(())
         }
         Command::Certs(CertsCommand::Issue { role, name, dir, sans, days, force }) => {
             let issued = certs::issue(dir, (*role).into(), name, sans, *days, *force)?;
-            println!("wrote {} and {} for {}", issued.cert.display(), issued.key.display(), issued.identity);
+            outln!("wrote {} and {} for {}", issued.cert.display(), issued.key.display(), issued.identity);
             Ok(())
         }
         Command::Certs(CertsCommand::Intermediate { dir, out, name, days, force }) => {

@@ -6,19 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use fleetctl::Cli;
 
-/// Dies quietly of SIGPIPE when the reader of its output goes away (`fleetctl hosts | head`),
-/// as Unix tools do, instead of failing on the broken pipe: Rust ignores SIGPIPE by default.
-#[allow(unsafe_code)]
-fn default_sigpipe() {
-    // SAFETY: called first in main, before any other thread exists; SIG_DFL is a valid
-    // disposition for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 fn main() -> ExitCode {
-    default_sigpipe();
     let cli = Cli::parse();
     fleet_common::logging::init(fleet_common::logging::LogFormat::Text, "warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

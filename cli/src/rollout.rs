@@ -163,7 +163,7 @@ pub async fn start(target: &Target, a: &StartArgs, output: Output) -> Result<(),
         crate::views::print_json(&rollout_json(&r));
         return Ok(());
     }
-    println!("{}", r.id);
+    outln!("{}", r.id);
     eprintln!(
         "rollout {} started: {} {} to {}",
         r.id,
@@ -279,9 +279,9 @@ pub async fn watch(target: &Target, id: &str, output: Output) -> Result<(), CliE
         if tty {
             let text = render(&r);
             if last_lines > 0 {
-                print!("\x1b[{last_lines}A\x1b[J");
+                out!("\x1b[{last_lines}A\x1b[J");
             }
-            print!("{text}");
+            out!("{text}");
             last_lines = text.lines().count();
         } else {
             for h in &r.hosts {
@@ -291,14 +291,14 @@ pub async fn watch(target: &Target, id: &str, output: Output) -> Result<(), CliE
                     } else {
                         format!(": {}", fleet_common::printable(h.message.lines().next().unwrap_or(""), &[]))
                     };
-                    println!("{} {}{detail}", h.host, h.state);
+                    outln!("{} {}{detail}", h.host, h.state);
                     seen.insert(h.host.clone(), h.state.clone());
                 }
             }
             if r.state != last_state {
-                println!("rollout {} {}", r.id, r.state);
+                outln!("rollout {} {}", r.id, r.state);
                 if let Some(hint) = next_step(&r) {
-                    println!("{hint}");
+                    outln!("{hint}");
                 }
                 last_state = r.state.clone();
             }
@@ -339,9 +339,9 @@ pub async fn status(target: &Target, id: &str, follow: bool, output: Output) -> 
     if output == Output::Json {
         crate::views::print_json(&rollout_json(&r));
     } else {
-        print!("{}", render(&r));
+        out!("{}", render(&r));
         if !r.reason.is_empty() {
-            println!("reason: {}", fleet_common::printable(&r.reason, &[]));
+            outln!("reason: {}", fleet_common::printable(&r.reason, &[]));
         }
     }
     Ok(())
@@ -353,14 +353,14 @@ pub async fn list(target: &Target, output: Output) -> Result<(), CliError> {
     let list =
         c.list_rollouts(ListRolloutsRequest {}).await.map_err(|e| status_error(&target.addr, e))?.into_inner().rollouts;
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&Value::Array(list.iter().map(rollout_json).collect())).unwrap_or_default()
         );
         return Ok(());
     }
     if list.is_empty() {
-        println!("no rollouts yet");
+        outln!("no rollouts yet");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -377,7 +377,7 @@ pub async fn list(target: &Target, output: Output) -> Result<(), CliError> {
             ]
         })
         .collect();
-    print!("{}", table(&["ID", "SERVICE", "VERSION", "STATE", "DONE", "STARTED", "BY"], &rows));
+    out!("{}", table(&["ID", "SERVICE", "VERSION", "STATE", "DONE", "STARTED", "BY"], &rows));
     Ok(())
 }
 
@@ -400,7 +400,7 @@ pub async fn control(target: &Target, id: &str, action: &str, output: Output) ->
             "resume" => "resumed",
             _ => "aborting",
         };
-        println!("rollout {} {verb} (state {})", r.id, r.state);
+        outln!("rollout {} {verb} (state {})", r.id, r.state);
     }
     Ok(())
 }
@@ -427,12 +427,12 @@ pub async fn rollback(
     let r = c.rollback(request).await.map_err(|e| status_error(&target.addr, e))?.into_inner();
     let ok = r.state == CommandState::Succeeded as i32;
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             json!({ "host": host, "service": service, "ok": ok, "message": r.message, "log_tail": r.log_tail, "version": r.service.as_ref().map(|s| s.version.clone()) })
         );
     } else if ok {
-        println!("rolled back {service} on {host}: {}", fleet_common::printable(&r.message, &[]));
+        outln!("rolled back {service} on {host}: {}", fleet_common::printable(&r.message, &[]));
     }
     if ok {
         return Ok(());
@@ -471,7 +471,7 @@ pub async fn releases(target: &Target, host: &str, service: &str, output: Output
         return Ok(());
     }
     if list.is_empty() {
-        println!("{service} on {host} has no releases yet");
+        outln!("{service} on {host} has no releases yet");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -496,6 +496,6 @@ pub async fn releases(target: &Target, host: &str, service: &str, output: Output
             ]
         })
         .collect();
-    print!("{}", table(&["VERSION", "SHA256", "DEPLOYED", "STATUS", "REASON"], &rows));
+    out!("{}", table(&["VERSION", "SHA256", "DEPLOYED", "STATUS", "REASON"], &rows));
     Ok(())
 }

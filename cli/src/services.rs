@@ -43,14 +43,14 @@ pub async fn list(target: &Target, host: Option<&str>, output: Output) -> Result
         .into_inner()
         .services;
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&Value::Array(list.iter().map(service_json).collect())).unwrap_or_default()
         );
         return Ok(());
     }
     if list.is_empty() {
-        println!("no services reported{}", host.map(|h| format!(" by {h}")).unwrap_or_default());
+        outln!("no services reported{}", host.map(|h| format!(" by {h}")).unwrap_or_default());
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -78,7 +78,7 @@ pub async fn list(target: &Target, host: Option<&str>, output: Output) -> Result
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &["HOST", "SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "UPTIME", "CPU", "MEMORY", "VERSION", "MESSAGE"],
@@ -151,7 +151,7 @@ fn outcome(
         return if ok { Ok(()) } else { Err(CliError::failed(with_host(&r.message, service, host))) };
     }
     if ok {
-        println!("{} {service} on {host}: {}", verb(action).1, fleet_common::printable(&r.message, &[]));
+        outln!("{} {service} on {host}: {}", verb(action).1, fleet_common::printable(&r.message, &[]));
         return Ok(());
     }
     let mut msg = with_host(&r.message, service, host);
@@ -211,7 +211,7 @@ pub async fn restart_all(target: &Target, service: &str, timeout: Duration, outp
             })?;
         }
         if output == Output::Table {
-            println!(
+            outln!(
                 "[{}/{total}] restarted {service} on {}: {}",
                 i + 1,
                 h.host,
@@ -220,7 +220,7 @@ pub async fn restart_all(target: &Target, service: &str, timeout: Duration, outp
         }
     }
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             json!({ "service": service, "restarted": hosts.iter().map(|h| h.host.clone()).collect::<Vec<_>>() })
         );
@@ -230,7 +230,7 @@ pub async fn restart_all(target: &Target, service: &str, timeout: Duration, outp
 
 fn print_line(l: &LogLine, prefix: bool, output: Output) {
     if output == Output::Json {
-        println!(
+        outln!(
             "{}",
             json!({ "host": l.host, "service": l.service, "time": fleet_common::rfc3339(l.timestamp_ms), "stream": l.stream, "line": l.line })
         );
@@ -239,9 +239,9 @@ fn print_line(l: &LogLine, prefix: bool, output: Output) {
     let ts = fleet_common::rfc3339(l.timestamp_ms);
     let note = if l.stream == "fleet" { "[fleet] " } else { "" };
     if prefix {
-        println!("{}/{} {ts} {note}{}", l.host, l.service, fleet_common::printable(&l.line, &['\t']));
+        outln!("{}/{} {ts} {note}{}", l.host, l.service, fleet_common::printable(&l.line, &['\t']));
     } else {
-        println!("{ts} {note}{}", fleet_common::printable(&l.line, &['\t']));
+        outln!("{ts} {note}{}", fleet_common::printable(&l.line, &['\t']));
     }
 }
 
@@ -290,7 +290,7 @@ pub async fn audit(target: &Target, n: u32, output: Output) -> Result<(), CliErr
         return Ok(());
     }
     if entries.is_empty() {
-        println!("the audit log is empty");
+        outln!("the audit log is empty");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = entries
@@ -310,7 +310,7 @@ pub async fn audit(target: &Target, n: u32, output: Output) -> Result<(), CliErr
             ]
         })
         .collect();
-    print!("{}", table(&["TIME", "WHO", "ACTION", "TARGET", "OUTCOME", "MESSAGE"], &rows));
+    out!("{}", table(&["TIME", "WHO", "ACTION", "TARGET", "OUTCOME", "MESSAGE"], &rows));
     Ok(())
 }
 

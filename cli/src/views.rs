@@ -122,7 +122,7 @@ fn clock(offset_ms: i64) -> String {
 
 /// Prints one JSON document, pretty.
 pub fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn pct(r: f64) -> String {
@@ -152,16 +152,16 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
         }));
         return Ok(());
     }
-    println!(
+    outln!(
         "coordinator  {} (fleet-coordinator {}, up {}, trust domain {})",
         target.addr,
         s.coordinator_version,
         human_duration(uptime),
         s.trust_domain
     );
-    println!("hosts        {} online, {} offline", s.hosts_online, s.hosts_offline);
-    println!("sessions     {}", s.sessions);
-    println!(
+    outln!("hosts        {} online, {} offline", s.hosts_online, s.hosts_offline);
+    outln!("sessions     {}", s.sessions);
+    outln!(
         "history      {} reports in the last {} ({} stored since start){}",
         s.history_reports,
         human_duration(std::time::Duration::from_secs(s.history_retention_seconds)),
@@ -181,7 +181,7 @@ pub async fn hosts(target: &Target, output: Output) -> Result<(), CliError> {
         return Ok(());
     }
     if list.is_empty() {
-        println!("no hosts yet: start fleet-agent on a machine and it appears here");
+        outln!("no hosts yet: start fleet-agent on a machine and it appears here");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -201,7 +201,7 @@ pub async fn hosts(target: &Target, output: Output) -> Result<(), CliError> {
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "STATUS", "LAST SEEN", "CPU", "MEMORY", "LOAD", "SERVICES", "AGENT"], &rows));
+    out!("{}", table(&["NAME", "STATUS", "LAST SEEN", "CPU", "MEMORY", "LOAD", "SERVICES", "AGENT"], &rows));
     Ok(())
 }
 
@@ -243,41 +243,41 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
     };
     // What the agent says of itself is shown, never sent to the terminal.
     let p = |s: &str| fleet_common::printable(if s.is_empty() { "-" } else { s }, &[]).into_owned();
-    println!("name         {}", p(&h.name));
-    println!("status       {}", p(&status));
-    println!("address      {}", p(&h.peer_address));
-    println!("hostname     {}", p(&h.hostname));
-    println!("os           {}", p(&h.os));
-    println!(
+    outln!("name         {}", p(&h.name));
+    outln!("status       {}", p(&status));
+    outln!("address      {}", p(&h.peer_address));
+    outln!("hostname     {}", p(&h.hostname));
+    outln!("os           {}", p(&h.os));
+    outln!(
         "agent        fleet-agent {}, reporting every {}",
         p(&h.agent_version),
         human_duration(std::time::Duration::from_millis(h.report_interval_ms))
     );
-    println!("labels       {}", p(&labels.join(", ")));
-    println!("last report  {}", ago(h.last_report_ms));
+    outln!("labels       {}", p(&labels.join(", ")));
+    outln!("last report  {}", ago(h.last_report_ms));
     if h.online {
-        println!("clock        {}", clock(h.clock_offset_ms));
+        outln!("clock        {}", clock(h.clock_offset_ms));
     }
     if h.metrics.is_some() {
-        println!("cpu          {} of {} cores", pct(m.cpu_usage_ratio), m.cpu_count);
-        println!("memory       {}", mem(&m));
-        println!("swap         {} of {}", human_bytes(m.swap_used_bytes), human_bytes(m.swap_total_bytes));
-        println!("load         {:.2} {:.2} {:.2}", m.load1, m.load5, m.load15);
-        println!("uptime       {}", human_duration(std::time::Duration::from_secs(m.uptime_seconds)));
+        outln!("cpu          {} of {} cores", pct(m.cpu_usage_ratio), m.cpu_count);
+        outln!("memory       {}", mem(&m));
+        outln!("swap         {} of {}", human_bytes(m.swap_used_bytes), human_bytes(m.swap_total_bytes));
+        outln!("load         {:.2} {:.2} {:.2}", m.load1, m.load5, m.load15);
+        outln!("uptime       {}", human_duration(std::time::Duration::from_secs(m.uptime_seconds)));
     }
-    println!(
+    outln!(
         "history      {} reports since {}",
         resp.history_reports,
         if resp.history_oldest_ms > 0 { rfc3339(resp.history_oldest_ms) } else { "-".into() }
     );
     if h.reports_dropped_total > 0 {
-        println!(
+        outln!(
             "dropped      {} reports (the agent's buffer overflowed while the coordinator was unreachable)",
             h.reports_dropped_total
         );
     }
     if !m.filesystems.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = m
             .filesystems
             .iter()
@@ -292,20 +292,20 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
                 ]
             })
             .collect();
-        print!("{}", table(&["MOUNTPOINT", "TYPE", "SIZE", "AVAIL", "USED"], &rows));
+        out!("{}", table(&["MOUNTPOINT", "TYPE", "SIZE", "AVAIL", "USED"], &rows));
     }
     if !m.networks.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = m
             .networks
             .iter()
             .map(|n| vec![n.device.clone(), human_bytes(n.receive_bytes_total), human_bytes(n.transmit_bytes_total)])
             .collect();
-        print!("{}", table(&["INTERFACE", "RECEIVED", "SENT"], &rows));
+        out!("{}", table(&["INTERFACE", "RECEIVED", "SENT"], &rows));
     }
-    println!();
+    outln!();
     if h.services.is_empty() {
-        println!("no services reported");
+        outln!("no services reported");
     } else {
         let rows: Vec<Vec<String>> = h
             .services
@@ -323,7 +323,7 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
                 ]
             })
             .collect();
-        print!("{}", table(&["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MEMORY", "VERSION", "MESSAGE"], &rows));
+        out!("{}", table(&["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MEMORY", "VERSION", "MESSAGE"], &rows));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +24,12 @@ use crate::metrics::Metrics;
 
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a refused connection is drained before it is closed (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How much of a refused client's data is read and dropped before the connection is closed.
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// An accepted mutual-TLS connection, holding its slot of `max_connections` until dropped.
 /// Once `cut` fires, every read and write fails and the connection closes.
@@ -200,7 +206,7 @@ pub async fn accept_loop(
         let metrics = metrics.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp).into_fallible()).await {
                 Ok(Ok(stream)) => {
                     let token = CancellationToken::new();
                     let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
@@ -215,9 +221,10 @@ pub async fn accept_loop(
                     };
                     let _ = out.send(Ok(conn)).await;
                 }
-                Ok(Err(e)) => {
+                Ok(Err((e, tcp))) => {
                     metrics.tls_handshake_failures.inc();
                     tracing::warn!(%peer, reason = %handshake_reason(&e), "connection refused: TLS handshake failed");
+                    linger(tcp).await;
                 }
                 Err(_) => {
                     metrics.tls_handshake_failures.inc();
@@ -226,6 +233,28 @@ pub async fn accept_loop(
             }
         });
     }
+}
+
+/// Closes a refused connection so that the client reads the alert saying why (a revoked or
+/// unknown certificate): half-closes, then reads and drops what the client already sent, for at
+/// most [`LINGER`] and [`LINGER_BYTES`]. Closing a socket with unread data sends a reset, which
+/// makes the client's next write fail before it has read the alert. The connection keeps its
+/// slot of `max_connections` meanwhile, so lingering connections are bounded too.
+async fn linger(mut tcp: TcpStream) {
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 fn handshake_reason(e: &io::Error) -> String {

@@ -44,7 +44,7 @@ async fn impostors_are_refused_and_genuine_sessions_continue() {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots.clone())
         .with_no_client_auth();
     let port: u16 = c.addr.rsplit(':').next().unwrap().parse().unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -115,6 +115,43 @@ async fn impostors_are_refused_and_genuine_sessions_continue() {
         log.log_text().contains("not signed by this coordinator's CA").then_some(())
     })
     .await;
+
+    // 2b. The refused client reads why, even when it wrote after its half of the handshake (as
+    // an HTTP/2 client does at once): the coordinator drains such data before it closes, since
+    // closing with unread data resets the connection and the client's next write would fail
+    // before it reads the alert.
+    let foreign = {
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<_> =
+            rustls::pki_types::CertificateDer::pem_file_iter(&f.cert).unwrap().map(|c| c.unwrap()).collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&f.key).unwrap();
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap()
+    };
+    let refusals = || log.log_text().matches("not signed by this coordinator's CA").count();
+    let before_refusals = refusals();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(foreign)).connect(name, tcp).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        s.flush().await.unwrap();
+        eventually(Duration::from_secs(5), "the coordinator to refuse the foreign certificate", || async {
+            (refusals() > before_refusals).then_some(())
+        })
+        .await;
+        s.write_all(&[0u8; 64]).await.expect("a write after the refusal");
+        s.flush().await.expect("a write after the refusal");
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer");
+        let err = read.expect_err("a refused client read data");
+        assert!(err.to_string().contains("alert"), "the client did not read the alert: {err}");
+    }
 
     // 3. An agent certificate calling the operator API.
     let out = c.fleetctl_as("pc2", &["hosts"]);
