@@ -6,11 +6,16 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use fleet_proto::v1::upload_artifact_request::Part;
 use fleet_proto::v1::{ArtifactHeader, UploadArtifactRequest};
 use sha2::Digest;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
+
+use crate::store::RolloutRecord;
 
 /// The artifact store.
 #[derive(Debug, Clone)]
@@ -134,5 +139,147 @@ impl Artifacts {
             }
         }
         removed
+    }
+}
+
+/// How long after a start the artifact collector first runs: time for the agents to attach
+/// and say which releases they run, so that none is taken for unused.
+const ARTIFACT_GC_DELAY: Duration = Duration::from_secs(600);
+
+/// The artifacts to keep: those unfinished rollouts need, every host's current release and
+/// the release before it (as the rollout that moved the host there recorded it), and the two
+/// newest succeeded rollouts of each service. `running` is (host, service, version) of what
+/// hosts report running.
+pub fn artifacts_to_keep(
+    rollouts: &[RolloutRecord],
+    running: &[(String, String, String)],
+) -> std::collections::HashSet<String> {
+    use std::collections::HashSet;
+    let mut keep: HashSet<String> = rollouts.iter().filter(|r| !r.finished()).map(|r| r.sha256.clone()).collect();
+    let artifact_of = |service: &str, version: &str| -> Vec<String> {
+        rollouts.iter().filter(|r| r.service == service && r.version == version).map(|r| r.sha256.clone()).collect()
+    };
+    for (host, service, version) in running {
+        keep.extend(artifact_of(service, version));
+        // The newest rollout that moved this host to its current version knows what it had.
+        let previous = rollouts
+            .iter()
+            .filter(|r| &r.service == service && &r.version == version)
+            .filter_map(|r| {
+                r.hosts.iter().find(|h| &h.host == host).map(|h| (r.created_at_ms, h.previous_version.clone()))
+            })
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, p)| p);
+        if let Some(p) = previous.filter(|p| !p.is_empty()) {
+            keep.extend(artifact_of(service, &p));
+        }
+    }
+    let mut per_service: std::collections::HashMap<&str, usize> = Default::default();
+    let mut newest_first: Vec<&RolloutRecord> = rollouts.iter().collect();
+    newest_first.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
+    for r in newest_first {
+        let n = per_service.entry(r.service.as_str()).or_default();
+        if *n < 2 && r.state == "succeeded" {
+            keep.insert(r.sha256.clone());
+            *n += 1;
+        }
+    }
+    keep
+}
+
+/// Removes artifacts that nothing needs ([`artifacts_to_keep`]) every minute, from
+/// [`ARTIFACT_GC_DELAY`] after the start on.
+pub async fn collect_garbage_every_minute(
+    artifacts: Artifacts,
+    registry: Arc<crate::registry::Registry>,
+    rollouts: Arc<crate::rollouts::Rollouts>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ARTIFACT_GC_DELAY, Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let running: Vec<(String, String, String)> = registry
+            .all()
+            .iter()
+            .flat_map(|h| {
+                let services = h.with(|s| s.latest.as_ref().map(|l| l.services.clone()).unwrap_or_default());
+                services.into_iter().map(|s| (h.name.clone(), s.name, s.version)).collect::<Vec<_>>()
+            })
+            .filter(|(_, _, v)| !v.is_empty())
+            .collect();
+        let keep = artifacts_to_keep(&rollouts.list(), &running);
+        let a = artifacts.clone();
+        let _ = tokio::task::spawn_blocking(move || a.collect_garbage(&keep)).await;
+    }
+}
+
+#[cfg(test)]
+mod gc_tests {
+    use super::*;
+    use crate::store::HostStep;
+
+    fn rollout(id: &str, version: &str, state: &str, at: i64, hosts: &[(&str, &str)]) -> RolloutRecord {
+        RolloutRecord {
+            id: id.into(),
+            service: "api".into(),
+            version: version.into(),
+            sha256: format!("sha-{version}"),
+            size_bytes: 1,
+            state: state.into(),
+            reason: String::new(),
+            hosts: hosts
+                .iter()
+                .map(|(h, prev)| HostStep {
+                    host: h.to_string(),
+                    state: "healthy".into(),
+                    message: String::new(),
+                    previous_version: prev.to_string(),
+                    updated_at_ms: at,
+                    log_tail: Vec::new(),
+                })
+                .collect(),
+            max_parallel: 1,
+            canary: 0,
+            auto_promote: false,
+            min_healthy_time_ms: 0,
+            healthy_deadline_ms: 0,
+            progress_deadline_ms: 0,
+            auto_revert: true,
+            promoted: true,
+            abort_requested: false,
+            created_by: String::new(),
+            created_at_ms: at,
+            updated_at_ms: at,
+            last_progress_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_current_and_previous_release_of_every_host_are_kept() {
+        let rollouts = [
+            rollout("r1", "1.0", "succeeded", 1, &[("a", ""), ("b", "")]),
+            rollout("r2", "2.0", "succeeded", 2, &[("a", "1.0"), ("b", "1.0")]),
+            rollout("r3", "3.0", "succeeded", 3, &[("a", "2.0"), ("b", "2.0")]),
+            rollout("r4", "4.0", "rolled_back", 4, &[("a", "3.0")]),
+            rollout("r5", "5.0", "succeeded", 5, &[("a", "3.0")]),
+        ];
+        // a runs 5.0 (before it 3.0), b runs 3.0 (before it 2.0); 4.0 failed, 1.0 is long gone.
+        let running =
+            [("a".to_string(), "api".to_string(), "5.0".to_string()), ("b".into(), "api".into(), "3.0".into())];
+        let keep = artifacts_to_keep(&rollouts, &running);
+        for v in ["5.0", "3.0", "2.0"] {
+            assert!(keep.contains(&format!("sha-{v}")), "{v} is needed: {keep:?}");
+        }
+        assert!(!keep.contains("sha-1.0") && !keep.contains("sha-4.0"), "{keep:?}");
+        // A host that went back to 1.0 by hand keeps 1.0, and an unfinished rollout its own.
+        let mut running = running.to_vec();
+        running.push(("c".into(), "api".into(), "1.0".into()));
+        let mut rollouts = rollouts.to_vec();
+        rollouts.push(rollout("r6", "6.0", "running", 6, &[("c", "1.0")]));
+        let keep = artifacts_to_keep(&rollouts, &running);
+        assert!(keep.contains("sha-1.0") && keep.contains("sha-6.0"), "{keep:?}");
     }
 }

@@ -3,7 +3,7 @@
 //! before it reaches these handlers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fleet_common::identity::Identity;
@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditLog, entry};
-use crate::commands::{Hub, Submitted, new_id};
-use crate::metrics::Metrics;
-use crate::registry::{Host, Registry};
+use crate::audit::entry;
+use crate::commands::{Submitted, new_id};
+use crate::coordinator::Coordinator;
+use crate::registry::Host;
 use crate::store::{HostStep, RolloutRecord};
 use fleet_proto::v1::upload_artifact_request::Part;
 use fleet_proto::v1::{
@@ -44,38 +44,14 @@ pub const MAX_LIST_REPORTS: usize = 100_000;
 /// The ControlService implementation.
 #[derive(Clone)]
 pub struct ControlApi {
-    /// The durable store, for the reports of one host.
-    pub store: crate::store::Store,
-    /// Cluster state.
-    pub registry: Arc<Registry>,
-    /// Self metrics.
-    pub metrics: Arc<Metrics>,
-    /// Open agent sessions.
-    pub sessions: Arc<AtomicUsize>,
-    /// When the coordinator started.
-    pub started_at_ms: i64,
-    /// History retention.
-    pub retention: Duration,
-    /// Trust domain.
-    pub trust_domain: String,
-    /// Commands in flight.
-    pub hub: Arc<Hub>,
-    /// The audit log.
-    pub audit: AuditLog,
-    /// Stored artifacts.
-    pub artifacts: crate::artifacts::Artifacts,
-    /// Rollouts.
-    pub rollouts: Arc<crate::rollouts::Rollouts>,
-    /// The history as series.
-    pub tsdb: Arc<crate::tsdb::Tsdb>,
-    /// Rules and alerts.
-    pub alerting: Arc<crate::alerting::Alerting>,
-    /// What one query may use.
-    pub query_limits: crate::query::QueryLimits,
-    /// Cancelled when the coordinator stops (calls off queries in flight).
-    pub shutdown: tokio_util::sync::CancellationToken,
-    /// Tokens, revocation, removing hosts.
-    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    c: Arc<Coordinator>,
+}
+
+impl ControlApi {
+    /// The control API of coordinator `c`.
+    pub fn new(c: Arc<Coordinator>) -> Self {
+        ControlApi { c }
+    }
 }
 
 fn identity_of<T>(req: &Request<T>) -> Result<Identity, Status> {
@@ -114,7 +90,7 @@ fn offline_error(host: &Host) -> Status {
 impl ControlApi {
     /// Reads a host's stored reports off the async threads.
     async fn host_reports(&self, host: &str, since_ms: i64, limit: usize) -> Result<crate::store::HostReports, Status> {
-        let (store, host) = (self.store.clone(), host.to_string());
+        let (store, host) = (self.c.store.clone(), host.to_string());
         tokio::task::spawn_blocking(move || store.host_reports(&host, since_ms, limit))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -122,7 +98,7 @@ impl ControlApi {
     }
 
     fn host(&self, name: &str) -> Result<Arc<Host>, Status> {
-        self.registry.get(name).ok_or_else(|| {
+        self.c.registry.get(name).ok_or_else(|| {
             Status::not_found(format!(
                 "no host named \"{name}\"; `fleetctl hosts` lists the hosts this coordinator knows"
             ))
@@ -136,14 +112,14 @@ impl ControlApi {
         command: Command,
         timeout: Duration,
     ) -> Result<fleet_proto::v1::CommandUpdate, Status> {
-        let Some(queue) = self.registry.command_sender(host) else { return Err(offline_error(host)) };
+        let Some(queue) = self.c.registry.command_sender(host) else { return Err(offline_error(host)) };
         let id = command.id.clone();
-        let rx = match self.hub.submit(&host.name, command.clone())? {
+        let rx = match self.c.hub.submit(&host.name, command.clone())? {
             Submitted::Done(u) => return Ok(u),
             Submitted::Joined(rx) => rx,
             Submitted::New(rx) => {
                 if queue.try_send(Box::new(command)).is_err() {
-                    self.hub.abandon(&id);
+                    self.c.hub.abandon(&id);
                     return Err(Status::unavailable(format!(
                         "{} is not accepting commands right now; retry",
                         host.name
@@ -155,7 +131,7 @@ impl ControlApi {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(u)) => Ok(u),
             _ => {
-                self.hub.abandon(&id);
+                self.c.hub.abandon(&id);
                 Err(Status::deadline_exceeded(format!(
                     "no answer from {} within {}",
                     host.name,
@@ -166,7 +142,7 @@ impl ControlApi {
     }
 
     fn timed<T>(&self, started: Instant, r: T) -> T {
-        self.metrics.control_seconds.observe(started.elapsed().as_secs_f64());
+        self.c.metrics.control_seconds.observe(started.elapsed().as_secs_f64());
         r
     }
 }
@@ -175,25 +151,25 @@ impl ControlApi {
 impl ControlService for ControlApi {
     async fn get_status(&self, _: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
         let t = Instant::now();
-        let (online, offline) = self.registry.counts();
+        let (online, offline) = self.c.registry.counts();
         let resp = GetStatusResponse {
             coordinator_version: fleet_common::VERSION.to_string(),
-            started_at_ms: self.started_at_ms,
+            started_at_ms: self.c.started_at_ms,
             hosts_online: online as u32,
             hosts_offline: offline as u32,
-            sessions: self.sessions.load(Ordering::Relaxed) as u32,
-            reports_stored: self.metrics.reports_stored.get(),
-            history_reports: self.store.reports_held(),
-            history_retention_seconds: self.retention.as_secs(),
-            trust_domain: self.trust_domain.clone(),
-            history_loading: !self.tsdb.loaded(),
+            sessions: self.c.sessions.load(Ordering::Relaxed) as u32,
+            reports_stored: self.c.metrics.reports_stored.get(),
+            history_reports: self.c.store.reports_held(),
+            history_retention_seconds: self.c.config.retention.as_secs(),
+            trust_domain: self.c.trust_domain.clone(),
+            history_loading: !self.c.tsdb.loaded(),
         };
         Ok(self.timed(t, Response::new(resp)))
     }
 
     async fn list_hosts(&self, _: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
         let t = Instant::now();
-        let hosts = self.registry.all().iter().map(|h| h.summary()).collect();
+        let hosts = self.c.registry.all().iter().map(|h| h.summary()).collect();
         Ok(self.timed(t, Response::new(ListHostsResponse { hosts })))
     }
 
@@ -230,7 +206,7 @@ impl ControlService for ControlApi {
     async fn list_services(&self, req: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
         let t = Instant::now();
         let hosts =
-            if req.get_ref().host.is_empty() { self.registry.all() } else { vec![self.host(&req.get_ref().host)?] };
+            if req.get_ref().host.is_empty() { self.c.registry.all() } else { vec![self.host(&req.get_ref().host)?] };
         let mut services = Vec::new();
         for h in hosts {
             let sum = h.summary();
@@ -252,7 +228,7 @@ impl ControlService for ControlApi {
             return Err(Status::invalid_argument("action must be start, stop or restart"));
         }
         let host = self.host(&r.host)?;
-        let Some(queue) = self.registry.command_sender(&host) else { return Err(offline_error(&host)) };
+        let Some(queue) = self.c.registry.command_sender(&host) else { return Err(offline_error(&host)) };
         let known = host.with(|s| s.latest.as_ref().map(|l| l.services.iter().any(|x| x.name == r.service)));
         if known == Some(false) {
             return Err(Status::not_found(format!(
@@ -277,7 +253,7 @@ impl ControlService for ControlApi {
             timeout_ms: timeout.saturating_sub(margin).max(Duration::from_millis(100)).as_millis() as u64,
             action: Some(CmdAction::Service(ServiceCommand { service: r.service.clone(), action: action as i32 })),
         };
-        let rx = match self.hub.submit(&r.host, command.clone())? {
+        let rx = match self.c.hub.submit(&r.host, command.clone())? {
             Submitted::Done(u) => {
                 return Ok(Response::new(RunServiceCommandResponse {
                     command_id: id,
@@ -291,18 +267,19 @@ impl ControlService for ControlApi {
             Submitted::New(rx) => {
                 // Audited before it is sent: the log must show every attempt, even one whose
                 // outcome never arrives.
-                if let Err(e) = self.audit.append(entry(&who, name, &r.host, &r.service, &id, "requested", "")).await {
-                    self.hub.abandon(&id);
+                if let Err(e) = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "requested", "")).await
+                {
+                    self.c.hub.abandon(&id);
                     return Err(Status::internal(format!("cannot write the audit log, the command was not sent: {e}")));
                 }
                 tracing::info!(%who, host = %r.host, service = %r.service, action = name, command_id = %id, "service command");
                 if queue.try_send(Box::new(command)).is_err() {
-                    self.hub.abandon(&id);
+                    self.c.hub.abandon(&id);
                     let msg = format!(
                         "{} is not accepting commands right now (its queue is full or its session just ended); retry",
                         r.host
                     );
-                    let _ = self.audit.append(entry(&who, name, &r.host, &r.service, &id, "failed", &msg)).await;
+                    let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "failed", &msg)).await;
                     return Err(Status::unavailable(msg));
                 }
                 rx
@@ -317,7 +294,7 @@ impl ControlService for ControlApi {
                     CommandState::Rejected => "rejected",
                     _ => "failed",
                 };
-                let _ = self.audit.append(entry(&who, name, &r.host, &r.service, &id, word, &u.message)).await;
+                let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, word, &u.message)).await;
                 RunServiceCommandResponse {
                     command_id: id,
                     state: u.state,
@@ -327,8 +304,8 @@ impl ControlService for ControlApi {
                 }
             }
             _ => {
-                let accepted = self.hub.accepted(&id);
-                self.hub.abandon(&id);
+                let accepted = self.c.hub.accepted(&id);
+                self.c.hub.abandon(&id);
                 let within = fleet_common::human_duration_ms(timeout);
                 let msg = if accepted {
                     format!(
@@ -341,7 +318,7 @@ impl ControlService for ControlApi {
                         r.host, r.host
                     )
                 };
-                let _ = self.audit.append(entry(&who, name, &r.host, &r.service, &id, "timed out", &msg)).await;
+                let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "timed out", &msg)).await;
                 RunServiceCommandResponse {
                     command_id: id,
                     state: CommandState::Failed as i32,
@@ -359,7 +336,7 @@ impl ControlService for ControlApi {
     async fn stream_logs(&self, req: Request<StreamLogsRequest>) -> Result<Response<Self::StreamLogsStream>, Status> {
         let r = req.into_inner();
         let hosts = if r.host.is_empty() {
-            self.registry.all().into_iter().filter(|h| h.online()).collect()
+            self.c.registry.all().into_iter().filter(|h| h.online()).collect()
         } else {
             let h = self.host(&r.host)?;
             if !h.online() {
@@ -373,9 +350,9 @@ impl ControlService for ControlApi {
         let (tx, rx) = mpsc::channel(LOG_STREAM_BUFFER);
         let mut started = Vec::new();
         for h in hosts {
-            let Some(queue) = self.registry.command_sender(&h) else { continue };
+            let Some(queue) = self.c.registry.command_sender(&h) else { continue };
             let id = new_id();
-            self.hub.add_logs(&id, &h.name, tx.clone())?;
+            self.c.hub.add_logs(&id, &h.name, tx.clone())?;
             let command = Command {
                 id: id.clone(),
                 issued_at_ms: fleet_common::now_ms(),
@@ -387,7 +364,7 @@ impl ControlService for ControlApi {
                 ..Default::default()
             };
             if queue.try_send(Box::new(command)).is_err() {
-                self.hub.remove_logs(&id);
+                self.c.hub.remove_logs(&id);
                 continue;
             }
             started.push((id, queue));
@@ -397,7 +374,7 @@ impl ControlService for ControlApi {
         let weak = tx.downgrade();
         drop(tx);
         if r.follow {
-            let hub = self.hub.clone();
+            let hub = self.c.hub.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -427,14 +404,14 @@ impl ControlService for ControlApi {
             0 => 100,
             n => (n as usize).min(100_000),
         };
-        let audit = self.audit.clone();
+        let audit = self.c.audit.clone();
         let entries =
             tokio::task::spawn_blocking(move || audit.last(n)).await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ListAuditResponse { entries: entries.into_iter().map(Into::into).collect() }))
     }
 
     async fn stat_artifact(&self, req: Request<StatArtifactRequest>) -> Result<Response<StatArtifactResponse>, Status> {
-        let size = self.artifacts.stat(&req.get_ref().sha256);
+        let size = self.c.artifacts.stat(&req.get_ref().sha256);
         Ok(Response::new(StatArtifactResponse { exists: size.is_some(), size_bytes: size.unwrap_or(0) }))
     }
 
@@ -452,7 +429,7 @@ impl ControlService for ControlApi {
         };
         let sha = header.sha256.clone();
         let name = header.name.clone();
-        let (size, existed) = self.artifacts.store(header, stream).await?;
+        let (size, existed) = self.c.artifacts.store(header, stream).await?;
         if !existed {
             tracing::info!(%who, sha256 = %sha, size, %name, "artifact uploaded");
         }
@@ -474,7 +451,7 @@ impl ControlService for ControlApi {
                 r.version
             )));
         }
-        if let Some(id) = self.rollouts.active_for(&r.service) {
+        if let Some(id) = self.c.rollouts.active_for(&r.service) {
             return Err(Status::failed_precondition(format!(
                 "rollout {id} of {} is still under way; wait for it, or `fleetctl rollout abort {id}`",
                 r.service
@@ -484,7 +461,7 @@ impl ControlService for ControlApi {
             h.with(|s| s.latest.as_ref().is_some_and(|l| l.services.iter().any(|x| x.name == r.service)))
         };
         let hosts: Vec<String> = if r.hosts.is_empty() {
-            self.registry.all().iter().filter(|h| has_service(h)).map(|h| h.name.clone()).collect()
+            self.c.registry.all().iter().filter(|h| has_service(h)).map(|h| h.name.clone()).collect()
         } else {
             for name in &r.hosts {
                 let h = self.host(name)?;
@@ -514,7 +491,7 @@ impl ControlService for ControlApi {
                 hosts.len()
             )));
         }
-        let size = match self.artifacts.stat(&r.sha256) {
+        let size = match self.c.artifacts.stat(&r.sha256) {
             Some(size) => size,
             None if r.validate_only => 0,
             None => {
@@ -563,21 +540,22 @@ impl ControlService for ControlApi {
             return Ok(Response::new(rec.to_proto()));
         }
         let msg = format!("{} {} to {}", rec.service, rec.version, hosts.join(","));
-        self.audit
+        self.c
+            .audit
             .append(entry(&who, "rollout start", "", &rec.service, &rec.id, "requested", &msg))
             .await
             .map_err(|e| Status::internal(format!("cannot write the audit log, the rollout was not started: {e}")))?;
-        let rec = self.rollouts.create(rec).await.map_err(Status::internal)?;
+        let rec = self.c.rollouts.create(rec).await.map_err(Status::internal)?;
         tracing::info!(%who, rollout = %rec.id, "{msg}");
         Ok(Response::new(rec.to_proto()))
     }
 
     async fn get_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
         let id = &req.get_ref().id;
-        let r = self
-            .rollouts
-            .get(id)
-            .ok_or_else(|| Status::not_found(format!("no rollout with id {id}; `fleetctl rollout list` lists them")))?;
+        let r =
+            self.c.rollouts.get(id).ok_or_else(|| {
+                Status::not_found(format!("no rollout with id {id}; `fleetctl rollout list` lists them"))
+            })?;
         Ok(Response::new(r.to_proto()))
     }
 
@@ -585,7 +563,7 @@ impl ControlService for ControlApi {
 
     async fn watch_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let id = req.get_ref().id.clone();
-        let mut rx = self.rollouts.watch(&id).ok_or_else(|| Status::not_found(format!("no rollout with id {id}")))?;
+        let mut rx = self.c.rollouts.watch(&id).ok_or_else(|| Status::not_found(format!("no rollout with id {id}")))?;
         let (tx, out) = mpsc::channel(16);
         tokio::spawn(async move {
             loop {
@@ -604,25 +582,26 @@ impl ControlService for ControlApi {
 
     async fn list_rollouts(&self, _: Request<ListRolloutsRequest>) -> Result<Response<ListRolloutsResponse>, Status> {
         Ok(Response::new(ListRolloutsResponse {
-            rollouts: self.rollouts.list().iter().map(RolloutRecord::to_proto).collect(),
+            rollouts: self.c.rollouts.list().iter().map(RolloutRecord::to_proto).collect(),
         }))
     }
 
     async fn pause_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
         let who = caller(&req);
-        let r = self.rollouts.control(&req.get_ref().id, "pause", &who).await.map_err(Status::failed_precondition)?;
+        let r = self.c.rollouts.control(&req.get_ref().id, "pause", &who).await.map_err(Status::failed_precondition)?;
         Ok(Response::new(r.to_proto()))
     }
 
     async fn resume_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
         let who = caller(&req);
-        let r = self.rollouts.control(&req.get_ref().id, "resume", &who).await.map_err(Status::failed_precondition)?;
+        let r =
+            self.c.rollouts.control(&req.get_ref().id, "resume", &who).await.map_err(Status::failed_precondition)?;
         Ok(Response::new(r.to_proto()))
     }
 
     async fn abort_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
         let who = caller(&req);
-        let r = self.rollouts.control(&req.get_ref().id, "abort", &who).await.map_err(Status::failed_precondition)?;
+        let r = self.c.rollouts.control(&req.get_ref().id, "abort", &who).await.map_err(Status::failed_precondition)?;
         Ok(Response::new(r.to_proto()))
     }
 
@@ -634,7 +613,8 @@ impl ControlService for ControlApi {
             + Duration::from_millis(if r.min_healthy_time_ms == 0 { 10_000 } else { r.min_healthy_time_ms });
         let id = new_id();
         let to = if r.to_version.is_empty() { "the previous release".to_string() } else { r.to_version.clone() };
-        self.audit
+        self.c
+            .audit
             .append(entry(&who, "rollback", &r.host, &r.service, &id, "requested", &format!("to {to}")))
             .await
             .map_err(|e| Status::internal(format!("cannot write the audit log, nothing was sent: {e}")))?;
@@ -654,12 +634,12 @@ impl ControlService for ControlApi {
             Ok(u) => u,
             Err(s) => {
                 let _ =
-                    self.audit.append(entry(&who, "rollback", &r.host, &r.service, &id, "failed", s.message())).await;
+                    self.c.audit.append(entry(&who, "rollback", &r.host, &r.service, &id, "failed", s.message())).await;
                 return Err(s);
             }
         };
         let word = if u.state == CommandState::Succeeded as i32 { "succeeded" } else { "failed" };
-        let _ = self.audit.append(entry(&who, "rollback", &r.host, &r.service, &id, word, &u.message)).await;
+        let _ = self.c.audit.append(entry(&who, "rollback", &r.host, &r.service, &id, word, &u.message)).await;
         Ok(Response::new(RunServiceCommandResponse {
             command_id: id,
             state: u.state,
@@ -693,8 +673,8 @@ impl ControlService for ControlApi {
         use fleet_proto::v1::{QueryPoint, QueryResponse, QuerySeries};
         let t0 = Instant::now();
         let r = req.into_inner();
-        let db = self.tsdb.clone();
-        let answer = query::run(self.query_limits, self.shutdown.clone(), move |l| {
+        let db = self.c.tsdb.clone();
+        let answer = query::run(self.c.config.query, self.c.shutdown.clone(), move |l| {
             if r.step_ms > 0 {
                 query::range(&*db, &r.expr, r.start_ms, r.end_ms, r.step_ms, l)
             } else {
@@ -743,7 +723,7 @@ impl ControlService for ControlApi {
         use fleet_proto::v1::{ListRulesResponse, RuleGroupInfo, RuleInfo};
         use fleet_rules::rules::{AlertState, Rule};
         let mut groups = Vec::new();
-        for g in self.alerting.groups() {
+        for g in self.c.alerting.groups() {
             let g = g.lock().expect("group lock");
             let rules = g
                 .rules
@@ -784,7 +764,7 @@ impl ControlService for ControlApi {
             groups.push(RuleGroupInfo {
                 name: g.name.clone(),
                 file: g.file.display().to_string(),
-                interval_ms: self.alerting.group_interval(&g).as_millis() as u64,
+                interval_ms: self.c.alerting.group_interval(&g).as_millis() as u64,
                 last_evaluation_ms: g.last_eval.map(|(t, _)| t).unwrap_or(0),
                 evaluation_us: g.last_eval.map(|(_, d)| d.as_micros() as u64).unwrap_or(0),
                 rules,
@@ -798,6 +778,7 @@ impl ControlService for ControlApi {
         _: Request<fleet_proto::v1::ListAlertsRequest>,
     ) -> Result<Response<fleet_proto::v1::ListAlertsResponse>, Status> {
         let alerts = self
+            .c
             .alerting
             .alerts()
             .into_iter()
@@ -835,12 +816,12 @@ impl ControlService for ControlApi {
         let by = identity_of(&req)?;
         let addr = req.extensions().get::<crate::guard::Dialed>().map(|d| d.0.clone()).unwrap_or_default();
         let r = req.into_inner();
-        let out = self.lifecycle.create_token(&by, &r, &addr);
+        let out = self.c.lifecycle.create_token(&by, &r, &addr);
         let (outcome, message) = match &out {
             Ok(t) => ("succeeded", format!("token {}", t.token.as_ref().map(|t| t.id.as_str()).unwrap_or(""))),
             Err(s) => ("failed", s.message().to_string()),
         };
-        let _ = self.audit.append(entry(&by.uri(), "tokens create", &r.name, "", "", outcome, &message)).await;
+        let _ = self.c.audit.append(entry(&by.uri(), "tokens create", &r.name, "", "", outcome, &message)).await;
         out.map(Response::new)
     }
 
@@ -848,7 +829,7 @@ impl ControlService for ControlApi {
         &self,
         _: Request<fleet_proto::v1::ListTokensRequest>,
     ) -> Result<Response<fleet_proto::v1::ListTokensResponse>, Status> {
-        Ok(Response::new(fleet_proto::v1::ListTokensResponse { tokens: self.lifecycle.enrollment.list_tokens() }))
+        Ok(Response::new(fleet_proto::v1::ListTokensResponse { tokens: self.c.lifecycle.enrollment.list_tokens() }))
     }
 
     async fn revoke_token(
@@ -857,11 +838,14 @@ impl ControlService for ControlApi {
     ) -> Result<Response<fleet_proto::v1::JoinToken>, Status> {
         let by = identity_of(&req)?;
         let id = req.into_inner().id;
-        let out = self.lifecycle.enrollment.revoke_token(&id);
+        let out = self.c.lifecycle.enrollment.revoke_token(&id);
         let outcome = if out.is_ok() { "succeeded" } else { "failed" };
         let shown: String = id.split('.').next().unwrap_or_default().chars().take(64).collect();
-        let _ =
-            self.audit.append(entry(&by.uri(), "tokens revoke", "", "", "", outcome, &format!("token {shown}"))).await;
+        let _ = self
+            .c
+            .audit
+            .append(entry(&by.uri(), "tokens revoke", "", "", "", outcome, &format!("token {shown}")))
+            .await;
         out.map(Response::new)
     }
 
@@ -870,14 +854,14 @@ impl ControlService for ControlApi {
         req: Request<fleet_proto::v1::RevokeCertificateRequest>,
     ) -> Result<Response<fleet_proto::v1::RevokeCertificateResponse>, Status> {
         let by = identity_of(&req)?;
-        self.lifecycle.revoke(&by, &req.into_inner()).await.map(Response::new)
+        self.c.lifecycle.revoke(&by, &req.into_inner()).await.map(Response::new)
     }
 
     async fn list_revocations(
         &self,
         _: Request<fleet_proto::v1::ListRevocationsRequest>,
     ) -> Result<Response<fleet_proto::v1::ListRevocationsResponse>, Status> {
-        Ok(Response::new(fleet_proto::v1::ListRevocationsResponse { revocations: self.lifecycle.revocations() }))
+        Ok(Response::new(fleet_proto::v1::ListRevocationsResponse { revocations: self.c.lifecycle.revocations() }))
     }
 
     async fn remove_host(
@@ -886,7 +870,7 @@ impl ControlService for ControlApi {
     ) -> Result<Response<fleet_proto::v1::RemoveHostResponse>, Status> {
         let by = identity_of(&req)?;
         let r = req.into_inner();
-        self.lifecycle.remove_host(&by, &r.name, &r.reason).await.map(Response::new)
+        self.c.lifecycle.remove_host(&by, &r.name, &r.reason).await.map(Response::new)
     }
 
     async fn reload_rules(
@@ -894,16 +878,17 @@ impl ControlService for ControlApi {
         req: Request<fleet_proto::v1::ReloadRulesRequest>,
     ) -> Result<Response<fleet_proto::v1::ReloadRulesResponse>, Status> {
         let who = caller(&req);
-        match self.alerting.reload() {
+        match self.c.alerting.reload() {
             Ok((g, r)) => {
                 let _ = self
+                    .c
                     .audit
                     .append(entry(&who, "rules reload", "", "", "", "succeeded", &format!("{g} groups, {r} rules")))
                     .await;
                 Ok(Response::new(fleet_proto::v1::ReloadRulesResponse { groups: g as u32, rules: r as u32 }))
             }
             Err(e) => {
-                let _ = self.audit.append(entry(&who, "rules reload", "", "", "", "failed", &e)).await;
+                let _ = self.c.audit.append(entry(&who, "rules reload", "", "", "", "failed", &e)).await;
                 Err(Status::invalid_argument(format!("{e}; the previous rules stay active")))
             }
         }

@@ -2,7 +2,7 @@
 //! health endpoints for load balancers and systemd-style probes, and a read-only status page.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,49 +11,33 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::coordinator::Coordinator;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    /// Cluster state.
-    pub registry: Arc<Registry>,
-    /// Self metrics.
-    pub metrics: Arc<Metrics>,
-    /// Open agent sessions.
-    pub sessions: Arc<AtomicUsize>,
-    /// When the coordinator started.
-    pub started_at_ms: i64,
+    c: Arc<Coordinator>,
     /// The gRPC address actually bound.
-    pub grpc_addr: String,
-    /// Cancelled when the coordinator begins shutting down (not ready any more).
-    pub shutdown: CancellationToken,
-    /// Rollouts, for their metrics.
-    pub rollouts: Arc<crate::rollouts::Rollouts>,
-    /// The history, for the query API.
-    pub tsdb: Arc<crate::tsdb::Tsdb>,
-    /// Certificates known, for their expiry metric.
-    pub certificates: crate::certificates::Seen,
-    /// Rules and alerts.
-    pub alerting: Arc<crate::alerting::Alerting>,
-    /// The store, for its size.
-    pub store: crate::store::Store,
-    /// What one query may use.
-    pub query_limits: crate::query::QueryLimits,
-    /// Who may call what, for its refusal counters.
-    pub authority: Arc<crate::guard::Authority>,
+    grpc_addr: String,
+}
+
+impl HttpState {
+    /// What coordinator `c`'s HTTP handlers read; `grpc_addr` is the gRPC port as bound.
+    pub fn new(c: Arc<Coordinator>, grpc_addr: String) -> Self {
+        HttpState { c, grpc_addr }
+    }
 }
 
 /// The routes, behind `gate`'s credentials check.
 pub fn router(state: HttpState, gate: crate::http_auth::Gatekeeper) -> Router {
     let api = crate::promapi::routes(
         crate::promapi::QueryApi {
-            tsdb: state.tsdb.clone(),
-            limits: state.query_limits,
-            shutdown: state.shutdown.clone(),
+            tsdb: state.c.tsdb.clone(),
+            limits: state.c.config.query,
+            shutdown: state.c.shutdown.clone(),
         },
-        state.alerting.clone(),
+        state.c.alerting.clone(),
     );
     Router::new()
         .route("/", get(status_page))
@@ -68,11 +52,11 @@ pub fn router(state: HttpState, gate: crate::http_auth::Gatekeeper) -> Router {
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     use crate::metrics::FmtMetrics;
-    let mut e = crate::metrics::Exposition::with_capacity(4096 + s.registry.len() * 2048);
-    crate::series::render_hosts(&mut e, &s.registry);
-    crate::series::render_coordinator(&mut e, &s.registry, s.sessions.load(Ordering::Relaxed), s.started_at_ms);
+    let mut e = crate::metrics::Exposition::with_capacity(4096 + s.c.registry.len() * 2048);
+    crate::series::render_hosts(&mut e, &s.c.registry);
+    crate::series::render_coordinator(&mut e, &s.c.registry, s.c.sessions.load(Ordering::Relaxed), s.c.started_at_ms);
     let parts: [&dyn FmtMetrics; 7] =
-        [&*s.metrics, &*s.authority, &*s.rollouts, &s.store, &*s.tsdb, &*s.alerting, &s.certificates];
+        [&*s.c.metrics, &*s.c.authority, &*s.c.rollouts, &s.c.store, &*s.c.tsdb, &*s.c.alerting, &s.c.certificates];
     for part in parts {
         part.fmt_metrics(&mut e);
     }
@@ -84,10 +68,10 @@ async fn status_page(State(s): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         crate::status_page::render(
-            &s.registry,
-            s.sessions.load(std::sync::atomic::Ordering::Relaxed),
-            &s.alerting,
-            &s.rollouts,
+            &s.c.registry,
+            s.c.sessions.load(std::sync::atomic::Ordering::Relaxed),
+            &s.c.alerting,
+            &s.c.rollouts,
         ),
     )
         .into_response()
@@ -101,26 +85,26 @@ fn store_status(m: &Metrics) -> (bool, String) {
 }
 
 async fn health(State(s): State<HttpState>) -> Response {
-    let (store_ok, store_detail) = store_status(&s.metrics);
-    let serving = !s.shutdown.is_cancelled();
-    let (online, offline) = s.registry.counts();
+    let (store_ok, store_detail) = store_status(&s.c.metrics);
+    let serving = !s.c.shutdown.is_cancelled();
+    let (online, offline) = s.c.registry.counts();
     let status = if store_ok && serving { "ok" } else { "failing" };
     let body = serde_json::json!({
         "status": status,
         "version": fleet_common::VERSION,
-        "started_at": fleet_common::rfc3339(s.started_at_ms),
+        "started_at": fleet_common::rfc3339(s.c.started_at_ms),
         "parts": {
             "store": { "status": if store_ok { "ok" } else { "failing" }, "detail": store_detail },
             "grpc": { "status": if serving { "ok" } else { "stopping" }, "listen": s.grpc_addr },
             // Loading: after a start, the history is read back from the report log while agents
             // attach; rules wait for it, queries see the part read so far.
             "history": {
-                "status": if s.tsdb.loaded() { "ok" } else { "loading" },
-                "series": s.tsdb.len(),
+                "status": if s.c.tsdb.loaded() { "ok" } else { "loading" },
+                "series": s.c.tsdb.len(),
             },
             "agents": {
                 "status": "ok",
-                "sessions": s.sessions.load(Ordering::Relaxed),
+                "sessions": s.c.sessions.load(Ordering::Relaxed),
                 "online": online,
                 "offline": offline,
             },
@@ -131,8 +115,8 @@ async fn health(State(s): State<HttpState>) -> Response {
 }
 
 async fn ready(State(s): State<HttpState>) -> Response {
-    let (store_ok, detail) = store_status(&s.metrics);
-    if s.shutdown.is_cancelled() {
+    let (store_ok, detail) = store_status(&s.c.metrics);
+    if s.c.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else if !store_ok {
         (StatusCode::SERVICE_UNAVAILABLE, format!("store failing: {detail}\n")).into_response()

@@ -235,6 +235,30 @@ pub async fn accept_loop(
     }
 }
 
+/// The server side of the gRPC port's TLS: the coordinator's certificate (followed by the
+/// trust roots when enrollment is on, for machines that only know the CA's pin), client
+/// certificates checked against the CA and the deny list (optional when enrollment is on:
+/// only enrollment is open to a client without one).
+pub fn grpc_server_config(
+    tls: &fleet_common::tls::TlsMaterial,
+    enrollment_on: bool,
+    authority: &Arc<crate::guard::Authority>,
+) -> Result<Arc<rustls::ServerConfig>, crate::RunError> {
+    let base = tls.client_verifier(enrollment_on).map_err(|e| crate::RunError::Serve(e.to_string()))?;
+    let a = authority.clone();
+    let verifier = crate::revocation::DenyingVerifier::new(base, authority.revocations.clone(), move |cert, r| {
+        let who = cert.identity.as_ref().map(|i| i.uri()).unwrap_or_else(|| format!("serial {}", cert.serial));
+        let msg = format!(
+            "TLS handshake with a revoked certificate (serial {}, revoked at {} by {})",
+            cert.serial,
+            fleet_common::rfc3339(r.revoked_at_s.saturating_mul(1000)),
+            r.by
+        );
+        a.refused(crate::guard::DenyReason::Revoked, &who, "", "handshake", &msg);
+    });
+    tls.server_config_with(Arc::new(verifier), enrollment_on).map_err(|e| crate::RunError::Serve(e.to_string()))
+}
+
 /// Closes a refused connection so that the client reads the alert saying why (a revoked or
 /// unknown certificate): half-closes, then reads and drops what the client already sent, for at
 /// most [`LINGER`] and [`LINGER_BYTES`]. Closing a socket with unread data sends a reset, which

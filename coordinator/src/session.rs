@@ -5,7 +5,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fleet_proto::v1::agent_message::Msg as AgentMsg;
@@ -20,13 +20,11 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::commands::{Hub, Relay};
-use crate::metrics::Metrics;
-use crate::registry::{Host, Registry};
-use crate::writer::Writer;
+use crate::commands::Relay;
+use crate::coordinator::Coordinator;
+use crate::registry::Host;
 
 /// Reports of one session waiting for the store at once; the agent's window is smaller.
 const MAX_PENDING: usize = 512;
@@ -38,30 +36,14 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The AgentService implementation.
 #[derive(Clone)]
 pub struct AgentApi {
-    /// Cluster state.
-    pub registry: Arc<Registry>,
-    /// Group-commit writer.
-    pub writer: Writer,
-    /// Self metrics.
-    pub metrics: Arc<Metrics>,
-    /// Silence after which an agent is offline.
-    pub offline_after: Duration,
-    /// The coordinator's trust domain.
-    pub trust_domain: String,
-    /// Open sessions.
-    pub sessions: Arc<AtomicUsize>,
-    /// Cancelled on coordinator shutdown.
-    pub shutdown: CancellationToken,
-    /// Commands in flight.
-    pub hub: Arc<Hub>,
-    /// Stored artifacts.
-    pub artifacts: crate::artifacts::Artifacts,
-    /// The history, where a host going offline is recorded at once.
-    pub tsdb: Arc<crate::tsdb::Tsdb>,
-    /// Who may call what; where refusals go.
-    pub authority: Arc<crate::guard::Authority>,
-    /// Enrollment, for renewals and the labels join tokens bound.
-    pub enrollment: Arc<crate::enroll::Enrollment>,
+    c: Arc<Coordinator>,
+}
+
+impl AgentApi {
+    /// The agent API of coordinator `c`.
+    pub fn new(c: Arc<Coordinator>) -> Self {
+        AgentApi { c }
+    }
 }
 
 #[tonic::async_trait]
@@ -72,7 +54,7 @@ impl AgentService for AgentApi {
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<IssuedCertificate>, Status> {
         let caller = caller_of(&req)?.clone();
         let csr = req.into_inner().csr;
-        self.enrollment.renew(&caller, &csr).await.map(Response::new)
+        self.c.enrollment.renew(&caller, &csr).await.map(Response::new)
     }
 
     async fn fetch_artifact(
@@ -81,11 +63,11 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
         caller_of(&req)?;
         let sha = req.into_inner().sha256;
-        if !crate::artifacts::valid_sha256(&sha) || self.artifacts.stat(&sha).is_none() {
+        if !crate::artifacts::valid_sha256(&sha) || self.c.artifacts.stat(&sha).is_none() {
             return Err(Status::not_found(format!("the coordinator holds no artifact {sha}")));
         }
         let mut file =
-            tokio::fs::File::open(self.artifacts.path(&sha)).await.map_err(|e| Status::internal(e.to_string()))?;
+            tokio::fs::File::open(self.c.artifacts.path(&sha)).await.map_err(|e| Status::internal(e.to_string()))?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -117,29 +99,29 @@ impl AgentService for AgentApi {
             Ok(Ok(Some(AgentMessage { msg: Some(AgentMsg::Hello(h)) }))) => h,
             Ok(Err(s)) => return Err(s),
             Err(_) | Ok(Ok(_)) => {
-                self.metrics.sessions_rejected_protocol.inc();
+                self.c.metrics.sessions_rejected_protocol.inc();
                 tracing::warn!(%peer, identity = %id, "agent session refused: the first message was not a hello");
                 return Err(Status::invalid_argument("the first message of a session must be a hello"));
             }
         };
         if hello.name != id.name {
-            self.metrics.sessions_rejected_identity.inc();
+            self.c.metrics.sessions_rejected_identity.inc();
             let msg = format!("certificate names {} but the agent calls itself {}", id.name, hello.name);
-            self.authority.refused(crate::guard::DenyReason::Impersonation, &id.uri(), &peer, "Attach", &msg);
+            self.c.authority.refused(crate::guard::DenyReason::Impersonation, &id.uri(), &peer, "Attach", &msg);
             return Err(Status::permission_denied(msg));
         }
         if hello.boot_id == 0 {
-            self.metrics.sessions_rejected_protocol.inc();
+            self.c.metrics.sessions_rejected_protocol.inc();
             return Err(Status::invalid_argument("hello.boot_id must not be 0"));
         }
         if let Err(why) = validate_hello(&hello) {
-            self.metrics.sessions_rejected_protocol.inc();
+            self.c.metrics.sessions_rejected_protocol.inc();
             tracing::warn!(%peer, identity = %id, "agent session refused: {why}");
             return Err(Status::invalid_argument(why));
         }
         // Labels a join token bound are the host's whatever its config says.
         let mut hello = hello;
-        if let Some(bound) = self.enrollment.bound_labels(&hello.name) {
+        if let Some(bound) = self.c.enrollment.bound_labels(&hello.name) {
             for (k, v) in bound {
                 if hello.labels.get(&k).is_some_and(|have| *have != v) {
                     tracing::debug!(host = %hello.name, label = %k, "the join token's label value wins over the agent's");
@@ -202,11 +184,11 @@ impl Outbound {
 }
 
 /// Counts a session as open for as long as it lives.
-struct OpenSession(Arc<AtomicUsize>);
+struct OpenSession(Arc<Coordinator>);
 
 impl Drop for OpenSession {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -218,10 +200,10 @@ enum Inbound {
 impl AgentApi {
     async fn session(self, hello: Hello, peer: String, mut inbound: Streaming<AgentMessage>, tx: Outbound) {
         let now = fleet_common::now_ms();
-        let (host, handle, mut commands) = match self.registry.attach(&hello, &peer, now, &self.shutdown) {
+        let (host, handle, mut commands) = match self.c.registry.attach(&hello, &peer, now, &self.c.shutdown) {
             Ok(attached) => attached,
             Err(c) => {
-                self.metrics.identity_conflicts.inc();
+                self.c.metrics.identity_conflicts.inc();
                 let msg = format!(
                     "{name} is already attached from {} (boot id {:x}, since {}): two machines use the certificate of {name}; this session from {peer} (boot id {:x}) is refused. Give each machine its own certificate (fleetctl certs issue agent NAME)",
                     c.peer,
@@ -241,14 +223,14 @@ impl AgentApi {
             let offset = clock.observe(hello.time_ms, now);
             self.note_clock(&host, offset);
         }
-        self.sessions.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenSession(self.sessions.clone());
-        self.metrics.sessions_opened.inc();
-        self.writer.save_host(host.clone()).await;
+        self.c.sessions.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenSession(self.c.clone());
+        self.c.metrics.sessions_opened.inc();
+        self.c.writer.save_host(host.clone()).await;
         let last_stored = host.with(|s| s.record.last_stored()).map(|b| ReportId { boot_id: b.boot_id, seq: b.seq });
         let welcome = Welcome {
             coordinator_version: fleet_common::VERSION.to_string(),
-            offline_after_ms: self.offline_after.as_millis() as u64,
+            offline_after_ms: self.c.config.offline_after.as_millis() as u64,
             last_stored,
         };
         if tx.send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Welcome(welcome)) })).await.is_err() {
@@ -262,13 +244,13 @@ impl AgentApi {
         }
         // Commands that were waiting for an outcome when the last session ended go again; the
         // agent's journal makes sure none is applied twice.
-        for cmd in self.hub.pending_for(&host.name) {
+        for cmd in self.c.hub.pending_for(&host.name) {
             tracing::info!(host = %host.name, command_id = %cmd.id, "sending a pending command again");
             let _ = tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Command(cmd)) }));
         }
 
         let mut pending = FuturesOrdered::new();
-        let mut silence = pin!(tokio::time::sleep(self.offline_after));
+        let mut silence = pin!(tokio::time::sleep(self.c.config.offline_after));
         let (reason, status) = loop {
             tokio::select! {
                 biased;
@@ -276,7 +258,7 @@ impl AgentApi {
                     let ended = handle.ended_by.lock().expect("session end lock").take();
                     break if let Some((reason, status)) = ended {
                         (reason, Some(status))
-                    } else if self.shutdown.is_cancelled() {
+                    } else if self.c.shutdown.is_cancelled() {
                         ("the coordinator shut down".to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect")))
                     } else {
                         ("replaced by a newer session of the same agent".to_string(), Some(Status::aborted("replaced by a newer session of the same agent")))
@@ -302,11 +284,11 @@ impl AgentApi {
                     }
                 }
                 _ = &mut silence => {
-                    let msg = format!("no message from the agent for {}", humanize(self.offline_after));
+                    let msg = format!("no message from the agent for {}", humanize(self.c.config.offline_after));
                     break (msg.clone(), Some(Status::deadline_exceeded(msg)));
                 }
                 m = next_inbound(&mut inbound), if pending.len() < MAX_PENDING => {
-                    silence.as_mut().reset(tokio::time::Instant::now() + self.offline_after);
+                    silence.as_mut().reset(tokio::time::Instant::now() + self.c.config.offline_after);
                     handle.last_heard_ms.store(fleet_common::now_ms(), Ordering::Relaxed);
                     let msg = match m {
                         Inbound::End(reason) => break (reason, None),
@@ -322,7 +304,7 @@ impl AgentApi {
                             let Some(id) = report.id.filter(|i| i.boot_id != 0 && i.seq != 0) else {
                                 break ("the agent sent a report without an id".to_string(), Some(Status::invalid_argument("report.id must carry a boot id and a sequence number")));
                             };
-                            match self.writer.store_report(host.clone(), Arc::new(report)).await {
+                            match self.c.writer.store_report(host.clone(), Arc::new(report)).await {
                                 Ok(rx) => pending.push_back(async move { (id, rx.await) }),
                                 Err(e) => break (e, Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
                             }
@@ -334,10 +316,10 @@ impl AgentApi {
                                 // than at the agent's next report.
                                 host.update_service(svc.clone());
                             }
-                            self.hub.update(u);
+                            self.c.hub.update(u);
                         }
                         Some(AgentMsg::LogBatch(batch)) => {
-                            let relay = self.hub.relay(&batch.command_id, &host.name, batch.lines);
+                            let relay = self.c.hub.relay(&batch.command_id, &host.name, batch.lines);
                             if relay == Relay::Cancel {
                                 // The operator went away or fell behind: stop the agent's stream.
                                 let cancel = Command {
@@ -390,12 +372,12 @@ impl AgentApi {
             let _ = tx.try_send(Err(s));
         }
         let now = fleet_common::now_ms();
-        if self.registry.detach(host, generation, reason, now) {
-            self.hub.host_gone(&host.name);
+        if self.c.registry.detach(host, generation, reason, now) {
+            self.c.hub.host_gone(&host.name);
             // Rules see the host down at once, not at the next up sample (once the history is
             // loaded: until then nothing may come before the past being read back).
-            if self.tsdb.loaded() {
-                self.tsdb.append_sample(crate::tsdb::UP, &mut [("host", &host.name)], now, 0.0);
+            if self.c.tsdb.loaded() {
+                self.c.tsdb.append_sample(crate::tsdb::UP, &mut [("host", &host.name)], now, 0.0);
             }
             if store_failing {
                 host.with(|s| s.quiet_reconnect = true);
@@ -403,7 +385,7 @@ impl AgentApi {
             } else {
                 tracing::info!(host = %host.name, %reason, "agent offline");
             }
-            self.writer.save_host(host.clone()).await;
+            self.c.writer.save_host(host.clone()).await;
         } else {
             tracing::debug!(host = %host.name, %reason, "superseded session ended");
         }
