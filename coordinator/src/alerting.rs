@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AlertingConfig, expand_rule_files};
 use crate::metrics::Counter;
-use crate::store::Store;
+use crate::store::SharedState;
 use crate::tsdb::{Tsdb, Writable};
 
 /// How often a firing alert is sent again.
@@ -70,7 +70,7 @@ pub struct Outgoing {
 pub struct Alerting {
     config: AlertingConfig,
     tsdb: Arc<Tsdb>,
-    store: Store,
+    shared: Arc<dyn SharedState>,
     groups: Mutex<Vec<Arc<Mutex<Group>>>>,
     running: Mutex<CancellationToken>,
     shutdown: CancellationToken,
@@ -102,7 +102,7 @@ impl Alerting {
     pub fn start(
         config: AlertingConfig,
         tsdb: Arc<Tsdb>,
-        store: Store,
+        shared: Arc<dyn SharedState>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Alerting>, String> {
         let groups = load(&config)?;
@@ -112,14 +112,14 @@ impl Alerting {
         let this = Arc::new(Alerting {
             config,
             tsdb,
-            store,
+            shared,
             groups: Mutex::new(Vec::new()),
             running: Mutex::new(CancellationToken::new()),
             shutdown,
             notify: tx,
             metrics,
         });
-        let saved = this.store.load_alert_state().map_err(|e| e.to_string())?;
+        let saved = this.shared.load_alert_state().map_err(|e| e.to_string())?;
         let groups: Vec<Group> = groups
             .into_iter()
             .map(|mut g| {
@@ -200,7 +200,7 @@ impl Alerting {
             .await;
             let Ok((outgoing, saved, key)) = out else { continue };
             if let Ok(json) = serde_json::to_vec(&saved)
-                && let Err(e) = self.store.save_alert_state(&key, &json)
+                && let Err(e) = self.shared.save_alert_state(&key, &json)
             {
                 tracing::warn!(error = %e, "cannot save alert state");
             }

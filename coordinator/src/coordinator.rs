@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::rollouts::Rollouts;
 use crate::server::Connections;
-use crate::store::Store;
+use crate::store::{SharedState, Store};
 use crate::tsdb::Tsdb;
 use crate::writer::Writer;
 use crate::{RunError, revocation};
@@ -45,8 +45,10 @@ pub struct Coordinator {
     pub trust_domain: String,
     /// When it started (ms since the epoch).
     pub started_at_ms: i64,
-    /// Host records, the report log, rollouts, alert state, tokens and the deny list.
+    /// Host records and the report log (the writer's), on this machine.
     pub store: Store,
+    /// The state several coordinators share (today the same sled store).
+    pub shared: Arc<dyn SharedState>,
     /// The history of samples (loaded in the background after a restart).
     pub tsdb: Arc<Tsdb>,
     /// The in-memory cluster state.
@@ -102,6 +104,7 @@ impl Coordinator {
         let started_at_ms = fleet_common::now_ms();
 
         let store = Store::open(&config.data_dir, config.retention)?;
+        let shared: Arc<dyn SharedState> = Arc::new(store.clone());
         let since = started_at_ms - config.retention.as_millis() as i64;
         let history_dir = config.data_dir.join("history");
         let tsdb = Tsdb::on_disk(history_dir.clone(), config.retention.as_millis() as i64, config.max_series)
@@ -127,7 +130,7 @@ impl Coordinator {
         let audit = AuditLog::open(&config.data_dir)
             .map_err(|e| RunError::Setup(format!("cannot open the audit log in {}: {e}", config.data_dir.display())))?;
         let metrics = Arc::new(Metrics::default());
-        let revocations = revocation::Revocations::load(store.clone())?;
+        let revocations = revocation::Revocations::load(shared.clone())?;
         let certificates = Seen::default();
         if let Ok(info) = fleet_common::pki::cert_info(tls.leaf()) {
             certificates.note(tls.identity().uri(), "coordinator", &info);
@@ -151,7 +154,7 @@ impl Coordinator {
         let signer = load_signer(&config, &tls)?;
         let ttl = config.enrollment.as_ref().map(|e| e.cert_ttl).unwrap_or(DEFAULT_CERT_TTL);
         let enrollment = Arc::new(
-            Enrollment::open(signer, ttl, &tls, store.clone(), audit.clone(), authority.clone())
+            Enrollment::open(signer, ttl, &tls, shared.clone(), audit.clone(), authority.clone())
                 .map_err(RunError::Setup)?,
         );
         let connections = Connections::default();
@@ -159,9 +162,9 @@ impl Coordinator {
         let artifacts = Artifacts::open(&config.data_dir, config.artifact_max_bytes).map_err(|e| {
             RunError::Setup(format!("cannot open the artifact store in {}: {e}", config.data_dir.display()))
         })?;
-        let rollouts = Rollouts::start(store.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())
+        let rollouts = Rollouts::start(shared.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())
             .map_err(RunError::Setup)?;
-        let alerting = Alerting::start(config.alerting.clone(), tsdb.clone(), store.clone(), shutdown.clone())
+        let alerting = Alerting::start(config.alerting.clone(), tsdb.clone(), shared.clone(), shutdown.clone())
             .map_err(|e| RunError::Setup(format!("rule files: {e}")))?;
         for w in config.alerting.warnings() {
             tracing::warn!("{w}");
@@ -181,7 +184,7 @@ impl Coordinator {
             enrollment: enrollment.clone(),
             connections: connections.clone(),
             registry: registry.clone(),
-            store: store.clone(),
+            shared: shared.clone(),
             audit: audit.clone(),
         });
         let coordinator = Coordinator {
@@ -190,6 +193,7 @@ impl Coordinator {
             trust_domain,
             started_at_ms,
             store,
+            shared,
             tsdb,
             registry,
             writer,

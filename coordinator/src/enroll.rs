@@ -22,10 +22,8 @@ use tonic::Status;
 
 use crate::audit::{AuditLog, entry};
 use crate::guard::{Authority, Caller, DenyReason};
-use crate::store::Store;
+use crate::store::{RecordKind, SharedState};
 
-const TOKEN_KIND: u8 = b'k';
-const ENROLLED_KIND: u8 = b'n';
 /// Tokens kept at once (live and recently ended); creating more is refused.
 pub const MAX_TOKENS: usize = 10_000;
 /// How long a token is kept (listed) after it expired or was used up.
@@ -166,7 +164,7 @@ pub struct Enrollment {
     /// The pin of the first root.
     ca_pin: String,
     cert_ttl: Duration,
-    store: Store,
+    shared: Arc<dyn SharedState>,
     audit: AuditLog,
     authority: Arc<Authority>,
     tokens: Mutex<BTreeMap<String, TokenRecord>>,
@@ -181,7 +179,7 @@ impl Enrollment {
         signer: Option<Signer>,
         cert_ttl: Duration,
         roots: &fleet_common::tls::TlsMaterial,
-        store: Store,
+        shared: Arc<dyn SharedState>,
         audit: AuditLog,
         authority: Arc<Authority>,
     ) -> Result<Enrollment, String> {
@@ -198,9 +196,9 @@ impl Enrollment {
             }
             None => String::new(),
         };
-        let tokens = store.records::<TokenRecord>(TOKEN_KIND).map_err(|e| e.to_string())?.into_iter().collect();
+        let tokens = shared.all::<TokenRecord>(RecordKind::Token).map_err(|e| e.to_string())?.into_iter().collect();
         let enrolled: BTreeMap<String, EnrolledHost> =
-            store.records::<EnrolledHost>(ENROLLED_KIND).map_err(|e| e.to_string())?.into_iter().collect();
+            shared.all::<EnrolledHost>(RecordKind::Enrolled).map_err(|e| e.to_string())?.into_iter().collect();
         for name in enrolled.keys() {
             authority.seen.renews_itself(Identity::new(authority.trust_domain.clone(), Role::Agent, name).uri());
         }
@@ -210,7 +208,7 @@ impl Enrollment {
             ca_pem,
             ca_pin,
             cert_ttl,
-            store,
+            shared,
             audit,
             authority,
             tokens: Mutex::new(tokens),
@@ -244,7 +242,7 @@ impl Enrollment {
 
     /// Forgets that `name` was enrolled (the host was removed).
     pub fn forget_host(&self, name: &str) -> Result<(), String> {
-        self.store.remove_record(ENROLLED_KIND, name).map_err(|e| e.to_string())?;
+        self.shared.remove_record(RecordKind::Enrolled, name).map_err(|e| e.to_string())?;
         self.enrolled.lock().expect("enrolled lock").remove(name);
         Ok(())
     }
@@ -295,7 +293,7 @@ impl Enrollment {
                     "the coordinator holds {MAX_TOKENS} join tokens; revoke unused ones (fleetctl tokens list)"
                 )));
             }
-            self.store.put_record(TOKEN_KIND, &id, &record).map_err(|e| Status::unavailable(e.to_string()))?;
+            self.shared.put(RecordKind::Token, &id, &record).map_err(|e| Status::unavailable(e.to_string()))?;
             tokens.insert(id.clone(), record.clone());
         }
         Ok((record.to_proto(), format!("{id}.{secret}")))
@@ -309,7 +307,7 @@ impl Enrollment {
             .map(|t| t.id.clone())
             .collect();
         for id in old {
-            if self.store.remove_record(TOKEN_KIND, &id).is_ok() {
+            if self.shared.remove_record(RecordKind::Token, &id).is_ok() {
                 tokens.remove(&id);
             }
         }
@@ -333,7 +331,7 @@ impl Enrollment {
         };
         let mut t = t.clone();
         t.revoked = true;
-        self.store.put_record(TOKEN_KIND, id, &t).map_err(|e| Status::unavailable(e.to_string()))?;
+        self.shared.put(RecordKind::Token, id, &t).map_err(|e| Status::unavailable(e.to_string()))?;
         tokens.insert(id.to_string(), t.clone());
         Ok(t.to_proto())
     }
@@ -469,11 +467,11 @@ impl Enrollment {
         if used.enrolled.len() < 100 {
             used.enrolled.push(req.name.clone());
         }
-        self.store.put_record(TOKEN_KIND, id, &used).map_err(|e| Status::unavailable(e.to_string()))?;
+        self.shared.put(RecordKind::Token, id, &used).map_err(|e| Status::unavailable(e.to_string()))?;
         tokens.insert(id.to_string(), used);
         drop(tokens);
         let host = EnrolledHost { token_id: id.to_string(), labels, enrolled_at_ms: now };
-        self.store.put_record(ENROLLED_KIND, &req.name, &host).map_err(|e| Status::unavailable(e.to_string()))?;
+        self.shared.put(RecordKind::Enrolled, &req.name, &host).map_err(|e| Status::unavailable(e.to_string()))?;
         self.enrolled.lock().expect("enrolled lock").insert(req.name.clone(), host);
         self.authority.seen.renews_itself(identity.uri());
         Ok((identity, id.to_string()))

@@ -19,7 +19,7 @@ use crate::guard::Authority;
 use crate::registry::Registry;
 use crate::revocation::Revocation;
 use crate::server::Connections;
-use crate::store::Store;
+use crate::store::SharedState;
 
 /// How long after ending an agent's session its connections are cut: time for the agent to
 /// read why.
@@ -36,8 +36,8 @@ pub struct Lifecycle {
     pub connections: Connections,
     /// Cluster state.
     pub registry: Arc<Registry>,
-    /// The store.
-    pub store: Store,
+    /// Where removed hosts are recorded.
+    pub shared: Arc<dyn SharedState>,
     /// The audit log.
     pub audit: AuditLog,
 }
@@ -201,7 +201,7 @@ impl Lifecycle {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.registry.remove(name);
-        self.store.remove_host(name, fleet_common::now_ms()).map_err(|e| Status::unavailable(e.to_string()))?;
+        self.shared.remove_host(name, fleet_common::now_ms()).map_err(|e| Status::unavailable(e.to_string()))?;
         self.enrollment.forget_host(name).map_err(Status::unavailable)?;
         self.authority.seen.forget(&id.uri());
         tracing::warn!(by = %by, host = %name, "host removed");

@@ -15,10 +15,9 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Store, StoreError};
+use crate::store::{RecordKind, SharedState, StoreError};
 
 /// The store's key prefix for revocations.
-const KIND: u8 = b'x';
 /// Most entries the deny list holds (each is a few hundred bytes, checked per handshake).
 pub const MAX_ENTRIES: usize = 100_000;
 
@@ -58,14 +57,14 @@ impl Revocation {
 #[derive(Debug, Clone)]
 pub struct Revocations {
     entries: Arc<RwLock<BTreeMap<String, Revocation>>>,
-    store: Store,
+    shared: Arc<dyn SharedState>,
 }
 
 impl Revocations {
     /// Loads the persisted entries.
-    pub fn load(store: Store) -> Result<Revocations, StoreError> {
-        let entries = store.records::<Revocation>(KIND)?.into_iter().collect();
-        Ok(Revocations { entries: Arc::new(RwLock::new(entries)), store })
+    pub fn load(shared: Arc<dyn SharedState>) -> Result<Revocations, StoreError> {
+        let entries = shared.all::<Revocation>(RecordKind::Revocation)?.into_iter().collect();
+        Ok(Revocations { entries: Arc::new(RwLock::new(entries)), shared })
     }
 
     /// The entry refusing `cert`, if any.
@@ -85,7 +84,7 @@ impl Revocations {
         {
             return Err(format!("the deny list holds {MAX_ENTRIES} entries, its limit"));
         }
-        self.store.put_record(KIND, &entry.target, &entry).map_err(|e| e.to_string())?;
+        self.shared.put(RecordKind::Revocation, &entry.target, &entry).map_err(|e| e.to_string())?;
         self.entries.write().expect("revocations lock").insert(entry.target.clone(), entry);
         Ok(())
     }
@@ -187,6 +186,7 @@ impl ClientCertVerifier for DenyingVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use fleet_common::identity::{Identity, Role};
 
     fn cert(name: &str, serial: &str, not_before_s: i64) -> CertInfo {
@@ -202,7 +202,7 @@ mod tests {
     fn entries_refuse_what_they_name_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), std::time::Duration::from_secs(3600)).unwrap();
-        let r = Revocations::load(store.clone()).unwrap();
+        let r = Revocations::load(Arc::new(store.clone())).unwrap();
         let entry = |target: &str, at: i64| Revocation {
             target: target.into(),
             revoked_at_s: at,
@@ -222,7 +222,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
         let store = Store::open(dir.path(), std::time::Duration::from_secs(3600)).unwrap();
-        let r = Revocations::load(store).unwrap();
+        let r = Revocations::load(Arc::new(store)).unwrap();
         assert_eq!(r.list().len(), 2);
         assert!(r.check(&cert("pc2", "1", 999)).is_some());
     }

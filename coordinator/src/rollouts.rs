@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditLog, entry};
 use crate::commands::{Hub, Submitted};
 use crate::registry::Registry;
-use crate::store::{HostStep, RolloutRecord, Store};
+use crate::store::{HostStep, RolloutRecord, SharedState};
 
 /// Extra time an agent gets beyond the probation to fetch and unpack.
 const FETCH_MARGIN: Duration = Duration::from_secs(300);
@@ -56,7 +56,7 @@ struct Live {
 
 /// Every rollout.
 pub struct Rollouts {
-    store: Store,
+    shared: Arc<dyn SharedState>,
     registry: Arc<Registry>,
     hub: Arc<Hub>,
     audit: AuditLog,
@@ -149,15 +149,15 @@ enum HostOutcome {
 impl Rollouts {
     /// Loads every rollout from the store and resumes the unfinished ones.
     pub fn start(
-        store: Store,
+        shared: Arc<dyn SharedState>,
         registry: Arc<Registry>,
         hub: Arc<Hub>,
         audit: AuditLog,
         shutdown: CancellationToken,
     ) -> Result<Arc<Rollouts>, String> {
-        let records = store.load_rollouts().map_err(|e| e.to_string())?;
+        let records = shared.load_rollouts().map_err(|e| e.to_string())?;
         let this = Arc::new(Rollouts {
-            store,
+            shared,
             registry,
             hub,
             audit,
@@ -218,7 +218,7 @@ impl Rollouts {
 
     /// Registers and starts a new rollout.
     pub async fn create(self: &Arc<Self>, r: RolloutRecord) -> Result<RolloutRecord, String> {
-        self.store.save_rollout(&r).map_err(|e| e.to_string())?;
+        self.shared.save_rollout(&r).map_err(|e| e.to_string())?;
         let id = r.id.clone();
         self.insert(r.clone());
         self.spawn(&id);
@@ -229,7 +229,7 @@ impl Rollouts {
         let mut r = live.record.borrow().clone();
         f(&mut r);
         r.updated_at_ms = fleet_common::now_ms();
-        if let Err(e) = self.store.save_rollout(&r) {
+        if let Err(e) = self.shared.save_rollout(&r) {
             tracing::error!(rollout = %r.id, error = %e, "cannot save a rollout");
         }
         live.record.send_replace(r.clone());

@@ -17,6 +17,7 @@
 mod reopen;
 pub mod reports;
 mod rollouts;
+mod shared;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use reports::Record;
 use reports::{LogError, ReportLog};
 pub use rollouts::{HostStep, MAX_ROLLOUTS, RolloutRecord};
+pub use shared::{RecordKind, SharedState};
 
 /// sled's page cache (its default is 1 GiB). sled holds only host records, rollouts and alert
 /// state, read at start-up and written a few times a minute.
@@ -117,6 +119,9 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("store at {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    /// A record cannot be encoded, or read back.
+    #[error("store: {what}: {reason}")]
+    Record { what: String, reason: String },
 }
 
 /// The coordinator's durable store.
@@ -130,8 +135,6 @@ pub struct Store {
 
 /// The sled tree that holds everything.
 const TREE: &str = "cluster";
-/// The key prefix of hosts an operator removed (`fleetctl hosts remove`), with when.
-const GONE_KIND: u8 = b'g';
 
 fn open_sled(path: &Path) -> Result<sled::Db, String> {
     let p = path.to_path_buf();
@@ -311,7 +314,7 @@ impl Store {
             }
         }
         // Hosts an operator removed stay gone unless they reported since.
-        for (name, gone_at_ms) in self.records::<i64>(GONE_KIND)? {
+        for (name, gone_at_ms) in (self as &dyn SharedState).all::<i64>(RecordKind::RemovedHost)? {
             if hosts.get(&name).is_some_and(|h| h.record.last_report_ms <= gone_at_ms) {
                 hosts.remove(&name);
             }
@@ -322,7 +325,7 @@ impl Store {
     /// Forgets host `name` as of `at_ms`: its record goes, and its reports in the log (which
     /// age out with the retention) no longer bring it back at the next start.
     pub fn remove_host(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
-        self.put_record(GONE_KIND, name, &at_ms)?;
+        self.put_raw(RecordKind::RemovedHost.prefix(), name, at_ms.to_string().as_bytes())?;
         let key = host_key(name);
         self.sled
             .with(|db, tree| {
@@ -579,24 +582,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Saves one small record of `kind` (a key prefix byte of this tree: `k` join tokens,
-    /// `x` revocations, `n` enrolled hosts, `g` removed hosts) durably, flushed before
-    /// returning.
-    pub fn put_record<T: serde::Serialize>(&self, kind: u8, id: &str, value: &T) -> Result<(), StoreError> {
+    /// Saves one small record under key prefix `kind` ([`RecordKind::prefix`]) durably,
+    /// flushed before returning.
+    fn put_raw(&self, kind: u8, id: &str, json: &[u8]) -> Result<(), StoreError> {
         let mut key = vec![kind];
         key.extend_from_slice(id.as_bytes());
-        let json = serde_json::to_vec(value).map_err(|e| self.io(e))?;
         self.sled
             .with(|db, tree| {
-                tree.insert(key.as_slice(), json.as_slice())?;
+                tree.insert(key.as_slice(), json)?;
                 db.flush()
             })
             .map_err(|e| self.io(e))?;
         Ok(())
     }
 
-    /// Removes a record saved with [`Store::put_record`], durably.
-    pub fn remove_record(&self, kind: u8, id: &str) -> Result<(), StoreError> {
+    /// Removes a record saved with [`Store::put_raw`], durably.
+    fn remove_raw(&self, kind: u8, id: &str) -> Result<(), StoreError> {
         let mut key = vec![kind];
         key.extend_from_slice(id.as_bytes());
         self.sled
@@ -608,23 +609,13 @@ impl Store {
         Ok(())
     }
 
-    /// Every record of `kind`, with its id. A record that cannot be read back fails the load:
-    /// a deny list must not silently lose an entry.
-    pub fn records<T: serde::de::DeserializeOwned>(&self, kind: u8) -> Result<Vec<(String, T)>, StoreError> {
+    /// Every record under key prefix `kind`, with its id.
+    fn raw_records(&self, kind: u8) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let items = self
             .sled
             .with(|_, tree| tree.scan_prefix([kind]).collect::<sled::Result<Vec<_>>>())
             .map_err(|e| self.io(e))?;
-        let mut out = Vec::with_capacity(items.len());
-        for (k, v) in items {
-            let id = String::from_utf8_lossy(&k[1..]).into_owned();
-            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Open {
-                path: self.path.clone(),
-                reason: format!("record {}{id}: {e}", kind as char),
-            })?;
-            out.push((id, value));
-        }
-        Ok(out)
+        Ok(items.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec())).collect())
     }
 
     /// Where the store lives.

@@ -1,0 +1,150 @@
+//! The state several coordinators share: rollouts, alert state, host records, join tokens,
+//! enrolled hosts, the deny list and removed hosts. The subsystems that own such state
+//! (rollouts, alerting, enrollment, revocation, lifecycle) read and write it through
+//! [`SharedState`], never through the sled [`Store`] directly, so that a second
+//! implementation (etcd, for several coordinators) can go beside [`Store`]'s. Host records
+//! are the exception for now: the writer saves them through [`Store`] in the same commit
+//! step as the reports they follow.
+//!
+//! Not in it, because it is each coordinator's own: the report log and the history (each
+//! coordinator keeps what its agents sent), and the artifacts (content-addressed files).
+
+use std::collections::HashMap;
+
+use super::{HostRecord, RolloutRecord, Store, StoreError};
+
+/// The kinds of small records kept by id, each a key prefix in the sled implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A join token (stored hashed), by token id.
+    Token,
+    /// A host enrolled with a token, by host name.
+    Enrolled,
+    /// A revoked identity or serial, by its target.
+    Revocation,
+    /// A host an operator removed, by host name: the time it was removed.
+    RemovedHost,
+}
+
+impl RecordKind {
+    /// The sled key prefix of this kind.
+    pub(super) fn prefix(self) -> u8 {
+        match self {
+            RecordKind::Token => b'k',
+            RecordKind::Enrolled => b'n',
+            RecordKind::Revocation => b'x',
+            RecordKind::RemovedHost => b'g',
+        }
+    }
+}
+
+/// Durable shared state. Every write returns once it is durable (for sled: flushed), so that
+/// a crash right after an acknowledged change neither loses nor repeats it.
+pub trait SharedState: Send + Sync + std::fmt::Debug {
+    /// Saves a rollout, forgetting the oldest finished rollouts beyond
+    /// [`super::MAX_ROLLOUTS`].
+    fn save_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError>;
+    /// Every stored rollout.
+    fn load_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// Saves the alert state of one rule group (JSON written by alerting).
+    fn save_alert_state(&self, group: &str, json: &[u8]) -> Result<(), StoreError>;
+    /// The saved alert state of every rule group.
+    fn load_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError>;
+    /// Saves host records that changed (the writer calls it after the reports it knows of
+    /// are stored, so a record is never ahead of the report log).
+    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError>;
+    /// Forgets host `name` as of `at_ms`: its reports in the log no longer bring it back.
+    fn remove_host(&self, name: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// Saves record `id` of `kind` (JSON).
+    fn put_record(&self, kind: RecordKind, id: &str, json: &[u8]) -> Result<(), StoreError>;
+    /// Removes record `id` of `kind`.
+    fn remove_record(&self, kind: RecordKind, id: &str) -> Result<(), StoreError>;
+    /// Every record of `kind` with its id, as JSON.
+    fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+impl dyn SharedState {
+    /// Saves `value` as record `id` of `kind`.
+    pub fn put<T: serde::Serialize>(&self, kind: RecordKind, id: &str, value: &T) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(value).map_err(|e| StoreError::Record {
+            what: format!("the {kind:?} record {id} cannot be encoded"),
+            reason: e.to_string(),
+        })?;
+        self.put_record(kind, id, &json)
+    }
+
+    /// Every record of `kind`, decoded. A record that cannot be read back fails the whole
+    /// read: a deny list must not silently lose an entry.
+    pub fn all<T: serde::de::DeserializeOwned>(&self, kind: RecordKind) -> Result<Vec<(String, T)>, StoreError> {
+        self.records(kind)?
+            .into_iter()
+            .map(|(id, json)| {
+                let value = serde_json::from_slice(&json).map_err(|e| StoreError::Record {
+                    what: format!(
+                        "the stored {kind:?} record {id} cannot be read back (restore the store from a backup)"
+                    ),
+                    reason: e.to_string(),
+                })?;
+                Ok((id, value))
+            })
+            .collect()
+    }
+}
+
+impl SharedState for Store {
+    fn save_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
+        Store::save_rollout(self, r)
+    }
+    fn load_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        Store::load_rollouts(self)
+    }
+    fn save_alert_state(&self, group: &str, json: &[u8]) -> Result<(), StoreError> {
+        Store::save_alert_state(self, group, json)
+    }
+    fn load_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        Store::load_alert_state(self)
+    }
+    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {
+        Store::save_hosts(self, records)
+    }
+    fn remove_host(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
+        Store::remove_host(self, name, at_ms)
+    }
+    fn put_record(&self, kind: RecordKind, id: &str, json: &[u8]) -> Result<(), StoreError> {
+        self.put_raw(kind.prefix(), id, json)
+    }
+    fn remove_record(&self, kind: RecordKind, id: &str) -> Result<(), StoreError> {
+        self.remove_raw(kind.prefix(), id)
+    }
+    fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.raw_records(kind.prefix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_the_interface_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let shared: Arc<dyn SharedState> = Arc::new(Store::open(dir.path(), Duration::from_secs(3600)).unwrap());
+            shared.put(RecordKind::Token, "t1", &vec![1, 2]).unwrap();
+            shared.put(RecordKind::Token, "t2", &vec![3]).unwrap();
+            shared.put(RecordKind::Enrolled, "t1", &vec![9]).unwrap();
+            shared.remove_record(RecordKind::Token, "t2").unwrap();
+        }
+        let shared: Arc<dyn SharedState> = Arc::new(Store::open(dir.path(), Duration::from_secs(3600)).unwrap());
+        assert_eq!(shared.all::<Vec<i32>>(RecordKind::Token).unwrap(), [("t1".to_string(), vec![1, 2])]);
+        assert_eq!(shared.all::<Vec<i32>>(RecordKind::Enrolled).unwrap(), [("t1".to_string(), vec![9])]);
+        assert!(shared.all::<Vec<i32>>(RecordKind::Revocation).unwrap().is_empty());
+        // A record that does not read back fails the whole read, naming it.
+        shared.put_record(RecordKind::Revocation, "bad", b"{not json").unwrap();
+        let err = shared.all::<Vec<i32>>(RecordKind::Revocation).unwrap_err().to_string();
+        assert!(err.contains("Revocation record bad cannot be read back"), "{err}");
+    }
+}
