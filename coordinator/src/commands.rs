@@ -1,14 +1,20 @@
-//! Commands in flight between operators and agents. Service commands wait here for their
-//! outcome (and are sent again when their agent reconnects, which the agent's journal makes
-//! safe); log streams map each agent's log command id to the operator's stream. Recently
-//! finished outcomes are kept so a retried request with the same id gets the same answer.
+//! Commands in flight between operators and agents. Every command with an outcome (service
+//! commands, deploys, rollbacks) goes through one path, [`Hub::send_and_wait`]: registered
+//! here, queued to the host's session, waited for until a deadline, and forgotten when nobody
+//! waits any more. Commands still waiting are sent again when their agent reconnects, which
+//! the agent's journal makes safe; recently finished outcomes are kept so a retried request
+//! with the same id gets the same answer. Log streams map each agent's log command id to the
+//! operator's stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use fleet_proto::v1::{Command, CommandState, CommandUpdate, LogLine};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
+
+use crate::registry::Host;
 
 /// Service commands waiting for an outcome, at most.
 pub const MAX_PENDING: usize = 10_000;
@@ -49,15 +55,75 @@ pub struct Hub {
     inner: Mutex<Inner>,
 }
 
-/// What submitting a service command did.
+/// What submitting a command did.
 #[derive(Debug)]
-pub enum Submitted {
+enum Submitted {
     /// A new command: send it, then wait on the receiver.
     New(oneshot::Receiver<CommandUpdate>),
     /// The same id is already in flight: wait on the receiver, send nothing.
     Joined(oneshot::Receiver<CommandUpdate>),
     /// The same id already finished: here is its outcome.
     Done(CommandUpdate),
+}
+
+/// The outcome of a command sent with [`Hub::send_and_wait`].
+#[derive(Debug)]
+pub struct Outcome {
+    /// The agent's final update.
+    pub update: CommandUpdate,
+    /// Whether it is the recorded outcome of an earlier request with the same id, for which
+    /// nothing was sent (and whose caller has already recorded it).
+    pub earlier: bool,
+}
+
+/// Why [`Hub::send_and_wait`] has no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The host has no session.
+    #[error("{host} is offline")]
+    Offline {
+        /// The host.
+        host: String,
+    },
+    /// Too many commands wait for an outcome already.
+    #[error("{MAX_PENDING} commands are already waiting for an outcome; retry later")]
+    Busy,
+    /// The step before sending (the caller's audit entry) failed; nothing was sent.
+    #[error("{0}")]
+    NotSent(String),
+    /// The session's queue is full or the session just ended; nothing was sent.
+    #[error("{host} is not accepting commands right now (its queue is full or its session just ended); retry")]
+    NotAccepting {
+        /// The host.
+        host: String,
+    },
+    /// No outcome before the deadline; the command is forgotten and not sent again.
+    #[error("no outcome from {host} within {}", fleet_common::human_duration(*within))]
+    TimedOut {
+        /// The host.
+        host: String,
+        /// The deadline it was given.
+        within: Duration,
+        /// Whether the agent acknowledged the command (so it is most likely still being
+        /// applied there) before the deadline.
+        accepted: bool,
+    },
+}
+
+/// Forgets the command when its caller stops waiting, whether it returns or is dropped
+/// (a cancelled rollout, a client gone away).
+struct Waiting<'a> {
+    hub: &'a Hub,
+    id: String,
+    rx: Option<oneshot::Receiver<CommandUpdate>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // The receiver goes first, so that abandon sees this waiter gone.
+        drop(self.rx.take());
+        self.hub.abandon(&self.id);
+    }
 }
 
 /// What the session should do after relaying log lines.
@@ -81,8 +147,45 @@ impl Hub {
         self.inner.lock().expect("hub lock")
     }
 
+    /// Sends `command` to `host` and waits up to `deadline` for its outcome. A command with
+    /// the id of one in flight joins it (nothing is sent again); one with the id of a recent
+    /// command gets that outcome. `before_send` runs only when the command is new, before it
+    /// is queued (the caller's audit entry: every attempt is recorded, even one whose outcome
+    /// never comes); its error stops the send.
+    pub async fn send_and_wait(
+        &self,
+        host: &Host,
+        command: Command,
+        deadline: Duration,
+        before_send: impl Future<Output = Result<(), String>> + Send,
+    ) -> Result<Outcome, SendError> {
+        let Some(queue) = host.command_sender() else { return Err(SendError::Offline { host: host.name.clone() }) };
+        let id = command.id.clone();
+        let mut waiting = match self.submit(&host.name, command.clone())? {
+            Submitted::Done(update) => return Ok(Outcome { update, earlier: true }),
+            Submitted::Joined(rx) => Waiting { hub: self, id, rx: Some(rx) },
+            Submitted::New(rx) => {
+                let waiting = Waiting { hub: self, id, rx: Some(rx) };
+                before_send.await.map_err(SendError::NotSent)?;
+                if queue.try_send(Box::new(command)).is_err() {
+                    return Err(SendError::NotAccepting { host: host.name.clone() });
+                }
+                waiting
+            }
+        };
+        let rx = waiting.rx.as_mut().expect("the receiver");
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(update)) => Ok(Outcome { update, earlier: false }),
+            _ => Err(SendError::TimedOut {
+                host: host.name.clone(),
+                within: deadline,
+                accepted: self.accepted(&waiting.id),
+            }),
+        }
+    }
+
     /// Registers a service command for `host`.
-    pub fn submit(&self, host: &str, command: Command) -> Result<Submitted, Status> {
+    fn submit(&self, host: &str, command: Command) -> Result<Submitted, SendError> {
         let mut inner = self.lock();
         if let Some((_, u)) = inner.recent.iter().find(|(id, _)| *id == command.id) {
             return Ok(Submitted::Done(u.clone()));
@@ -93,9 +196,7 @@ impl Hub {
             return Ok(Submitted::Joined(rx));
         }
         if inner.pending.len() >= MAX_PENDING {
-            return Err(Status::resource_exhausted(format!(
-                "{MAX_PENDING} commands are already waiting for an outcome; retry later"
-            )));
+            return Err(SendError::Busy);
         }
         inner.pending.insert(
             command.id.clone(),
@@ -104,9 +205,9 @@ impl Hub {
         Ok(Submitted::New(rx))
     }
 
-    /// A caller stopped waiting for `id` (timed out). With nobody waiting the command is
-    /// forgotten and not sent again.
-    pub fn abandon(&self, id: &str) {
+    /// A caller stopped waiting for `id`. With nobody waiting the command is forgotten and
+    /// not sent again.
+    fn abandon(&self, id: &str) {
         let mut inner = self.lock();
         if let Some(p) = inner.pending.get_mut(id) {
             p.waiters.retain(|w| !w.is_closed());
@@ -117,7 +218,7 @@ impl Hub {
     }
 
     /// Whether the agent acknowledged command `id`, which is still waiting for its outcome.
-    pub fn accepted(&self, id: &str) -> bool {
+    fn accepted(&self, id: &str) -> bool {
         self.lock().pending.get(id).is_some_and(|p| p.accepted)
     }
 
@@ -217,7 +318,80 @@ pub fn new_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use fleet_proto::v1::Hello;
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::registry::Registry;
+
+    /// An online host and the queue its session reads commands from.
+    fn online(registry: &Registry, name: &str) -> (Arc<Host>, mpsc::Receiver<Box<Command>>) {
+        let hello = Hello { name: name.into(), boot_id: 1, ..Default::default() };
+        let (host, _handle, rx) = registry.attach(&hello, "127.0.0.1:1", 0, &CancellationToken::new()).unwrap();
+        (host, rx)
+    }
+
+    fn no_audit() -> std::future::Ready<Result<(), String>> {
+        std::future::ready(Ok(()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_is_sent_once_and_its_outcome_is_remembered() {
+        let (hub, registry) = (Arc::new(Hub::default()), Registry::default());
+        let (host, mut queue) = online(&registry, "pc2");
+        let agent = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let c = queue.recv().await.unwrap();
+                hub.update(done(&c.id, CommandState::Succeeded));
+                queue
+            })
+        };
+        let o = hub.send_and_wait(&host, cmd("a"), Duration::from_secs(5), no_audit()).await.unwrap();
+        assert_eq!((o.update.state, o.earlier), (CommandState::Succeeded as i32, false));
+        let mut queue = agent.await.unwrap();
+        let again = hub.send_and_wait(&host, cmd("a"), Duration::from_secs(5), no_audit()).await.unwrap();
+        assert!(again.earlier, "a retried id gets the recorded outcome");
+        assert!(queue.try_recv().is_err(), "and nothing is sent again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_without_an_outcome_forgets_the_command_and_says_whether_it_arrived() {
+        let (hub, registry) = (Hub::default(), Registry::default());
+        let (host, mut queue) = online(&registry, "pc2");
+        let e = hub.send_and_wait(&host, cmd("a"), Duration::from_secs(5), no_audit()).await.unwrap_err();
+        assert!(matches!(e, SendError::TimedOut { accepted: false, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "no outcome from pc2 within 5s");
+        assert!(hub.pending_for("pc2").is_empty(), "forgotten, not sent again on reconnect");
+        assert_eq!(queue.recv().await.unwrap().id, "a");
+        // Acknowledged (RUNNING) but unfinished: still being applied there.
+        let waiting = hub.send_and_wait(&host, cmd("b"), Duration::from_secs(5), no_audit());
+        let ack = async {
+            let c = queue.recv().await.unwrap();
+            hub.update(done(&c.id, CommandState::Running));
+            std::future::pending::<()>().await
+        };
+        let e = tokio::select! { e = waiting => e.unwrap_err(), _ = ack => unreachable!() };
+        assert!(matches!(e, SendError::TimedOut { accepted: true, .. }), "{e:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_sent_when_the_step_before_fails_or_the_caller_goes_away() {
+        let (hub, registry) = (Hub::default(), Registry::default());
+        let (host, mut queue) = online(&registry, "pc2");
+        let e = hub
+            .send_and_wait(&host, cmd("a"), Duration::from_secs(5), std::future::ready(Err("no audit log".into())))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no audit log");
+        assert!(queue.try_recv().is_err() && hub.pending_for("pc2").is_empty());
+        // A caller dropped while waiting (a cancelled rollout) leaves nothing behind.
+        let waiting = hub.send_and_wait(&host, cmd("b"), Duration::from_secs(60), no_audit());
+        let _ = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        assert!(hub.pending_for("pc2").is_empty());
+    }
 
     fn cmd(id: &str) -> Command {
         Command { id: id.into(), ..Default::default() }

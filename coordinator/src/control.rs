@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::entry;
-use crate::commands::{Submitted, new_id};
+use crate::commands::{Outcome, SendError, new_id};
 use crate::coordinator::Coordinator;
 use crate::registry::Host;
 use crate::store::{HostStep, RolloutRecord};
@@ -74,6 +74,16 @@ fn action_name(a: ServiceAction) -> &'static str {
     }
 }
 
+/// The status of a command that got no outcome.
+fn send_status(host: &Host, e: SendError) -> Status {
+    match e {
+        SendError::Offline { .. } => offline_error(host),
+        SendError::Busy => Status::resource_exhausted(e.to_string()),
+        SendError::NotSent(_) | SendError::NotAccepting { .. } => Status::unavailable(e.to_string()),
+        SendError::TimedOut { .. } => Status::deadline_exceeded(e.to_string()),
+    }
+}
+
 fn offline_error(host: &Host) -> Status {
     let last = host.with(|s| s.record.last_seen_ms);
     let ago = if last > 0 {
@@ -112,33 +122,8 @@ impl ControlApi {
         command: Command,
         timeout: Duration,
     ) -> Result<fleet_proto::v1::CommandUpdate, Status> {
-        let Some(queue) = self.c.registry.command_sender(host) else { return Err(offline_error(host)) };
-        let id = command.id.clone();
-        let rx = match self.c.hub.submit(&host.name, command.clone())? {
-            Submitted::Done(u) => return Ok(u),
-            Submitted::Joined(rx) => rx,
-            Submitted::New(rx) => {
-                if queue.try_send(Box::new(command)).is_err() {
-                    self.c.hub.abandon(&id);
-                    return Err(Status::unavailable(format!(
-                        "{} is not accepting commands right now; retry",
-                        host.name
-                    )));
-                }
-                rx
-            }
-        };
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(u)) => Ok(u),
-            _ => {
-                self.c.hub.abandon(&id);
-                Err(Status::deadline_exceeded(format!(
-                    "no answer from {} within {}",
-                    host.name,
-                    fleet_common::human_duration_ms(timeout)
-                )))
-            }
-        }
+        let outcome = self.c.hub.send_and_wait(host, command, timeout, std::future::ready(Ok(()))).await;
+        outcome.map(|o| o.update).map_err(|e| send_status(host, e))
     }
 
     fn timed<T>(&self, started: Instant, r: T) -> T {
@@ -228,7 +213,9 @@ impl ControlService for ControlApi {
             return Err(Status::invalid_argument("action must be start, stop or restart"));
         }
         let host = self.host(&r.host)?;
-        let Some(queue) = self.c.registry.command_sender(&host) else { return Err(offline_error(&host)) };
+        if host.command_sender().is_none() {
+            return Err(offline_error(&host));
+        }
         let known = host.with(|s| s.latest.as_ref().map(|l| l.services.iter().any(|x| x.name == r.service)));
         if known == Some(false) {
             return Err(Status::not_found(format!(
@@ -253,8 +240,20 @@ impl ControlService for ControlApi {
             timeout_ms: timeout.saturating_sub(margin).max(Duration::from_millis(100)).as_millis() as u64,
             action: Some(CmdAction::Service(ServiceCommand { service: r.service.clone(), action: action as i32 })),
         };
-        let rx = match self.c.hub.submit(&r.host, command.clone())? {
-            Submitted::Done(u) => {
+        // Audited before it is sent: the log must show every attempt, even one whose outcome
+        // never arrives.
+        let audit_first = async {
+            self.c
+                .audit
+                .append(entry(&who, name, &r.host, &r.service, &id, "requested", ""))
+                .await
+                .map_err(|e| format!("cannot write the audit log, the command was not sent: {e}"))?;
+            tracing::info!(%who, host = %r.host, service = %r.service, action = name, command_id = %id, "service command");
+            Ok(())
+        };
+        let sent = self.c.hub.send_and_wait(&host, command, timeout, audit_first).await;
+        let resp = match sent {
+            Ok(Outcome { update: u, earlier: true }) => {
                 return Ok(Response::new(RunServiceCommandResponse {
                     command_id: id,
                     state: u.state,
@@ -263,31 +262,7 @@ impl ControlService for ControlApi {
                     log_tail: u.log_tail,
                 }));
             }
-            Submitted::Joined(rx) => rx,
-            Submitted::New(rx) => {
-                // Audited before it is sent: the log must show every attempt, even one whose
-                // outcome never arrives.
-                if let Err(e) = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "requested", "")).await
-                {
-                    self.c.hub.abandon(&id);
-                    return Err(Status::internal(format!("cannot write the audit log, the command was not sent: {e}")));
-                }
-                tracing::info!(%who, host = %r.host, service = %r.service, action = name, command_id = %id, "service command");
-                if queue.try_send(Box::new(command)).is_err() {
-                    self.c.hub.abandon(&id);
-                    let msg = format!(
-                        "{} is not accepting commands right now (its queue is full or its session just ended); retry",
-                        r.host
-                    );
-                    let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "failed", &msg)).await;
-                    return Err(Status::unavailable(msg));
-                }
-                rx
-            }
-        };
-        let outcome = tokio::time::timeout(timeout, rx).await;
-        let resp = match outcome {
-            Ok(Ok(u)) => {
+            Ok(Outcome { update: u, earlier: false }) => {
                 let state = CommandState::try_from(u.state).unwrap_or(CommandState::Failed);
                 let word = match state {
                     CommandState::Succeeded => "succeeded",
@@ -303,9 +278,14 @@ impl ControlService for ControlApi {
                     log_tail: u.log_tail,
                 }
             }
-            _ => {
-                let accepted = self.c.hub.accepted(&id);
-                self.c.hub.abandon(&id);
+            Err(SendError::NotSent(msg)) => return Err(Status::internal(msg)),
+            Err(e @ (SendError::Offline { .. } | SendError::Busy)) => return Err(send_status(&host, e)),
+            Err(e @ SendError::NotAccepting { .. }) => {
+                let msg = e.to_string();
+                let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "failed", &msg)).await;
+                return Err(Status::unavailable(msg));
+            }
+            Err(SendError::TimedOut { accepted, .. }) => {
                 let within = fleet_common::human_duration_ms(timeout);
                 let msg = if accepted {
                     format!(
@@ -350,7 +330,7 @@ impl ControlService for ControlApi {
         let (tx, rx) = mpsc::channel(LOG_STREAM_BUFFER);
         let mut started = Vec::new();
         for h in hosts {
-            let Some(queue) = self.c.registry.command_sender(&h) else { continue };
+            let Some(queue) = h.command_sender() else { continue };
             let id = new_id();
             self.c.hub.add_logs(&id, &h.name, tx.clone())?;
             let command = Command {

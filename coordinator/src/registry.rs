@@ -96,6 +96,11 @@ impl Host {
         Host { name, state: Mutex::new(HostState { record, ..Default::default() }) }
     }
 
+    /// The command queue of the host's current session, if it is online.
+    pub fn command_sender(&self) -> Option<mpsc::Sender<Box<Command>>> {
+        self.with(|s| s.session.as_ref().map(|h| h.commands.clone()))
+    }
+
     /// Runs `f` with the host's state locked. Never `.await` inside.
     pub fn with<R>(&self, f: impl FnOnce(&mut HostState) -> R) -> R {
         f(&mut self.state.lock().expect("host lock poisoned"))
@@ -301,10 +306,5 @@ impl Registry {
         let all = self.all();
         let online = all.iter().filter(|h| h.online()).count();
         (online, all.len() - online)
-    }
-
-    /// The command queue of `host`'s current session, if it is online.
-    pub fn command_sender(&self, host: &Host) -> Option<mpsc::Sender<Box<Command>>> {
-        host.with(|s| s.session.as_ref().map(|h| h.commands.clone()))
     }
 }

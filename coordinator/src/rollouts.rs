@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditLog, entry};
-use crate::commands::{Hub, Submitted};
+use crate::commands::Hub;
 use crate::registry::Registry;
 use crate::store::{HostStep, RolloutRecord, SharedState};
 
@@ -320,11 +320,9 @@ impl Rollouts {
         timeout: Duration,
     ) -> Result<CommandUpdate, String> {
         let waited = tokio::time::Instant::now();
-        let queue = loop {
-            if let Some(h) = self.registry.get(host)
-                && let Some(q) = self.registry.command_sender(&h)
-            {
-                break q;
+        let host = loop {
+            if let Some(h) = self.registry.get(host).filter(|h| h.command_sender().is_some()) {
+                break h;
             }
             if waited.elapsed() >= offline_wait {
                 return Err(format!("{host} stayed offline for {}", fleet_common::human_duration(offline_wait)));
@@ -334,27 +332,11 @@ impl Rollouts {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         };
-        let id = command.id.clone();
-        let rx = match self.hub.submit(host, command.clone()).map_err(|s| s.message().to_string())? {
-            Submitted::Done(u) => return Ok(u),
-            Submitted::Joined(rx) => rx,
-            Submitted::New(rx) => {
-                if queue.try_send(Box::new(command)).is_err() {
-                    self.hub.abandon(&id);
-                    return Err(format!("{host} is not accepting commands right now"));
-                }
-                rx
-            }
-        };
         tokio::select! {
             _ = self.shutdown.cancelled() => Err("the coordinator is shutting down".into()),
-            r = tokio::time::timeout(timeout, rx) => match r {
-                Ok(Ok(u)) => Ok(u),
-                _ => {
-                    self.hub.abandon(&id);
-                    Err(format!("no outcome from {host} within {}", fleet_common::human_duration(timeout)))
-                }
-            },
+            r = self.hub.send_and_wait(&host, command, timeout, std::future::ready(Ok(()))) => {
+                r.map(|o| o.update).map_err(|e| e.to_string())
+            }
         }
     }
 
