@@ -182,7 +182,7 @@ fn rollout_json(r: &Rollout) -> Value {
         "max_parallel": r.max_parallel, "canary": r.canary, "auto_promote": r.auto_promote, "auto_revert": r.auto_revert,
         "min_healthy_time_seconds": r.min_healthy_time_ms as f64 / 1000.0, "healthy_deadline_seconds": r.healthy_deadline_ms as f64 / 1000.0,
         "hosts": r.hosts.iter().map(|h| json!({
-            "host": h.host, "state": h.state, "message": h.message, "log_tail": h.log_tail,
+            "host": h.host, "state": h.state, "message": h.message, "log_tail": h.log_tail, "revert_failed": h.revert_failed,
             "previous_version": if h.previous_version.is_empty() { Value::Null } else { json!(h.previous_version) },
         })).collect::<Vec<_>>(),
     })

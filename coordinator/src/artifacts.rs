@@ -15,7 +15,7 @@ use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use crate::store::RolloutRecord;
+use crate::store::{RolloutRecord, RolloutState};
 
 /// The artifact store.
 #[derive(Debug, Clone)]
@@ -179,7 +179,7 @@ pub fn artifacts_to_keep(
     newest_first.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
     for r in newest_first {
         let n = per_service.entry(r.service.as_str()).or_default();
-        if *n < 2 && r.state == "succeeded" {
+        if *n < 2 && r.state == RolloutState::Succeeded {
             keep.insert(r.sha256.clone());
             *n += 1;
         }
@@ -221,21 +221,22 @@ mod gc_tests {
     use super::*;
     use crate::store::HostStep;
 
-    fn rollout(id: &str, version: &str, state: &str, at: i64, hosts: &[(&str, &str)]) -> RolloutRecord {
+    fn rollout(id: &str, version: &str, state: RolloutState, at: i64, hosts: &[(&str, &str)]) -> RolloutRecord {
         RolloutRecord {
             id: id.into(),
             service: "api".into(),
             version: version.into(),
             sha256: format!("sha-{version}"),
             size_bytes: 1,
-            state: state.into(),
+            state,
             reason: String::new(),
             hosts: hosts
                 .iter()
                 .map(|(h, prev)| HostStep {
                     host: h.to_string(),
-                    state: "healthy".into(),
+                    state: crate::store::StepState::Healthy,
                     message: String::new(),
+                    revert_failed: false,
                     previous_version: prev.to_string(),
                     updated_at_ms: at,
                     log_tail: Vec::new(),
@@ -260,11 +261,11 @@ mod gc_tests {
     #[test]
     fn the_current_and_previous_release_of_every_host_are_kept() {
         let rollouts = [
-            rollout("r1", "1.0", "succeeded", 1, &[("a", ""), ("b", "")]),
-            rollout("r2", "2.0", "succeeded", 2, &[("a", "1.0"), ("b", "1.0")]),
-            rollout("r3", "3.0", "succeeded", 3, &[("a", "2.0"), ("b", "2.0")]),
-            rollout("r4", "4.0", "rolled_back", 4, &[("a", "3.0")]),
-            rollout("r5", "5.0", "succeeded", 5, &[("a", "3.0")]),
+            rollout("r1", "1.0", RolloutState::Succeeded, 1, &[("a", ""), ("b", "")]),
+            rollout("r2", "2.0", RolloutState::Succeeded, 2, &[("a", "1.0"), ("b", "1.0")]),
+            rollout("r3", "3.0", RolloutState::Succeeded, 3, &[("a", "2.0"), ("b", "2.0")]),
+            rollout("r4", "4.0", RolloutState::RolledBack, 4, &[("a", "3.0")]),
+            rollout("r5", "5.0", RolloutState::Succeeded, 5, &[("a", "3.0")]),
         ];
         // a runs 5.0 (before it 3.0), b runs 3.0 (before it 2.0); 4.0 failed, 1.0 is long gone.
         let running =
@@ -278,7 +279,7 @@ mod gc_tests {
         let mut running = running.to_vec();
         running.push(("c".into(), "api".into(), "1.0".into()));
         let mut rollouts = rollouts.to_vec();
-        rollouts.push(rollout("r6", "6.0", "running", 6, &[("c", "1.0")]));
+        rollouts.push(rollout("r6", "6.0", RolloutState::Running, 6, &[("c", "1.0")]));
         let keep = artifacts_to_keep(&rollouts, &running);
         assert!(keep.contains("sha-1.0") && keep.contains("sha-6.0"), "{keep:?}");
     }

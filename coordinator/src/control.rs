@@ -489,13 +489,14 @@ impl ControlService for ControlApi {
             version: r.version.clone(),
             sha256: r.sha256.clone(),
             size_bytes: size,
-            state: "running".into(),
+            state: crate::store::RolloutState::Running,
             reason: String::new(),
             hosts: hosts
                 .iter()
                 .map(|h| HostStep {
                     host: h.clone(),
-                    state: "pending".into(),
+                    state: crate::store::StepState::Pending,
+                    revert_failed: false,
                     message: String::new(),
                     previous_version: String::new(),
                     updated_at_ms: now,

@@ -24,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditLog, entry};
 use crate::commands::Hub;
 use crate::registry::Registry;
-use crate::store::{HostStep, RolloutRecord, SharedState};
+use crate::store::{HostStep, RolloutRecord, RolloutState, SharedState, StepState};
+
+mod policy;
+pub use policy::{Step, next_step, revert_outcome};
 
 /// Extra time an agent gets beyond the probation to fetch and unpack.
 const FETCH_MARGIN: Duration = Duration::from_secs(300);
@@ -49,6 +52,15 @@ pub struct RolloutCounts {
     pub by_result: Mutex<HashMap<String, u64>>,
 }
 
+/// What a failed host step carries besides its message.
+#[derive(Debug, Default)]
+struct Failure {
+    /// The newest lines the failed release wrote.
+    log_tail: Vec<String>,
+    /// Whether it was the move back that failed.
+    revert: bool,
+}
+
 struct Live {
     record: watch::Sender<RolloutRecord>,
     wake: Arc<tokio::sync::Notify>,
@@ -70,74 +82,6 @@ impl std::fmt::Debug for Rollouts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Rollouts")
     }
-}
-
-/// What a rollout does next, decided from its record and the time alone (pure: the engine
-/// below does the I/O, and `tests` check the decisions).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// Move the hosts already changed back (auto_revert), for this reason.
-    Revert(String),
-    /// End as aborted: nothing to move back.
-    Aborted,
-    /// Paused or waiting for promotion: nothing happens until an operator acts.
-    WaitForOperator,
-    /// In the middle of moving hosts back.
-    Reverting,
-    /// The canaries are done: promote (auto_promote).
-    Promote,
-    /// The canaries are done: wait for `rollout resume`.
-    AwaitPromotion,
-    /// Every host is done.
-    Succeeded,
-    /// No host finished within the progress deadline.
-    Fail(String),
-    /// Start (or go on with) these hosts, by index, at most max_parallel.
-    Deploy(Vec<usize>),
-    /// Hosts are busy and none may start: wait for a change.
-    Idle,
-}
-
-/// The next step of `r` at `now_ms` (the rollout has not ended).
-pub fn next_step(r: &RolloutRecord, now_ms: i64) -> Step {
-    if r.abort_requested && r.state != "reverting" {
-        if r.auto_revert && r.hosts.iter().any(|h| h.state == "healthy" || h.state == "deploying") {
-            return Step::Revert("aborted by an operator".into());
-        }
-        return Step::Aborted;
-    }
-    match r.state.as_str() {
-        "paused" | "waiting_promotion" => return Step::WaitForOperator,
-        "reverting" => return Step::Reverting,
-        _ => {}
-    }
-    let in_canary = |i: usize| (i as u32) < r.canary;
-    let canaries_done = r.hosts.iter().enumerate().filter(|(i, _)| in_canary(*i)).all(|(_, h)| h.state == "healthy");
-    if r.canary > 0 && canaries_done && !r.promoted {
-        return if r.auto_promote { Step::Promote } else { Step::AwaitPromotion };
-    }
-    if r.hosts.iter().all(|h| h.state == "healthy") {
-        return Step::Succeeded;
-    }
-    // Measured from the last host that finished, or from the start, or from the last resume:
-    // time spent waiting for an operator does not count.
-    if now_ms - r.last_progress_ms > r.progress_deadline_ms as i64 {
-        return Step::Fail(format!(
-            "no host finished within the progress deadline of {}",
-            fleet_common::human_duration(Duration::from_millis(r.progress_deadline_ms))
-        ));
-    }
-    let eligible: Vec<usize> = r
-        .hosts
-        .iter()
-        .enumerate()
-        .filter(|(i, h)| {
-            (h.state == "pending" || h.state == "deploying") && (r.promoted || r.canary == 0 || in_canary(*i))
-        })
-        .map(|(i, _)| i)
-        .take(r.max_parallel.max(1) as usize)
-        .collect();
-    if eligible.is_empty() { Step::Idle } else { Step::Deploy(eligible) }
 }
 
 enum HostOutcome {
@@ -247,8 +191,8 @@ impl Rollouts {
         let r = match action {
             "pause" => {
                 self.save(&live, |r| {
-                    if r.state == "running" {
-                        r.state = "paused".into()
+                    if r.state == RolloutState::Running {
+                        r.state = RolloutState::Paused
                     }
                 })
                 .await
@@ -256,11 +200,11 @@ impl Rollouts {
             "resume" => {
                 let now = fleet_common::now_ms();
                 self.save(&live, |r| {
-                    if r.state == "waiting_promotion" {
+                    if r.state == RolloutState::WaitingPromotion {
                         r.promoted = true;
                     }
-                    if matches!(r.state.as_str(), "paused" | "waiting_promotion") {
-                        r.state = "running".into();
+                    if matches!(r.state, RolloutState::Paused | RolloutState::WaitingPromotion) {
+                        r.state = RolloutState::Running;
                         // The progress deadline covers progress, not the time a person took
                         // to promote or resume (as in Nomad): it starts again now.
                         r.last_progress_ms = now;
@@ -390,47 +334,52 @@ impl Rollouts {
         }
     }
 
-    async fn set_host(&self, live: &Live, host: &str, state: &str, message: &str) -> RolloutRecord {
-        self.set_host_with_log(live, host, state, message, Vec::new()).await
+    async fn set_host(&self, live: &Live, host: &str, state: StepState, message: &str) -> RolloutRecord {
+        self.set_host_step(live, host, state, message, Failure::default()).await
     }
 
-    async fn set_host_with_log(
+    async fn set_host_failed(&self, live: &Live, host: &str, message: &str, failure: Failure) -> RolloutRecord {
+        self.set_host_step(live, host, StepState::Failed, message, failure).await
+    }
+
+    async fn set_host_step(
         &self,
         live: &Live,
         host: &str,
-        state: &str,
+        state: StepState,
         message: &str,
-        log_tail: Vec<String>,
+        failure: Failure,
     ) -> RolloutRecord {
         let now = fleet_common::now_ms();
         self.save(live, |r| {
             if let Some(h) = r.hosts.iter_mut().find(|h| h.host == host) {
-                h.state = state.into();
+                h.state = state;
                 h.message = message.into();
                 h.updated_at_ms = now;
-                h.log_tail = log_tail;
+                h.log_tail = failure.log_tail;
+                h.revert_failed = failure.revert;
             }
-            if state == "healthy" || state == "reverted" {
+            if matches!(state, StepState::Healthy | StepState::Reverted) {
                 r.last_progress_ms = now;
             }
         })
         .await
     }
 
-    async fn finish(&self, live: &Live, state: &str, reason: &str) {
+    async fn finish(&self, live: &Live, state: RolloutState, reason: &str) {
         let r = self
             .save(live, |r| {
-                r.state = state.into();
+                r.state = state;
                 if !reason.is_empty() {
                     r.reason = reason.into();
                 }
             })
             .await;
-        *self.counts.by_result.lock().expect("counts lock").entry(state.to_string()).or_default() += 1;
-        tracing::info!(rollout = %r.id, service = %r.service, version = %r.version, state, reason, "rollout ended");
+        *self.counts.by_result.lock().expect("counts lock").entry(state.as_str().to_string()).or_default() += 1;
+        tracing::info!(rollout = %r.id, service = %r.service, version = %r.version, %state, reason, "rollout ended");
         let _ = self
             .audit
-            .append(entry(&r.created_by, "rollout", "", &r.service, &r.id, state, &finish_message(&r, reason)))
+            .append(entry(&r.created_by, "rollout", "", &r.service, &r.id, state.as_str(), &finish_message(&r, reason)))
             .await;
     }
 
@@ -447,14 +396,14 @@ impl Rollouts {
             let eligible = match next_step(&r, fleet_common::now_ms()) {
                 Step::Revert(reason) => {
                     self.save(live, |r| {
-                        r.state = "reverting".into();
+                        r.state = RolloutState::Reverting;
                         r.reason = reason;
                     })
                     .await;
                     continue;
                 }
                 Step::Aborted => {
-                    self.finish(live, "aborted", "aborted by an operator").await;
+                    self.finish(live, RolloutState::Aborted, "aborted by an operator").await;
                     return;
                 }
                 Step::WaitForOperator => {
@@ -470,18 +419,7 @@ impl Rollouts {
                         return;
                     }
                     let r = live.record.borrow().clone();
-                    let stuck: Vec<String> = r
-                        .hosts
-                        .iter()
-                        .filter(|h| h.state == "failed" && h.message.starts_with("revert failed"))
-                        .map(|h| h.host.clone())
-                        .collect();
-                    let end = if r.abort_requested { "aborted" } else { "rolled_back" };
-                    let reason = if stuck.is_empty() {
-                        r.reason.clone()
-                    } else {
-                        format!("{}; could not revert {}", r.reason, stuck.join(", "))
-                    };
+                    let (end, reason) = revert_outcome(&r);
                     self.finish(live, end, &reason).await;
                     return;
                 }
@@ -490,11 +428,11 @@ impl Rollouts {
                     continue;
                 }
                 Step::AwaitPromotion => {
-                    self.save(live, |r| r.state = "waiting_promotion".into()).await;
+                    self.save(live, |r| r.state = RolloutState::WaitingPromotion).await;
                     continue;
                 }
                 Step::Succeeded => {
-                    self.finish(live, "succeeded", "").await;
+                    self.finish(live, RolloutState::Succeeded, "").await;
                     return;
                 }
                 Step::Fail(reason) => {
@@ -515,12 +453,12 @@ impl Rollouts {
             let mut batch = tokio::task::JoinSet::new();
             for i in eligible {
                 let host = r.hosts[i].host.clone();
-                if r.hosts[i].state == "pending" {
+                if r.hosts[i].state == StepState::Pending {
                     let prev = self.previous_version(&host, &r.service);
                     let now = fleet_common::now_ms();
                     self.save(live, |r| {
                         let h = &mut r.hosts[i];
-                        h.state = "deploying".into();
+                        h.state = StepState::Deploying;
                         h.previous_version = prev;
                         h.message = String::new();
                         h.updated_at_ms = now;
@@ -543,10 +481,10 @@ impl Rollouts {
                 }
                 match outcome {
                     HostOutcome::Done(msg) => {
-                        self.set_host(live, &host, "healthy", &msg).await;
+                        self.set_host(live, &host, StepState::Healthy, &msg).await;
                     }
                     HostOutcome::Failed(msg, log_tail) => {
-                        self.set_host_with_log(live, &host, "failed", &msg, log_tail).await;
+                        self.set_host_failed(live, &host, &msg, Failure { log_tail, revert: false }).await;
                         failure.get_or_insert(format!("{host}: {msg}"));
                     }
                 }
@@ -562,14 +500,14 @@ impl Rollouts {
 
     async fn fail(&self, live: &Live, reason: &str) {
         let r = live.record.borrow().clone();
-        if r.auto_revert && r.hosts.iter().any(|h| h.state == "healthy") {
+        if r.auto_revert && r.hosts.iter().any(|h| h.state == StepState::Healthy) {
             self.save(live, |r| {
-                r.state = "reverting".into();
+                r.state = RolloutState::Reverting;
                 r.reason = reason.into();
             })
             .await;
         } else {
-            self.finish(live, "failed", reason).await;
+            self.finish(live, RolloutState::Failed, reason).await;
         }
     }
 
@@ -580,7 +518,7 @@ impl Rollouts {
             let todo: Vec<HostStep> = r
                 .hosts
                 .iter()
-                .filter(|h| matches!(h.state.as_str(), "healthy" | "reverting" | "deploying"))
+                .filter(|h| matches!(h.state, StepState::Healthy | StepState::Reverting | StepState::Deploying))
                 .take(r.max_parallel.max(1) as usize)
                 .cloned()
                 .collect();
@@ -589,7 +527,7 @@ impl Rollouts {
             }
             let mut batch = tokio::task::JoinSet::new();
             for step in todo {
-                self.set_host(live, &step.host, "reverting", "").await;
+                self.set_host(live, &step.host, StepState::Reverting, "").await;
                 let this = self.clone();
                 let rec = r.clone();
                 batch.spawn(async move {
@@ -603,9 +541,10 @@ impl Rollouts {
                     return;
                 }
                 match outcome {
-                    HostOutcome::Done(msg) => self.set_host(live, &host, "reverted", &msg).await,
+                    HostOutcome::Done(msg) => self.set_host(live, &host, StepState::Reverted, &msg).await,
                     HostOutcome::Failed(msg, log_tail) => {
-                        self.set_host_with_log(live, &host, "failed", &format!("revert failed: {msg}"), log_tail).await
+                        let failed = Failure { log_tail, revert: true };
+                        self.set_host_failed(live, &host, &format!("revert failed: {msg}"), failed).await
                     }
                 };
             }
@@ -619,17 +558,17 @@ impl crate::metrics::FmtMetrics for Rollouts {
         let rollouts = self;
         e.family("fleet_rollouts_total", "counter", "Rollouts that ended since the coordinator started, by result.");
         let counts = rollouts.counts.by_result.lock().expect("counts lock").clone();
-        for result in ["succeeded", "failed", "rolled_back", "aborted"] {
+        for result in RolloutState::RESULTS.map(RolloutState::as_str) {
             e.sample("fleet_rollouts_total", &[("result", result)], counts.get(result).copied().unwrap_or(0) as f64);
         }
         let active: Vec<_> = rollouts.list().into_iter().filter(|r| !r.finished()).collect();
         e.family("fleet_rollout_hosts", "gauge", "Hosts of unfinished rollouts, by state.");
         for r in &active {
-            for state in ["pending", "deploying", "healthy", "failed", "reverting", "reverted"] {
+            for state in StepState::ALL {
                 let n = r.hosts.iter().filter(|h| h.state == state).count();
                 e.sample(
                     "fleet_rollout_hosts",
-                    &[("rollout", &r.id), ("service", &r.service), ("state", state)],
+                    &[("rollout", &r.id), ("service", &r.service), ("state", state.as_str())],
                     n as f64,
                 );
             }
@@ -640,7 +579,7 @@ impl crate::metrics::FmtMetrics for Rollouts {
             "Share of an unfinished rollout's hosts that are done, 0 to 1.",
         );
         for r in &active {
-            let done = r.hosts.iter().filter(|h| h.state == "healthy").count();
+            let done = r.hosts.iter().filter(|h| h.state == StepState::Healthy).count();
             e.sample(
                 "fleet_rollout_progress_ratio",
                 &[("rollout", &r.id), ("service", &r.service)],
@@ -653,103 +592,7 @@ impl crate::metrics::FmtMetrics for Rollouts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rollout(hosts: &[&str], canary: u32, max_parallel: u32) -> RolloutRecord {
-        RolloutRecord {
-            id: "r1".into(),
-            service: "api".into(),
-            version: "2.0".into(),
-            sha256: "x".into(),
-            size_bytes: 1,
-            state: "running".into(),
-            reason: String::new(),
-            hosts: hosts
-                .iter()
-                .map(|h| HostStep {
-                    host: h.to_string(),
-                    state: "pending".into(),
-                    message: String::new(),
-                    previous_version: "1.0".into(),
-                    updated_at_ms: 0,
-                    log_tail: Vec::new(),
-                })
-                .collect(),
-            max_parallel,
-            canary,
-            auto_promote: false,
-            min_healthy_time_ms: 10_000,
-            healthy_deadline_ms: 300_000,
-            progress_deadline_ms: 600_000,
-            auto_revert: true,
-            promoted: canary == 0,
-            abort_requested: false,
-            created_by: "ops".into(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            last_progress_ms: 0,
-        }
-    }
-
-    #[test]
-    fn canaries_go_first_and_wait_for_promotion() {
-        let mut r = rollout(&["a", "b", "c"], 1, 2);
-        assert_eq!(next_step(&r, 1), Step::Deploy(vec![0]), "only the canary");
-        r.hosts[0].state = "healthy".into();
-        assert_eq!(next_step(&r, 1), Step::AwaitPromotion);
-        r.auto_promote = true;
-        assert_eq!(next_step(&r, 1), Step::Promote);
-        r.promoted = true;
-        assert_eq!(next_step(&r, 1), Step::Deploy(vec![1, 2]), "max_parallel at a time");
-        r.hosts[1].state = "healthy".into();
-        r.hosts[2].state = "healthy".into();
-        assert_eq!(next_step(&r, 1), Step::Succeeded);
-    }
-
-    #[test]
-    fn hosts_go_max_parallel_at_a_time_and_an_interrupted_host_is_taken_up_again() {
-        let mut r = rollout(&["a", "b", "c"], 0, 1);
-        assert_eq!(next_step(&r, 1), Step::Deploy(vec![0]));
-        // A coordinator restarted while a was deploying asks a again (the agent's journal
-        // answers with the outcome).
-        r.hosts[0].state = "deploying".into();
-        assert_eq!(next_step(&r, 1), Step::Deploy(vec![0]));
-        r.hosts[0].state = "healthy".into();
-        assert_eq!(next_step(&r, 1), Step::Deploy(vec![1]));
-    }
-
-    #[test]
-    fn the_progress_deadline_counts_from_the_last_progress() {
-        let mut r = rollout(&["a", "b"], 0, 1);
-        assert_eq!(next_step(&r, 599_000), Step::Deploy(vec![0]));
-        assert!(matches!(next_step(&r, 601_000), Step::Fail(m) if m.contains("progress deadline of 10m")));
-        // A resume (or a host finishing) starts it again.
-        r.last_progress_ms = 600_000;
-        assert_eq!(next_step(&r, 1_000_000), Step::Deploy(vec![0]));
-        // Waiting for an operator is not progress that can run late.
-        r.state = "waiting_promotion".into();
-        assert_eq!(next_step(&r, 10_000_000), Step::WaitForOperator);
-    }
-
-    #[test]
-    fn an_abort_moves_back_what_was_moved_unless_told_not_to() {
-        let mut r = rollout(&["a", "b"], 0, 1);
-        r.abort_requested = true;
-        assert_eq!(next_step(&r, 1), Step::Aborted, "nothing moved yet");
-        r.hosts[0].state = "healthy".into();
-        assert_eq!(next_step(&r, 1), Step::Revert("aborted by an operator".into()));
-        r.auto_revert = false;
-        assert_eq!(next_step(&r, 1), Step::Aborted);
-        r.auto_revert = true;
-        r.state = "reverting".into();
-        assert_eq!(next_step(&r, 1), Step::Reverting, "an abort while reverting goes on reverting");
-    }
-
-    #[test]
-    fn a_paused_rollout_starts_nothing() {
-        let mut r = rollout(&["a", "b"], 0, 2);
-        r.state = "paused".into();
-        assert_eq!(next_step(&r, 1), Step::WaitForOperator);
-    }
+    use crate::rollouts::policy::tests::rollout;
 
     #[test]
     fn finish_messages_are_one_line_and_name_what_went_where() {

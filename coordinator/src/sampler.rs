@@ -39,7 +39,7 @@ fn record(c: &Coordinator, now: i64) {
     }
     // The coordinator's own rollout results, so rules can alert on rolled-back rollouts.
     let counts = c.rollouts.counts.by_result.lock().expect("counts lock").clone();
-    for result in ["succeeded", "failed", "rolled_back", "aborted"] {
+    for result in crate::store::RolloutState::RESULTS.map(crate::store::RolloutState::as_str) {
         let n = counts.get(result).copied().unwrap_or(0) as f64;
         tsdb.append_sample("fleet_rollouts_total", &mut [("result", result)], now, n);
     }

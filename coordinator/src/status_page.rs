@@ -111,13 +111,13 @@ pub fn render(registry: &Registry, sessions: usize, alerting: &Alerting, rollout
     let rows: Vec<String> = running
         .iter()
         .map(|r| {
-            let done = r.hosts.iter().filter(|h| h.state == "healthy").count();
+            let done = r.hosts.iter().filter(|h| h.state == crate::store::StepState::Healthy).count();
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{done}/{}</td><td>{}</td></tr>\n",
                 esc(&r.id),
                 esc(&r.service),
                 esc(&r.version),
-                esc(&r.state.replace('_', " ")),
+                esc(&r.state.as_str().replace('_', " ")),
                 r.hosts.len(),
                 ago(r.created_at_ms, now),
             )

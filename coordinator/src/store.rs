@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use reports::Record;
 use reports::{LogError, ReportLog};
-pub use rollouts::{HostStep, MAX_ROLLOUTS, RolloutRecord};
+pub use rollouts::{HostStep, MAX_ROLLOUTS, RolloutRecord, RolloutState, StepState};
 pub use shared::{RecordKind, SharedState};
 
 /// sled's page cache (its default is 1 GiB). sled holds only host records, rollouts and alert
