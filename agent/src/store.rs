@@ -53,6 +53,9 @@ pub enum StoreError {
     /// sled reported an error.
     #[error("agent store at {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
+    /// An entry cannot be encoded, or read back as what this fleet-agent writes.
+    #[error("agent store at {path}: {what}: {reason}")]
+    Entry { path: PathBuf, what: String, reason: String },
     /// The store could not be moved aside.
     #[error("cannot move the unreadable store {path} aside: {reason}; remove it by hand")]
     MoveAside { path: PathBuf, reason: String },
@@ -225,13 +228,12 @@ impl Outbox {
         let mut state = State::default();
         for item in outbox.iter() {
             let (k, v) = item.map_err(err)?;
-            let index = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| err(sled::Error::Unsupported(format!("outbox key of {} bytes", k.len()))))?,
-            );
-            let report = Report::decode(v.as_ref())
-                .map_err(|e| err(sled::Error::Unsupported(format!("outbox entry {index}: {e}"))))?;
+            let entry = |what: String, reason: String| StoreError::Entry { path: path.to_path_buf(), what, reason };
+            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                entry("an outbox key".into(), format!("{} bytes long, where fleet-agent writes 8", k.len()))
+            })?);
+            let report =
+                Report::decode(v.as_ref()).map_err(|e| entry(format!("outbox entry {index}"), e.to_string()))?;
             state.bytes += v.len() as u64;
             state.entries.push_back(Entry {
                 index,
@@ -245,6 +247,10 @@ impl Outbox {
             state.dropped_total = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
         }
         Ok((Handles { db, outbox, meta, commands, releases }, state))
+    }
+
+    fn entry(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Entry { path: self.path.clone(), what: what.to_string(), reason: e.to_string() }
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -432,7 +438,7 @@ impl Outbox {
 
     /// Records command `id` (accepted or finished) durably, before it is acted on or answered.
     pub async fn record_command(&self, id: &str, rec: &Recorded) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(rec).map_err(|e| self.err(sled::Error::Unsupported(e.to_string())))?;
+        let json = serde_json::to_vec(rec).map_err(|e| self.entry("a command record", e))?;
         let db = self.record_command_unflushed(id, json)?;
         db.flush_async().await.map_err(|e| self.err(e))?;
         Ok(())
@@ -465,15 +471,16 @@ impl Outbox {
     pub fn releases(&self, service: &str) -> Result<ServiceReleases, StoreError> {
         let g = self.handles()?;
         match g.as_ref().expect("checked by handles()").releases.get(service.as_bytes()).map_err(|e| self.err(e))? {
-            Some(v) => serde_json::from_slice(&v)
-                .map_err(|e| self.err(sled::Error::Unsupported(format!("release state of {service}: {e}")))),
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|e| self.entry(&format!("the release state of {service}"), e))
+            }
             None => Ok(Default::default()),
         }
     }
 
     /// Writes the release state of `service`; returns the database, to flush.
     fn put_releases(&self, service: &str, st: &ServiceReleases) -> Result<sled::Db, StoreError> {
-        let json = serde_json::to_vec(st).map_err(|e| self.err(sled::Error::Unsupported(e.to_string())))?;
+        let json = serde_json::to_vec(st).map_err(|e| self.entry("a release state", e))?;
         let g = self.handles()?;
         let h = g.as_ref().expect("checked by handles()");
         h.releases.insert(service.as_bytes(), json).map_err(|e| self.err(e))?;

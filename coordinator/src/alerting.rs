@@ -89,10 +89,24 @@ fn group_key(g: &Group) -> String {
     format!("{}\0{}", g.file.display(), g.name)
 }
 
-fn load(config: &AlertingConfig) -> Result<Vec<Group>, String> {
+/// Why the rules could not be loaded or their state restored.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertingError {
+    /// A `rule_files` pattern is not a valid glob.
+    #[error("{0}")]
+    Pattern(String),
+    /// A rule file does not load (it names the file, the line and the rule).
+    #[error(transparent)]
+    Rules(#[from] fleet_rules::rules::RuleError),
+    /// The saved alert state cannot be read.
+    #[error("cannot read the saved alert state: {0}")]
+    State(#[from] crate::store::StoreError),
+}
+
+fn load(config: &AlertingConfig) -> Result<Vec<Group>, AlertingError> {
     let mut out = Vec::new();
-    for f in expand_rule_files(&config.rule_files)? {
-        out.extend(fleet_rules::rules::load_file(&f).map_err(|e| e.to_string())?);
+    for f in expand_rule_files(&config.rule_files).map_err(AlertingError::Pattern)? {
+        out.extend(fleet_rules::rules::load_file(&f)?);
     }
     Ok(out)
 }
@@ -104,7 +118,7 @@ impl Alerting {
         tsdb: Arc<Tsdb>,
         shared: Arc<dyn SharedState>,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Alerting>, String> {
+    ) -> Result<Arc<Alerting>, AlertingError> {
         let groups = load(&config)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let metrics = Arc::new(NotifyMetrics::default());
@@ -119,7 +133,7 @@ impl Alerting {
             notify: tx,
             metrics,
         });
-        let saved = this.shared.load_alert_state().map_err(|e| e.to_string())?;
+        let saved = this.shared.load_alert_state()?;
         let groups: Vec<Group> = groups
             .into_iter()
             .map(|mut g| {
@@ -154,7 +168,7 @@ impl Alerting {
     }
 
     /// Reads the rule files again; on error the current rules stay.
-    pub fn reload(self: &Arc<Self>) -> Result<(usize, usize), String> {
+    pub fn reload(self: &Arc<Self>) -> Result<(usize, usize), AlertingError> {
         let mut fresh = load(&self.config)?;
         // Alerts carry over into the same rule of the same group.
         let current = self.groups.lock().expect("alerting lock").clone();

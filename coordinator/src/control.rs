@@ -869,7 +869,7 @@ impl ControlService for ControlApi {
                 Ok(Response::new(fleet_proto::v1::ReloadRulesResponse { groups: g as u32, rules: r as u32 }))
             }
             Err(e) => {
-                let _ = self.c.audit.append(entry(&who, "rules reload", "", "", "", "failed", &e)).await;
+                let _ = self.c.audit.append(entry(&who, "rules reload", "", "", "", "failed", &e.to_string())).await;
                 Err(Status::invalid_argument(format!("{e}; the previous rules stay active")))
             }
         }

@@ -92,12 +92,9 @@ impl Coordinator {
         config: CoordinatorConfig,
         shutdown: CancellationToken,
     ) -> Result<(Arc<Coordinator>, JoinHandle<()>), RunError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            RunError::Setup(format!(
-                "cannot create data_dir {}: {}",
-                config.data_dir.display(),
-                fleet_common::io_reason(&e)
-            ))
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| RunError::DataDir {
+            action: format!("create data_dir {}", config.data_dir.display()),
+            reason: fleet_common::io_reason(&e),
         })?;
         let tls = load_identity(&config)?;
         let trust_domain = tls.identity().trust_domain.clone();
@@ -107,8 +104,12 @@ impl Coordinator {
         let shared: Arc<dyn SharedState> = Arc::new(store.clone());
         let since = started_at_ms - config.retention.as_millis() as i64;
         let history_dir = config.data_dir.join("history");
-        let tsdb = Tsdb::on_disk(history_dir.clone(), config.retention.as_millis() as i64, config.max_series)
-            .map_err(|e| RunError::Setup(format!("cannot use {} for the history: {e}", history_dir.display())))?;
+        let tsdb = Tsdb::on_disk(history_dir.clone(), config.retention.as_millis() as i64, config.max_series).map_err(
+            |e| RunError::DataDir {
+                action: format!("use {} for the history", history_dir.display()),
+                reason: e.to_string(),
+            },
+        )?;
         let tsdb = Arc::new(tsdb);
         let loading = std::time::Instant::now();
         let loaded = {
@@ -127,8 +128,10 @@ impl Coordinator {
         );
         read_back_history(store.clone(), tsdb.clone(), since, shutdown.clone());
 
-        let audit = AuditLog::open(&config.data_dir)
-            .map_err(|e| RunError::Setup(format!("cannot open the audit log in {}: {e}", config.data_dir.display())))?;
+        let audit = AuditLog::open(&config.data_dir).map_err(|e| RunError::DataDir {
+            action: format!("open the audit log in {}", config.data_dir.display()),
+            reason: e.to_string(),
+        })?;
         let metrics = Arc::new(Metrics::default());
         let revocations = revocation::Revocations::load(shared.clone())?;
         let certificates = Seen::default();
@@ -155,17 +158,17 @@ impl Coordinator {
         let ttl = config.enrollment.as_ref().map(|e| e.cert_ttl).unwrap_or(DEFAULT_CERT_TTL);
         let enrollment = Arc::new(
             Enrollment::open(signer, ttl, &tls, shared.clone(), audit.clone(), authority.clone())
-                .map_err(RunError::Setup)?,
+                .map_err(RunError::Enrollment)?,
         );
         let connections = Connections::default();
         let hub = Arc::new(Hub::default());
-        let artifacts = Artifacts::open(&config.data_dir, config.artifact_max_bytes).map_err(|e| {
-            RunError::Setup(format!("cannot open the artifact store in {}: {e}", config.data_dir.display()))
-        })?;
-        let rollouts = Rollouts::start(shared.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())
-            .map_err(RunError::Setup)?;
-        let alerting = Alerting::start(config.alerting.clone(), tsdb.clone(), shared.clone(), shutdown.clone())
-            .map_err(|e| RunError::Setup(format!("rule files: {e}")))?;
+        let artifacts =
+            Artifacts::open(&config.data_dir, config.artifact_max_bytes).map_err(|e| RunError::DataDir {
+                action: format!("open the artifact store in {}", config.data_dir.display()),
+                reason: e.to_string(),
+            })?;
+        let rollouts = Rollouts::start(shared.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())?;
+        let alerting = Alerting::start(config.alerting.clone(), tsdb.clone(), shared.clone(), shutdown.clone())?;
         for w in config.alerting.warnings() {
             tracing::warn!("{w}");
         }
@@ -246,7 +249,7 @@ fn read_back_history(store: Store, tsdb: Arc<Tsdb>, since_ms: i64, stop: Cancell
 pub fn load_identity(config: &CoordinatorConfig) -> Result<TlsMaterial, RunError> {
     let tls = TlsMaterial::load(&config.tls)?;
     if tls.identity().role != Role::Coordinator {
-        return Err(RunError::Setup(format!(
+        return Err(RunError::Identity(format!(
             "{} carries identity {}, not a coordinator identity; issue one with `fleetctl certs issue coordinator coordinator --san HOST`",
             config.tls.cert.display(),
             tls.identity()
@@ -265,19 +268,18 @@ pub fn load_signer(
     let cert_path = e.ca_cert.clone().unwrap_or_else(|| config.tls.ca.clone());
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|err| {
-            RunError::Setup(format!("enrollment: cannot read {}: {}", p.display(), fleet_common::io_reason(&err)))
+            RunError::Enrollment(format!("cannot read {}: {}", p.display(), fleet_common::io_reason(&err)))
         })
     };
     let signer = fleet_common::pki::Signer::from_pem(&read(&cert_path)?, &read(&e.ca_key)?).map_err(|err| {
-        RunError::Setup(format!(
-            "enrollment: {}",
+        RunError::Enrollment(
             err.replace("the CA key", &e.ca_key.display().to_string())
-                .replace("the CA certificate", &cert_path.display().to_string())
-        ))
+                .replace("the CA certificate", &cert_path.display().to_string()),
+        )
     })?;
     if signer.trust_domain() != tls.identity().trust_domain {
-        return Err(RunError::Setup(format!(
-            "enrollment: {} issues identities in trust domain {}, but this coordinator serves {}",
+        return Err(RunError::Enrollment(format!(
+            "{} issues identities in trust domain {}, but this coordinator serves {}",
             cert_path.display(),
             signer.trust_domain(),
             tls.identity().trust_domain

@@ -67,15 +67,35 @@ const ENROLL_MAX_MESSAGE: usize = 64 * 1024;
 /// The file in `data_dir` that tells tools the addresses actually bound (useful with port 0).
 pub const ADDRS_FILE: &str = "coordinator.addrs.json";
 
-/// Why the coordinator could not run.
+/// Why the coordinator could not run. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Config-level problems found at start-up.
+    /// A directory or file under `data_dir` cannot be created or opened.
+    #[error("cannot {action}: {reason}")]
+    DataDir {
+        /// What could not be done, naming the path.
+        action: String,
+        /// Why.
+        reason: String,
+    },
+    /// A port cannot be listened on.
     #[error("{0}")]
-    Setup(String),
+    Listen(String),
     /// The TLS files are unusable.
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
+    /// The certificate does not carry the coordinator identity.
+    #[error("{0}")]
+    Identity(String),
+    /// `[enrollment]` names a CA that cannot sign.
+    #[error("enrollment: {0}")]
+    Enrollment(String),
+    /// `[http]` TLS or credentials are unusable.
+    #[error("{0}")]
+    Http(String),
+    /// A rule file does not load.
+    #[error("rule files: {0}")]
+    Rules(#[from] alerting::AlertingError),
     /// The store is unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -96,8 +116,8 @@ pub struct Listeners {
 impl Listeners {
     /// Binds both addresses of `config`.
     pub fn bind(config: &CoordinatorConfig) -> Result<Listeners, RunError> {
-        let grpc = server::bind(config.grpc_listen, "gRPC", "[grpc] listen").map_err(RunError::Setup)?;
-        let http = server::bind(config.http_listen, "HTTP", "[http] listen").map_err(RunError::Setup)?;
+        let grpc = server::bind(config.grpc_listen, "gRPC", "[grpc] listen").map_err(RunError::Listen)?;
+        let http = server::bind(config.http_listen, "HTTP", "[http] listen").map_err(RunError::Listen)?;
         Ok(Listeners { grpc, http })
     }
 }
@@ -192,7 +212,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         ))
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown.clone().cancelled_owned());
 
-    let http_tls = config.http_security.server_config().map_err(RunError::Setup)?;
+    let http_tls = config.http_security.server_config().map_err(RunError::Http)?;
     let gate = http_auth::Gatekeeper::new(config.http_security.clone());
     let http_server = http::serve(
         http,

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             return match CoordinatorConfig::load(&config) {
                 Ok(c) => match fleet_coordinator::load_identity(&c).and_then(|tls| {
                     fleet_coordinator::load_signer(&c, &tls)?;
-                    c.http_security.server_config().map_err(fleet_coordinator::RunError::Setup)?;
+                    c.http_security.server_config().map_err(fleet_coordinator::RunError::Http)?;
                     Ok(tls)
                 }) {
                     Ok(tls) => {

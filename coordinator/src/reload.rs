@@ -70,7 +70,7 @@ pub async fn follow_identity(
         seen = now;
         let loaded = TlsMaterial::load(&files).map_err(RunError::from).and_then(|tls| {
             if tls.identity().role != Role::Coordinator {
-                return Err(RunError::Setup(format!("{} is not a coordinator certificate", files.cert.display())));
+                return Err(RunError::Identity(format!("{} is not a coordinator certificate", files.cert.display())));
             }
             let cfg = grpc_server_config(&tls, enrollment_on, &authority)?;
             Ok((tls, cfg))

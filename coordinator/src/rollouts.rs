@@ -98,8 +98,8 @@ impl Rollouts {
         hub: Arc<Hub>,
         audit: AuditLog,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Rollouts>, String> {
-        let records = shared.load_rollouts().map_err(|e| e.to_string())?;
+    ) -> Result<Arc<Rollouts>, crate::store::StoreError> {
+        let records = shared.load_rollouts()?;
         let this = Arc::new(Rollouts {
             shared,
             registry,

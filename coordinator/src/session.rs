@@ -306,7 +306,7 @@ impl AgentApi {
                             };
                             match self.c.writer.store_report(host.clone(), Arc::new(report)).await {
                                 Ok(rx) => pending.push_back(async move { (id, rx.await) }),
-                                Err(e) => break (e, Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
+                                Err(e) => break (e.to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
                             }
                         }
                         Some(AgentMsg::CommandUpdate(u)) => {

@@ -106,7 +106,7 @@ impl HostRecord {
 }
 
 /// Why the store failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be opened; the coordinator must not start on it.
     #[error(

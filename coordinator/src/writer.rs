@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::registry::Host;
-use crate::store::{HostRecord, Record, Store};
+use crate::store::{HostRecord, Record, Store, StoreError};
 
 /// Most operations in one group commit.
 pub const MAX_BATCH: usize = 4096;
@@ -35,11 +35,25 @@ pub enum Stored {
     Duplicate,
 }
 
+/// Why a report was not stored (and so not acknowledged).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The writer has stopped: the coordinator is shutting down.
+    #[error("the store writer has stopped")]
+    Stopped,
+    /// The group commit failed (a full disk, a broken store).
+    #[error(transparent)]
+    Commit(#[from] StoreError),
+}
+
+/// What the writer answers about one report.
+pub type Reply = Result<Stored, WriteError>;
+
 /// One request to the writer.
 #[derive(Debug)]
 pub enum Op {
     /// Store a report of `host` and answer on `reply` once it is durable.
-    Report { host: Arc<Host>, report: Arc<Report>, reply: oneshot::Sender<Result<Stored, String>> },
+    Report { host: Arc<Host>, report: Arc<Report>, reply: oneshot::Sender<Reply> },
     /// Persist `host`'s record as it is in memory now (after a Hello or a disconnect).
     Record { host: Arc<Host> },
 }
@@ -69,12 +83,9 @@ impl Writer {
         &self,
         host: Arc<Host>,
         report: Arc<Report>,
-    ) -> Result<oneshot::Receiver<Result<Stored, String>>, String> {
+    ) -> Result<oneshot::Receiver<Reply>, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Report { host, report, reply })
-            .await
-            .map_err(|_| "the store writer has stopped".to_string())?;
+        self.tx.send(Op::Report { host, report, reply }).await.map_err(|_| WriteError::Stopped)?;
         Ok(rx)
     }
 
@@ -89,7 +100,7 @@ impl Writer {
 struct Pending {
     host: Arc<Host>,
     report: Arc<Report>,
-    reply: oneshot::Sender<Result<Stored, String>>,
+    reply: oneshot::Sender<Reply>,
     outcome: Stored,
 }
 
@@ -208,9 +219,8 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
             if let Some(held) = COMMIT_FAILED.ready() {
                 tracing::error!(error = %e, reports = pending.len(), failures_not_logged = held, "group commit failed; the reports are not acknowledged");
             }
-            let msg = e.to_string();
             for p in pending {
-                let _ = p.reply.send(Err(msg.clone()));
+                let _ = p.reply.send(Err(WriteError::Commit(e.clone())));
             }
             return;
         }

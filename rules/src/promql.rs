@@ -201,22 +201,43 @@ pub const MAX_OPERATORS: usize = 2_000;
 /// thread's stack. Real rules are less than 20 deep (the mixins' deepest is 16).
 pub const MAX_DEPTH: usize = 100;
 
+/// Why a PromQL text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Longer than [`MAX_TEXT`].
+    #[error("the expression is {0} bytes long; the limit is {MAX_TEXT}")]
+    TooLong(usize),
+    /// More operators and parentheses than [`MAX_OPERATORS`].
+    #[error("the expression has {0} operators and parentheses; the limit is {MAX_OPERATORS}")]
+    TooManyOperators(usize),
+    /// Nested deeper than [`MAX_DEPTH`].
+    #[error("the expression is nested {0} levels deep; the limit is {MAX_DEPTH}")]
+    TooDeep(usize),
+    /// The parser gave up (it panics on some inputs, such as `x offset 1e308`).
+    #[error("the expression cannot be parsed (a number in it is out of range?)")]
+    OutOfRange,
+    /// Not PromQL: the parser's message.
+    #[error("{0}")]
+    Syntax(String),
+}
+
 /// Parses PromQL text, refusing what is too long or too deep to handle safely (invariant 7).
-pub fn parse(text: &str) -> Result<Expr, String> {
+pub fn parse(text: &str) -> Result<Expr, ParseError> {
     if text.len() > MAX_TEXT {
-        return Err(format!("the expression is {} bytes long; the limit is {MAX_TEXT}", text.len()));
+        return Err(ParseError::TooLong(text.len()));
     }
     let ops = operators(text);
     if ops > MAX_OPERATORS {
-        return Err(format!("the expression has {ops} operators and parentheses; the limit is {MAX_OPERATORS}"));
+        return Err(ParseError::TooManyOperators(ops));
     }
     // The parser panics on some inputs (`x offset 1e308`: a duration out of range); a panic
     // here would take down whatever parses a stranger's query or a rule file.
     let expr = std::panic::catch_unwind(|| promql_parser::parser::parse(text))
-        .map_err(|_| "the expression cannot be parsed (a number in it is out of range?)".to_string())??;
+        .map_err(|_| ParseError::OutOfRange)?
+        .map_err(ParseError::Syntax)?;
     let d = depth(&expr);
     if d > MAX_DEPTH {
-        return Err(format!("the expression is nested {d} levels deep; the limit is {MAX_DEPTH}"));
+        return Err(ParseError::TooDeep(d));
     }
     Ok(expr)
 }
@@ -1457,19 +1478,19 @@ mod tests {
     #[test]
     fn expressions_too_long_too_deep_or_with_too_many_operators_are_refused() {
         let abs = |n: usize| format!("{}vector(1){}", "abs(".repeat(n), ")".repeat(n));
-        let e = parse(&abs(2000)).unwrap_err();
+        let e = parse(&abs(2000)).unwrap_err().to_string();
         assert!(e.contains("operators and parentheses; the limit is 2000") || e.contains("nested"), "{e}");
-        assert!(parse(&abs(150)).unwrap_err().contains("nested 152 levels deep; the limit is 100"));
-        let e = parse(&vec!["1"; 5000].join("+")).unwrap_err();
+        assert!(parse(&abs(150)).unwrap_err().to_string().contains("nested 152 levels deep; the limit is 100"));
+        let e = parse(&vec!["1"; 5000].join("+")).unwrap_err().to_string();
         assert!(e.contains("4999 operators"), "{e}");
-        assert!(parse(&vec!["up"; 150].join(" or ")).unwrap_err().contains("levels deep"));
+        assert!(parse(&vec!["up"; 150].join(" or ")).unwrap_err().to_string().contains("levels deep"));
         assert!(parse(&"-".repeat(3000)).is_err());
-        assert!(parse(&format!("up{{a=\"{}\"}}", "x".repeat(70_000))).unwrap_err().contains("bytes long"));
+        assert!(parse(&format!("up{{a=\"{}\"}}", "x".repeat(70_000))).unwrap_err().to_string().contains("bytes long"));
         // Operators inside strings do not count; real expressions pass.
         assert!(parse(&format!("up{{a=~\"{}\"}}", "(a|b)+".repeat(1000))).is_ok());
         assert_eq!(operators("rate(x[5m]) > 1 and on(a) y or z unless w"), 6);
         // Found by rules/tests/fuzz.rs: the parser itself panics on this one.
-        assert!(parse("x offset -1e308").unwrap_err().contains("cannot be parsed"));
+        assert!(parse("x offset -1e308").unwrap_err().to_string().contains("cannot be parsed"));
     }
 
     /// The deepest accepted expression of every recursive kind is evaluated on a thread with

@@ -354,7 +354,7 @@ struct StorageQuerier<'a> {
 
 impl template::Querier for StorageQuerier<'_> {
     fn query(&self, expr: &str) -> Result<Vec<template::QuerySample>, String> {
-        let e = promql::parse(expr)?;
+        let e = promql::parse(expr).map_err(|e| e.to_string())?;
         promql::check(&e).map_err(|e| e.to_string())?;
         match promql::eval(&e, self.storage, self.t).map_err(|e| e.to_string())? {
             Value::Vector(v) => Ok(v
