@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Runs fleet against a compatibility corpus kept outside the repository (on the team's
-# machines and in CI: ../shared/compat; see its README): files that fleet must treat exactly as
-# the real Prometheus tools do.
+# Runs fleet against a compatibility corpus kept outside the repository (CI passes one when
+# it has it): files that fleet must treat exactly as the real Prometheus tools do.
 #
 #   scripts/compat.sh DIR
 #

@@ -1,4 +1,4 @@
-//! Host metrics from the operating system through sysinfo (DESIGN §5). Only the parts a report
+//! Host metrics from the operating system through sysinfo (docs/design.md §5). Only the parts a report
 //! needs are refreshed (no process table), and label sets are bounded so a machine with
 //! hundreds of container interfaces or mounts cannot blow up the coordinator's series count.
 

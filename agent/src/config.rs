@@ -1,4 +1,4 @@
-//! The agent's configuration file (DESIGN §8): parsed, then validated as a whole, so that
+//! The agent's configuration file (docs/design.md §8): parsed, then validated as a whole, so that
 //! `check-config` and start-up report every problem at once with the file and the key.
 
 use std::collections::{BTreeMap, HashSet};

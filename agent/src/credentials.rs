@@ -1,4 +1,4 @@
-//! The agent's identity (DESIGN §11): the certificate files of `[tls]`, or an enrolled
+//! The agent's identity (docs/design.md §11): the certificate files of `[tls]`, or an enrolled
 //! identity kept under `data_dir/identity`: a key made on this machine (it never leaves it),
 //! the certificate the coordinator signed for it, and the CA. An enrolled agent renews its
 //! certificate over its session once two thirds of its lifetime have passed.

@@ -1,5 +1,5 @@
 //! fleet-agent: takes host reports on a fixed interval, keeps them in a durable bounded buffer,
-//! and delivers them to the coordinator over a mutual-TLS session (DESIGN §5).
+//! and delivers them to the coordinator over a mutual-TLS session (docs/design.md §5).
 //!
 //! Code map: [`config`] reads and validates the config file; [`collector`] reads host
 //! metrics; [`supervisor`] runs the services; [`store`] is the durable outbox and command

@@ -1,4 +1,4 @@
-//! `fleetctl certs init|issue`: the fleet PKI (DESIGN §3). ECDSA P-256 keys; a CA valid for
+//! `fleetctl certs init|issue`: the fleet PKI (docs/design.md §3). ECDSA P-256 keys; a CA valid for
 //! 10 years that records the trust domain as its own URI SAN; leaf certificates carrying the
 //! identity `spiffe://<trust-domain>/<role>/<name>` as a URI SAN. Private keys are written with
 //! mode 0600, and nothing existing is overwritten without `--force`.

@@ -1,4 +1,4 @@
-//! Identities from fleetctl (DESIGN §11): join tokens, revocation, removing hosts, `whoami`,
+//! Identities from fleetctl (docs/design.md §11): join tokens, revocation, removing hosts, `whoami`,
 //! and intermediate CAs.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! fleetctl, the operator CLI (DESIGN §7). Exit codes: 0 success; 1 the operation failed;
+//! fleetctl, the operator CLI (docs/design.md §7). Exit codes: 0 success; 1 the operation failed;
 //! 2 usage or config error; 3 cannot connect or authenticate. Every error says what to do next.
 //!
 //! Code map: [`certs`] makes the PKI; [`client`] connects to the coordinator and maps gRPC

@@ -1,5 +1,5 @@
 //! `status`, `hosts` and `host NAME`: readable tables on a terminal, one JSON document with
-//! `-o json` (the `hosts` shape is a public contract, DESIGN §7).
+//! `-o json` (the `hosts` shape is a public contract, docs/design.md §7).
 
 use fleet_common::{human_bytes, human_duration, now_ms, rfc3339};
 use fleet_proto::v1::{GetHostRequest, GetStatusRequest, HostSummary, ListHostsRequest};

@@ -1,4 +1,4 @@
-//! The fleet PKI in code (DESIGN §3, §11): issuing certificates that carry fleet identities
+//! The fleet PKI in code (docs/design.md §3, §11): issuing certificates that carry fleet identities
 //! (by `fleetctl certs` and by the coordinator's enrollment), signing an agent's certificate
 //! request, reading what a certificate says (identity, serial, validity) and the CA pin a new
 //! machine checks before it trusts a coordinator.

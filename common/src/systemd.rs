@@ -1,4 +1,4 @@
-//! The daemons under systemd (DESIGN §15): `sd_notify` readiness, stopping and watchdog
+//! The daemons under systemd (docs/design.md §15): `sd_notify` readiness, stopping and watchdog
 //! messages for `Type=notify` units, spoken directly on `$NOTIFY_SOCKET` (a datagram socket,
 //! possibly in the abstract namespace) so that nothing links libsystemd. Outside systemd
 //! (no `$NOTIFY_SOCKET`) every call does nothing.

@@ -1,5 +1,5 @@
-//! Operator roles (DESIGN §11): `viewer` reads, `operator` also changes services and
-//! releases, `admin` also runs commands on hosts and manages identities. `[access]` in
+//! Operator roles (docs/design.md §11): `viewer` reads, `operator` also changes services and
+//! releases, `admin` also manages identities (join tokens, revocation, removing hosts). `[access]` in
 //! coordinator.toml gives each operator name a role, with `default_role` for the rest; it is
 //! read again on SIGHUP. What each ControlService rpc needs is [`CONTROL_RPCS`], the one table
 //! the guard ([`crate::guard`]) consults.

@@ -1,4 +1,4 @@
-//! Rule evaluation on the coordinator (DESIGN §6): rule groups from `[alerting] rule_files`,
+//! Rule evaluation on the coordinator (docs/design.md §6): rule groups from `[alerting] rule_files`,
 //! each evaluated on its interval over the history; recording rules write back into it;
 //! alerts go to Alertmanager (API v2) and webhooks (Alertmanager's webhook format). Alert state
 //! is saved after every evaluation and restored at start, so a restart neither re-fires nor

@@ -1,4 +1,4 @@
-//! Content-addressed artifacts (DESIGN §6): release archives stored under
+//! Content-addressed artifacts (docs/design.md §6): release archives stored under
 //! `data_dir/artifacts/<sha256>`, written through a temporary file and kept only once their
 //! digest and size are checked. Agents fetch them by digest; blobs that no rollout and no
 //! current or previous release needs are removed.

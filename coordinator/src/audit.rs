@@ -1,4 +1,4 @@
-//! The append-only audit log (DESIGN §3): who did what to which host and service, when, and
+//! The append-only audit log (docs/design.md §3): who did what to which host and service, when, and
 //! how it ended. One JSON object per line in `data_dir/audit.jsonl`, written and synced before
 //! the action it records is answered, so log shippers can follow it like any log file. It is
 //! rotated at 64 MiB into `audit.jsonl.1` … `.4`.

@@ -1,5 +1,5 @@
 //! The certificates the coordinator knows, for `fleet_certificate_expiry_timestamp_seconds
-//! {identity,kind}` (DESIGN §11): its own, the CA's, and the newest one each agent and operator
+//! {identity,kind}` (docs/design.md §11): its own, the CA's, and the newest one each agent and operator
 //! presented or was issued. Enrolled agents renew their own certificates at two thirds of
 //! their lifetime: for them `fleet_certificate_renewal_timestamp_seconds` says when, so that
 //! `FleetCertificateExpiringSoon` waits for a renewal that is due instead of warning about

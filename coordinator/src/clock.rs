@@ -1,4 +1,4 @@
-//! An agent's clock, as seen from its session (DESIGN §6: samples keep the time the agent
+//! An agent's clock, as seen from its session (docs/design.md §6: samples keep the time the agent
 //! took them). The agent stamps its Hello and every report with its clock when it sends them;
 //! each arrival gives `agent clock - coordinator clock - network delay`, and the largest of
 //! the last [`WINDOW_MS`] of them (the least delayed) is the offset. Beyond [`TOLERANCE_MS`] a

@@ -1,4 +1,4 @@
-//! The coordinator's configuration file (DESIGN §8), read so that every problem is reported at
+//! The coordinator's configuration file (docs/design.md §8), read so that every problem is reported at
 //! once with the file and the key, before any socket is bound.
 
 use std::net::SocketAddr;

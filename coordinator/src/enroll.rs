@@ -1,4 +1,4 @@
-//! Enrollment (DESIGN §11): join tokens, and the signing of agents' own keys with them, then
+//! Enrollment (docs/design.md §11): join tokens, and the signing of agents' own keys with them, then
 //! again at every renewal. A token is `<id>.<secret>`; the coordinator keeps the id and a
 //! SHA-256 of the secret (the secret is 128 random bits, so a plain hash is enough), compared
 //! in constant time. Tokens expire, allow a bounded number of uses, may be bound to a name and

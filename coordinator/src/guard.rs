@@ -1,4 +1,4 @@
-//! Who may call what on the gRPC port (DESIGN §3, §11), decided in one place before any
+//! Who may call what on the gRPC port (docs/design.md §3, §11), decided in one place before any
 //! handler runs: a tower layer in front of each service reads the peer's certificate, checks
 //! its trust domain, its role, the deny list and, for the ControlService, the operator's
 //! access role the rpc needs ([`crate::access::CONTROL_RPCS`]). What it admits reaches the

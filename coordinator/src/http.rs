@@ -131,7 +131,7 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// How long requests in flight get to finish once the coordinator stops.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serves `router` on `listener` until `shutdown` (invariant 7: anything reaching the port may
+/// Serves `router` on `listener` until `shutdown` (invariant 15: anything reaching the port may
 /// be hostile): at most `max_connections` at once (more are closed at once and counted), a
 /// connection that sends no complete request headers within [`HEADER_READ_TIMEOUT`] (also
 /// between keep-alive requests) is closed, and requests in flight at shutdown get [`GRACE`].

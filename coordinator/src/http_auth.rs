@@ -1,4 +1,4 @@
-//! The HTTP port's security (DESIGN §11), in the shape of Prometheus' web configuration:
+//! The HTTP port's security (docs/design.md §11), in the shape of Prometheus' web configuration:
 //! optional TLS (with an optional client CA, which then requires client certificates), and
 //! authentication by `basic_auth_users` (bcrypt hashes) or `bearer_tokens` (SHA-256 hashes of
 //! the tokens). `public_paths` stay open for scrapers and probes. With none of it configured

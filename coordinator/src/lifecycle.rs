@@ -1,4 +1,4 @@
-//! What admins do to identities (DESIGN §11): join tokens, revocation and removing hosts.
+//! What admins do to identities (docs/design.md §11): join tokens, revocation and removing hosts.
 //! A revocation is durable before it takes effect; then the identity's live agent session is
 //! ended with a message saying so, and a moment later every connection made with the
 //! certificate is cut (operators' streams included).

@@ -1,4 +1,4 @@
-//! The Prometheus HTTP API subset (DESIGN §6) on the coordinator's HTTP port, with Prometheus'
+//! The Prometheus HTTP API subset (docs/design.md §6) on the coordinator's HTTP port, with Prometheus'
 //! JSON shapes and error format: `/api/v1/query`, `/api/v1/query_range`, `/api/v1/series`,
 //! `/api/v1/labels`, `/api/v1/label/<name>/values`. Parameters come from the query string or a
 //! form body, as Prometheus accepts them (promtool and Grafana POST forms).

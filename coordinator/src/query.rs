@@ -1,5 +1,5 @@
 //! Queries over the history: the evaluation shared by the Prometheus HTTP API subset
-//! (DESIGN §6: what Grafana's Prometheus data source and `promtool query` use) and the
+//! (docs/design.md §6: what Grafana's Prometheus data source and `promtool query` use) and the
 //! ControlService `Query` rpc behind `fleetctl query`.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ pub const MAX_POINTS: i64 = 11_000;
 /// what the arithmetic on them (lookback, offsets, steps) can hold without overflowing.
 pub const MAX_ABS_TIME_MS: i64 = 1 << 53;
 
-/// `[query]`: what one query may use (invariant 7).
+/// `[query]`: what one query may use (invariant 15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryLimits {
     /// Wall time one query may take (`[query] timeout`, Prometheus' `--query.timeout`).

@@ -1,4 +1,4 @@
-//! The deny list (DESIGN §11): certificates taken back before they expire. An entry names one
+//! The deny list (docs/design.md §11): certificates taken back before they expire. An entry names one
 //! certificate by serial, or an identity: then every certificate of that identity issued up to
 //! the revocation is refused, and one enrolled later (a reinstalled machine with a new token)
 //! is not. Entries are persisted in the store and checked twice: in the TLS handshake

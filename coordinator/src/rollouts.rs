@@ -1,4 +1,4 @@
-//! The rollout engine (DESIGN §6): a persisted state machine per rollout, driven by one task.
+//! The rollout engine (docs/design.md §6): a persisted state machine per rollout, driven by one task.
 //!
 //! Hosts go in order, `max_parallel` at a time; the first `canary` hosts go first and the
 //! rollout then waits for promotion (`rollout resume`) unless `auto_promote`. A host is done

@@ -1,4 +1,4 @@
-//! The series fleet makes of its hosts (DESIGN §9): one catalog, [`REPORT_FAMILIES`], says
+//! The series fleet makes of its hosts (docs/design.md §9): one catalog, [`REPORT_FAMILIES`], says
 //! which samples a report gives, and both the history (crate::tsdb, which stores every
 //! report's samples) and `/metrics` (which writes the newest report of each online host at
 //! scrape time, keeping no object per series) read reports through it, so the two cannot

@@ -1,4 +1,4 @@
-//! The history as time series (DESIGN §6): every sample agents reported, under the metric names
+//! The history as time series (docs/design.md §6): every sample agents reported, under the metric names
 //! of `/metrics`, at the time the agent took it, kept for the retention and bounded by a series
 //! limit. Rules, the Prometheus query API and `fleetctl query` read it through
 //! [`fleet_rules::promql::Storage`].

@@ -121,7 +121,13 @@ async fn run(
     tracing::debug!("store writer stopped");
 }
 
-async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics: &Metrics, tsdb: &crate::tsdb::Tsdb) {
+async fn commit_batch(
+    store: &Store,
+    ops: Vec<Op>,
+    retention: Duration,
+    metrics: &Metrics,
+    tsdb: &Arc<crate::tsdb::Tsdb>,
+) {
     let now = fleet_common::now_ms();
     let cutoff = now - retention.as_millis() as i64;
     // The record of every host this batch touches, with this batch's changes applied; the
@@ -180,6 +186,13 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
     // Whether this commit writes anything: only a write that succeeds says the store works.
     let (wrote_reports, wrote_records) = (!encoded.is_empty(), !save.is_empty());
     let writer_store = store.clone();
+    // The history's appends write full chunks to disk: on the blocking thread too.
+    let for_history: Vec<(String, Arc<Report>)> = pending
+        .iter()
+        .filter(|p| p.outcome == Stored::New && p.report.timestamp_ms >= cutoff)
+        .map(|p| (p.host.name.clone(), p.report.clone()))
+        .collect();
+    let history = tsdb.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let reports: Vec<Record<'_>> = encoded
             .iter()
@@ -187,6 +200,13 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
             .collect();
         let stored = writer_store.append_reports(&reports);
         drop(reports);
+        // While the history is still being read back from the log at start-up, the reader
+        // takes these reports from the log too, after the older ones.
+        if let Ok(true) = stored {
+            for (host, report) in &for_history {
+                history.append_report(host, report);
+            }
+        }
         // Records are saved after the reports they know of: a record is never ahead of the log.
         let saved = match &stored {
             Ok(_) => {
@@ -209,22 +229,17 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         ),
     };
 
-    // While the history is still being read back from the log at start-up, the reader takes
-    // these reports from the log too, after the older ones.
-    let to_history = match stored {
-        Ok(live) => live,
-        Err(e) => {
-            metrics.store_failed(e.to_string());
-            // A full disk fails every commit: said at once, then once a minute.
-            if let Some(held) = COMMIT_FAILED.ready() {
-                tracing::error!(error = %e, reports = pending.len(), failures_not_logged = held, "group commit failed; the reports are not acknowledged");
-            }
-            for p in pending {
-                let _ = p.reply.send(Err(WriteError::Commit(e.clone())));
-            }
-            return;
+    if let Err(e) = stored {
+        metrics.store_failed(e.to_string());
+        // A full disk fails every commit: said at once, then once a minute.
+        if let Some(held) = COMMIT_FAILED.ready() {
+            tracing::error!(error = %e, reports = pending.len(), failures_not_logged = held, "group commit failed; the reports are not acknowledged");
         }
-    };
+        for p in pending {
+            let _ = p.reply.send(Err(WriteError::Commit(e.clone())));
+        }
+        return;
+    }
     if let Err(e) = saved {
         // The reports are durable and acknowledged; the records are saved again at the next
         // hello or disconnect, and the report log brings them up to date at start-up.
@@ -250,9 +265,6 @@ async fn commit_batch(store: &Store, ops: Vec<Op>, retention: Duration, metrics:
         if p.outcome == Stored::New {
             metrics.reports_stored.inc();
             let ts = p.report.timestamp_ms;
-            if to_history && ts >= cutoff {
-                tsdb.append_report(&p.host.name, &p.report);
-            }
             p.host.with(|s| {
                 if s.latest.as_ref().is_none_or(|l| l.timestamp_ms <= ts) {
                     s.latest = Some(p.report.clone());

@@ -1,4 +1,4 @@
-//! Fuzzing of what reaches the coordinator from outside (invariant 7): agent messages as
+//! Fuzzing of what reaches the coordinator from outside (invariant 15): agent messages as
 //! bytes off the wire, decoded and fed to the history and the query engine as a session
 //! would, and config files. Nothing may panic. Each target runs for `FLEET_FUZZ_SECONDS`
 //! (default 3) from seed `FLEET_FUZZ_SEED` (default: from the clock); a failure prints both.

@@ -1,4 +1,4 @@
-//! Enrollment and renewal end to end (DESIGN §11): a machine that has only the CA's pin and a
+//! Enrollment and renewal end to end (docs/design.md §11): a machine that has only the CA's pin and a
 //! join token enrolls and reports; tokens that do not admit it are refused on both sides with
 //! nothing written, and audited; an agent whose certificate lives a minute renews it twice
 //! while reporting every second without losing a report or going offline.

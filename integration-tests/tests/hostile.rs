@@ -1,6 +1,6 @@
 //! What a stranger can send to the coordinator's open HTTP port (the query API needs no
 //! credentials) is refused or bounded, and the coordinator keeps answering `/health` and
-//! keeps its agents online after it (invariant 7): expressions too deep or too long, times
+//! keeps its agents online after it (invariant 15): expressions too deep or too long, times
 //! that are not times, queries past their timeout or sample bound, queries whose client went
 //! away, SIGTERM while a query runs, and connections that never send a request; and on the
 //! agents' port, connections past the limit, silent handshakes and a session that never reads.

@@ -1,4 +1,4 @@
-//! The HTTP port behind TLS and credentials (DESIGN §11), checked with the clients operators
+//! The HTTP port behind TLS and credentials (docs/design.md §11), checked with the clients operators
 //! use: curl, and promtool with a Prometheus `--http.config.file`. Without credentials the
 //! query API and the status page answer 401; `public_paths` stay open for scrapers and probes.
 

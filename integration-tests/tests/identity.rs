@@ -1,4 +1,4 @@
-//! Revocation and roles end to end (DESIGN §11): a revoked agent is offline within two
+//! Revocation and roles end to end (docs/design.md §11): a revoked agent is offline within two
 //! seconds and stays out, across a coordinator restart, while the others never notice; a
 //! revoked operator is refused at once; `hosts remove` forgets a host for good; a viewer
 //! reads but cannot act, every refusal names the role needed and is audited, and `[access]`

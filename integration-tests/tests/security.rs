@@ -1,4 +1,4 @@
-//! Invariant 4 (no identity can act as another), end to end: connections without a
+//! Invariant 3 (no identity can act as another), end to end: connections without a
 //! certificate, with a certificate from another CA, agent certificates calling the operator
 //! API, and an agent attaching under another agent's name are all refused with a clear error,
 //! and the genuine sessions carry on undisturbed.
@@ -308,7 +308,7 @@ async fn a_second_machine_with_the_same_identity_is_refused_not_flapping() {
     clone.kill9();
 }
 
-/// The other half of invariant 4: a server that presents a certificate of the fleet's CA but
+/// The other half of invariant 3: a server that presents a certificate of the fleet's CA but
 /// not the coordinator identity (an operator's, with the right address in it) is refused by
 /// fleetctl and by agents, before they send anything.
 #[tokio::test(flavor = "multi_thread")]

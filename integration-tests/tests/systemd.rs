@@ -1,4 +1,4 @@
-//! The coordinator under systemd's `Type=notify` (DESIGN §15), with a `$NOTIFY_SOCKET` this
+//! The coordinator under systemd's `Type=notify` (docs/design.md §15), with a `$NOTIFY_SOCKET` this
 //! test reads itself: READY=1 comes only once both ports accept connections, WATCHDOG=1 at half
 //! of `WatchdogSec`, STOPPING=1 on SIGTERM.
 

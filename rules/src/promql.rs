@@ -1,4 +1,4 @@
-//! PromQL evaluation over any sample store (DESIGN §6), with Prometheus 3 semantics: a 5m
+//! PromQL evaluation over any sample store (docs/design.md §6), with Prometheus 3 semantics: a 5m
 //! lookback, left-open windows (a sample exactly 5m old is no longer seen), staleness markers,
 //! vector matching with `on`/`ignoring`/`group_left`/`group_right`, set operators, the common
 //! aggregations and functions. A construct it does not implement is an error that names it,
@@ -114,7 +114,7 @@ pub enum EvalError {
     TooManySamples(usize),
 }
 
-/// What one evaluation may use (invariant 7): a deadline, a way to be called off, and the most
+/// What one evaluation may use (invariant 15): a deadline, a way to be called off, and the most
 /// samples it may hold at once. The evaluator checks them at every step of the expression and
 /// for every series it reads, so a query stops soon after any of them is reached.
 pub struct Limits<'a> {
@@ -221,7 +221,7 @@ pub enum ParseError {
     Syntax(String),
 }
 
-/// Parses PromQL text, refusing what is too long or too deep to handle safely (invariant 7).
+/// Parses PromQL text, refusing what is too long or too deep to handle safely (invariant 15).
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     if text.len() > MAX_TEXT {
         return Err(ParseError::TooLong(text.len()));
@@ -362,7 +362,7 @@ pub const AGGREGATIONS: &[&str] =
 
 /// Whether the engine can evaluate every part of `expr`: the first construct it cannot is an
 /// [`EvalError::Unsupported`] naming it. Rule files and queries are checked with this before
-/// they are accepted (DESIGN §10, invariant 10: nothing is loaded that would silently never
+/// they are accepted (invariant 12: nothing is loaded that would silently never
 /// fire).
 pub fn check(expr: &Expr) -> Result<(), EvalError> {
     match expr {
@@ -1353,7 +1353,7 @@ mod tests {
 
     /// Every function and aggregation of Prometheus 3 with a valid call: [`check`] accepts it
     /// exactly when evaluating it hits no unsupported construct, so a rule file that passes
-    /// the check can always be evaluated (invariant 10).
+    /// the check can always be evaluated (invariant 12).
     #[test]
     fn check_accepts_exactly_what_evaluates() {
         let calls = [

@@ -272,7 +272,7 @@ pub fn load_file(path: &Path) -> Result<Vec<Group>, RuleError> {
             };
             let expr =
                 promql::parse(&expr_text).map_err(|e| err(line, format!("invalid expr \"{expr_text}\": {e}")))?;
-            // Refused here rather than failing at every evaluation (invariant 10).
+            // Refused here rather than failing at every evaluation (invariant 12).
             if let Err(e) = promql::check(&expr) {
                 let rule = match (&r.alert, &r.record) {
                     (Some(a), _) => format!("alert \"{a}\""),

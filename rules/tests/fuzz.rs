@@ -1,4 +1,4 @@
-//! Fuzzing of what strangers and rule files can feed the rules engine (invariant 7): PromQL
+//! Fuzzing of what strangers and rule files can feed the rules engine (invariant 15): PromQL
 //! through parse, check and a bounded evaluation; alert templates through parse and render;
 //! rule files through loading. Inputs are random, from grammar-shaped generators and byte
 //! soup, and nothing may panic, hang or overflow a stack. Each target runs for

@@ -1,4 +1,4 @@
-//! The deployer (DESIGN §5): releases of a service under its deploy root, switched atomically,
+//! The deployer (docs/design.md §5): releases of a service under its deploy root, switched atomically,
 //! watched through probation, and rolled back on their own when unhealthy.
 //!
 //! Layout under `root`: `releases/<version>-<sha256[..8]>/`, `current` (a symbolic link to one
@@ -53,7 +53,7 @@ pub struct Probation {
 }
 
 impl Probation {
-    /// From a command's milliseconds, with the defaults of DESIGN §6 for 0.
+    /// From a command's milliseconds, with the defaults of docs/design.md §6 for 0.
     pub fn from_ms(min_healthy_ms: u64, deadline_ms: u64) -> Self {
         Probation {
             min_healthy_time: if min_healthy_ms == 0 {

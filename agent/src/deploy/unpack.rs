@@ -1,4 +1,4 @@
-//! Unpacking a release archive (.tar.gz) safely (DESIGN §3): nothing is ever written outside
+//! Unpacking a release archive (.tar.gz) safely (docs/design.md §3): nothing is ever written outside
 //! the release directory, whatever the archive says.
 //!
 //! Refused, with the entry named: absolute paths; `..`; symbolic links whose target is absolute

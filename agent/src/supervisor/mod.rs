@@ -1,4 +1,4 @@
-//! The service supervisor (DESIGN §5): one task per `[[services]]` entry (see [`service`]),
+//! The service supervisor (docs/design.md §5): one task per `[[services]]` entry (see [`service`]),
 //! started with the agent, stopped with it. It answers operators' start/stop/restart requests,
 //! reports every service's state, and serves the captured logs.
 

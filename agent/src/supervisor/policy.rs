@@ -1,5 +1,5 @@
 //! The supervisor's timing rules, kept free of processes so they can be tested with tokio's
-//! paused clock (DESIGN §5):
+//! paused clock (docs/design.md §5):
 //!
 //! - restart backoff: 100 ms, doubling, capped at 30 s, back to 100 ms once the service has
 //!   been up (and healthy) for 30 s;

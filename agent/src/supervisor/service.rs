@@ -20,7 +20,7 @@ use super::policy::{AfterExit, Backoff, HealthTracker, HealthVerdict, MemoryWatc
 use super::{describe_exit, health, pidfile};
 use crate::config::ServiceConfig;
 
-/// States of DESIGN §5.
+/// States of docs/design.md §5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Not running, by request (or never started).
