@@ -1,0 +1,115 @@
+//! Pure numeric helpers of the evaluator: comparison and arithmetic operators, float parsing
+//! as Prometheus writes floats, quantiles (of values and of histogram buckets) and linear
+//! regression.
+
+use super::{EvalError, unsupported};
+
+pub(super) fn compare(op: &str, x: f64, y: f64) -> bool {
+    match op {
+        "==" => x == y,
+        "!=" => x != y,
+        ">" => x > y,
+        "<" => x < y,
+        ">=" => x >= y,
+        "<=" => x <= y,
+        _ => false,
+    }
+}
+
+pub(super) fn arith(op: &str, x: f64, y: f64) -> Result<f64, EvalError> {
+    Ok(match op {
+        "+" => x + y,
+        "-" => x - y,
+        "*" => x * y,
+        "/" => x / y,
+        "%" => x % y,
+        "^" => x.powf(y),
+        "atan2" => x.atan2(y),
+        other => return unsupported(format!("the {other} operator here")),
+    })
+}
+
+/// Parses a float as Prometheus writes them (`+Inf`, `-Inf`, `NaN` included).
+pub fn parse_float(s: &str) -> Option<f64> {
+    match s {
+        "+Inf" | "Inf" | "inf" | "+inf" => Some(f64::INFINITY),
+        "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
+        "NaN" | "nan" => Some(f64::NAN),
+        _ => s.parse().ok(),
+    }
+}
+
+/// The φ-quantile of `vals` with linear interpolation, as Prometheus' `quantile`.
+pub fn quantile(q: f64, vals: &[f64]) -> f64 {
+    if vals.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    let mut v = vals.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len() as f64;
+    let rank = q * (n - 1.0);
+    let lo = rank.floor().max(0.0) as usize;
+    let hi = (lo + 1).min(v.len() - 1);
+    let w = rank - rank.floor();
+    v[lo] * (1.0 - w) + v[hi] * w
+}
+
+pub(super) fn bucket_quantile(q: f64, mut b: Vec<(f64, f64)>) -> f64 {
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap_or(std::cmp::Ordering::Equal));
+    if b.len() < 2 || b.last().map(|x| x.0) != Some(f64::INFINITY) {
+        return f64::NAN;
+    }
+    // Buckets must be monotonic; fix small violations as Prometheus does.
+    for i in 1..b.len() {
+        if b[i].1 < b[i - 1].1 {
+            b[i].1 = b[i - 1].1;
+        }
+    }
+    let total = b.last().map(|x| x.1).unwrap_or(0.0);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let i = b.iter().position(|x| x.1 >= rank).unwrap_or(b.len() - 1);
+    if i == b.len() - 1 {
+        return b[b.len() - 2].0;
+    }
+    if i == 0 && b[0].0 <= 0.0 {
+        return b[0].0;
+    }
+    let (start, prev_count) = if i == 0 { (0.0, 0.0) } else { (b[i - 1].0, b[i - 1].1) };
+    let (end, count) = b[i];
+    let in_bucket = count - prev_count;
+    if in_bucket == 0.0 {
+        return end;
+    }
+    start + (end - start) * ((rank - prev_count) / in_bucket)
+}
+
+pub(super) fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
+    let n = points.len() as f64;
+    let (mut sx, mut sy, mut sxy, mut sx2) = (0.0, 0.0, 0.0, 0.0);
+    for &(t, v) in points {
+        let x = (t - intercept_time) as f64 / 1000.0;
+        sx += x;
+        sy += v;
+        sxy += x * v;
+        sx2 += x * x;
+    }
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}

@@ -1,0 +1,394 @@
+//! The evaluator's walk of an expression: selectors (instant and range, read from the
+//! [`Storage`] within the [`Limits`]), unary and binary operators with vector matching and set
+//! operators, and aggregations. Function calls are evaluated by `functions/` (its `call`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use promql_parser::parser::{
+    AggregateExpr, BinaryExpr, Expr, LabelModifier, Offset, VectorMatchCardinality, VectorSelector,
+};
+
+use super::arith::{arith, compare, quantile};
+use super::{
+    EachSeries, EvalError, LOOKBACK_MS, Labels, Limits, NAME, Sample, Series, Storage, Value, drop_name, format_labels,
+    invalid, is_stale, named, unsupported,
+};
+
+/// One evaluation: where samples come from and what it may use. Its walk is here; function
+/// calls go to `call`, a method defined in `functions/`, so that this module need not name it.
+pub(super) struct Evaluator<'a> {
+    pub(super) storage: &'a dyn Storage,
+    pub(super) limits: &'a Limits<'a>,
+}
+
+/// Milliseconds of a duration, saturating: `offset 10000000y` must not wrap around.
+fn dur_ms(d: &Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        Some(Offset::Pos(d)) => dur_ms(d),
+        Some(Offset::Neg(d)) => dur_ms(d).saturating_neg(),
+        None => 0,
+    }
+}
+
+impl Evaluator<'_> {
+    pub(super) fn eval(&self, expr: &Expr, t: i64) -> Result<Value, EvalError> {
+        self.limits.go_on()?;
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(v) => Ok(Value::Vector(
+                    v.into_iter().map(|s| Sample { labels: drop_name(s.labels), t: s.t, v: -s.v }).collect(),
+                )),
+                _ => invalid("unary minus needs a scalar or an instant vector"),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant(vs, t)?)),
+            Expr::MatrixSelector(_) => {
+                let mut series = Vec::new();
+                self.each_range(expr, t, "a range vector selector", &mut |labels, points| {
+                    series.push(Series { labels, points: points.to_vec() })
+                })?;
+                Ok(Value::Matrix(series))
+            }
+            Expr::Subquery(_) => unsupported("subqueries (expr[range:step])"),
+            Expr::Aggregate(a) => self.aggregate(a, t),
+            Expr::Binary(b) => self.binary(b, t),
+            Expr::Call(c) => self.call(c, t),
+            Expr::Extension(_) => unsupported("extension expressions"),
+        }
+    }
+
+    fn instant(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>, EvalError> {
+        if vs.at.is_some() {
+            return unsupported("the @ modifier");
+        }
+        let end = t.saturating_sub(offset_ms(&vs.offset));
+        let mut out = Vec::new();
+        let selected =
+            self.storage.select_latest(vs.name.as_deref(), &vs.matchers, end.saturating_sub(LOOKBACK_MS), end);
+        self.limits.take(selected.len())?;
+        self.limits.go_on()?;
+        for s in selected {
+            if let Some(&(ts, v)) = s.points.last()
+                && !is_stale(v)
+            {
+                out.push(Sample { labels: s.labels, t: ts, v });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn vector(&self, e: &Expr, t: i64, what: &str) -> Result<Vec<Sample>, EvalError> {
+        match self.eval(e, t)? {
+            Value::Vector(v) => Ok(v),
+            _ => invalid(format!("{what} needs an instant vector")),
+        }
+    }
+
+    pub(super) fn matrix(&self, e: &Expr, t: i64, what: &str) -> Result<Vec<Series>, EvalError> {
+        match self.eval(e, t)? {
+            Value::Matrix(m) => Ok(m),
+            _ => invalid(format!("{what} needs a range vector")),
+        }
+    }
+
+    pub(super) fn scalar(&self, e: &Expr, t: i64, what: &str) -> Result<f64, EvalError> {
+        match self.eval(e, t)? {
+            Value::Scalar(v) => Ok(v),
+            _ => invalid(format!("{what} needs a scalar")),
+        }
+    }
+
+    fn aggregate(&self, a: &AggregateExpr, t: i64) -> Result<Value, EvalError> {
+        let op = a.op.to_string().to_lowercase();
+        let input = self.vector(&a.expr, t, &op)?;
+        let param = match &a.param {
+            Some(p) => Some(self.eval(p, t)?),
+            None => None,
+        };
+        let key = |l: &Labels| -> Labels {
+            match &a.modifier {
+                Some(LabelModifier::Include(ls)) => l.filtered(|k| named(&ls.labels, k)),
+                Some(LabelModifier::Exclude(ls)) => l.filtered(|k| !named(&ls.labels, k) && k != NAME),
+                None => Labels::new(),
+            }
+        };
+        let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        for s in input {
+            let k = key(&s.labels);
+            match index.get(&k) {
+                Some(&i) => groups[i].1.push(s),
+                None => {
+                    index.insert(k.clone(), groups.len());
+                    groups.push((k, vec![s]));
+                }
+            }
+        }
+        let num_param = |what: &str| -> Result<f64, EvalError> {
+            match &param {
+                Some(Value::Scalar(v)) => Ok(*v),
+                _ => invalid(format!("{what} needs a number parameter")),
+            }
+        };
+        let mut out = Vec::new();
+        for (labels, samples) in groups {
+            let vals: Vec<f64> = samples.iter().map(|s| s.v).collect();
+            let n = vals.len() as f64;
+            let v = match op.as_str() {
+                "sum" => vals.iter().sum(),
+                "avg" => vals.iter().sum::<f64>() / n,
+                "min" => vals.iter().copied().fold(f64::NAN, |m, x| if m.is_nan() || x < m { x } else { m }),
+                "max" => vals.iter().copied().fold(f64::NAN, |m, x| if m.is_nan() || x > m { x } else { m }),
+                "count" => n,
+                "group" => 1.0,
+                "stddev" | "stdvar" => {
+                    let mean = vals.iter().sum::<f64>() / n;
+                    let var = vals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+                    if op == "stddev" { var.sqrt() } else { var }
+                }
+                "quantile" => quantile(num_param("quantile")?, &vals),
+                "topk" | "bottomk" => {
+                    let k = num_param(&op)?;
+                    if k < 1.0 {
+                        continue;
+                    }
+                    let mut sorted = samples.clone();
+                    sorted.sort_by(|x, y| {
+                        let o = x.v.partial_cmp(&y.v).unwrap_or(std::cmp::Ordering::Equal);
+                        if op == "topk" { o.reverse() } else { o }
+                    });
+                    out.extend(sorted.into_iter().take(k as usize));
+                    continue;
+                }
+                other => return unsupported(format!("the {other} aggregation")),
+            };
+            out.push(Sample { labels, t, v });
+        }
+        Ok(Value::Vector(out))
+    }
+
+    fn binary(&self, b: &BinaryExpr, t: i64) -> Result<Value, EvalError> {
+        let op = b.op.to_string().to_lowercase();
+        let lhs = self.eval(&b.lhs, t)?;
+        let rhs = self.eval(&b.rhs, t)?;
+        let return_bool = b.modifier.as_ref().is_some_and(|m| m.return_bool);
+        let comparison = matches!(op.as_str(), "==" | "!=" | ">" | "<" | ">=" | "<=");
+        match (lhs, rhs) {
+            (Value::Scalar(x), Value::Scalar(y)) => {
+                let v = if comparison {
+                    if !return_bool {
+                        return invalid("comparisons between scalars need the bool modifier");
+                    }
+                    if compare(&op, x, y) { 1.0 } else { 0.0 }
+                } else {
+                    arith(&op, x, y)?
+                };
+                Ok(Value::Scalar(v))
+            }
+            (Value::Vector(vec), Value::Scalar(s)) | (Value::Scalar(s), Value::Vector(vec)) => {
+                let vector_left = matches!(self.kind(&b.lhs), Kind::Vector);
+                let mut out = Vec::new();
+                for smp in vec {
+                    let (x, y) = if vector_left { (smp.v, s) } else { (s, smp.v) };
+                    if comparison {
+                        let keep = compare(&op, x, y);
+                        if return_bool {
+                            out.push(Sample { labels: drop_name(smp.labels), t, v: if keep { 1.0 } else { 0.0 } });
+                        } else if keep {
+                            out.push(smp);
+                        }
+                    } else if matches!(op.as_str(), "and" | "or" | "unless") {
+                        return invalid("set operators need instant vectors on both sides");
+                    } else {
+                        out.push(Sample { labels: drop_name(smp.labels), t, v: arith(&op, x, y)? });
+                    }
+                }
+                Ok(Value::Vector(out))
+            }
+            (Value::Vector(l), Value::Vector(r)) => self.vector_binary(b, &op, comparison, return_bool, l, r, t),
+            _ => invalid(format!("the {op} operator needs scalars or instant vectors")),
+        }
+    }
+
+    fn kind(&self, e: &Expr) -> Kind {
+        match e {
+            Expr::NumberLiteral(_) => Kind::Scalar,
+            Expr::Paren(p) => self.kind(&p.expr),
+            Expr::Unary(u) => self.kind(&u.expr),
+            Expr::Binary(b) => {
+                if matches!(self.kind(&b.lhs), Kind::Vector) || matches!(self.kind(&b.rhs), Kind::Vector) {
+                    Kind::Vector
+                } else {
+                    Kind::Scalar
+                }
+            }
+            Expr::Call(c) if matches!(c.func.name, "time" | "scalar" | "pi") => Kind::Scalar,
+            _ => Kind::Vector,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn vector_binary(
+        &self,
+        b: &BinaryExpr,
+        op: &str,
+        comparison: bool,
+        return_bool: bool,
+        l: Vec<Sample>,
+        r: Vec<Sample>,
+        t: i64,
+    ) -> Result<Value, EvalError> {
+        let m = b.modifier.as_ref();
+        let matching = m.and_then(|m| m.matching.clone());
+        let sig = |labels: &Labels| -> Labels {
+            match &matching {
+                Some(LabelModifier::Include(ls)) => labels.filtered(|k| named(&ls.labels, k)),
+                Some(LabelModifier::Exclude(ls)) => labels.filtered(|k| !named(&ls.labels, k) && k != NAME),
+                None => drop_name(labels.clone()),
+            }
+        };
+        match op {
+            "and" => {
+                let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                return Ok(Value::Vector(l.into_iter().filter(|s| right.contains(&sig(&s.labels))).collect()));
+            }
+            "unless" => {
+                let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                return Ok(Value::Vector(l.into_iter().filter(|s| !right.contains(&sig(&s.labels))).collect()));
+            }
+            "or" => {
+                let left: HashSet<Labels> = l.iter().map(|s| sig(&s.labels)).collect();
+                let mut out = l;
+                out.extend(r.into_iter().filter(|s| !left.contains(&sig(&s.labels))));
+                return Ok(Value::Vector(out));
+            }
+            _ => {}
+        }
+        let card = m.map(|m| m.card.clone()).unwrap_or(VectorMatchCardinality::OneToOne);
+        // For group_right the "many" side is the right one: swap, and swap back per pair.
+        let (many, one, swapped, include) = match &card {
+            VectorMatchCardinality::OneToMany(ls) => (r, l, true, ls.labels.clone()),
+            VectorMatchCardinality::ManyToOne(ls) => (l, r, false, ls.labels.clone()),
+            _ => (l, r, false, Vec::new()),
+        };
+        let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
+        let mut one_by_sig: HashMap<Labels, &Sample> = HashMap::new();
+        for s in &one {
+            if one_by_sig.insert(sig(&s.labels), s).is_some() {
+                let side = if swapped { "left" } else { "right" };
+                return invalid(format!(
+                    "found duplicate series for the match group {} on the {side} hand-side of the operation; many-to-many matching is not allowed: add group_left or group_right",
+                    format_labels(&sig(&s.labels))
+                ));
+            }
+        }
+        let mut seen: HashSet<Labels> = HashSet::new();
+        let mut out = Vec::new();
+        for s in many {
+            let k = sig(&s.labels);
+            let Some(o) = one_by_sig.get(&k) else { continue };
+            if one_to_one && !seen.insert(k.clone()) {
+                return invalid(format!(
+                    "found duplicate series for the match group {} on the left hand-side of the operation; add group_left",
+                    format_labels(&k)
+                ));
+            }
+            let (x, y) = if swapped { (o.v, s.v) } else { (s.v, o.v) };
+            let (value, keep) = if comparison {
+                let c = compare(op, x, y);
+                (if return_bool { if c { 1.0 } else { 0.0 } } else { x }, return_bool || c)
+            } else {
+                (arith(op, x, y)?, true)
+            };
+            if !keep {
+                continue;
+            }
+            // Prometheus' resultMetric: the "many" side's labels; no name after arithmetic or
+            // with bool; for one-to-one, only the `on` labels, or without the `ignoring` ones.
+            let mut labels = s.labels.clone();
+            if !comparison || return_bool {
+                labels.remove(NAME);
+            }
+            if one_to_one {
+                match &matching {
+                    Some(LabelModifier::Include(ls)) => labels.retain(|k, _| named(&ls.labels, k)),
+                    Some(LabelModifier::Exclude(ls)) => labels.retain(|k, _| !named(&ls.labels, k)),
+                    None => {}
+                }
+            }
+            for name in &include {
+                match o.labels.get_shared(name) {
+                    Some(v) => labels.insert(name.as_str(), v.clone()),
+                    None => labels.remove(name),
+                };
+            }
+            out.push(Sample { labels, t, v: value });
+        }
+        Ok(Value::Vector(out))
+    }
+
+    /// The range of a range-vector argument and where it starts: (range, start offset from
+    /// t), where start = t - offset - range.
+    pub(super) fn range_of(&self, e: &Expr, name: &str) -> Result<(i64, i64), EvalError> {
+        let ms = match e {
+            Expr::MatrixSelector(ms) => ms,
+            Expr::Subquery(_) => return unsupported("subqueries (expr[range:step])"),
+            _ => return invalid(format!("{name}() needs a range vector selector such as metric[5m]")),
+        };
+        let range = dur_ms(&ms.range);
+        Ok((range, offset_ms(&ms.vs.offset).saturating_add(range)))
+    }
+
+    /// Calls `f` with each series of the range-vector argument `e` that has samples in its
+    /// window, one at a time (stale markers left out), so that a function over tens of
+    /// thousands of series never holds all their samples at once. A matrix selector is read
+    /// from the storage here; any other expression is evaluated whole.
+    pub(super) fn each_range(&self, e: &Expr, t: i64, name: &str, f: &mut EachSeries<'_>) -> Result<(), EvalError> {
+        let Expr::MatrixSelector(ms) = e else {
+            for s in self.matrix(e, t, name)? {
+                f(s.labels, &s.points);
+            }
+            return Ok(());
+        };
+        if ms.vs.at.is_some() {
+            return unsupported("the @ modifier");
+        }
+        let end = t.saturating_sub(offset_ms(&ms.vs.offset));
+        let start = end.saturating_sub(dur_ms(&ms.range));
+        let mut fresh = Vec::new();
+        // The storage calls back for every series; once a limit is reached the rest are
+        // passed over and the limit is reported.
+        let mut stopped = None;
+        self.storage.select_each(ms.vs.name.as_deref(), &ms.vs.matchers, start, end, &mut |labels, points| {
+            if stopped.is_some() {
+                return;
+            }
+            if let Err(e) = self.limits.take(points.len()).and_then(|()| self.limits.go_on()) {
+                stopped = Some(e);
+                return;
+            }
+            fresh.clear();
+            fresh.extend(points.iter().copied().filter(|(_, v)| !is_stale(*v)));
+            if !fresh.is_empty() {
+                f(labels, &fresh);
+            }
+        });
+        match stopped {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+enum Kind {
+    Scalar,
+    Vector,
+}

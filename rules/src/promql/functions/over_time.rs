@@ -1,0 +1,92 @@
+//! Functions that fold each series' samples in a window to one value: the `*_over_time`
+//! family, `changes` and `resets`.
+
+use promql_parser::parser::Call;
+
+use super::{arg, fold_windows};
+use crate::promql::arith::quantile;
+use crate::promql::eval::Evaluator;
+use crate::promql::{EvalError, Sample, Value, drop_name};
+
+/// `changes`: how often the value changed (NaN to NaN is no change).
+pub(super) fn changes(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(
+        ev,
+        c,
+        t,
+        &|p| Some(p.windows(2).filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan())).count() as f64),
+        false,
+    )
+}
+
+/// `resets`: how often the value went down.
+pub(super) fn resets(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| Some(p.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64), false)
+}
+
+/// `avg_over_time`.
+pub(super) fn avg_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| Some(p.iter().map(|x| x.1).sum::<f64>() / p.len() as f64), false)
+}
+
+/// `min_over_time`.
+pub(super) fn min_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| p.iter().map(|x| x.1).reduce(f64::min), false)
+}
+
+/// `max_over_time`.
+pub(super) fn max_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| p.iter().map(|x| x.1).reduce(f64::max), false)
+}
+
+/// `sum_over_time`.
+pub(super) fn sum_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| Some(p.iter().map(|x| x.1).sum()), false)
+}
+
+/// `count_over_time`.
+pub(super) fn count_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| Some(p.len() as f64), false)
+}
+
+/// `last_over_time`: the newest sample, with the metric name kept.
+pub(super) fn last_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| p.last().map(|x| x.1), true)
+}
+
+/// `present_over_time`: 1 for every series with a sample in the window.
+pub(super) fn present_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|_| Some(1.0), false)
+}
+
+/// `stddev_over_time` and `stdvar_over_time` (which of them is `c`'s name).
+pub(super) fn stddev_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    let name = c.func.name;
+    fold_windows(
+        ev,
+        c,
+        t,
+        &|p| {
+            let n = p.len() as f64;
+            let mean = p.iter().map(|x| x.1).sum::<f64>() / n;
+            let var = p.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / n;
+            Some(if name == "stddev_over_time" { var.sqrt() } else { var })
+        },
+        false,
+    )
+}
+
+/// `quantile_over_time(q, v)`.
+pub(super) fn quantile_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    let name = c.func.name;
+    let q = ev.scalar(arg(c, 0)?, t, name)?;
+    let m = ev.matrix(arg(c, 1)?, t, name)?;
+    Ok(Value::Vector(
+        m.into_iter()
+            .map(|s| {
+                let vals: Vec<f64> = s.points.iter().map(|x| x.1).collect();
+                Sample { labels: drop_name(s.labels), t, v: quantile(q, &vals) }
+            })
+            .collect(),
+    ))
+}
