@@ -70,7 +70,7 @@ impl Default for OutboxLimits {
 /// When a service is restarted after its process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
-    /// Never.
+    /// Never restart it.
     No,
     /// When it exits with a non-zero status or is killed by a signal.
     OnFailure,

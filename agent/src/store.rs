@@ -521,7 +521,7 @@ pub struct ReleaseRecord {
     pub deployed_at_ms: i64,
     /// Whether it failed probation or was rolled back from.
     pub bad: bool,
-    /// Why.
+    /// Why it is bad (the probation's verdict or the rollback's cause).
     pub reason: String,
 }
 

@@ -56,7 +56,7 @@ type SavedGroup = BTreeMap<String, Vec<SavedAlert>>;
 pub struct Outgoing {
     /// Labels, external labels included.
     pub labels: Labels,
-    /// Annotations.
+    /// Annotations, templates expanded.
     pub annotations: BTreeMap<String, String>,
     /// When it started firing (ms).
     pub starts_at: i64,

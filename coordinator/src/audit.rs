@@ -35,7 +35,7 @@ pub struct Entry {
     pub command_id: String,
     /// "requested", "succeeded", "failed", "rejected", "timed out".
     pub outcome: String,
-    /// Details.
+    /// What happened, one line (an agent's answer, a refusal's reason).
     pub message: String,
 }
 

@@ -501,7 +501,7 @@ impl Enrollment {
 /// The EnrollService.
 #[derive(Debug, Clone)]
 pub struct EnrollApi {
-    /// Enrollment.
+    /// Tokens and signing, shared with the agent API's renewals.
     pub enrollment: Arc<Enrollment>,
 }
 

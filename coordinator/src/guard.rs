@@ -82,7 +82,7 @@ impl DenyReason {
 pub enum Gate {
     /// Operators, each rpc by the access role it needs.
     Control,
-    /// Agents.
+    /// Agents only, each acting as the host its certificate names.
     Agent,
     /// Anyone: the service authenticates by other means (enrollment's join token).
     Open,

@@ -75,7 +75,7 @@ pub enum RunError {
     DataDir {
         /// What could not be done, naming the path.
         action: String,
-        /// Why.
+        /// Why, in the system's words.
         reason: String,
     },
     /// A port cannot be listened on.

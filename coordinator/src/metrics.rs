@@ -31,6 +31,9 @@ impl Counter {
 /// Bucket bounds (seconds) for latency histograms: 0.5 ms to 10 s.
 pub const LATENCY_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// [`LATENCY_BUCKETS`] as their `le` labels, written once.
+const LATENCY_LE: [&str; 14] =
+    ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10"];
 
 /// A fixed-bucket histogram of seconds.
 #[derive(Debug, Default)]
@@ -149,7 +152,14 @@ impl Exposition {
 
     /// One sample of the current family.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.suffixed_sample(name, "", labels, value);
+    }
+
+    /// One sample of the series `name` + `suffix` (a histogram's `_bucket`, `_sum`, `_count`),
+    /// written straight into the text: a scrape at 10,000 hosts writes a million samples.
+    fn suffixed_sample(&mut self, name: &str, suffix: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);
+        self.out.push_str(suffix);
         if !labels.is_empty() {
             self.out.push('{');
             for (i, (k, v)) in labels.iter().enumerate() {
@@ -163,34 +173,37 @@ impl Exposition {
             }
             self.out.push('}');
         }
-        let _ = writeln!(self.out, " {}", fmt_value(value));
+        self.out.push(' ');
+        write_value(&mut self.out, value);
+        self.out.push('\n');
     }
 
     /// A whole histogram family.
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.family(name, "histogram", help);
         let mut cumulative = 0;
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += h.buckets[i].load(Ordering::Relaxed);
-            let le = fmt_value(*b);
-            self.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative as f64);
+        for (bucket, le) in h.buckets.iter().zip(LATENCY_LE) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            self.suffixed_sample(name, "_bucket", &[("le", le)], cumulative as f64);
         }
         let count = h.count.load(Ordering::Relaxed);
-        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count as f64);
-        self.sample(&format!("{name}_sum"), &[], h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
-        self.sample(&format!("{name}_count"), &[], count as f64);
+        self.suffixed_sample(name, "_bucket", &[("le", "+Inf")], count as f64);
+        self.suffixed_sample(name, "_sum", &[], h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        self.suffixed_sample(name, "_count", &[], count as f64);
     }
 }
 
-fn fmt_value(v: f64) -> String {
+/// Writes a sample value as the text format spells it (`NaN`, `+Inf`, `-Inf`, else Rust's
+/// shortest round-trip decimal).
+fn write_value(out: &mut String, v: f64) {
     if v.is_nan() {
-        "NaN".into()
+        out.push_str("NaN");
     } else if v == f64::INFINITY {
-        "+Inf".into()
+        out.push_str("+Inf");
     } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
+        out.push_str("-Inf");
     } else {
-        format!("{v}")
+        let _ = write!(out, "{v}");
     }
 }
 
@@ -286,6 +299,13 @@ mod tests {
         e.sample("x", &[("a", "q\"b\\c\nd")], 1.5);
         e.sample("y", &[], 3.0);
         assert_eq!(e.out, "x{a=\"q\\\"b\\\\c\\nd\"} 1.5\ny 3\n");
+    }
+
+    #[test]
+    fn bucket_labels_are_the_bounds_as_written() {
+        for (b, le) in LATENCY_BUCKETS.iter().zip(LATENCY_LE) {
+            assert_eq!(format!("{b}"), le);
+        }
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub fn report_samples(host: &str, r: &Report, mut f: impl FnMut(&str, &mut [(&st
 /// What the store holds, for `/metrics` and the benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Footprint {
-    /// Series.
+    /// Series held.
     pub series: usize,
     /// Samples in them.
     pub samples: usize,

@@ -134,7 +134,7 @@ pub struct RecordRule {
     pub name: String,
     /// The expression text.
     pub expr_text: String,
-    /// Parsed.
+    /// The expression, parsed once at load.
     pub expr: Expr,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
@@ -147,7 +147,7 @@ pub struct RecordRule {
 pub enum AlertState {
     /// The condition held; waiting for `for`.
     Pending,
-    /// Firing.
+    /// The condition held for `for`: sent to Alertmanager.
     Firing,
     /// Resolved (kept for a while to be sent as resolved).
     Inactive,
@@ -171,7 +171,7 @@ pub struct Alert {
     pub labels: Labels,
     /// Expanded annotations.
     pub annotations: BTreeMap<String, String>,
-    /// State.
+    /// Where it is in the alert state machine.
     pub state: AlertState,
     /// When it became active (ms).
     pub active_at: i64,
@@ -194,7 +194,7 @@ pub struct AlertRule {
     pub name: String,
     /// The expression text.
     pub expr_text: String,
-    /// Parsed.
+    /// The expression, parsed once at load.
     pub expr: Expr,
     /// `for`.
     pub hold: Duration,

@@ -42,18 +42,18 @@ pub fn is_stale(v: f64) -> bool {
 /// One sample of an instant vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// Labels.
+    /// The series' labels.
     pub labels: Labels,
     /// When the value was taken (for `timestamp()`), in ms.
     pub t: i64,
-    /// Value.
+    /// The value.
     pub v: f64,
 }
 
 /// One series of a range vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
-    /// Labels.
+    /// The series' labels.
     pub labels: Labels,
     /// Samples, oldest first.
     pub points: Vec<(i64, f64)>,
