@@ -181,7 +181,8 @@ impl Coordinator {
                 }
             });
         }
-        let (writer, writer_task) = Writer::start(store.clone(), config.retention, metrics.clone(), tsdb.clone());
+        let (writer, writer_task) =
+            Writer::start(store.clone(), shared.clone(), config.retention, metrics.clone(), tsdb.clone());
         let lifecycle = Arc::new(Lifecycle {
             authority: authority.clone(),
             enrollment: enrollment.clone(),

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::registry::Host;
-use crate::store::{HostRecord, Record, Store, StoreError};
+use crate::store::{HostRecord, Record, SharedState, Store, StoreError};
 
 /// Most operations in one group commit.
 pub const MAX_BATCH: usize = 4096;
@@ -69,12 +69,13 @@ impl Writer {
     /// drained.
     pub fn start(
         store: Store,
+        shared: Arc<dyn SharedState>,
         retention: Duration,
         metrics: Arc<Metrics>,
         tsdb: Arc<crate::tsdb::Tsdb>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, rx, retention, metrics, tsdb));
+        let task = tokio::spawn(run(store, shared, rx, retention, metrics, tsdb));
         (Writer { tx }, task)
     }
 
@@ -106,6 +107,7 @@ struct Pending {
 
 async fn run(
     store: Store,
+    shared: Arc<dyn SharedState>,
     mut rx: mpsc::Receiver<Op>,
     retention: Duration,
     metrics: Arc<Metrics>,
@@ -113,7 +115,7 @@ async fn run(
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
-        commit_batch(&store, std::mem::take(&mut ops), retention, &metrics, &tsdb).await;
+        commit_batch(&store, &shared, std::mem::take(&mut ops), retention, &metrics, &tsdb).await;
     }
     if let Err(e) = store.flush() {
         tracing::error!(error = %e, "final store flush failed");
@@ -123,6 +125,7 @@ async fn run(
 
 async fn commit_batch(
     store: &Store,
+    shared: &Arc<dyn SharedState>,
     ops: Vec<Op>,
     retention: Duration,
     metrics: &Metrics,
@@ -186,6 +189,7 @@ async fn commit_batch(
     // Whether this commit writes anything: only a write that succeeds says the store works.
     let (wrote_reports, wrote_records) = (!encoded.is_empty(), !save.is_empty());
     let writer_store = store.clone();
+    let shared = shared.clone();
     // The history's appends write full chunks to disk: on the blocking thread too.
     let for_history: Vec<(String, Arc<Report>)> = pending
         .iter()
@@ -212,7 +216,7 @@ async fn commit_batch(
             Ok(_) => {
                 let to_save: Vec<&HostRecord> =
                     records.iter().filter(|(name, _)| save.contains(*name)).map(|(_, (_, r))| r).collect();
-                writer_store.save_hosts(&to_save)
+                shared.save_hosts(&to_save)
             }
             Err(_) => Ok(()),
         };

@@ -2,9 +2,10 @@
 //! enrolled hosts, the deny list and removed hosts. The subsystems that own such state
 //! (rollouts, alerting, enrollment, revocation, lifecycle) read and write it through
 //! [`SharedState`], never through the sled [`Store`] directly, so that a second
-//! implementation (etcd, for several coordinators) can go beside [`Store`]'s. Host records
-//! are the exception for now: the writer saves them through [`Store`] in the same commit
-//! step as the reports they follow.
+//! implementation (etcd, for several coordinators) can go beside [`Store`]'s; so does the
+//! writer for host records, which it saves after the reports they follow. Their
+//! de-duplication marks travel in the report log too, so an implementation shared by several
+//! coordinators need not write them on every report.
 //!
 //! Not in it, because it is each coordinator's own: the report log and the history (each
 //! coordinator keeps what its agents sent), and the artifacts (content-addressed files).
