@@ -7,6 +7,7 @@ pub mod config;
 pub mod identity;
 pub mod logging;
 pub mod pki;
+pub mod selector;
 pub mod shutdown;
 pub mod systemd;
 pub mod tls;
