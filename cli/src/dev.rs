@@ -232,7 +232,7 @@ async fn wait_online(target: &Target, procs: &mut [Proc]) -> Result<(), CliError
             }
         }
         if let Ok(mut c) = target.control().await
-            && let Ok(r) = c.list_hosts(ListHostsRequest {}).await
+            && let Ok(r) = c.list_hosts(ListHostsRequest::default()).await
         {
             let hosts = r.into_inner().hosts;
             let ready = |h: &fleet_proto::v1::HostSummary| {

@@ -157,6 +157,10 @@ pub enum Command {
         /// What to do (default: list).
         #[command(subcommand)]
         cmd: Option<HostsCommand>,
+        /// Only the hosts this label selector picks: `role=gpu,env!=test`, `zone in (a,b)`,
+        /// `role`, `!role`; `host` is a label (docs/install.md, "Selectors"). None: exit 1.
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -775,7 +779,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Dev(args) => dev::run(args.clone()).await,
         Command::Status { conn } => views::status(&Target::from_conn(conn)?, cli.output).await,
-        Command::Hosts { cmd: None, conn } => views::hosts(&Target::from_conn(conn)?, cli.output).await,
+        Command::Hosts { cmd: None, selector, conn } => {
+            views::hosts(&Target::from_conn(conn)?, selector.as_deref(), cli.output).await
+        }
         Command::Host { name, conn } => views::host(&Target::from_conn(conn)?, name, cli.output).await,
         Command::Services { host, conn } => {
             services::list(&Target::from_conn(conn)?, host.as_deref(), cli.output).await

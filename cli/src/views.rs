@@ -171,11 +171,22 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `fleetctl hosts`.
-pub async fn hosts(target: &Target, output: Output) -> Result<(), CliError> {
+/// `fleetctl hosts [--selector SEL]`.
+pub async fn hosts(target: &Target, selector: Option<&str>, output: Output) -> Result<(), CliError> {
+    // A bad selector is a usage error, said before anything is dialled.
+    let selector = match selector {
+        Some(text) => {
+            fleet_common::selector::Selector::parse(text).map_err(|e| CliError::usage(e.to_string()))?.to_string()
+        }
+        None => String::new(),
+    };
     let mut client = target.control().await?;
-    let list =
-        client.list_hosts(ListHostsRequest {}).await.map_err(|e| status_error(&target.addr, e))?.into_inner().hosts;
+    let list = client
+        .list_hosts(ListHostsRequest { selector })
+        .await
+        .map_err(|e| status_error(&target.addr, e))?
+        .into_inner()
+        .hosts;
     if output == Output::Json {
         print_json(&Value::Array(list.iter().map(host_json).collect()));
         return Ok(());

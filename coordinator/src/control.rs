@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fleet_common::identity::Identity;
+use fleet_common::selector::Selector;
 use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::control_service_server::ControlService;
 use fleet_proto::v1::{
@@ -152,9 +153,24 @@ impl ControlService for ControlApi {
         Ok(self.timed(t, Response::new(resp)))
     }
 
-    async fn list_hosts(&self, _: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
+    async fn list_hosts(&self, req: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
         let t = Instant::now();
-        let hosts = self.c.registry.all().iter().map(|h| h.summary()).collect();
+        let mut hosts: Vec<_> = self.c.registry.all().iter().map(|h| h.summary()).collect();
+        let text = &req.get_ref().selector;
+        if !text.is_empty() {
+            let selector = Selector::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            hosts.retain(|h| {
+                selector.matches(|k| match k {
+                    "host" => Some(h.name.as_str()),
+                    _ => h.labels.get(k).map(String::as_str),
+                })
+            });
+            if hosts.is_empty() {
+                return Err(Status::not_found(format!(
+                    "no host matches the selector {selector}; `fleetctl hosts -o json` shows every host's labels"
+                )));
+            }
+        }
         Ok(self.timed(t, Response::new(ListHostsResponse { hosts })))
     }
 

@@ -482,7 +482,7 @@ impl Cluster {
     pub async fn hosts(&self) -> Option<Vec<HostSummary>> {
         let tls = TlsMaterial::load(&self.pki.files("ops")).ok()?;
         let ch = connect_coordinator(&self.addr, &tls).await.ok()?;
-        let r = ControlServiceClient::new(ch).list_hosts(ListHostsRequest {}).await.ok()?;
+        let r = ControlServiceClient::new(ch).list_hosts(ListHostsRequest::default()).await.ok()?;
         Some(r.into_inner().hosts)
     }
 

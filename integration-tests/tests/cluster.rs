@@ -72,6 +72,25 @@ async fn agents_come_online_and_fleetctl_agrees_with_metrics() {
     let (code, page) = c.http_get("/").await;
     assert_eq!(code, 200);
     assert!(page.contains("<td>main-pc</td><td class=on>online</td>"), "{page}");
+
+    // Selectors: the host name is a label; one that picks no host fails (exit 1) rather than
+    // printing nothing; a malformed one is a usage error (exit 2).
+    let picked = |args: &[&str]| -> Vec<String> {
+        let out = c.fleetctl(&[&["hosts", "-o", "json"], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        v.iter().map(|h| h["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(picked(&["-l", "host=pc2"]), ["pc2"]);
+    assert_eq!(picked(&["--selector", "host in (main-pc, pc2), !role"]), ["main-pc", "pc2"]);
+    assert_eq!(picked(&["-l", "host!=pc2"]), ["main-pc"]);
+    let out = c.fleetctl(&["hosts", "-l", "role=gpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no host matches the selector role=gpu"), "{err}");
+    let out = c.fleetctl(&["hosts", "-l", "role=(gpu)"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid selector"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
