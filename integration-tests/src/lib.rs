@@ -82,6 +82,29 @@ pub fn logged_at(log: &str, from: usize, needle: &str) -> Option<i64> {
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
+/// The files under `dir` whose names end in one of `ext`, sorted, not looking into `target`,
+/// `.git` or `.ci` (the repository's own sources, as a clone has them).
+pub fn source_files(dir: &Path, ext: &[&str]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if !matches!(name.as_str(), "target" | ".git" | ".ci") {
+                    stack.push(p);
+                }
+            } else if ext.iter().any(|x| name.ends_with(x)) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Runs a command to completion and returns its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))

@@ -4,26 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use fleet_integration_tests::source_files;
+
 /// The crates, as the code map's section headings name them (`### \`coordinator/\``).
 const CRATES: [&str; 8] = ["proto", "common", "rules", "agent", "coordinator", "cli", "loadgen", "integration-tests"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn files(dir: &Path, ext: &[&str], out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if p.is_dir() {
-            if !matches!(name.as_str(), "target" | ".git" | ".ci" | "node_modules") {
-                files(&p, ext, out);
-            }
-        } else if ext.iter().any(|x| name.ends_with(x)) {
-            out.push(p);
-        }
-    }
 }
 
 /// The text of the code map section of `krate`.
@@ -43,7 +30,7 @@ fn the_code_map_names_every_module_of_every_crate() {
         let mut rs = Vec::new();
         for dir in ["src", "benches", "tests"] {
             if krate == "integration-tests" || dir != "tests" {
-                files(&root().join(krate).join(dir), &[".rs"], &mut rs);
+                rs.extend(source_files(&root().join(krate).join(dir), &[".rs"]));
             }
         }
         for f in rs {
@@ -94,8 +81,7 @@ fn every_invariant_names_the_test_that_checks_it() {
 fn nothing_points_at_documents_outside_the_repository() {
     // Spelled in two halves so that this file does not match itself.
     let needles = [concat!("DESI", "GN §"), concat!("../sha", "red")];
-    let mut all = Vec::new();
-    files(&root(), &[".rs", ".md", ".proto", ".toml", ".sh", ".py", ".yml", ".yaml"], &mut all);
+    let all = source_files(&root(), &[".rs", ".md", ".proto", ".toml", ".sh", ".py", ".yml", ".yaml"]);
     let mut found = Vec::new();
     for f in all {
         let Ok(text) = std::fs::read_to_string(&f) else { continue };

@@ -8,7 +8,7 @@
 //! the test, and so does one in it that is gone (take it off the list).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// (crate directory, the modules of one circle, sorted).
 const KNOWN: &[(&str, &[&str])] = &[];
@@ -47,7 +47,7 @@ fn no_two_modules_of_a_crate_import_each_other() {
 /// The circles among sibling modules under `src`: each as its members (module paths joined
 /// with ::, sorted) and one import of each edge in it, as file:line.
 fn circles(src: &Path) -> Vec<(Vec<String>, Vec<String>)> {
-    let files = rust_files(src);
+    let files = fleet_integration_tests::source_files(src, &[".rs"]);
     let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(src, f)).collect();
     // Edges between siblings: (parent, from child, to child) -> where.
     let mut edges: BTreeMap<(Vec<String>, String, String), String> = BTreeMap::new();
@@ -82,23 +82,6 @@ fn circles(src: &Path) -> Vec<(Vec<String>, Vec<String>)> {
             out.push((scc.iter().map(name).collect(), where_));
         }
     }
-    out
-}
-
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "rs") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
     out
 }
 
