@@ -9,7 +9,7 @@ use std::time::Duration;
 use fleet_proto::v1::agent_message::Msg as AgentMsg;
 use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::{
-    AgentMessage, Command, CommandState, CommandUpdate, LogBatch, LogLine, LogsCommand, ServiceAction,
+    AgentMessage, Command, CommandState, CommandUpdate, JobRun, LogBatch, LogLine, LogsCommand, ServiceAction,
 };
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -17,7 +17,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::deploy::{Deployer, Probation};
+use crate::jobs::{Jobs, run_to_proto};
 use crate::store::{Outbox, Recorded};
+use crate::supervisor::logs::LogFile;
 use crate::supervisor::{Action, Supervisor};
 
 /// Default time a service command may take.
@@ -38,6 +40,7 @@ type Sender = mpsc::Sender<AgentMessage>;
 pub struct Dispatcher {
     supervisor: Arc<Supervisor>,
     deployer: Arc<Deployer>,
+    jobs: Arc<Jobs>,
     store: Arc<Outbox>,
     busy: Arc<Semaphore>,
     /// Service commands being applied now, with the channel their final update goes out on
@@ -59,6 +62,27 @@ fn update(id: &str, state: CommandState, message: impl Into<String>) -> CommandU
         service: None,
         log_tail: Vec::new(),
         releases: Vec::new(),
+        job_runs: Vec::new(),
+    }
+}
+
+/// What a journalled command acts on.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    Service(&'a str),
+    Job(&'a str),
+}
+
+/// The outcome of a journalled command: `Ok(message)` or `Err((reason, last log lines))`, and
+/// the job attempt it started or waited for.
+struct Applied {
+    result: Result<String, (String, Vec<String>)>,
+    run: Option<JobRun>,
+}
+
+impl From<Result<String, (String, Vec<String>)>> for Applied {
+    fn from(result: Result<String, (String, Vec<String>)>) -> Self {
+        Applied { result, run: None }
     }
 }
 
@@ -68,10 +92,16 @@ async fn send(tx: &Sender, u: CommandUpdate) {
 
 impl Dispatcher {
     /// A dispatcher over `supervisor`, journalling in `store`.
-    pub fn new(supervisor: Arc<Supervisor>, deployer: Arc<Deployer>, store: Arc<Outbox>) -> Arc<Dispatcher> {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        deployer: Arc<Deployer>,
+        jobs: Arc<Jobs>,
+        store: Arc<Outbox>,
+    ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             supervisor,
             deployer,
+            jobs,
             store,
             busy: Arc::new(Semaphore::new(MAX_CONCURRENT)),
             in_progress: Mutex::new(HashMap::new()),
@@ -108,8 +138,8 @@ impl Dispatcher {
                     };
                     let by = requested_by(&cmd);
                     let (sup, svc) = (this.supervisor.clone(), sc.service.clone());
-                    this.journalled(&cmd, &sc.service, false, tx, async move {
-                        sup.request(&svc, action, &by, timeout).await
+                    this.journalled(&cmd, Target::Service(&sc.service), false, tx, async move {
+                        sup.request(&svc, action, &by, timeout).await.into()
                     })
                     .await
                 }
@@ -117,8 +147,8 @@ impl Dispatcher {
                     let p = Probation::from_ms(d.min_healthy_time_ms, d.healthy_deadline_ms);
                     let dep = this.deployer.clone();
                     let service = d.service.clone();
-                    this.journalled(&cmd, &service, true, tx, async move {
-                        dep.deploy(&d.service, &d.version, &d.sha256, d.size_bytes, p).await
+                    this.journalled(&cmd, Target::Service(&service), true, tx, async move {
+                        dep.deploy(&d.service, &d.version, &d.sha256, d.size_bytes, p).await.into()
                     })
                     .await
                 }
@@ -126,8 +156,8 @@ impl Dispatcher {
                     let p = Probation::from_ms(r.min_healthy_time_ms, r.healthy_deadline_ms);
                     let dep = this.deployer.clone();
                     let service = r.service.clone();
-                    this.journalled(&cmd, &service, true, tx, async move {
-                        dep.rollback(&r.service, &r.to_version, p).await
+                    this.journalled(&cmd, Target::Service(&service), true, tx, async move {
+                        dep.rollback(&r.service, &r.to_version, p).await.into()
                     })
                     .await
                 }
@@ -135,6 +165,39 @@ impl Dispatcher {
                     let u = match this.deployer.releases(&r.service) {
                         Ok(releases) => CommandUpdate { releases, ..update(&cmd.id, CommandState::Succeeded, "") },
                         Err((reason, _)) => update(&cmd.id, CommandState::Rejected, reason),
+                    };
+                    send(&tx, u).await;
+                }
+                Some(CmdAction::RunJob(j)) => {
+                    let jobs = this.jobs.clone();
+                    let by = requested_by(&cmd);
+                    let name = j.job.clone();
+                    this.journalled(&cmd, Target::Job(&name), false, tx, async move {
+                        match jobs.run_now(&j.job, &by, j.wait).await {
+                            Ok(r) => {
+                                let result = match r.result.as_str() {
+                                    "running" => Ok(format!("run {} started (pid {})", r.run, r.pid)),
+                                    "succeeded" => Ok(format!("run {} succeeded: {}", r.run, r.message)),
+                                    other => Err((
+                                        format!("run {} {}: {}", r.run, other.replace('_', " "), r.message),
+                                        Vec::new(),
+                                    )),
+                                };
+                                Applied { result, run: Some(run_to_proto(&j.job, &r)) }
+                            }
+                            Err(e) => Applied { result: Err((e, Vec::new())), run: None },
+                        }
+                    })
+                    .await
+                }
+                Some(CmdAction::JobHistory(h)) => {
+                    let limit = if h.limit == 0 { usize::MAX } else { h.limit as usize };
+                    let u = match this.jobs.history(&h.job, limit) {
+                        Some(runs) => CommandUpdate {
+                            job_runs: runs.iter().map(|r| run_to_proto(&h.job, r)).collect(),
+                            ..update(&cmd.id, CommandState::Succeeded, "")
+                        },
+                        None => update(&cmd.id, CommandState::Rejected, this.no_job(&h.job)),
                     };
                     send(&tx, u).await;
                 }
@@ -180,10 +243,14 @@ impl Dispatcher {
 
     /// Applies a command at most once: a repeated delivery gets the recorded outcome, the id is
     /// journalled durably before `apply` runs, and the outcome is journalled before it is sent.
-    async fn journalled<F>(&self, cmd: &Command, service: &str, with_releases: bool, tx: Sender, apply: F)
+    async fn journalled<F>(&self, cmd: &Command, target: Target<'_>, with_releases: bool, tx: Sender, apply: F)
     where
-        F: std::future::Future<Output = Result<String, (String, Vec<String>)>>,
+        F: std::future::Future<Output = Applied>,
     {
+        let (service, job) = match target {
+            Target::Service(s) => (s, None),
+            Target::Job(j) => ("", Some(j)),
+        };
         let id = cmd.id.clone();
         // A delivery of a command that is still being applied waits for the same outcome.
         let running = self.in_progress.lock().expect("in_progress lock").get(&id).cloned();
@@ -198,9 +265,17 @@ impl Dispatcher {
         match self.store.command(&id) {
             Ok(Some(rec)) => {
                 let u = if rec.finished {
-                    let mut u =
-                        update(&id, CommandState::try_from(rec.state).unwrap_or(CommandState::Failed), rec.message);
+                    let state = CommandState::try_from(rec.state).unwrap_or(CommandState::Failed);
+                    let mut u = update(&id, state, rec.message.clone());
                     u.service = self.status(service);
+                    if let Some(job) = job {
+                        u.job_runs = vec![JobRun {
+                            job: job.to_string(),
+                            exit_code: rec.exit_code,
+                            message: rec.message,
+                            ..Default::default()
+                        }];
+                    }
                     u
                 } else {
                     update(
@@ -218,7 +293,12 @@ impl Dispatcher {
                 return;
             }
         }
-        if self.supervisor.get(service).is_none() {
+        if let Some(job) = job {
+            if self.jobs.get(job).is_none() {
+                send(&tx, update(&id, CommandState::Rejected, self.no_job(job))).await;
+                return;
+            }
+        } else if self.supervisor.get(service).is_none() {
             let names: Vec<_> = self.supervisor.all().iter().map(|h| h.config.name.as_str()).collect();
             let msg = format!(
                 "no service named \"{service}\" on this host (it has: {})",
@@ -231,7 +311,10 @@ impl Dispatcher {
         let now = fleet_common::now_ms();
         if let Err(e) = self
             .store
-            .record_command(&id, &Recorded { at_ms: now, finished: false, state: 0, message: String::new() })
+            .record_command(
+                &id,
+                &Recorded { at_ms: now, finished: false, state: 0, message: String::new(), exit_code: None },
+            )
             .await
         {
             send(&tx, update(&id, CommandState::Failed, format!("cannot journal the command, not applying it: {e}")))
@@ -241,16 +324,21 @@ impl Dispatcher {
         let (done_tx, done_rx) = watch::channel(None);
         self.in_progress.lock().expect("in_progress lock").insert(id.clone(), done_rx);
         send(&tx, update(&id, CommandState::Running, "")).await;
-        tracing::info!(command_id = %id, service, by = %requested_by(cmd), "applying a command");
-        let mut u = match apply.await {
+        tracing::info!(command_id = %id, service, job = job.unwrap_or_default(), by = %requested_by(cmd), "applying a command");
+        let applied = apply.await;
+        let mut u = match applied.result {
             Ok(msg) => update(&id, CommandState::Succeeded, msg),
             Err((reason, tail)) => CommandUpdate { log_tail: tail, ..update(&id, CommandState::Failed, reason) },
         };
-        u.service = self.status(service);
+        let exit_code = applied.run.as_ref().and_then(|r| r.exit_code);
+        u.job_runs.extend(applied.run);
+        if job.is_none() {
+            u.service = self.status(service);
+        }
         if with_releases {
             u.releases = self.deployer.releases(service).unwrap_or_default();
         }
-        let rec = Recorded { at_ms: now, finished: true, state: u.state, message: u.message.clone() };
+        let rec = Recorded { at_ms: now, finished: true, state: u.state, message: u.message.clone(), exit_code };
         if let Err(e) = self.store.record_command(&id, &rec).await {
             tracing::error!(command_id = %id, error = %e, "cannot journal a command's outcome");
         }
@@ -259,19 +347,30 @@ impl Dispatcher {
         send(&tx, u).await;
     }
 
+    /// "no job named ... (it has: ...)".
+    fn no_job(&self, job: &str) -> String {
+        let names = self.jobs.names();
+        format!(
+            "no job named \"{job}\" on this host (it has: {})",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )
+    }
+
     async fn logs_command(self: &Arc<Self>, id: String, req: LogsCommand, tx: Sender) {
-        let handles: Vec<_> = if req.service.is_empty() {
-            self.supervisor.all().iter().collect()
+        let logs: Vec<(String, Arc<LogFile>)> = if req.service.is_empty() {
+            self.supervisor.all().iter().map(|h| (h.config.name.clone(), h.log.clone())).collect()
+        } else if let Some(j) = self.jobs.get(&req.service) {
+            vec![(j.config.name.clone(), j.log.clone())]
         } else {
             match self.supervisor.get(&req.service) {
-                Some(h) => vec![h],
+                Some(h) => vec![(h.config.name.clone(), h.log.clone())],
                 None => {
                     send(
                         &tx,
                         update(
                             &id,
                             CommandState::Rejected,
-                            format!("no service named \"{}\" on this host", req.service),
+                            format!("no service or job named \"{}\" on this host", req.service),
                         ),
                     )
                     .await;
@@ -281,8 +380,8 @@ impl Dispatcher {
         };
         let n = req.lines as usize;
         if !req.follow {
-            for h in handles {
-                for chunk in h.log.tail(n).chunks(BATCH) {
+            for (_, log) in logs {
+                for chunk in log.tail(n).chunks(BATCH) {
                     if !send_lines(&tx, &id, chunk.to_vec()).await {
                         return;
                     }
@@ -305,10 +404,10 @@ impl Dispatcher {
         }
         let mut tails = Vec::new();
         let mut streams = Vec::new();
-        for h in &handles {
-            let (tail, rx) = h.log.follow(n);
+        for (name, log) in &logs {
+            let (tail, rx) = log.follow(n);
             tails.extend(tail);
-            let service = h.config.name.clone();
+            let service = name.clone();
             streams.push(BroadcastStream::new(rx).map(move |r| match r {
                 Ok(line) => line,
                 Err(BroadcastStreamRecvError::Lagged(k)) => LogLine {

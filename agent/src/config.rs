@@ -9,6 +9,8 @@ use fleet_common::config::{ConfigErrors, Section, read_toml};
 use fleet_common::identity::valid_name;
 use fleet_common::tls::TlsFiles;
 
+use crate::schedule::{Schedule, Zone};
+
 /// The whole agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -28,6 +30,10 @@ pub struct AgentConfig {
     pub outbox: OutboxLimits,
     /// Supervised services.
     pub services: Vec<ServiceConfig>,
+    /// Scheduled jobs.
+    pub jobs: Vec<JobConfig>,
+    /// Whether `fleetctl exec` may run commands on this machine.
+    pub allow_exec: bool,
 }
 
 /// Where the agent's identity comes from.
@@ -156,6 +162,71 @@ pub struct ServiceConfig {
     pub deploy: Option<DeployConfig>,
 }
 
+/// What happens when a job comes due while an earlier run of it still runs (after
+/// Kubernetes' CronJob `concurrencyPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// The new run is skipped (and the skip recorded).
+    Forbid,
+    /// The running one is killed and the new one started.
+    Replace,
+    /// Both run (at most [`crate::jobs::MAX_PARALLEL_RUNS`] at once).
+    Allow,
+}
+
+impl Concurrency {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Concurrency::Forbid => "forbid",
+            Concurrency::Replace => "replace",
+            Concurrency::Allow => "allow",
+        }
+    }
+}
+
+/// One `[[jobs]]` table.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// Unique name on this agent (services and jobs share one namespace).
+    pub name: String,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// The program to run.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default `/`).
+    pub workdir: Option<PathBuf>,
+    /// User to run as (only when the agent runs as root).
+    pub user: Option<String>,
+    /// How long one attempt may run before its process group is stopped.
+    pub timeout: Duration,
+    /// What to do when it comes due while it still runs.
+    pub concurrency: Concurrency,
+    /// Attempts after a failed one (not after a timeout-free kill).
+    pub retries: u32,
+    /// The wait before the first retry; doubled for each next one, at most [`MAX_RETRY_DELAY`].
+    pub retry_delay: Duration,
+    /// Whether a run missed while the agent was down is made up (once) when it starts.
+    pub catch_up: bool,
+    /// The signal sent to stop it (timeout, replace, agent stopping).
+    pub stop_signal: String,
+    /// Time between the stop signal and KILL.
+    pub stop_timeout: Duration,
+    /// Size at which its log file is rotated.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept.
+    pub log_backups: u32,
+}
+
+/// The longest wait between two attempts of a job.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// The most jobs one agent runs.
+pub const MAX_JOBS: usize = 256;
+
 const SIGNALS: [&str; 7] = ["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"];
 
 impl AgentConfig {
@@ -259,11 +330,32 @@ impl AgentConfig {
                 services.push(svc);
             }
         }
+        let mut jobs = Vec::new();
+        let mut job_names = HashSet::new();
+        let job_sections = root.sections("jobs");
+        if job_sections.len() > MAX_JOBS {
+            root.error("jobs", format!("{} jobs; one agent runs at most {MAX_JOBS}", job_sections.len()));
+        }
+        for s in job_sections {
+            if let Some(job) = read_job(s, &seen, &mut job_names) {
+                jobs.push(job);
+            }
+        }
+        let allow_exec = root.bool("allow_exec").unwrap_or(false);
         root.finish();
         let config = match (name, coordinator, data_dir, report_interval, tls) {
-            (Some(name), Some(coordinator), Some(data_dir), Some(report_interval), Some(tls)) => {
-                Some(AgentConfig { name, coordinator, data_dir, report_interval, labels, tls, outbox, services })
-            }
+            (Some(name), Some(coordinator), Some(data_dir), Some(report_interval), Some(tls)) => Some(AgentConfig {
+                name,
+                coordinator,
+                data_dir,
+                report_interval,
+                labels,
+                tls,
+                outbox,
+                services,
+                jobs,
+                allow_exec,
+            }),
             _ => None,
         };
         match errors.clone().into_result(path, ()) {
@@ -324,12 +416,7 @@ fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceCon
     let start_secs =
         s.duration_in("start_secs", Duration::ZERO, Duration::from_secs(600)).unwrap_or(Duration::from_secs(1));
     let start_retries = s.u64("start_retries").map(|n| n.min(1000) as u32).unwrap_or(5);
-    let stop_signal = s.string("stop_signal").map(|v| v.trim_start_matches("SIG").to_ascii_uppercase());
-    if let Some(sig) = &stop_signal
-        && !SIGNALS.contains(&sig.as_str())
-    {
-        s.error("stop_signal", format!("unknown signal \"{sig}\"; use one of {}", SIGNALS.join(", ")));
-    }
+    let stop_signal = read_stop_signal(&mut s);
     let stop_timeout =
         s.duration_in("stop_timeout", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::from_secs(10));
     let memory_max = s.bytes("memory_max");
@@ -340,21 +427,8 @@ fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceCon
     let log_backups = s.u64("log_backups").map(|n| n.min(100) as u32).unwrap_or(5);
     let health = s.section("health").and_then(read_health);
     let deploy = s.section("deploy").and_then(read_deploy);
-    // What would only fail when the service starts is said now: a working directory that is
-    // not there (one under the deploy root may appear with the first release) and a user
-    // this machine does not have.
-    if let Some(w) = &workdir
-        && !w.is_dir()
-        && !deploy.as_ref().is_some_and(|d| w.starts_with(&d.root))
-    {
-        let what = if w.exists() { "is not a directory" } else { "does not exist" };
-        s.error("workdir", format!("{} {what}; create it or fix the path", w.display()));
-    }
-    if let Some(u) = &user
-        && let Err(e) = lookup_user(u)
-    {
-        s.error("user", format!("{e}; create the user (useradd --system {u}) or fix the name"));
-    }
+    let under_deploy_root = workdir.as_ref().is_some_and(|w| deploy.as_ref().is_some_and(|d| w.starts_with(&d.root)));
+    check_workdir_and_user(&s, &workdir, under_deploy_root, &user);
     s.finish();
     Some(ServiceConfig {
         name: name?,
@@ -366,13 +440,152 @@ fn read_service(mut s: Section, seen: &mut HashSet<String>) -> Option<ServiceCon
         restart: restart?,
         start_secs,
         start_retries,
-        stop_signal: stop_signal.unwrap_or_else(|| "TERM".to_string()),
+        stop_signal,
         stop_timeout,
         memory_max,
         log_max_bytes,
         log_backups,
         health,
         deploy,
+    })
+}
+
+/// The stop signal of a service or job, checked.
+fn read_stop_signal(s: &mut Section) -> String {
+    let stop_signal = s.string("stop_signal").map(|v| v.trim_start_matches("SIG").to_ascii_uppercase());
+    if let Some(sig) = &stop_signal
+        && !SIGNALS.contains(&sig.as_str())
+    {
+        s.error("stop_signal", format!("unknown signal \"{sig}\"; use one of {}", SIGNALS.join(", ")));
+    }
+    stop_signal.unwrap_or_else(|| "TERM".to_string())
+}
+
+/// Says now what would only fail when the process starts: a working directory that is not
+/// there (`may_appear`: one under a deploy root appears with the first release) and a user
+/// this machine does not have.
+fn check_workdir_and_user(s: &Section, workdir: &Option<PathBuf>, may_appear: bool, user: &Option<String>) {
+    if let Some(w) = workdir
+        && !w.is_dir()
+        && !may_appear
+    {
+        let what = if w.exists() { "is not a directory" } else { "does not exist" };
+        s.error("workdir", format!("{} {what}; create it or fix the path", w.display()));
+    }
+    if let Some(u) = user
+        && let Err(e) = lookup_user(u)
+    {
+        s.error("user", format!("{e}; create the user (useradd --system {u}) or fix the name"));
+    }
+}
+
+fn read_job(mut s: Section, services: &HashSet<String>, seen: &mut HashSet<String>) -> Option<JobConfig> {
+    let name = s.required_string("name");
+    if let Some(n) = &name {
+        if valid_name(n) && !seen.contains(n) && !services.contains(n) {
+            s.relabel(n);
+        }
+        if !valid_name(n) {
+            s.error("name", format!("\"{n}\" is not a valid job name: use 1-63 letters, digits, '-', '_' or '.'"));
+        } else if services.contains(n) {
+            s.error(
+                "name",
+                format!("a service is named \"{n}\" too; services and jobs share one namespace on an agent (`fleetctl logs HOST NAME` reads either): rename one"),
+            );
+        } else if !seen.insert(n.clone()) {
+            s.error("name", format!("duplicate job name \"{n}\"; job names must be unique"));
+        }
+    }
+    let zone = match s.string("timezone").as_deref() {
+        None | Some("local") => Some(Zone::Local),
+        Some(z) if z.eq_ignore_ascii_case("utc") => Some(Zone::Utc),
+        Some(other) => {
+            s.error(
+                "timezone",
+                format!("unknown time zone \"{other}\"; use \"local\" (the host's, the default) or \"UTC\""),
+            );
+            None
+        }
+    };
+    let schedule =
+        s.required_string("schedule").and_then(|text| match Schedule::parse(&text, zone.unwrap_or(Zone::Local)) {
+            Ok(sch) => Some(sch),
+            Err(e) => {
+                s.error("schedule", e);
+                None
+            }
+        });
+    let command = s.required_string("command");
+    let args = s.string_list("args").unwrap_or_default();
+    let env = s.string_map("env").unwrap_or_default();
+    let workdir = s.path("workdir");
+    let user = s.nonempty_string("user");
+    let timeout = match s.duration("timeout") {
+        None => Some(Duration::from_secs(3600)),
+        Some(d) if d.is_zero() => {
+            s.error(
+                "timeout",
+                "must be more than 0: a job that may run for ever blocks its next runs; write for example \"30m\"",
+            );
+            None
+        }
+        Some(d) if d > Duration::from_secs(7 * 86400) => {
+            s.error("timeout", "is more than 7 days; a job runs for at most a week");
+            None
+        }
+        Some(d) => Some(d),
+    };
+    let concurrency = match s.string("concurrency").as_deref() {
+        None | Some("forbid") => Some(Concurrency::Forbid),
+        Some("replace") => Some(Concurrency::Replace),
+        Some("allow") => Some(Concurrency::Allow),
+        Some(other) => {
+            s.error(
+                "concurrency",
+                format!(
+                    "unknown concurrency policy \"{other}\"; use \"forbid\" (the default), \"replace\" or \"allow\""
+                ),
+            );
+            None
+        }
+    };
+    let retries = match s.u64("retries") {
+        Some(n) if n > 100 => {
+            s.error("retries", "at most 100");
+            None
+        }
+        n => Some(n.unwrap_or(0) as u32),
+    };
+    let retry_delay =
+        s.duration_in("retry_delay", Duration::from_millis(100), MAX_RETRY_DELAY).unwrap_or(Duration::from_secs(10));
+    let catch_up = s.bool("catch_up").unwrap_or(false);
+    let stop_signal = read_stop_signal(&mut s);
+    let stop_timeout =
+        s.duration_in("stop_timeout", Duration::ZERO, Duration::from_secs(3600)).unwrap_or(Duration::from_secs(10));
+    let log_max_bytes = s.bytes("log_max_bytes").unwrap_or(10 << 20);
+    if log_max_bytes < 4096 {
+        s.error("log_max_bytes", "must be at least 4KiB");
+    }
+    let log_backups = s.u64("log_backups").map(|n| n.min(100) as u32).unwrap_or(5);
+    check_workdir_and_user(&s, &workdir, false, &user);
+    s.finish();
+    Some(JobConfig {
+        name: name?,
+        schedule: schedule?,
+        command: command?,
+        args,
+        env,
+        workdir,
+        user,
+        timeout: timeout?,
+        concurrency: concurrency?,
+        retries: retries?,
+        retry_delay,
+        catch_up,
+        stop_signal,
+        stop_timeout,
+        log_max_bytes,
+        log_backups,
     })
 }
 
@@ -524,6 +737,60 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("duplicate service name \"api\""), "{text}");
         assert!(text.contains("unknown restart policy \"sometimes\""), "{text}");
+    }
+
+    #[test]
+    fn bad_jobs_are_named_with_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |body: &str| format!("\n[[jobs]]\ncommand = \"/bin/true\"\n{body}\n");
+        let text = format!(
+            "name = \"a\"\n{}\n[[services]]\nname = \"api\"\ncommand = \"x\"\n{}{}{}{}{}{}",
+            base(dir.path()),
+            job("name = \"backup\"\nschedule = \"61 * * * *\""),
+            job("name = \"redis\"\nschedule = \"@hourly\"\nconcurrency = \"sometimes\""),
+            job("name = \"full\"\nschedule = \"0 2 * * *\"\ntimeout = \"0s\""),
+            job("name = \"full\"\nschedule = \"@daily\""),
+            job("name = \"api\"\nschedule = \"@daily\""),
+            job("name = \"tz\"\nschedule = \"@daily\"\ntimezone = \"Mars/Olympus\""),
+        );
+        let p = write(dir.path(), &text);
+        let err = AgentConfig::load(&p, || None).unwrap_err();
+        let got: Vec<_> = err.errors.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(
+            got,
+            [
+                "jobs[backup].schedule",
+                "jobs[redis].concurrency",
+                "jobs[full].timeout",
+                "jobs[3].name",
+                "jobs[4].name",
+                "jobs[tz].timezone"
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        for says in [
+            "invalid schedule \"61 * * * *\"",
+            "unknown concurrency policy \"sometimes\"",
+            "must be more than 0",
+            "duplicate job name \"full\"",
+            "a service is named \"api\" too",
+            "unknown time zone",
+        ] {
+            assert!(text.contains(says), "{says}: {text}");
+        }
+        let good = format!(
+            "name = \"a\"\nallow_exec = true\n{}{}",
+            base(dir.path()),
+            job("name = \"backup\"\nschedule = \"0 */6 * * *\"\ntimezone = \"UTC\"\nretries = 2\ncatch_up = true")
+        );
+        let c = AgentConfig::load(&write(dir.path(), &good), || None).unwrap();
+        assert!(c.allow_exec);
+        let j = &c.jobs[0];
+        assert_eq!(
+            (j.retries, j.catch_up, j.timeout, j.concurrency),
+            (2, true, Duration::from_secs(3600), Concurrency::Forbid)
+        );
     }
 
     #[test]

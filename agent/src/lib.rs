@@ -15,6 +15,8 @@ pub mod config;
 pub mod credentials;
 pub mod deploy;
 pub mod failpoint;
+pub mod jobs;
+pub mod schedule;
 pub mod session;
 pub mod store;
 pub mod supervisor;
@@ -33,6 +35,7 @@ use crate::commands::Dispatcher;
 use crate::config::{AgentConfig, Join, TlsSource};
 use crate::credentials::Credentials;
 use crate::deploy::Deployer;
+use crate::jobs::Jobs;
 use crate::store::{Opened, Outbox, StoreError};
 use crate::supervisor::Supervisor;
 
@@ -143,7 +146,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         config.coordinator.clone(),
         creds.clone(),
     ));
-    let dispatcher = Dispatcher::new(supervisor.clone(), deployer.clone(), outbox.clone());
+    let jobs_changed = Arc::new(Notify::new());
+    let jobs = Arc::new(
+        Jobs::start(
+            &config.name,
+            &config.data_dir,
+            &config.jobs,
+            outbox.clone(),
+            jobs_changed.clone(),
+            services_shutdown.clone(),
+        )
+        .map_err(|e| RunError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?,
+    );
+    let dispatcher = Dispatcher::new(supervisor.clone(), deployer.clone(), jobs.clone(), outbox.clone());
     let collector = Arc::new(Mutex::new(Collector::new().map_err(RunError::Collector)?));
     let boot_id = loop {
         let id: u64 = rand::random();
@@ -161,6 +176,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         os: Collector::os(),
         report_interval_ms: config.report_interval.as_millis() as u64,
         time_ms: 0,
+        jobs: Vec::new(),
+        allow_exec: config.allow_exec,
     };
     tracing::info!(name = %config.name, boot_id, coordinator = %config.coordinator, "fleet-agent {} starting", fleet_common::VERSION);
 
@@ -172,6 +189,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         collector,
         supervisor: supervisor.clone(),
         deployer: deployer.clone(),
+        jobs: jobs.clone(),
+        jobs_changed,
         outbox: outbox.clone(),
         new_report: new_report.clone(),
     };
@@ -182,6 +201,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         outbox: outbox.clone(),
         new_report,
         supervisor: supervisor.clone(),
+        jobs: jobs.clone(),
         dispatcher,
     };
     tasks.spawn(session::run(ctx, creds, shutdown.clone()));
@@ -189,11 +209,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     fleet_common::systemd::ready(&format!("reporting to {}", config.coordinator), shutdown.clone());
 
     shutdown.cancelled().await;
-    // Services first, each within its stop_timeout; the session stays up meanwhile.
-    tracing::info!(services = supervisor.all().len(), "stopping services");
+    // Services and job runs first, each within its stop_timeout; the session stays up meanwhile.
+    tracing::info!(services = supervisor.all().len(), jobs = jobs.names().len(), "stopping services and jobs");
     services_shutdown.cancel();
-    let services_deadline = supervisor.max_stop_timeout() + Duration::from_secs(5);
-    if tokio::time::timeout(services_deadline, supervisor.wait()).await.is_err() {
+    let services_deadline = supervisor.max_stop_timeout().max(jobs.max_stop_timeout()) + Duration::from_secs(5);
+    if tokio::time::timeout(services_deadline, async { tokio::join!(supervisor.wait(), jobs.wait()) }).await.is_err() {
         tracing::warn!(
             "services did not stop within {}; exiting anyway",
             fleet_common::human_duration(services_deadline)
@@ -229,6 +249,9 @@ struct Reporter {
     collector: Arc<Mutex<Collector>>,
     supervisor: Arc<Supervisor>,
     deployer: Arc<Deployer>,
+    jobs: Arc<Jobs>,
+    /// Notified when a job's state changed.
+    jobs_changed: Arc<Notify>,
     outbox: Arc<Outbox>,
     new_report: Arc<Notify>,
 }
@@ -237,7 +260,8 @@ impl Reporter {
     /// Takes a report every `interval` (and early when a service changes state) and appends it
     /// to the outbox.
     async fn run(self, shutdown: CancellationToken) {
-        let Reporter { interval, boot_id, collector, supervisor, deployer, outbox, new_report } = self;
+        let Reporter { interval, boot_id, collector, supervisor, deployer, jobs, jobs_changed, outbox, new_report } =
+            self;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
@@ -246,9 +270,9 @@ impl Reporter {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
-                // A service changed state: report now rather than at the next tick, so the
-                // coordinator (and operators, and alerts) see it at once; at most every 250 ms.
-                _ = supervisor.changed() => {
+                // A service or job changed state: report now rather than at the next tick, so
+                // the coordinator (and operators, and alerts) see it at once; at most every 250 ms.
+                _ = async { tokio::select! { _ = supervisor.changed() => {}, _ = jobs_changed.notified() => {} } } => {
                     let early = last + EARLY_REPORT_GAP;
                     if tokio::time::Instant::now() < early {
                         tokio::select! {
@@ -277,6 +301,7 @@ impl Reporter {
                 services: statuses(&supervisor, &deployer),
                 reports_dropped_total: outbox.dropped_total(),
                 sent_at_ms: 0,
+                jobs: jobs.statuses(),
             };
             if let Err(e) = outbox.push(&report, now).await {
                 outbox.note_lost();

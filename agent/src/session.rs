@@ -74,6 +74,8 @@ pub struct SessionContext {
     pub new_report: Arc<Notify>,
     /// The supervised services.
     pub supervisor: Arc<Supervisor>,
+    /// The jobs, for the Hello.
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// Runs the coordinator's commands.
     pub dispatcher: Arc<Dispatcher>,
 }
@@ -233,6 +235,7 @@ async fn open(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationTo
     let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND);
     let mut hello = ctx.hello.clone();
     hello.services = ctx.supervisor.statuses();
+    hello.jobs = ctx.jobs.statuses();
     hello.time_ms = fleet_common::now_ms();
     tx.try_send(AgentMessage { msg: Some(AgentMsg::Hello(hello)) }).map_err(|e| format!("cannot queue hello: {e}"))?;
     let mut inbound = tokio::select! {

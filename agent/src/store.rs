@@ -5,7 +5,8 @@
 //! restarts (`reports_dropped_total`). Tree `commands`: key = command id, value = JSON
 //! [`Recorded`], the at-most-once journal of service commands (the newest 4096 are kept).
 //! Tree `releases`: key = service name, value = JSON `ServiceReleases` (its releases,
-//! current, previous, and a pending switch).
+//! current, previous, and a pending switch). Tree `jobs`: key = job name, value = JSON
+//! [`JobRecord`] (when it was last due, its counters and its newest [`MAX_JOB_HISTORY`] runs).
 //!
 //! A report is flushed to disk before it is sent, so a report the coordinator may have seen is
 //! never lost by an agent crash; the buffer is bounded by age and bytes, and every drop is
@@ -45,6 +46,9 @@ pub struct Recorded {
     pub state: i32,
     /// The final message.
     pub message: String,
+    /// The exit status of the job run the command waited for.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
 
 /// Why the store failed.
@@ -76,6 +80,7 @@ struct Handles {
     meta: sled::Tree,
     commands: sled::Tree,
     releases: sled::Tree,
+    jobs: sled::Tree,
 }
 
 /// The buffer of reports taken but not yet acknowledged, oldest first.
@@ -225,6 +230,7 @@ impl Outbox {
         let meta = db.open_tree("meta").map_err(err)?;
         let commands = db.open_tree("commands").map_err(err)?;
         let releases = db.open_tree("releases").map_err(err)?;
+        let jobs = db.open_tree("jobs").map_err(err)?;
         let mut state = State::default();
         for item in outbox.iter() {
             let (k, v) = item.map_err(err)?;
@@ -246,7 +252,7 @@ impl Outbox {
         if let Some(v) = meta.get(DROPPED_KEY).map_err(err)? {
             state.dropped_total = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
         }
-        Ok((Handles { db, outbox, meta, commands, releases }, state))
+        Ok((Handles { db, outbox, meta, commands, releases, jobs }, state))
     }
 
     fn entry(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -501,11 +507,98 @@ impl Outbox {
         Ok(())
     }
 
+    /// Every job's record, by name (a record that does not read back is left out, loudly).
+    pub fn jobs(&self) -> Result<Vec<(String, JobRecord)>, StoreError> {
+        let g = self.handles()?;
+        let mut out = Vec::new();
+        for item in g.as_ref().expect("checked by handles()").jobs.iter() {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match serde_json::from_slice(&v) {
+                Ok(r) => out.push((name, r)),
+                Err(e) => {
+                    tracing::error!(job = %name, error = %e, "the job's record in the agent store is unreadable; its history starts anew")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Saves the record of job `name` durably.
+    pub async fn save_job(&self, name: &str, rec: &JobRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(rec).map_err(|e| self.entry("a job record", e))?;
+        let db = {
+            let g = self.handles()?;
+            let h = g.as_ref().expect("checked by handles()");
+            h.jobs.insert(name.as_bytes(), json).map_err(|e| self.err(e))?;
+            h.db.clone()
+        };
+        db.flush_async().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets the record of job `name` (it is no longer configured).
+    pub fn remove_job(&self, name: &str) -> Result<(), StoreError> {
+        let g = self.handles()?;
+        g.as_ref().expect("checked by handles()").jobs.remove(name.as_bytes()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Flushes outstanding writes; called on shutdown.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.handles()?.as_ref().expect("checked by handles()").db.clone();
         db.flush_async().await.map(|_| ()).map_err(|e| self.err(e))
     }
+}
+
+/// Runs kept in a job's history.
+pub const MAX_JOB_HISTORY: usize = 100;
+
+/// Everything the agent keeps about one job (in its store, key = job name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// When this agent first scheduled the job, in milliseconds since the epoch.
+    pub since_ms: i64,
+    /// The due time of the newest run the schedule started (or caught up), 0 before any: a
+    /// due time after it and before now was missed while the agent was down.
+    pub last_due_ms: i64,
+    /// The number of the newest run.
+    pub last_run: u64,
+    /// When a run last succeeded, 0 before any success.
+    pub last_success_ms: i64,
+    /// The final attempt of the newest finished run.
+    pub last_finished: Option<RunRecord>,
+    /// Attempts by result (`succeeded`, `failed`, `timed_out`, `killed`, `skipped`).
+    pub runs_total: std::collections::BTreeMap<String, u64>,
+    /// The newest attempts, oldest first, at most [`MAX_JOB_HISTORY`].
+    pub history: VecDeque<RunRecord>,
+}
+
+/// One attempt of one run of a job (a skipped run is an entry too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run's number (1, 2, ...); the attempts of one run share it.
+    pub run: u64,
+    /// 1 for the first attempt, 2 for the first retry, ...
+    pub attempt: u32,
+    /// What started it: `schedule`, `catch-up`, or `manual` with who asked.
+    pub trigger: String,
+    /// When the schedule had it due, 0 for a manual run.
+    pub due_ms: i64,
+    /// When the process started (or the run was skipped).
+    pub started_ms: i64,
+    /// When it ended, 0 while it runs.
+    pub ended_ms: i64,
+    /// `running`, `succeeded`, `failed`, `timed_out`, `killed` or `skipped`.
+    pub result: String,
+    /// Its exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// What happened, for people: "exited with status 3", "skipped: run 4 is still running".
+    pub message: String,
+    /// Its process id, 0 when it never started.
+    pub pid: u32,
 }
 
 /// One release kept on disk.
@@ -642,14 +735,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (o, _) = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
-            let rec = Recorded { at_ms: 1, finished: false, state: 0, message: String::new() };
+            let rec = Recorded { at_ms: 1, finished: false, state: 0, message: String::new(), exit_code: None };
             o.record_command("c1", &rec).await.unwrap();
         }
         let (o, _) = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
         assert_eq!(o.command("c1").unwrap().map(|r| r.finished), Some(false));
         assert_eq!(o.command("c2").unwrap(), None);
         for i in 0..(MAX_COMMANDS + 10) {
-            let rec = Recorded { at_ms: 10 + i as i64, finished: true, state: 2, message: String::new() };
+            let rec =
+                Recorded { at_ms: 10 + i as i64, finished: true, state: 2, message: String::new(), exit_code: None };
             o.record_command(&format!("x{i}"), &rec).await.unwrap();
         }
         assert!(o.handles().unwrap().as_ref().unwrap().commands.len() <= MAX_COMMANDS);
@@ -666,7 +760,7 @@ mod tests {
         for i in 0..300 {
             {
                 let (o, _) = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
-                let rec = Recorded { at_ms: i, finished: false, state: 0, message: String::new() };
+                let rec = Recorded { at_ms: i, finished: false, state: 0, message: String::new(), exit_code: None };
                 o.record_command(&format!("c{i}"), &rec).await.unwrap();
             }
             let (o, opened) = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();

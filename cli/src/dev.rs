@@ -92,6 +92,14 @@ fn ensure_pki(pki: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The demo backup job's script (run in the dev directory): a tarball of what the demo
+/// services keep (web's health file, app's config) under `<agent>/backups`, the newest 5 kept.
+fn backup_script(agent: &str) -> String {
+    format!(
+        "set -eu\nmkdir -p {agent}/backups\nout={agent}/backups/state-$(date -u +%Y%m%dT%H%M%SZ).tar.gz\nset --\nfor f in {agent}-web.health {agent}/app-conf; do if [ -e \"$f\" ]; then set -- \"$@\" \"$f\"; fi; done\ntar -czf \"$out\" --files-from /dev/null \"$@\"\nls -1t {agent}/backups/state-*.tar.gz | tail -n +6 | xargs -r rm --\necho \"backed up $# item(s) to $out\"\n"
+    )
+}
+
 /// A free port on the loopback interface for a demo service.
 fn free_port() -> Result<u16, CliError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
@@ -316,7 +324,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
                  # The example app (deploy/example-app): nothing runs until a release is deployed.\n\
                  [[services]]\nname = \"app\"\ncommand = \"bin/start\"\nenv = {{ FLEETCTL = \"{}\", PORT = \"{app}\", CONF = \"{}\" }}\nstop_timeout = \"5s\"\n\
                  [services.health]\nhttp = \"http://127.0.0.1:{app}/health\"\ninterval = \"1s\"\ntimeout = \"1s\"\nretries = 3\n\
-                 [services.deploy]\nroot = \"{}\"\nbackup_paths = [\"{}\"]\n",
+                 [services.deploy]\nroot = \"{}\"\nbackup_paths = [\"{}\"]\n\n\
+                 # A demo job: every minute, a backup of the demo services' state (the newest 5 kept).\n\
+                 [[jobs]]\nname = \"backup\"\nschedule = \"* * * * *\"\ncommand = \"/bin/sh\"\nworkdir = \"{}\"\ntimeout = \"30s\"\n\
+                 args = [\"-c\", '''{}''']\n",
                 dir.join(agent).display(),
                 humantime::format_duration(args.report_interval),
                 tls_section(&pki, agent),
@@ -327,6 +338,8 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
                 dir.join(agent).join("app-conf").display(),
                 dir.join(agent).join("app").display(),
                 dir.join(agent).join("app-conf").display(),
+                dir.display(),
+                backup_script(agent),
             );
             certs::write_file(&config, &text, 0o644)?;
             procs.push(spawn(agent, &agent_bin, &config, &logs.join(format!("{agent}.log")))?);
@@ -360,6 +373,8 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         outln!("  fleetctl host main-pc");
         outln!("  fleetctl services");
         outln!("  fleetctl logs main-pc web -f");
+        outln!("  fleetctl jobs");
+        outln!("  fleetctl job run main-pc backup --wait && fleetctl job history main-pc backup");
         outln!("  fleetctl restart pc2 web");
         outln!("  fleetctl alerts");
         outln!("  curl -s http://{http}/metrics | grep '^fleet_'");

@@ -31,6 +31,7 @@ pub mod client;
 pub mod demo;
 pub mod dev;
 pub mod identity;
+pub mod jobs;
 pub mod output;
 pub mod rollout;
 pub mod services;
@@ -182,11 +183,28 @@ pub enum Command {
     /// Services of every host, or of one.
     Services {
         /// Only this host.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "selector")]
         host: Option<String>,
+        /// Only the hosts this label selector picks (as for `hosts`).
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Scheduled jobs of every host (or one): schedule, last run and result, next run.
+    Jobs {
+        /// Only this host.
+        #[arg(long, conflicts_with = "selector")]
+        host: Option<String>,
+        /// Only the hosts this label selector picks (as for `hosts`).
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a job now, or show its history.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Restart a service; returns once it runs again (and is healthy, where it has a check).
     Restart {
         /// Restart SERVICE on every host that has it, one host at a time.
@@ -205,12 +223,12 @@ pub enum Command {
     Start(ServiceArgs),
     /// Stop a service; it stays stopped until started.
     Stop(ServiceArgs),
-    /// Show a service's captured output.
+    /// Show a service's (or a job's) captured output.
     Logs {
         /// Every service of every online host, prefixed with host/service.
         #[arg(long)]
         all: bool,
-        /// HOST [SERVICE] (without SERVICE: every service of HOST).
+        /// HOST [SERVICE|JOB] (without SERVICE: every service of HOST).
         #[arg(num_args = 0..=2, value_names = ["HOST", "SERVICE"])]
         targets: Vec<String>,
         /// How many recent lines to show first (per service).
@@ -292,6 +310,39 @@ pub enum Command {
     /// A small HTTP service for trying fleet (used by `fleetctl dev`).
     #[command(hide = true)]
     DemoServer(demo::DemoArgs),
+}
+
+/// `job` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Run HOST's job JOB now, by its concurrency policy (a "forbid" job that is running
+    /// refuses); with --wait, exits with the run's exit status.
+    Run {
+        /// The host.
+        host: String,
+        /// The job.
+        job: String,
+        /// Wait for the run (with its retries) to end.
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait for the run to start (or, with --wait, to end).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A job's newest runs on a host: every attempt, with its result.
+    History {
+        /// The host.
+        host: String,
+        /// The job.
+        job: String,
+        /// How many of the newest attempts.
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        n: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// `hosts` subcommands.
@@ -783,8 +834,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             views::hosts(&Target::from_conn(conn)?, selector.as_deref(), cli.output).await
         }
         Command::Host { name, conn } => views::host(&Target::from_conn(conn)?, name, cli.output).await,
-        Command::Services { host, conn } => {
-            services::list(&Target::from_conn(conn)?, host.as_deref(), cli.output).await
+        Command::Services { host, selector, conn } => {
+            services::list(&Target::from_conn(conn)?, host.as_deref(), selector.as_deref(), cli.output).await
+        }
+        Command::Jobs { host, selector, conn } => {
+            jobs::list(&Target::from_conn(conn)?, host.as_deref(), selector.as_deref(), cli.output).await
+        }
+        Command::Job(JobCommand::Run { host, job, wait, timeout, conn }) => {
+            let default = if *wait { Duration::from_secs(3600) } else { Duration::from_secs(60) };
+            jobs::run(&Target::from_conn(conn)?, host, job, *wait, timeout.unwrap_or(default), cli.output).await
+        }
+        Command::Job(JobCommand::History { host, job, n, conn }) => {
+            jobs::history(&Target::from_conn(conn)?, host, job, *n, cli.output).await
         }
         Command::Restart { all, targets, timeout, conn } => {
             let t = Target::from_conn(conn)?;

@@ -19,8 +19,11 @@ fn main() -> ExitCode {
     match runtime.block_on(fleetctl::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Errors carry agents' and services' words: shown, never sent to the terminal.
-            eprintln!("error: {}", fleet_common::printable(&e.message, &['\n']));
+            // Errors carry agents' and services' words: shown, never sent to the terminal. A
+            // remote command's own exit status (exec, job run --wait) comes without one.
+            if !e.message.is_empty() {
+                eprintln!("error: {}", fleet_common::printable(&e.message, &['\n']));
+            }
             ExitCode::from(e.code)
         }
     }

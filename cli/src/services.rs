@@ -33,11 +33,12 @@ fn service_json(h: &HostService) -> Value {
     })
 }
 
-/// `fleetctl services [--host NAME]`.
-pub async fn list(target: &Target, host: Option<&str>, output: Output) -> Result<(), CliError> {
+/// `fleetctl services [--host NAME] [-l SELECTOR]`.
+pub async fn list(target: &Target, host: Option<&str>, selector: Option<&str>, output: Output) -> Result<(), CliError> {
+    let selector = crate::views::checked_selector(selector)?;
     let mut c = target.control().await?;
     let list = c
-        .list_services(ListServicesRequest { host: host.unwrap_or_default().to_string() })
+        .list_services(ListServicesRequest { host: host.unwrap_or_default().to_string(), selector })
         .await
         .map_err(|e| status_error(&target.addr, e))?
         .into_inner()
@@ -183,7 +184,7 @@ pub async fn one(
 pub async fn restart_all(target: &Target, service: &str, timeout: Duration, output: Output) -> Result<(), CliError> {
     let mut c = target.control().await?;
     let list = c
-        .list_services(ListServicesRequest { host: String::new() })
+        .list_services(ListServicesRequest::default())
         .await
         .map_err(|e| status_error(&target.addr, e))?
         .into_inner()

@@ -42,7 +42,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn ago(ms: i64) -> String {
+pub fn ago(ms: i64) -> String {
     if ms <= 0 {
         return "never".into();
     }
@@ -171,15 +171,20 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A selector given on the command line, checked: a bad one is a usage error, said before
+/// anything is dialled. Empty when none was given.
+pub fn checked_selector(selector: Option<&str>) -> Result<String, CliError> {
+    match selector {
+        Some(text) => {
+            Ok(fleet_common::selector::Selector::parse(text).map_err(|e| CliError::usage(e.to_string()))?.to_string())
+        }
+        None => Ok(String::new()),
+    }
+}
+
 /// `fleetctl hosts [--selector SEL]`.
 pub async fn hosts(target: &Target, selector: Option<&str>, output: Output) -> Result<(), CliError> {
-    // A bad selector is a usage error, said before anything is dialled.
-    let selector = match selector {
-        Some(text) => {
-            fleet_common::selector::Selector::parse(text).map_err(|e| CliError::usage(e.to_string()))?.to_string()
-        }
-        None => String::new(),
-    };
+    let selector = checked_selector(selector)?;
     let mut client = target.control().await?;
     let list = client
         .list_hosts(ListHostsRequest { selector })

@@ -45,7 +45,7 @@ pub const MAX_LIST_REPORTS: usize = 100_000;
 /// The ControlService implementation.
 #[derive(Clone)]
 pub struct ControlApi {
-    c: Arc<Coordinator>,
+    pub(crate) c: Arc<Coordinator>,
 }
 
 impl ControlApi {
@@ -62,7 +62,7 @@ fn identity_of<T>(req: &Request<T>) -> Result<Identity, Status> {
         .ok_or_else(|| Status::unauthenticated("no client certificate: fleet requires mutual TLS"))
 }
 
-fn caller<T>(req: &Request<T>) -> String {
+pub(crate) fn caller<T>(req: &Request<T>) -> String {
     req.extensions().get::<Identity>().map(|i| i.uri()).unwrap_or_else(|| "unknown".into())
 }
 
@@ -85,7 +85,7 @@ fn send_status(host: &Host, e: SendError) -> Status {
     }
 }
 
-fn offline_error(host: &Host) -> Status {
+pub(crate) fn offline_error(host: &Host) -> Status {
     let last = host.with(|s| s.record.last_seen_ms);
     let ago = if last > 0 {
         format!(
@@ -108,7 +108,7 @@ impl ControlApi {
             .map_err(|e| Status::unavailable(format!("cannot read the report store: {e}")))
     }
 
-    fn host(&self, name: &str) -> Result<Arc<Host>, Status> {
+    pub(crate) fn host(&self, name: &str) -> Result<Arc<Host>, Status> {
         self.c.registry.get(name).ok_or_else(|| {
             Status::not_found(format!(
                 "no host named \"{name}\"; `fleetctl hosts` lists the hosts this coordinator knows"
@@ -117,7 +117,7 @@ impl ControlApi {
     }
 
     /// Sends `command` to `host` and waits up to `timeout` for its outcome.
-    async fn ask(
+    pub(crate) async fn ask(
         &self,
         host: &Host,
         command: Command,
@@ -125,6 +125,105 @@ impl ControlApi {
     ) -> Result<fleet_proto::v1::CommandUpdate, Status> {
         let outcome = self.c.hub.send_and_wait(host, command, timeout, std::future::ready(Ok(()))).await;
         outcome.map(|o| o.update).map_err(|e| send_status(host, e))
+    }
+
+    /// Sends an operator's command to `host`'s agent and waits up to `timeout` for its
+    /// outcome. Audited before it is sent (the log must show every attempt, even one whose
+    /// outcome never arrives) and with its outcome; a timeout is a FAILED outcome that says
+    /// whether the agent still works on it (`look` is the fleetctl command that shows how it
+    /// ends, completed with the host's name).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn audited(
+        &self,
+        who: &str,
+        action: &str,
+        host: &Host,
+        target: &str,
+        command: Command,
+        timeout: Duration,
+        look: &str,
+    ) -> Result<fleet_proto::v1::CommandUpdate, Status> {
+        let id = command.id.clone();
+        let audit_first = async {
+            self.c
+                .audit
+                .append(entry(who, action, &host.name, target, &id, "requested", ""))
+                .await
+                .map_err(|e| format!("cannot write the audit log, the command was not sent: {e}"))?;
+            tracing::info!(%who, host = %host.name, target, action, command_id = %id, "operator command");
+            Ok(())
+        };
+        let sent = self.c.hub.send_and_wait(host, command, timeout, audit_first).await;
+        let (word, u) = match sent {
+            // A repeated request: its outcome was audited when it arrived.
+            Ok(Outcome { update: u, earlier: true }) => return Ok(u),
+            Ok(Outcome { update: u, earlier: false }) => {
+                let word = match CommandState::try_from(u.state).unwrap_or(CommandState::Failed) {
+                    CommandState::Succeeded => "succeeded",
+                    CommandState::Rejected => "rejected",
+                    _ => "failed",
+                };
+                (word, u)
+            }
+            Err(SendError::NotSent(msg)) => return Err(Status::internal(msg)),
+            Err(e @ (SendError::Offline { .. } | SendError::Busy)) => return Err(send_status(host, e)),
+            Err(e @ SendError::NotAccepting { .. }) => {
+                let msg = e.to_string();
+                let _ = self.c.audit.append(entry(who, action, &host.name, target, &id, "failed", &msg)).await;
+                return Err(Status::unavailable(msg));
+            }
+            Err(SendError::TimedOut { accepted, .. }) => {
+                let within = fleet_common::human_duration_ms(timeout);
+                let look = format!("`{look} {}`", host.name);
+                let message = if accepted {
+                    format!(
+                        "{} received the command but gave no outcome within {within}; it is still being applied there: {look} shows how it ends",
+                        host.name
+                    )
+                } else {
+                    format!(
+                        "{} did not acknowledge the command within {within} (its agent is stopped, overloaded or cut off), so fleet dropped it and will not send it again; an agent that reads it late, after a stall, still applies it: {look} shows the outcome",
+                        host.name
+                    )
+                };
+                let u = fleet_proto::v1::CommandUpdate {
+                    command_id: id.clone(),
+                    state: CommandState::Failed as i32,
+                    message,
+                    ..Default::default()
+                };
+                ("timed out", u)
+            }
+        };
+        let _ = self.c.audit.append(entry(who, action, &host.name, target, &id, word, &u.message)).await;
+        Ok(u)
+    }
+
+    /// The hosts `host` (one, by name) or `selector` (a label selector) pick, or every host
+    /// when both are empty. A selector that picks none is NOT_FOUND, a malformed one
+    /// INVALID_ARGUMENT.
+    pub(crate) fn select(&self, host: &str, selector: &str) -> Result<Vec<Arc<Host>>, Status> {
+        if !host.is_empty() {
+            return Ok(vec![self.host(host)?]);
+        }
+        let mut hosts = self.c.registry.all();
+        if selector.is_empty() {
+            return Ok(hosts);
+        }
+        let selector = Selector::parse(selector).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        hosts.retain(|h| {
+            let labels = h.with(|s| s.record.labels.clone());
+            selector.matches(|k| match k {
+                "host" => Some(h.name.as_str()),
+                _ => labels.get(k).map(String::as_str),
+            })
+        });
+        if hosts.is_empty() {
+            return Err(Status::not_found(format!(
+                "no host matches the selector {selector}; `fleetctl hosts -o json` shows every host's labels"
+            )));
+        }
+        Ok(hosts)
     }
 
     fn timed<T>(&self, started: Instant, r: T) -> T {
@@ -155,22 +254,7 @@ impl ControlService for ControlApi {
 
     async fn list_hosts(&self, req: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
         let t = Instant::now();
-        let mut hosts: Vec<_> = self.c.registry.all().iter().map(|h| h.summary()).collect();
-        let text = &req.get_ref().selector;
-        if !text.is_empty() {
-            let selector = Selector::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            hosts.retain(|h| {
-                selector.matches(|k| match k {
-                    "host" => Some(h.name.as_str()),
-                    _ => h.labels.get(k).map(String::as_str),
-                })
-            });
-            if hosts.is_empty() {
-                return Err(Status::not_found(format!(
-                    "no host matches the selector {selector}; `fleetctl hosts -o json` shows every host's labels"
-                )));
-            }
-        }
+        let hosts = self.select("", &req.get_ref().selector)?.iter().map(|h| h.summary()).collect();
         Ok(self.timed(t, Response::new(ListHostsResponse { hosts })))
     }
 
@@ -206,8 +290,7 @@ impl ControlService for ControlApi {
 
     async fn list_services(&self, req: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
         let t = Instant::now();
-        let hosts =
-            if req.get_ref().host.is_empty() { self.c.registry.all() } else { vec![self.host(&req.get_ref().host)?] };
+        let hosts = self.select(&req.get_ref().host, &req.get_ref().selector)?;
         let mut services = Vec::new();
         for h in hosts {
             let sum = h.summary();
@@ -256,75 +339,14 @@ impl ControlService for ControlApi {
             timeout_ms: timeout.saturating_sub(margin).max(Duration::from_millis(100)).as_millis() as u64,
             action: Some(CmdAction::Service(ServiceCommand { service: r.service.clone(), action: action as i32 })),
         };
-        // Audited before it is sent: the log must show every attempt, even one whose outcome
-        // never arrives.
-        let audit_first = async {
-            self.c
-                .audit
-                .append(entry(&who, name, &r.host, &r.service, &id, "requested", ""))
-                .await
-                .map_err(|e| format!("cannot write the audit log, the command was not sent: {e}"))?;
-            tracing::info!(%who, host = %r.host, service = %r.service, action = name, command_id = %id, "service command");
-            Ok(())
-        };
-        let sent = self.c.hub.send_and_wait(&host, command, timeout, audit_first).await;
-        let resp = match sent {
-            Ok(Outcome { update: u, earlier: true }) => {
-                return Ok(Response::new(RunServiceCommandResponse {
-                    command_id: id,
-                    state: u.state,
-                    message: u.message,
-                    service: u.service,
-                    log_tail: u.log_tail,
-                }));
-            }
-            Ok(Outcome { update: u, earlier: false }) => {
-                let state = CommandState::try_from(u.state).unwrap_or(CommandState::Failed);
-                let word = match state {
-                    CommandState::Succeeded => "succeeded",
-                    CommandState::Rejected => "rejected",
-                    _ => "failed",
-                };
-                let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, word, &u.message)).await;
-                RunServiceCommandResponse {
-                    command_id: id,
-                    state: u.state,
-                    message: u.message,
-                    service: u.service,
-                    log_tail: u.log_tail,
-                }
-            }
-            Err(SendError::NotSent(msg)) => return Err(Status::internal(msg)),
-            Err(e @ (SendError::Offline { .. } | SendError::Busy)) => return Err(send_status(&host, e)),
-            Err(e @ SendError::NotAccepting { .. }) => {
-                let msg = e.to_string();
-                let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "failed", &msg)).await;
-                return Err(Status::unavailable(msg));
-            }
-            Err(SendError::TimedOut { accepted, .. }) => {
-                let within = fleet_common::human_duration_ms(timeout);
-                let msg = if accepted {
-                    format!(
-                        "{} received the command but gave no outcome within {within}; it is still being applied there: `fleetctl services --host {}` shows how it ends",
-                        r.host, r.host
-                    )
-                } else {
-                    format!(
-                        "{} did not acknowledge the command within {within} (its agent is stopped, overloaded or cut off), so fleet dropped it and will not send it again; an agent that reads it late, after a stall, still applies it: `fleetctl services --host {}` shows the service",
-                        r.host, r.host
-                    )
-                };
-                let _ = self.c.audit.append(entry(&who, name, &r.host, &r.service, &id, "timed out", &msg)).await;
-                RunServiceCommandResponse {
-                    command_id: id,
-                    state: CommandState::Failed as i32,
-                    message: msg,
-                    service: None,
-                    log_tail: Vec::new(),
-                }
-            }
-        };
-        Ok(Response::new(resp))
+        let u = self.audited(&who, name, &host, &r.service, command, timeout, "fleetctl services --host").await?;
+        Ok(Response::new(RunServiceCommandResponse {
+            command_id: id,
+            state: u.state,
+            message: u.message,
+            service: u.service,
+            log_tail: u.log_tail,
+        }))
     }
 
     type StreamLogsStream = ReceiverStream<Result<LogLine, Status>>;
@@ -889,5 +911,27 @@ impl ControlService for ControlApi {
                 Err(Status::invalid_argument(format!("{e}; the previous rules stay active")))
             }
         }
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<fleet_proto::v1::ListJobsRequest>,
+    ) -> Result<Response<fleet_proto::v1::ListJobsResponse>, Status> {
+        self.jobs_list(req.into_inner()).map(Response::new)
+    }
+
+    async fn run_job(
+        &self,
+        req: Request<fleet_proto::v1::RunJobRequest>,
+    ) -> Result<Response<fleet_proto::v1::RunJobResponse>, Status> {
+        let who = caller(&req);
+        self.job_run(&who, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_job_history(
+        &self,
+        req: Request<fleet_proto::v1::GetJobHistoryRequest>,
+    ) -> Result<Response<fleet_proto::v1::GetJobHistoryResponse>, Status> {
+        self.job_history(req.into_inner()).await.map(Response::new)
     }
 }

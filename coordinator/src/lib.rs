@@ -27,6 +27,7 @@ pub mod enroll;
 pub mod guard;
 pub mod http;
 pub mod http_auth;
+pub mod jobs;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;

@@ -123,6 +123,8 @@ impl Host {
                 agent_version: r.agent_version.clone(),
                 metrics: s.latest.as_ref().and_then(|l| l.host.clone()),
                 services: s.latest.as_ref().map(|l| l.services.clone()).unwrap_or_default(),
+                jobs: s.latest.as_ref().map(|l| l.jobs.clone()).unwrap_or_default(),
+                allow_exec: r.allow_exec,
                 last_report_ms: r.last_report_ms,
                 os: r.os.clone(),
                 hostname: r.hostname.clone(),
@@ -255,6 +257,7 @@ impl Registry {
             r.report_interval_ms = hello.report_interval_ms;
             r.last_seen_ms = now_ms;
             r.peer_address = peer.to_string();
+            r.allow_exec = hello.allow_exec;
             if r.first_seen_ms == 0 {
                 r.first_seen_ms = now_ms;
             }
@@ -263,6 +266,7 @@ impl Registry {
             // report interval later. The rest of the newest report stands until the next.
             let mut latest = s.latest.as_deref().cloned().unwrap_or_default();
             latest.services = hello.services.clone();
+            latest.jobs = hello.jobs.clone();
             s.latest = Some(Arc::new(latest));
             Ok(s.session.replace(handle.clone()))
         })?;

@@ -5,7 +5,7 @@
 //! disagree. The families that come from the session rather than a report (`fleet_agent_up`,
 //! the last report time, the clock offset) are written from the registry here too.
 
-use fleet_proto::v1::{HostMetrics, Report, ServiceStatus};
+use fleet_proto::v1::{HostMetrics, JobStatus, Report, ServiceStatus};
 
 use crate::metrics::Exposition;
 use crate::registry::Registry;
@@ -56,8 +56,18 @@ fn service(r: &Report, f: &mut Sink<'_>, get: fn(&ServiceStatus) -> f64) {
     }
 }
 
+/// Calls `f` once per job of a report. Job series carry `job_name`, not `job`: Prometheus
+/// gives `job` to every scraped series (the scrape job), which would rename fleet's.
+fn job(r: &Report, f: &mut Sink<'_>, get: fn(&JobStatus) -> Option<f64>) {
+    for j in &r.jobs {
+        if let Some(v) = get(j) {
+            f(&[("job_name", &j.name)], v);
+        }
+    }
+}
+
 /// Every family a report gives, in the order `/metrics` writes them.
-pub const REPORT_FAMILIES: [Family; 20] = [
+pub const REPORT_FAMILIES: [Family; 27] = [
     Family {
         name: "fleet_agent_reports_dropped_total",
         kind: "counter",
@@ -136,6 +146,45 @@ pub const REPORT_FAMILIES: [Family; 20] = [
             f(&[("service", &s.name), ("version", &s.version)], 1.0);
         }
     }),
+    gauge(
+        "fleet_job_last_run_timestamp_seconds",
+        "When the job's newest finished run ended (its final attempt); absent before any.",
+        |r, f| job(r, f, |j| j.last_run.as_ref().map(|l| l.ended_ms as f64 / 1000.0)),
+    ),
+    gauge(
+        "fleet_job_last_success_timestamp_seconds",
+        "When a run of the job last succeeded; 0 before any success.",
+        |r, f| job(r, f, |j| Some(j.last_success_ms as f64 / 1000.0)),
+    ),
+    gauge(
+        "fleet_job_last_duration_seconds",
+        "How long the final attempt of the job's newest finished run took.",
+        |r, f| {
+            job(r, f, |j| j.last_run.as_ref().map(|l| l.ended_ms.saturating_sub(l.started_ms).max(0) as f64 / 1000.0))
+        },
+    ),
+    counter(
+        "fleet_job_runs_total",
+        "Attempts of the job by result (succeeded, failed, timed_out, killed, skipped) since it was first scheduled on the host.",
+        |r, f| {
+            for j in &r.jobs {
+                for (result, n) in &j.runs_total {
+                    f(&[("job_name", &j.name), ("result", result)], *n as f64);
+                }
+            }
+        },
+    ),
+    gauge("fleet_job_running", "Runs of the job in progress.", |r, f| job(r, f, |j| Some(j.running as f64))),
+    gauge(
+        "fleet_job_next_run_timestamp_seconds",
+        "When the job's schedule next has it due; absent when it never does.",
+        |r, f| job(r, f, |j| (j.next_run_ms > 0).then(|| j.next_run_ms as f64 / 1000.0)),
+    ),
+    gauge(
+        "fleet_job_period_seconds",
+        "The longest time between two due times of the job (what FleetJobNotSucceeding measures against).",
+        |r, f| job(r, f, |j| Some(j.period_ms as f64 / 1000.0)),
+    ),
 ];
 
 /// Calls `f(name, labels, value)` for every sample of `r`, a report of `host`: the labels

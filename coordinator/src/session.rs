@@ -138,6 +138,8 @@ impl AgentService for AgentApi {
 
 /// Services a Hello may list, at most.
 pub const MAX_SERVICES: usize = 256;
+/// Jobs one agent may list (as its config allows).
+pub const MAX_JOBS: usize = 256;
 
 /// The caller the guard admitted ([`crate::guard`]).
 fn caller_of<T>(req: &Request<T>) -> Result<&crate::guard::Caller, Status> {
@@ -164,6 +166,12 @@ fn validate_hello(h: &Hello) -> Result<(), String> {
     }
     if let Some(s) = h.services.iter().find(|s| !fleet_common::identity::valid_name(&s.name)) {
         return Err(format!("service name {:?} is not a valid name", s.name));
+    }
+    if h.jobs.len() > MAX_JOBS {
+        return Err(format!("the agent lists {} jobs; at most {MAX_JOBS} are accepted", h.jobs.len()));
+    }
+    if let Some(j) = h.jobs.iter().find(|j| !fleet_common::identity::valid_name(&j.name)) {
+        return Err(format!("job name {:?} is not a valid name", j.name));
     }
     Ok(())
 }
@@ -301,6 +309,10 @@ impl AgentApi {
                                 self.note_clock(&host, offset);
                                 report.timestamp_ms = crate::clock::corrected(report.timestamp_ms, offset);
                             }
+                            // Job names become label values: an agent's config allows only
+                            // valid names, and at most MAX_JOBS.
+                            report.jobs.retain(|j| fleet_common::identity::valid_name(&j.name));
+                            report.jobs.truncate(MAX_JOBS);
                             let Some(id) = report.id.filter(|i| i.boot_id != 0 && i.seq != 0) else {
                                 break ("the agent sent a report without an id".to_string(), Some(Status::invalid_argument("report.id must carry a boot id and a sequence number")));
                             };

@@ -78,6 +78,8 @@ pub struct HostRecord {
     pub last_disconnect_reason: String,
     /// Newest stored sequence number per recent agent run, oldest run first.
     pub boots: Vec<BootMark>,
+    /// Whether the agent's config allows `fleetctl exec` (from its last Hello).
+    pub allow_exec: bool,
 }
 
 impl HostRecord {

@@ -9,7 +9,9 @@ use fleet_coordinator::config::CoordinatorConfig;
 use fleet_coordinator::query;
 use fleet_coordinator::tsdb::Tsdb;
 use fleet_proto::v1::agent_message::Msg;
-use fleet_proto::v1::{AgentMessage, Filesystem, HostMetrics, NetworkInterface, Report, ReportId, ServiceStatus};
+use fleet_proto::v1::{
+    AgentMessage, Filesystem, HostMetrics, JobRun, JobStatus, NetworkInterface, Report, ReportId, ServiceStatus,
+};
 use fleet_rules::promql::Limits;
 use prost::Message;
 use rand::rngs::StdRng;
@@ -94,6 +96,22 @@ fn report(rng: &mut StdRng) -> Report {
             })
             .collect(),
         reports_dropped_total: rng.random(),
+        jobs: (0..rng.random_range(0..3))
+            .map(|_| JobStatus {
+                name: text(rng),
+                last_run: rng.random_ratio(1, 2).then(|| JobRun {
+                    started_ms: [0, i64::MIN, i64::MAX, rng.random()][rng.random_range(0..4)],
+                    ended_ms: [0, i64::MIN, i64::MAX, rng.random()][rng.random_range(0..4)],
+                    result: text(rng),
+                    ..Default::default()
+                }),
+                last_success_ms: rng.random(),
+                next_run_ms: rng.random(),
+                period_ms: rng.random(),
+                runs_total: (0..rng.random_range(0..3)).map(|_| (text(rng), rng.random())).collect(),
+                ..Default::default()
+            })
+            .collect(),
     }
 }
 

@@ -527,7 +527,10 @@ impl Cluster {
     pub async fn service(&self, host: &str, name: &str) -> Option<ServiceStatus> {
         let tls = TlsMaterial::load(&self.pki.files("ops")).ok()?;
         let ch = connect_coordinator(&self.addr, &tls).await.ok()?;
-        let r = ControlServiceClient::new(ch).list_services(ListServicesRequest { host: host.into() }).await.ok()?;
+        let r = ControlServiceClient::new(ch)
+            .list_services(ListServicesRequest { host: host.into(), ..Default::default() })
+            .await
+            .ok()?;
         r.into_inner().services.into_iter().filter_map(|s| s.service).find(|s| s.name == name)
     }
 

@@ -132,6 +132,7 @@ impl SimHost {
             }),
             services,
             reports_dropped_total: 0,
+            jobs: Vec::new(),
         }
     }
 }

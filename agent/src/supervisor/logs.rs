@@ -118,7 +118,16 @@ impl LogFile {
     /// Appends one line of `stream` ("stdout", "stderr", "fleet").
     pub fn write(&self, stream: &str, text: &str) {
         let now = fleet_common::now_ms();
-        let text = bounded(text.trim_end_matches(['\n', '\r']));
+        let text = text.trim_end_matches(['\n', '\r']);
+        // One entry is one line of the file: a line break inside (a note quoting a multi-line
+        // command) is written as the two characters \n.
+        let escaped;
+        let text = if text.contains('\n') {
+            escaped = text.replace('\n', "\\n");
+            bounded(&escaped)
+        } else {
+            bounded(text)
+        };
         let line = format!("{} {stream} {text}\n", fleet_common::rfc3339(now));
         let mut inner = self.inner.lock().expect("log lock");
         if inner.size > 0 && inner.size + line.len() as u64 > self.max_bytes {
@@ -241,6 +250,17 @@ mod tests {
         assert_eq!((t[0].stream.as_str(), t[0].line.as_str()), ("stderr", "boom: disk full"));
         assert!(t[0].timestamp_ms > 0);
         assert_eq!(log.output_tail(1), ["stdout: second run"]);
+    }
+
+    #[test]
+    fn a_note_with_line_breaks_stays_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::open(dir.path(), "backup", 1 << 20, 1).unwrap();
+        log.write("fleet", "started: /bin/sh -c set -eu\necho hi\n");
+        log.write("stdout", "hi");
+        let tail = log.tail(10);
+        assert_eq!(tail.len(), 2, "{tail:?}");
+        assert_eq!(tail[0].line, "started: /bin/sh -c set -eu\\necho hi");
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod policy;
 pub mod procinfo;
 pub mod service;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -134,9 +134,66 @@ fn signal_name(s: Signal) -> &'static str {
     }
 }
 
+/// A process fleet starts (a service's or a job's): in its own process group, so that stop
+/// signals reach it and everything it started; with a clean environment (the base, then
+/// `fleet_env`, then its own `env`); stdin closed, stdout and stderr piped.
+pub struct Launch<'a> {
+    /// The program; a relative path with a '/' is taken from `workdir`.
+    pub command: &'a str,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// Its own environment.
+    pub env: &'a std::collections::BTreeMap<String, String>,
+    /// Its working directory.
+    pub workdir: PathBuf,
+    /// The user to run as.
+    pub user: Option<&'a str>,
+    /// `FLEET_*` variables saying what it is.
+    pub fleet_env: &'a [(&'a str, &'a str)],
+}
+
+impl Launch<'_> {
+    /// Starts it; the error says why it could not start, naming the program.
+    pub fn spawn(&self, base_env: &[(String, String)]) -> Result<(tokio::process::Child, PathBuf), String> {
+        let program = if self.command.contains('/') && !Path::new(self.command).is_absolute() {
+            self.workdir.join(self.command)
+        } else {
+            PathBuf::from(self.command)
+        };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(self.args)
+            .env_clear()
+            .envs(base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.fleet_env.iter().copied())
+            .envs(self.env)
+            .current_dir(&self.workdir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(user) = self.user {
+            let (uid, gid) = crate::config::lookup_user(user)?;
+            if !rustix::process::geteuid().is_root() && uid != rustix::process::geteuid().as_raw() {
+                return Err(format!("user = \"{user}\" needs fleet-agent to run as root"));
+            }
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().map_err(|e| format!("{}: {}", program.display(), fleet_common::io_reason(&e)))?;
+        Ok((child, program))
+    }
+}
+
+/// Sends `sig` to the process group led by `pid`.
+pub fn kill_group(pid: u32, sig: Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(p, sig);
+    }
+}
+
 /// The environment every service starts with, before its own `env`: a sane PATH and the
 /// locale and time zone of the agent. Nothing else of the agent's environment leaks in.
-fn base_env() -> Vec<(String, String)> {
+pub fn base_env() -> Vec<(String, String)> {
     let mut env = vec![(
         "PATH".to_string(),
         std::env::var("PATH").unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),

@@ -3,14 +3,14 @@
 //! The task publishes its status on a watch channel; requests carry a reply that is answered
 //! once the outcome is known (running and healthy, stopped, or failed with the reason).
 
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -366,33 +366,15 @@ impl ServiceTask {
             .clone()
             .or_else(|| c.deploy.as_ref().map(|d| d.root.join("current")))
             .unwrap_or_else(|| PathBuf::from("/"));
-        let program = if c.command.contains('/') && !Path::new(&c.command).is_absolute() {
-            workdir.join(&c.command)
-        } else {
-            PathBuf::from(&c.command)
-        };
-        let mut cmd = Command::new(&program);
-        cmd.args(&c.args)
-            .env_clear()
-            .envs(self.base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("FLEET_SERVICE", &c.name)
-            .env("FLEET_AGENT", &self.agent)
-            .envs(&c.env)
-            .current_dir(&workdir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: stop signals reach the service and everything it started.
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(user) = &c.user {
-            let (uid, gid) = crate::config::lookup_user(user)?;
-            if !rustix::process::geteuid().is_root() && uid != rustix::process::geteuid().as_raw() {
-                return Err(format!("user = \"{user}\" needs fleet-agent to run as root"));
-            }
-            cmd.uid(uid).gid(gid);
+        let (mut child, program) = super::Launch {
+            command: &c.command,
+            args: &c.args,
+            env: &c.env,
+            workdir,
+            user: c.user.as_deref(),
+            fleet_env: &[("FLEET_SERVICE", &c.name), ("FLEET_AGENT", &self.agent)],
         }
-        let mut child = cmd.spawn().map_err(|e| format!("{}: {}", program.display(), fleet_common::io_reason(&e)))?;
+        .spawn(&self.base_env)?;
         let pid = child.id().ok_or("the process ended before it could be watched")?;
         if let Some(stat) = super::procinfo::stat(pid) {
             pidfile::write(&self.run_dir, &c.name, pid, stat.start_ticks);
@@ -525,9 +507,7 @@ impl ServiceTask {
     }
 
     fn kill_group(&self, pid: u32, sig: Signal) {
-        if let Some(p) = Pid::from_raw(pid as i32) {
-            let _ = kill_process_group(p, sig);
-        }
+        super::kill_group(pid, sig)
     }
 
     /// Stops a process: stop_signal to its group, KILL after stop_timeout, and KILL for
@@ -561,7 +541,7 @@ impl ServiceTask {
 }
 
 /// Copies one output stream into the log, line by line (bounded line length).
-async fn pump(stream: impl AsyncRead + Unpin, log: Arc<LogFile>, name: &'static str) {
+pub(crate) async fn pump(stream: impl AsyncRead + Unpin, log: Arc<LogFile>, name: &'static str) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
