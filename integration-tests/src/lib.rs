@@ -412,11 +412,12 @@ impl Cluster {
         self.coordinator = Some(p);
     }
 
-    /// Writes an agent config (extra TOML appended) and returns its path.
+    /// Writes an agent config (extra TOML appended; it may start with top-level keys, as the
+    /// `[tls]` table comes last) and returns its path.
     pub fn agent_config(&self, name: &str, report_interval: Duration, extra: &str) -> PathBuf {
         let path = self.dir().join(format!("{name}.toml"));
         let config = format!(
-            "name = \"{name}\"\ncoordinator = \"{}\"\ndata_dir = \"{}\"\nreport_interval = \"{}ms\"\n{}{extra}",
+            "name = \"{name}\"\ncoordinator = \"{}\"\ndata_dir = \"{}\"\nreport_interval = \"{}ms\"\n{extra}\n{}",
             self.addr,
             self.dir().join(name).display(),
             report_interval.as_millis(),
@@ -584,6 +585,38 @@ impl Cluster {
         let code = r.status().as_u16();
         (code, r.text().await.expect("body"))
     }
+}
+
+/// Starts a real Alertmanager (Debian's prometheus-alertmanager) for `c` on a free port, with
+/// a receiver that drops notifications; its alerts are read with [`am_alerts`].
+pub fn start_alertmanager(c: &Cluster) -> (Proc, u16) {
+    assert!(
+        Path::new("/usr/bin/prometheus-alertmanager").exists(),
+        "install prometheus-alertmanager (scripts/test.sh does this)"
+    );
+    let dir = c.dir().join("alertmanager");
+    fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("am.yml");
+    fs::write(&conf, "route:\n  receiver: devnull\n  group_wait: 0s\nreceivers:\n  - name: devnull\n").unwrap();
+    let port = free_port();
+    let p = Proc::spawn(
+        "alertmanager",
+        Path::new("/usr/bin/prometheus-alertmanager"),
+        &[
+            &format!("--config.file={}", conf.display()),
+            &format!("--storage.path={}", dir.display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=",
+        ],
+        &c.dir().join("logs/alertmanager.log"),
+    );
+    (p, port)
+}
+
+/// The alerts Alertmanager on `port` holds (its v2 API), None while it does not answer.
+pub async fn am_alerts(port: u16) -> Option<Vec<serde_json::Value>> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/api/v2/alerts")).await.ok()?.text().await.ok()?;
+    serde_json::from_str::<Vec<serde_json::Value>>(&body).ok()
 }
 
 /// A `[[services]]` table running `sh -c SCRIPT`, with extra keys appended.

@@ -6,29 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fleet_integration_tests::{Cluster, CoordinatorOpts, Proc, eventually, free_port, serial};
+use fleet_integration_tests::{Cluster, CoordinatorOpts, am_alerts, eventually, serial, start_alertmanager};
 
 const RULES: &str = "groups:\n  - name: fleet\n    interval: 1s\n    rules:\n      - alert: FleetAgentDown\n        expr: fleet_agent_up == 0\n        for: 2s\n        labels:\n          severity: critical\n        annotations:\n          summary: \"agent on {{ $labels.host }} is down\"\n";
-
-fn start_alertmanager(c: &Cluster) -> (Proc, u16) {
-    let dir = c.dir().join("alertmanager");
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("am.yml");
-    std::fs::write(&conf, "route:\n  receiver: devnull\n  group_wait: 0s\nreceivers:\n  - name: devnull\n").unwrap();
-    let port = free_port();
-    let p = Proc::spawn(
-        "alertmanager",
-        Path::new("/usr/bin/prometheus-alertmanager"),
-        &[
-            &format!("--config.file={}", conf.display()),
-            &format!("--storage.path={}", dir.display()),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-            "--cluster.listen-address=",
-        ],
-        &c.dir().join("logs/alertmanager.log"),
-    );
-    (p, port)
-}
 
 /// A webhook receiver on loopback: keeps every JSON body POSTed to it.
 async fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
@@ -74,11 +54,6 @@ async fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Valu
         }
     });
     (port, got)
-}
-
-async fn am_alerts(port: u16) -> Option<Vec<serde_json::Value>> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/api/v2/alerts")).await.ok()?.text().await.ok()?;
-    serde_json::from_str::<Vec<serde_json::Value>>(&body).ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
