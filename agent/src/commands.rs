@@ -32,6 +32,12 @@ const MAX_CONCURRENT: usize = 64;
 const MAX_FOLLOWERS: usize = 32;
 /// Lines per LogBatch message.
 const BATCH: usize = 256;
+/// Exec'd commands running at once; more are rejected as busy.
+const MAX_EXECS: usize = 16;
+/// Default time an exec'd command may run.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest time an exec'd command may run.
+pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(86400);
 
 type Sender = mpsc::Sender<AgentMessage>;
 
@@ -48,6 +54,19 @@ pub struct Dispatcher {
     in_progress: Mutex<HashMap<String, watch::Receiver<Option<CommandUpdate>>>>,
     /// Log streams, by command id.
     followers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Exec'd commands running, by command id.
+    execs: Mutex<HashMap<String, tokio_util::sync::CancellationToken>>,
+    /// What exec needs: the agent's name and whether its config allows exec.
+    exec: ExecPolicy,
+}
+
+/// Whether and as whom `fleetctl exec` runs commands here.
+#[derive(Debug, Clone)]
+pub struct ExecPolicy {
+    /// The agent's name (FLEET_AGENT, and messages).
+    pub agent: String,
+    /// `allow_exec` from the config.
+    pub allowed: bool,
 }
 
 fn requested_by(cmd: &Command) -> String {
@@ -63,6 +82,9 @@ fn update(id: &str, state: CommandState, message: impl Into<String>) -> CommandU
         log_tail: Vec::new(),
         releases: Vec::new(),
         job_runs: Vec::new(),
+        exit_code: None,
+        signal: 0,
+        timed_out: false,
     }
 }
 
@@ -71,6 +93,7 @@ fn update(id: &str, state: CommandState, message: impl Into<String>) -> CommandU
 enum Target<'a> {
     Service(&'a str),
     Job(&'a str),
+    Exec,
 }
 
 /// The outcome of a journalled command: `Ok(message)` or `Err((reason, last log lines))`, and
@@ -78,11 +101,12 @@ enum Target<'a> {
 struct Applied {
     result: Result<String, (String, Vec<String>)>,
     run: Option<JobRun>,
+    exec: Option<crate::exec::Exited>,
 }
 
 impl From<Result<String, (String, Vec<String>)>> for Applied {
     fn from(result: Result<String, (String, Vec<String>)>) -> Self {
-        Applied { result, run: None }
+        Applied { result, run: None, exec: None }
     }
 }
 
@@ -97,6 +121,7 @@ impl Dispatcher {
         deployer: Arc<Deployer>,
         jobs: Arc<Jobs>,
         store: Arc<Outbox>,
+        exec: ExecPolicy,
     ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             supervisor,
@@ -106,6 +131,8 @@ impl Dispatcher {
             busy: Arc::new(Semaphore::new(MAX_CONCURRENT)),
             in_progress: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),
+            execs: Mutex::new(HashMap::new()),
+            exec,
         })
     }
 
@@ -183,9 +210,9 @@ impl Dispatcher {
                                         Vec::new(),
                                     )),
                                 };
-                                Applied { result, run: Some(run_to_proto(&j.job, &r)) }
+                                Applied { result, run: Some(run_to_proto(&j.job, &r)), exec: None }
                             }
-                            Err(e) => Applied { result: Err((e, Vec::new())), run: None },
+                            Err(e) => Applied::from(Err((e, Vec::new()))),
                         }
                     })
                     .await
@@ -201,12 +228,17 @@ impl Dispatcher {
                     };
                     send(&tx, u).await;
                 }
+                Some(CmdAction::Exec(e)) => this.exec_command(&cmd, e.argv, tx).await,
                 Some(CmdAction::Logs(l)) => this.logs_command(cmd.id, l, tx).await,
                 Some(CmdAction::Cancel(c)) => {
                     let handle = this.followers.lock().expect("followers lock").remove(&c.command_id);
                     if let Some(h) = handle {
                         h.abort();
                         send(&tx, update(&c.command_id, CommandState::Succeeded, "cancelled")).await;
+                    }
+                    // An exec'd command answers for itself once its process group is stopped.
+                    if let Some(stop) = this.execs.lock().expect("execs lock").get(&c.command_id) {
+                        stop.cancel();
                     }
                     send(&tx, update(&cmd.id, CommandState::Succeeded, "")).await;
                 }
@@ -250,7 +282,9 @@ impl Dispatcher {
         let (service, job) = match target {
             Target::Service(s) => (s, None),
             Target::Job(j) => ("", Some(j)),
+            Target::Exec => ("", None),
         };
+        let is_exec = matches!(target, Target::Exec);
         let id = cmd.id.clone();
         // A delivery of a command that is still being applied waits for the same outcome.
         let running = self.in_progress.lock().expect("in_progress lock").get(&id).cloned();
@@ -268,6 +302,9 @@ impl Dispatcher {
                     let state = CommandState::try_from(rec.state).unwrap_or(CommandState::Failed);
                     let mut u = update(&id, state, rec.message.clone());
                     u.service = self.status(service);
+                    if is_exec {
+                        u.exit_code = rec.exit_code;
+                    }
                     if let Some(job) = job {
                         u.job_runs = vec![JobRun {
                             job: job.to_string(),
@@ -298,7 +335,7 @@ impl Dispatcher {
                 send(&tx, update(&id, CommandState::Rejected, self.no_job(job))).await;
                 return;
             }
-        } else if self.supervisor.get(service).is_none() {
+        } else if !is_exec && self.supervisor.get(service).is_none() {
             let names: Vec<_> = self.supervisor.all().iter().map(|h| h.config.name.as_str()).collect();
             let msg = format!(
                 "no service named \"{service}\" on this host (it has: {})",
@@ -330,9 +367,15 @@ impl Dispatcher {
             Ok(msg) => update(&id, CommandState::Succeeded, msg),
             Err((reason, tail)) => CommandUpdate { log_tail: tail, ..update(&id, CommandState::Failed, reason) },
         };
-        let exit_code = applied.run.as_ref().and_then(|r| r.exit_code);
+        let mut exit_code = applied.run.as_ref().and_then(|r| r.exit_code);
         u.job_runs.extend(applied.run);
-        if job.is_none() {
+        if let Some(x) = applied.exec {
+            exit_code = x.exit_code;
+            u.exit_code = x.exit_code;
+            u.signal = x.signal;
+            u.timed_out = x.timed_out;
+        }
+        if job.is_none() && !is_exec {
             u.service = self.status(service);
         }
         if with_releases {
@@ -345,6 +388,59 @@ impl Dispatcher {
         let _ = done_tx.send(Some(u.clone()));
         self.in_progress.lock().expect("in_progress lock").remove(&id);
         send(&tx, u).await;
+    }
+
+    /// Runs an ExecCommand (when the config allows it), at most once per id.
+    async fn exec_command(&self, cmd: &Command, argv: Vec<String>, tx: Sender) {
+        if !self.exec.allowed {
+            let msg = format!(
+                "exec is off on {}: set allow_exec = true in its agent.toml and restart the agent (docs/install.md, \"Jobs and runbooks\")",
+                self.exec.agent
+            );
+            send(&tx, update(&cmd.id, CommandState::Rejected, msg)).await;
+            return;
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        // A repeated delivery of a running command waits for its outcome (journalled) and
+        // leaves the running one's entry alone.
+        let (admitted, ours) = {
+            let mut execs = self.execs.lock().expect("execs lock");
+            if execs.contains_key(&cmd.id) {
+                (true, false)
+            } else if execs.len() < MAX_EXECS {
+                execs.insert(cmd.id.clone(), stop.clone());
+                (true, true)
+            } else {
+                (false, false)
+            }
+        };
+        if !admitted {
+            let msg = format!("{MAX_EXECS} exec'd commands run here already; retry once one ended");
+            send(&tx, update(&cmd.id, CommandState::Rejected, msg)).await;
+            return;
+        }
+        let timeout = match cmd.timeout_ms {
+            0 => DEFAULT_EXEC_TIMEOUT,
+            ms => Duration::from_millis(ms).min(MAX_EXEC_TIMEOUT),
+        };
+        let (id, agent, out) = (cmd.id.clone(), self.exec.agent.clone(), tx.clone());
+        self.journalled(cmd, Target::Exec, false, tx, async move {
+            match crate::exec::run(&id, &agent, &argv, timeout, stop, out).await {
+                Ok(x) => {
+                    let result = if x.exit_code == Some(0) {
+                        Ok(x.message.clone())
+                    } else {
+                        Err((x.message.clone(), Vec::new()))
+                    };
+                    Applied { result, run: None, exec: Some(x) }
+                }
+                Err(e) => Applied::from(Err((format!("could not start: {e}"), Vec::new()))),
+            }
+        })
+        .await;
+        if ours {
+            self.execs.lock().expect("execs lock").remove(&cmd.id);
+        }
     }
 
     /// "no job named ... (it has: ...)".

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod credentials;
 pub mod deploy;
+pub mod exec;
 pub mod failpoint;
 pub mod jobs;
 pub mod schedule;
@@ -158,7 +159,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         )
         .map_err(|e| RunError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?,
     );
-    let dispatcher = Dispatcher::new(supervisor.clone(), deployer.clone(), jobs.clone(), outbox.clone());
+    let exec = commands::ExecPolicy { agent: config.name.clone(), allowed: config.allow_exec };
+    let dispatcher = Dispatcher::new(supervisor.clone(), deployer.clone(), jobs.clone(), outbox.clone(), exec);
     let collector = Arc::new(Mutex::new(Collector::new().map_err(RunError::Collector)?));
     let boot_id = loop {
         let id: u64 = rand::random();

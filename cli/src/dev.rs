@@ -317,7 +317,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             app_ports.push(format!("{agent} http://127.0.0.1:{app}/"));
             let health_file = dir.join(format!("{agent}-web.health"));
             let text = format!(
-                "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\ncoordinator = \"{addr}\"\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n[labels]\nenv = \"dev\"\n{}\n\
+                "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\ncoordinator = \"{addr}\"\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n# `fleetctl exec` may run commands here (off unless set).\nallow_exec = true\n[labels]\nenv = \"dev\"\n{}\n\
                  # A demo service: write `fail` or `hang` into {} to watch fleet restart it.\n\
                  [[services]]\nname = \"web\"\ncommand = \"{}\"\nargs = [\"demo-server\", \"--listen\", \"127.0.0.1:{web}\", \"--name\", \"web on {agent}\", \"--health-file\", \"{}\"]\nrestart = \"always\"\nstop_timeout = \"5s\"\n\
                  [services.health]\nhttp = \"http://127.0.0.1:{web}/health\"\ninterval = \"2s\"\ntimeout = \"1s\"\nretries = 3\n\n\
@@ -373,6 +373,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         outln!("  fleetctl host main-pc");
         outln!("  fleetctl services");
         outln!("  fleetctl logs main-pc web -f");
+        outln!("  fleetctl exec main-pc -- uptime");
         outln!("  fleetctl jobs");
         outln!("  fleetctl job run main-pc backup --wait && fleetctl job history main-pc backup");
         outln!("  fleetctl restart pc2 web");

@@ -160,6 +160,40 @@ pub async fn run(
     Err(CliError { code, message })
 }
 
+/// `fleetctl job run -l SELECTOR JOB [--wait]`: on every host the selector picks that has the
+/// job, one at a time, drained hosts skipped and said so; exits with the worst status.
+pub async fn run_selected(
+    target: &Target,
+    selector: &str,
+    job: &str,
+    wait: bool,
+    timeout: Duration,
+    output: Output,
+) -> Result<(), CliError> {
+    let picked = crate::views::picked_hosts(target, Some(selector)).await?;
+    let mut worst: Option<CliError> = None;
+    let mut ran = 0;
+    for h in picked.iter().filter(|h| h.jobs.iter().any(|j| j.name == job)) {
+        if let Some(d) = &h.drained {
+            eprintln!("skipped {}: drained ({})", h.name, crate::views::drained_why(d));
+            continue;
+        }
+        ran += 1;
+        if let Err(e) = run(target, &h.name, job, wait, timeout, output).await {
+            eprintln!("error: {}", fleet_common::printable(&e.message, &[]));
+            if worst.as_ref().is_none_or(|w| e.code > w.code) {
+                worst = Some(CliError { code: e.code, message: String::new() });
+            }
+        }
+    }
+    if ran == 0 {
+        return Err(CliError::failed(format!(
+            "no host the selector picks that is not drained has a job named \"{job}\"; `fleetctl jobs` lists them"
+        )));
+    }
+    worst.map_or(Ok(()), Err)
+}
+
 /// `fleetctl job history HOST JOB [-n N]`.
 pub async fn history(target: &Target, host: &str, job: &str, n: u32, output: Output) -> Result<(), CliError> {
     let mut c = target.control().await?;

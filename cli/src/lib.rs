@@ -30,6 +30,7 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod dev;
+pub mod exec;
 pub mod identity;
 pub mod jobs;
 pub mod output;
@@ -205,11 +206,35 @@ pub enum Command {
     /// Run a job now, or show its history.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Run a one-off command on a host, or on the hosts a selector picks, and exit with its
+    /// status (the worst across hosts); needs the admin role and allow_exec = true on the
+    /// agent. Ctrl-C stops the remote command.
+    Exec {
+        /// Run on the hosts this label selector picks instead of on HOST (drained hosts are
+        /// skipped); each output line is prefixed with its host.
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// Stop the command (its whole process group) after this long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+        /// On how many hosts at once (default: all).
+        #[arg(long, default_value_t = 0)]
+        max_parallel: u32,
+        /// HOST -- CMD [ARGS...], or with --selector: -- CMD [ARGS...].
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_names = ["HOST", "CMD"])]
+        words: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Restart a service; returns once it runs again (and is healthy, where it has a check).
     Restart {
-        /// Restart SERVICE on every host that has it, one host at a time.
+        /// Restart SERVICE on every host that has it, one host at a time (drained hosts are
+        /// skipped).
         #[arg(long)]
         all: bool,
+        /// With --all: only the hosts this label selector picks.
+        #[arg(long, short = 'l', value_name = "SELECTOR", requires = "all")]
+        selector: Option<String>,
         /// HOST SERVICE, or SERVICE with --all.
         #[arg(required = true, num_args = 1..=2, value_names = ["HOST", "SERVICE"])]
         targets: Vec<String>,
@@ -318,10 +343,13 @@ pub enum JobCommand {
     /// Run HOST's job JOB now, by its concurrency policy (a "forbid" job that is running
     /// refuses); with --wait, exits with the run's exit status.
     Run {
-        /// The host.
-        host: String,
-        /// The job.
-        job: String,
+        /// Run it on every host this label selector picks that has the job (drained hosts
+        /// are skipped), one host at a time; then give only JOB.
+        #[arg(long, short = 'l', value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// HOST JOB, or JOB with --selector.
+        #[arg(required = true, num_args = 1..=2, value_names = ["HOST", "JOB"])]
+        targets: Vec<String>,
         /// Wait for the run (with its retries) to end.
         #[arg(long)]
         wait: bool,
@@ -355,6 +383,24 @@ pub enum HostsCommand {
         /// Why, for the audit log and the deny list.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Put a host in maintenance: rollouts and --selector actions skip it (and say so), and
+    /// its alerts carry maintenance="true" for Alertmanager to inhibit.
+    Drain {
+        /// The host (agent) name.
+        name: String,
+        /// Why, shown by `fleetctl hosts` and in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// End a host's maintenance.
+    Undrain {
+        /// The host (agent) name.
+        name: String,
         #[command(flatten)]
         conn: Conn,
     },
@@ -828,6 +874,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Hosts { cmd: Some(HostsCommand::Remove { name, reason, conn }), .. } => {
             identity::remove_host(&Target::from_conn(conn)?, name, reason, cli.output).await
         }
+        Command::Hosts { cmd: Some(HostsCommand::Drain { name, reason, conn }), .. } => {
+            views::drain(&Target::from_conn(conn)?, name, Some(reason), cli.output).await
+        }
+        Command::Hosts { cmd: Some(HostsCommand::Undrain { name, conn }), .. } => {
+            views::drain(&Target::from_conn(conn)?, name, None, cli.output).await
+        }
         Command::Dev(args) => dev::run(args.clone()).await,
         Command::Status { conn } => views::status(&Target::from_conn(conn)?, cli.output).await,
         Command::Hosts { cmd: None, selector, conn } => {
@@ -840,17 +892,54 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Jobs { host, selector, conn } => {
             jobs::list(&Target::from_conn(conn)?, host.as_deref(), selector.as_deref(), cli.output).await
         }
-        Command::Job(JobCommand::Run { host, job, wait, timeout, conn }) => {
+        Command::Job(JobCommand::Run { selector, targets, wait, timeout, conn }) => {
             let default = if *wait { Duration::from_secs(3600) } else { Duration::from_secs(60) };
-            jobs::run(&Target::from_conn(conn)?, host, job, *wait, timeout.unwrap_or(default), cli.output).await
+            let timeout = timeout.unwrap_or(default);
+            match (selector, targets.as_slice()) {
+                (Some(sel), [job]) => {
+                    jobs::run_selected(&Target::from_conn(conn)?, sel, job, *wait, timeout, cli.output).await
+                }
+                (None, [host, job]) => {
+                    jobs::run(&Target::from_conn(conn)?, host, job, *wait, timeout, cli.output).await
+                }
+                (Some(_), _) => Err(CliError::usage("with --selector give only the job: fleetctl job run -l SEL JOB")),
+                (None, _) => Err(CliError::usage("give the host and the job: fleetctl job run HOST JOB")),
+            }
+        }
+        Command::Exec { selector, timeout, max_parallel, words, conn } => {
+            // `--` after HOST arrives as a word of its own.
+            let unseparated = |w: &[String]| -> Vec<String> {
+                if w.first().is_some_and(|a| a == "--") { w[1..].to_vec() } else { w.to_vec() }
+            };
+            let words = if selector.is_some() {
+                unseparated(words)
+            } else {
+                match words.split_first() {
+                    Some((host, rest)) => [vec![host.clone()], unseparated(rest)].concat(),
+                    None => Vec::new(),
+                }
+            };
+            let (host, argv) = match (selector, words.split_first()) {
+                (Some(_), _) => (None, words.clone()),
+                (None, Some((host, argv))) if !argv.is_empty() => (Some(host.as_str()), argv.to_vec()),
+                (None, _) => {
+                    return Err(CliError::usage(
+                        "give the host and the command: fleetctl exec HOST -- CMD [ARGS...] (or --selector SEL -- CMD)",
+                    ));
+                }
+            };
+            let t = Target::from_conn(conn)?;
+            exec::exec(&t, host, selector.as_deref(), argv, *timeout, *max_parallel, cli.output).await
         }
         Command::Job(JobCommand::History { host, job, n, conn }) => {
             jobs::history(&Target::from_conn(conn)?, host, job, *n, cli.output).await
         }
-        Command::Restart { all, targets, timeout, conn } => {
+        Command::Restart { all, selector, targets, timeout, conn } => {
             let t = Target::from_conn(conn)?;
             match (all, targets.as_slice()) {
-                (true, [service]) => services::restart_all(&t, service, *timeout, cli.output).await,
+                (true, [service]) => {
+                    services::restart_all(&t, service, selector.as_deref(), *timeout, cli.output).await
+                }
                 (false, [host, service]) => {
                     services::one(&t, host, service, ServiceAction::Restart, *timeout, cli.output).await
                 }

@@ -21,6 +21,26 @@ pub fn print(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Writes `bytes` as they are to standard output (or, `to_stderr`, standard error), flushed:
+/// a remote command's output, passed through.
+pub fn write_bytes(bytes: &[u8], to_stderr: bool) {
+    let result = if to_stderr {
+        let mut e = io::stderr().lock();
+        e.write_all(bytes).and_then(|_| e.flush())
+    } else {
+        let mut o = io::stdout().lock();
+        o.write_all(bytes).and_then(|_| o.flush())
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => die_of_sigpipe(),
+        Err(e) => {
+            eprintln!("error: cannot write the command's output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Ends the process by SIGPIPE, as a Unix tool whose reader went away.
 #[allow(unsafe_code)]
 fn die_of_sigpipe() -> ! {

@@ -28,9 +28,12 @@ pub struct StartArgs {
     /// The release's version.
     #[arg(long)]
     pub version: String,
-    /// The hosts, in order (default: every host that has the service).
-    #[arg(long, value_delimiter = ',')]
+    /// The hosts, in order (default: every host that has the service and is not drained).
+    #[arg(long, value_delimiter = ',', conflicts_with = "selector")]
     pub hosts: Vec<String>,
+    /// Only the hosts this label selector picks that have the service (drained ones skipped).
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub selector: Option<String>,
     /// Hosts deployed at once.
     #[arg(long, default_value_t = 1)]
     pub max_parallel: u32,
@@ -138,7 +141,9 @@ pub async fn upload(target: &Target, path: &Path) -> Result<String, CliError> {
 
 /// `rollout start`.
 pub async fn start(target: &Target, a: &StartArgs, output: Output) -> Result<(), CliError> {
+    let selector = crate::views::checked_selector(a.selector.as_deref())?;
     let mut req = StartRolloutRequest {
+        selector,
         service: a.service.clone(),
         version: a.version.clone(),
         sha256: String::new(),
@@ -154,7 +159,10 @@ pub async fn start(target: &Target, a: &StartArgs, output: Output) -> Result<(),
     };
     // A misspelt service or host fails here, before a possibly large upload.
     let mut c = target.control().await?;
-    c.start_rollout(req.clone()).await.map_err(|e| status_error(&target.addr, e))?;
+    c.start_rollout(req.clone()).await.map_err(|e| match e.code() {
+        tonic::Code::NotFound => CliError::failed(e.message().to_string()),
+        _ => status_error(&target.addr, e),
+    })?;
     req.sha256 = upload(target, &a.artifact).await?;
     req.validate_only = false;
     let mut c = target.control().await?;
@@ -171,6 +179,9 @@ pub async fn start(target: &Target, a: &StartArgs, output: Output) -> Result<(),
         r.version,
         r.hosts.iter().map(|h| h.host.as_str()).collect::<Vec<_>>().join(", ")
     );
+    for skipped in &r.skipped {
+        eprintln!("skipped {}", fleet_common::printable(skipped, &[]));
+    }
     if a.watch { watch(target, &r.id, output).await } else { Ok(()) }
 }
 
@@ -181,6 +192,7 @@ fn rollout_json(r: &Rollout) -> Value {
         "created_by": r.created_by, "created_at": fleet_common::rfc3339(r.created_at_ms), "updated_at": fleet_common::rfc3339(r.updated_at_ms),
         "max_parallel": r.max_parallel, "canary": r.canary, "auto_promote": r.auto_promote, "auto_revert": r.auto_revert,
         "min_healthy_time_seconds": r.min_healthy_time_ms as f64 / 1000.0, "healthy_deadline_seconds": r.healthy_deadline_ms as f64 / 1000.0,
+        "skipped": r.skipped,
         "hosts": r.hosts.iter().map(|h| json!({
             "host": h.host, "state": h.state, "message": h.message, "log_tail": h.log_tail, "revert_failed": h.revert_failed,
             "previous_version": if h.previous_version.is_empty() { Value::Null } else { json!(h.previous_version) },
@@ -208,6 +220,9 @@ fn render(r: &Rollout) -> String {
         r.hosts.len(),
         table(&["HOST", "STATE", "MESSAGE"], &rows)
     );
+    for skipped in &r.skipped {
+        out.push_str(&format!("skipped {}\n", fleet_common::printable(skipped, &[])));
+    }
     if let Some(hint) = next_step(r) {
         out.push_str(&hint);
         out.push('\n');

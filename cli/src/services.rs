@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fleet_proto::v1::{
-    CommandState, HostService, ListAuditRequest, ListServicesRequest, LogLine, RunServiceCommandRequest,
+    CommandState, HostService, HostSummary, ListAuditRequest, ListServicesRequest, LogLine, RunServiceCommandRequest,
     RunServiceCommandResponse, ServiceAction, StreamLogsRequest,
 };
 use serde_json::{Value, json};
@@ -179,35 +179,49 @@ pub async fn one(
     outcome(host, service, action, &r, output)
 }
 
-/// `fleetctl restart --all SERVICE`: one host at a time, each healthy before the next; stops at
-/// the first failure so a bad restart does not spread.
-pub async fn restart_all(target: &Target, service: &str, timeout: Duration, output: Output) -> Result<(), CliError> {
-    let mut c = target.control().await?;
-    let list = c
-        .list_services(ListServicesRequest::default())
-        .await
-        .map_err(|e| status_error(&target.addr, e))?
-        .into_inner()
-        .services;
-    let hosts: Vec<&HostService> =
-        list.iter().filter(|h| h.service.as_ref().is_some_and(|s| s.name == service)).collect();
+/// `fleetctl restart --all SERVICE [-l SELECTOR]`: one host at a time, each healthy before
+/// the next; stops at the first failure so a bad restart does not spread. Drained hosts are
+/// skipped and said so.
+pub async fn restart_all(
+    target: &Target,
+    service: &str,
+    selector: Option<&str>,
+    timeout: Duration,
+    output: Output,
+) -> Result<(), CliError> {
+    let picked = crate::views::picked_hosts(target, selector).await?;
+    let has = |h: &HostSummary| h.services.iter().any(|s| s.name == service);
+    let mut skipped = Vec::new();
+    let mut hosts = Vec::new();
+    for h in picked.iter().filter(|h| has(h)) {
+        match &h.drained {
+            Some(d) => skipped.push((h.name.clone(), crate::views::drained_why(d))),
+            None => hosts.push(h),
+        }
+    }
+    for (name, why) in &skipped {
+        if output == Output::Table {
+            outln!("skipped {name}: drained ({why})");
+        }
+    }
     if hosts.is_empty() {
+        let picked = if selector.is_some() { " among the hosts the selector picks" } else { "" };
         return Err(CliError::failed(format!(
-            "no host has a service named \"{service}\"; `fleetctl services` lists them"
+            "no host{picked} that is not drained has a service named \"{service}\"; `fleetctl services` lists them"
         )));
     }
     let total = hosts.len();
     for (i, h) in hosts.iter().enumerate() {
-        if !h.host_online {
+        if !h.online {
             return Err(CliError::failed(format!(
                 "[{}/{total}] {} is offline; stopped here ({i} of {total} restarted)",
                 i + 1,
-                h.host
+                h.name
             )));
         }
-        let r = act(target, &h.host, service, ServiceAction::Restart, timeout, None).await?;
+        let r = act(target, &h.name, service, ServiceAction::Restart, timeout, None).await?;
         if r.state != CommandState::Succeeded as i32 {
-            outcome(&h.host, service, ServiceAction::Restart, &r, output).map_err(|e| {
+            outcome(&h.name, service, ServiceAction::Restart, &r, output).map_err(|e| {
                 CliError::failed(format!("[{}/{total}] {}; stopped here ({i} of {total} restarted)", i + 1, e.message))
             })?;
         }
@@ -215,7 +229,7 @@ pub async fn restart_all(target: &Target, service: &str, timeout: Duration, outp
             outln!(
                 "[{}/{total}] restarted {service} on {}: {}",
                 i + 1,
-                h.host,
+                h.name,
                 fleet_common::printable(&r.message, &[])
             );
         }
@@ -223,7 +237,11 @@ pub async fn restart_all(target: &Target, service: &str, timeout: Duration, outp
     if output == Output::Json {
         outln!(
             "{}",
-            json!({ "service": service, "restarted": hosts.iter().map(|h| h.host.clone()).collect::<Vec<_>>() })
+            json!({
+                "service": service,
+                "restarted": hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
+                "skipped": skipped.iter().map(|(h, why)| json!({ "host": h, "reason": format!("drained ({why})") })).collect::<Vec<_>>(),
+            })
         );
     }
     Ok(())

@@ -72,6 +72,8 @@ pub fn host_json(h: &HostSummary) -> Value {
         "address": h.peer_address,
         "report_interval_seconds": h.report_interval_ms as f64 / 1000.0,
         "disconnect_reason": if h.last_disconnect_reason.is_empty() { Value::Null } else { json!(h.last_disconnect_reason) },
+        "drained": h.drained.as_ref().map(|d| json!({ "reason": d.reason, "by": d.by, "since": opt_time(d.since_ms) })),
+        "allow_exec": h.allow_exec,
         "cpu_usage_ratio": num(m.cpu_usage_ratio),
         "cpu_count": int(u64::from(m.cpu_count)),
         "memory_total_bytes": int(m.memory_total_bytes),
@@ -182,6 +184,23 @@ pub fn checked_selector(selector: Option<&str>) -> Result<String, CliError> {
     }
 }
 
+/// The hosts a selector picks (every host without one), as summaries with their services,
+/// jobs and drain marks. No match is exit 1, a malformed selector exit 2.
+pub async fn picked_hosts(target: &Target, selector: Option<&str>) -> Result<Vec<HostSummary>, CliError> {
+    let selector = checked_selector(selector)?;
+    let mut client = target.control().await?;
+    client.list_hosts(ListHostsRequest { selector }).await.map(|r| r.into_inner().hosts).map_err(|e| match e.code() {
+        tonic::Code::NotFound => CliError::failed(e.message().to_string()),
+        _ => status_error(&target.addr, e),
+    })
+}
+
+/// A drain's reason, for messages.
+pub fn drained_why(d: &fleet_proto::v1::Drain) -> String {
+    let by = format!("by {}", d.by);
+    if d.reason.is_empty() { by } else { format!("{}, {by}", d.reason) }
+}
+
 /// `fleetctl hosts [--selector SEL]`.
 pub async fn hosts(target: &Target, selector: Option<&str>, output: Output) -> Result<(), CliError> {
     let selector = checked_selector(selector)?;
@@ -205,9 +224,10 @@ pub async fn hosts(target: &Target, selector: Option<&str>, output: Output) -> R
         .map(|h| {
             let m = h.metrics.as_ref();
             let (ok, expected) = fleet_proto::services_ok(&h.services);
+            let status = if h.online { "online" } else { "offline" };
             vec![
                 h.name.clone(),
-                if h.online { "online".into() } else { "offline".into() },
+                if h.drained.is_some() { format!("{status}, drained") } else { status.to_string() },
                 if h.online { "now".into() } else { ago(h.last_seen_ms) },
                 m.filter(|_| h.online).map(|m| pct(m.cpu_usage_ratio)).unwrap_or_else(|| "-".into()),
                 m.filter(|_| h.online).map(mem).unwrap_or_else(|| "-".into()),
@@ -218,6 +238,32 @@ pub async fn hosts(target: &Target, selector: Option<&str>, output: Output) -> R
         })
         .collect();
     out!("{}", table(&["NAME", "STATUS", "LAST SEEN", "CPU", "MEMORY", "LOAD", "SERVICES", "AGENT"], &rows));
+    Ok(())
+}
+
+/// `fleetctl hosts drain NAME [--reason R]` (`reason` set) and `fleetctl hosts undrain NAME`.
+pub async fn drain(target: &Target, name: &str, reason: Option<&str>, output: Output) -> Result<(), CliError> {
+    let mut client = target.control().await?;
+    let host = match reason {
+        Some(r) => {
+            client.drain_host(fleet_proto::v1::DrainHostRequest { name: name.to_string(), reason: r.to_string() }).await
+        }
+        None => client.undrain_host(fleet_proto::v1::UndrainHostRequest { name: name.to_string() }).await,
+    }
+    .map_err(|e| match e.code() {
+        tonic::Code::NotFound => CliError::failed(e.message().to_string()),
+        _ => status_error(&target.addr, e),
+    })?
+    .into_inner();
+    if output == Output::Json {
+        print_json(&host_json(&host));
+    } else if reason.is_some() {
+        outln!(
+            "drained {name}: rollouts and --selector actions skip it, its alerts carry maintenance=\"true\"; `fleetctl hosts undrain {name}` brings it back"
+        );
+    } else {
+        outln!("undrained {name}: rollouts and --selector actions include it again");
+    }
     Ok(())
 }
 
@@ -261,6 +307,10 @@ pub async fn host(target: &Target, name: &str, output: Output) -> Result<(), Cli
     let p = |s: &str| fleet_common::printable(if s.is_empty() { "-" } else { s }, &[]).into_owned();
     outln!("name         {}", p(&h.name));
     outln!("status       {}", p(&status));
+    if let Some(d) = &h.drained {
+        let why = if d.reason.is_empty() { String::new() } else { format!(": {}", d.reason) };
+        outln!("maintenance  drained by {} {}{}", p(&d.by), ago(d.since_ms), p(&why));
+    }
     outln!("address      {}", p(&h.peer_address));
     outln!("hostname     {}", p(&h.hostname));
     outln!("os           {}", p(&h.os));

@@ -78,12 +78,15 @@ pub const CONTROL_RPCS: &[(&str, AccessRole)] = &[
     ("Rollback", AccessRole::Operator),
     ("ReloadRules", AccessRole::Operator),
     ("RunJob", AccessRole::Operator),
+    ("DrainHost", AccessRole::Operator),
+    ("UndrainHost", AccessRole::Operator),
     ("CreateToken", AccessRole::Admin),
     ("ListTokens", AccessRole::Admin),
     ("RevokeToken", AccessRole::Admin),
     ("RevokeCertificate", AccessRole::Admin),
     ("ListRevocations", AccessRole::Admin),
     ("RemoveHost", AccessRole::Admin),
+    ("Exec", AccessRole::Admin),
 ];
 
 /// The role `method` (the rpc name, as in `/fleet.v1.ControlService/<method>`) needs.

@@ -66,11 +66,16 @@ pub struct Outgoing {
     pub resolved: bool,
 }
 
+/// The label the alerts of a drained host carry (with value "true").
+pub const MAINTENANCE: &str = "maintenance";
+
 /// The rule manager.
 pub struct Alerting {
     config: AlertingConfig,
     tsdb: Arc<Tsdb>,
     shared: Arc<dyn SharedState>,
+    /// Which hosts are drained: their alerts carry maintenance="true".
+    registry: Arc<crate::registry::Registry>,
     groups: Mutex<Vec<Arc<Mutex<Group>>>>,
     running: Mutex<CancellationToken>,
     shutdown: CancellationToken,
@@ -117,6 +122,7 @@ impl Alerting {
         config: AlertingConfig,
         tsdb: Arc<Tsdb>,
         shared: Arc<dyn SharedState>,
+        registry: Arc<crate::registry::Registry>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Alerting>, AlertingError> {
         let groups = load(&config)?;
@@ -127,6 +133,7 @@ impl Alerting {
             config,
             tsdb,
             shared,
+            registry,
             groups: Mutex::new(Vec::new()),
             running: Mutex::new(CancellationToken::new()),
             shutdown,
@@ -204,10 +211,19 @@ impl Alerting {
             let tsdb = self.tsdb.clone();
             let external = self.config.external_labels.clone();
             let g = group.clone();
+            let registry = self.registry.clone();
             let out = tokio::task::spawn_blocking(move || {
                 let mut g = g.lock().expect("group lock");
                 let mut w = Writable(tsdb);
-                g.eval(&mut w, next, &external);
+                // The alerts of a drained host say so, for Alertmanager to inhibit or route.
+                let mark = |labels: &mut Labels| {
+                    let drained =
+                        labels.get("host").and_then(|h| registry.get(h)).is_some_and(|h| h.drained().is_some());
+                    if drained {
+                        labels.insert(MAINTENANCE, "true");
+                    }
+                };
+                g.eval_marked(&mut w, next, &external, &mark);
                 let outgoing = to_send(&mut g, next, step, &external);
                 (outgoing, snapshot(&g), group_key(&g))
             })

@@ -255,6 +255,7 @@ mod gc_tests {
             created_at_ms: at,
             updated_at_ms: at,
             last_progress_ms: at,
+            skipped: Vec::new(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fleet_proto::v1::{Command, CommandState, CommandUpdate, LogLine};
+use fleet_proto::v1::{Command, CommandState, CommandUpdate, ExecEvent, ExecOutput, LogLine, exec_event};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -25,6 +25,18 @@ pub const MAX_LOG_STREAMS: usize = 1024;
 
 /// Where relayed log lines go.
 pub type LogSender = mpsc::Sender<Result<LogLine, Status>>;
+/// Where relayed exec output goes.
+pub type ExecSender = mpsc::Sender<Result<ExecEvent, Status>>;
+/// Exec streams open at once, at most.
+pub const MAX_EXEC_STREAMS: usize = 1024;
+
+#[derive(Debug)]
+struct ExecStream {
+    host: String,
+    tx: ExecSender,
+    /// Bytes of output dropped because the operator's stream was full.
+    dropped: u64,
+}
 
 #[derive(Debug)]
 struct Pending {
@@ -47,6 +59,7 @@ struct Inner {
     pending: HashMap<String, Pending>,
     recent: VecDeque<(String, CommandUpdate)>,
     logs: HashMap<String, LogStream>,
+    execs: HashMap<String, ExecStream>,
 }
 
 /// The registry of commands in flight.
@@ -297,6 +310,40 @@ impl Hub {
             }
         }
         Relay::Ok
+    }
+
+    /// Registers the output stream of exec command `id` on `host`.
+    pub fn add_exec(&self, id: &str, host: &str, tx: ExecSender) -> Result<(), Status> {
+        let mut inner = self.lock();
+        if inner.execs.len() >= MAX_EXEC_STREAMS {
+            return Err(Status::resource_exhausted(format!("{MAX_EXEC_STREAMS} exec streams are open; retry later")));
+        }
+        inner.execs.insert(id.to_string(), ExecStream { host: host.to_string(), tx, dropped: 0 });
+        Ok(())
+    }
+
+    /// Forgets the output stream of exec command `id`; the bytes it had to drop.
+    pub fn remove_exec(&self, id: &str) -> u64 {
+        self.lock().execs.remove(id).map(|s| s.dropped).unwrap_or(0)
+    }
+
+    /// Relays output of exec command `id` from `host` to the operator's stream. Output the
+    /// operator cannot take as fast as it comes is dropped and counted (the session, which
+    /// carries every other message of the host, never waits for an operator).
+    pub fn relay_exec(&self, host: &str, out: ExecOutput) {
+        let mut inner = self.lock();
+        let Some(stream) = inner.execs.get_mut(&out.command_id) else { return };
+        if stream.host != host {
+            return;
+        }
+        let n = out.data.len() as u64;
+        let event = ExecEvent {
+            host: host.to_string(),
+            event: Some(exec_event::Event::Output(ExecOutput { command_id: String::new(), ..out })),
+        };
+        if stream.tx.try_send(Ok(event)).is_err() {
+            stream.dropped += n;
+        }
     }
 
     /// Ends the log streams of `host` (its session ended).

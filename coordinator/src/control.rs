@@ -131,7 +131,7 @@ impl ControlApi {
     /// outcome. Audited before it is sent (the log must show every attempt, even one whose
     /// outcome never arrives) and with its outcome; a timeout is a FAILED outcome that says
     /// whether the agent still works on it (`look` is the fleetctl command that shows how it
-    /// ends, completed with the host's name).
+    /// ends).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn audited(
         &self,
@@ -174,7 +174,7 @@ impl ControlApi {
             }
             Err(SendError::TimedOut { accepted, .. }) => {
                 let within = fleet_common::human_duration_ms(timeout);
-                let look = format!("`{look} {}`", host.name);
+                let look = format!("`{look}`");
                 let message = if accepted {
                     format!(
                         "{} received the command but gave no outcome within {within}; it is still being applied there: {look} shows how it ends",
@@ -339,7 +339,8 @@ impl ControlService for ControlApi {
             timeout_ms: timeout.saturating_sub(margin).max(Duration::from_millis(100)).as_millis() as u64,
             action: Some(CmdAction::Service(ServiceCommand { service: r.service.clone(), action: action as i32 })),
         };
-        let u = self.audited(&who, name, &host, &r.service, command, timeout, "fleetctl services --host").await?;
+        let look = format!("fleetctl services --host {}", r.host);
+        let u = self.audited(&who, name, &host, &r.service, command, timeout, &look).await?;
         Ok(Response::new(RunServiceCommandResponse {
             command_id: id,
             state: u.state,
@@ -478,9 +479,23 @@ impl ControlService for ControlApi {
         let has_service = |h: &crate::registry::Host| {
             h.with(|s| s.latest.as_ref().is_some_and(|l| l.services.iter().any(|x| x.name == r.service)))
         };
+        let mut skipped = Vec::new();
         let hosts: Vec<String> = if r.hosts.is_empty() {
-            self.c.registry.all().iter().filter(|h| has_service(h)).map(|h| h.name.clone()).collect()
+            let mut picked = Vec::new();
+            for h in self.select("", &r.selector)? {
+                if !has_service(&h) {
+                    continue;
+                }
+                match h.drained() {
+                    Some(why) => skipped.push(format!("{}: drained ({why})", h.name)),
+                    None => picked.push(h.name.clone()),
+                }
+            }
+            picked
         } else {
+            if !r.selector.is_empty() {
+                return Err(Status::invalid_argument("give either hosts or a selector, not both"));
+            }
             for name in &r.hosts {
                 let h = self.host(name)?;
                 if !has_service(&h) {
@@ -489,12 +504,21 @@ impl ControlService for ControlApi {
                         r.service
                     )));
                 }
+                if let Some(why) = h.drained() {
+                    return Err(Status::failed_precondition(format!(
+                        "{name} is drained ({why}); `fleetctl hosts undrain {name}` first, or leave it out"
+                    )));
+                }
             }
             r.hosts.clone()
         };
         if hosts.is_empty() {
+            let what =
+                if r.selector.is_empty() { String::new() } else { format!(" among the hosts {} picks", r.selector) };
+            let drained =
+                if skipped.is_empty() { String::new() } else { format!(" but drained ones ({})", skipped.join("; ")) };
             return Err(Status::failed_precondition(format!(
-                "no host reports a service named \"{}\"; name the hosts with --hosts",
+                "no host{what} reports a service named \"{}\"{drained}; name the hosts with --hosts",
                 r.service
             )));
         }
@@ -554,6 +578,7 @@ impl ControlService for ControlApi {
             created_at_ms: now,
             updated_at_ms: now,
             last_progress_ms: now,
+            skipped,
         };
         if r.validate_only {
             return Ok(Response::new(rec.to_proto()));
@@ -933,5 +958,29 @@ impl ControlService for ControlApi {
         req: Request<fleet_proto::v1::GetJobHistoryRequest>,
     ) -> Result<Response<fleet_proto::v1::GetJobHistoryResponse>, Status> {
         self.job_history(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn drain_host(
+        &self,
+        req: Request<fleet_proto::v1::DrainHostRequest>,
+    ) -> Result<Response<fleet_proto::v1::HostSummary>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        self.set_drain(&who, &r.name, Some(r.reason)).await.map(Response::new)
+    }
+
+    async fn undrain_host(
+        &self,
+        req: Request<fleet_proto::v1::UndrainHostRequest>,
+    ) -> Result<Response<fleet_proto::v1::HostSummary>, Status> {
+        let who = caller(&req);
+        self.set_drain(&who, &req.into_inner().name, None).await.map(Response::new)
+    }
+
+    type ExecStream = ReceiverStream<Result<fleet_proto::v1::ExecEvent, Status>>;
+
+    async fn exec(&self, req: Request<fleet_proto::v1::ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
+        let who = caller(&req);
+        self.exec_start(who, req.into_inner()).map(Response::new)
     }
 }

@@ -168,7 +168,8 @@ impl Coordinator {
                 reason: e.to_string(),
             })?;
         let rollouts = Rollouts::start(shared.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())?;
-        let alerting = Alerting::start(config.alerting.clone(), tsdb.clone(), shared.clone(), shutdown.clone())?;
+        let alerting =
+            Alerting::start(config.alerting.clone(), tsdb.clone(), shared.clone(), registry.clone(), shutdown.clone())?;
         for w in config.alerting.warnings() {
             tracing::warn!("{w}");
         }

@@ -69,7 +69,8 @@ impl ControlApi {
             action: Some(CmdAction::RunJob(RunJobCommand { job: r.job.clone(), wait: r.wait })),
         };
         let action = if r.wait { "job run --wait" } else { "job run" };
-        let u = self.audited(who, action, &host, &r.job, command, timeout, "fleetctl job history").await?;
+        let look = format!("fleetctl job history {} {}", r.host, r.job);
+        let u = self.audited(who, action, &host, &r.job, command, timeout, &look).await?;
         let run = u.job_runs.into_iter().next_back();
         Ok(RunJobResponse { command_id: id, state: u.state, message: u.message, run })
     }

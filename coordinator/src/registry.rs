@@ -125,6 +125,11 @@ impl Host {
                 services: s.latest.as_ref().map(|l| l.services.clone()).unwrap_or_default(),
                 jobs: s.latest.as_ref().map(|l| l.jobs.clone()).unwrap_or_default(),
                 allow_exec: r.allow_exec,
+                drained: r.drained.as_ref().map(|d| fleet_proto::v1::Drain {
+                    reason: d.reason.clone(),
+                    by: d.by.clone(),
+                    since_ms: d.since_ms,
+                }),
                 last_report_ms: r.last_report_ms,
                 os: r.os.clone(),
                 hostname: r.hostname.clone(),
@@ -138,6 +143,16 @@ impl Host {
                     r.last_disconnect_reason.clone()
                 },
             }
+        })
+    }
+
+    /// Why the host is drained ("no reason given" when none was), None when it is not.
+    pub fn drained(&self) -> Option<String> {
+        self.with(|s| {
+            s.record
+                .drained
+                .as_ref()
+                .map(|d| if d.reason.is_empty() { "no reason given".to_string() } else { d.reason.clone() })
         })
     }
 

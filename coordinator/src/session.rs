@@ -343,6 +343,7 @@ impl AgentApi {
                                 let _ = tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Command(cancel)) }));
                             }
                         }
+                        Some(AgentMsg::ExecOutput(out)) => self.c.hub.relay_exec(&host.name, out),
                         Some(AgentMsg::Hello(_)) => {
                             break ("the agent sent a second hello".to_string(), Some(Status::invalid_argument("hello may only be sent once per session")));
                         }

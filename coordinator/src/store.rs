@@ -80,6 +80,21 @@ pub struct HostRecord {
     pub boots: Vec<BootMark>,
     /// Whether the agent's config allows `fleetctl exec` (from its last Hello).
     pub allow_exec: bool,
+    /// Set while the host is drained (`fleetctl hosts drain`).
+    pub drained: Option<Drain>,
+}
+
+/// Why and since when a host is drained: skipped by rollouts and selectors, its alerts
+/// marked `maintenance="true"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Drain {
+    /// The reason given, or empty.
+    pub reason: String,
+    /// Who drained it.
+    pub by: String,
+    /// When, in milliseconds since the epoch.
+    pub since_ms: i64,
 }
 
 impl HostRecord {

@@ -55,7 +55,7 @@ pub enum Op {
     /// Store a report of `host` and answer on `reply` once it is durable.
     Report { host: Arc<Host>, report: Arc<Report>, reply: oneshot::Sender<Reply> },
     /// Persist `host`'s record as it is in memory now (after a Hello or a disconnect).
-    Record { host: Arc<Host> },
+    Record { host: Arc<Host>, done: Option<oneshot::Sender<Result<(), String>>> },
 }
 
 /// The handle sessions use to reach the writer.
@@ -92,9 +92,19 @@ impl Writer {
 
     /// Persists `host`'s record.
     pub async fn save_host(&self, host: Arc<Host>) {
-        if self.tx.send(Op::Record { host }).await.is_err() {
+        if self.tx.send(Op::Record { host, done: None }).await.is_err() {
             tracing::warn!("the store writer has stopped; a host record was not saved");
         }
+    }
+
+    /// Persists `host`'s record as it is now, and returns once it is durable.
+    pub async fn save_host_durably(&self, host: Arc<Host>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Record { host, done: Some(done) })
+            .await
+            .map_err(|_| "the store writer has stopped".to_string())?;
+        rx.await.map_err(|_| "the store writer has stopped".to_string())?
     }
 }
 
@@ -140,6 +150,7 @@ async fn commit_batch(
     let mut save: HashSet<String> = HashSet::new();
     let mut pending: Vec<Pending> = Vec::with_capacity(ops.len());
     let mut encoded: Vec<(String, i64, u64, u64, Vec<u8>)> = Vec::new();
+    let mut record_waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     for op in ops {
         match op {
             Op::Report { host, report, reply } => {
@@ -168,7 +179,8 @@ async fn commit_batch(
                 };
                 pending.push(Pending { host, report, reply, outcome });
             }
-            Op::Record { host } => {
+            Op::Record { host, done } => {
+                record_waiters.extend(done);
                 let current = host.with(|s| s.record.clone());
                 save.insert(host.name.clone());
                 match records.get_mut(&host.name) {
@@ -233,6 +245,13 @@ async fn commit_batch(
         ),
     };
 
+    let records_outcome = match (&stored, &saved) {
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e.to_string()),
+        _ => Ok(()),
+    };
+    for w in record_waiters {
+        let _ = w.send(records_outcome.clone());
+    }
     if let Err(e) = stored {
         metrics.store_failed(e.to_string());
         // A full disk fails every commit: said at once, then once a minute.

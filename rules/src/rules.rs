@@ -373,10 +373,26 @@ pub trait Appender {
     fn append(&mut self, labels: Labels, t: i64, v: f64);
 }
 
+/// Adds labels to an alert's own (after the rule's labels and `alertname`): how a
+/// coordinator marks the alerts of a host in maintenance.
+pub type Mark<'a> = &'a dyn Fn(&mut Labels);
+
 impl Group {
     /// Evaluates every rule at `t`, in order; recording rules' results are appended (and seen
     /// by the rules after them).
     pub fn eval<S: Storage + Appender>(&mut self, storage: &mut S, t: i64, external_labels: &BTreeMap<String, String>) {
+        self.eval_marked(storage, t, external_labels, &|_| {})
+    }
+
+    /// [`Group::eval`], with `mark` applied to the labels of every alert (which makes them part
+    /// of the alert's identity, as the rule's own labels are).
+    pub fn eval_marked<S: Storage + Appender>(
+        &mut self,
+        storage: &mut S,
+        t: i64,
+        external_labels: &BTreeMap<String, String>,
+        mark: Mark<'_>,
+    ) {
         let started = std::time::Instant::now();
         for rule in &mut self.rules {
             match rule {
@@ -403,7 +419,7 @@ impl Group {
                     Err(e) => r.last_error = Some(e.to_string()),
                 },
                 Rule::Alert(a) => {
-                    if let Err(e) = a.eval(&*storage, t, external_labels) {
+                    if let Err(e) = a.eval(&*storage, t, external_labels, mark) {
                         a.last_error = Some(e);
                     } else {
                         a.last_error = None;
@@ -422,6 +438,7 @@ impl AlertRule {
         storage: &dyn Storage,
         t: i64,
         external_labels: &BTreeMap<String, String>,
+        mark: Mark<'_>,
     ) -> Result<(), String> {
         let samples = match promql::eval(&self.expr, storage, t).map_err(|e| e.to_string())? {
             Value::Vector(v) => v,
@@ -459,6 +476,7 @@ impl AlertRule {
                 annotations.insert(k.clone(), expand(tmpl));
             }
             labels.insert("alertname", self.name.clone());
+            mark(&mut labels);
             if seen.contains_key(&labels) {
                 return Err(
                     "the expression returns series with the same labels after applying the alert's labels".into()

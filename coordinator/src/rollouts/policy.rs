@@ -128,6 +128,7 @@ pub(super) mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             last_progress_ms: 0,
+            skipped: Vec::new(),
         }
     }
 

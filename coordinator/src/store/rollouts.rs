@@ -175,6 +175,9 @@ pub struct RolloutRecord {
     pub updated_at_ms: i64,
     /// Last time a host finished (for the progress deadline).
     pub last_progress_ms: i64,
+    /// Hosts left out, each "<host>: <why>" (drained).
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 impl RolloutRecord {
@@ -215,6 +218,7 @@ impl RolloutRecord {
             created_by: self.created_by.clone(),
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
+            skipped: self.skipped.clone(),
         }
     }
 }
