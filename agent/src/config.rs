@@ -220,6 +220,9 @@ pub struct JobConfig {
     pub log_max_bytes: u64,
     /// Rotated log files kept.
     pub log_backups: u32,
+    /// Services that must be running (and healthy) before an attempt starts; it waits for
+    /// them, within its timeout.
+    pub after: Vec<String>,
 }
 
 /// The longest wait between two attempts of a job.
@@ -567,6 +570,15 @@ fn read_job(mut s: Section, services: &HashSet<String>, seen: &mut HashSet<Strin
         s.error("log_max_bytes", "must be at least 4KiB");
     }
     let log_backups = s.u64("log_backups").map(|n| n.min(100) as u32).unwrap_or(5);
+    let after = s.string_list("after").unwrap_or_default();
+    for (i, a) in after.iter().enumerate() {
+        if !services.contains(a) {
+            s.error(
+                &format!("after[{i}]"),
+                format!("no service named \"{a}\" in this config; after names services this agent supervises"),
+            );
+        }
+    }
     check_workdir_and_user(&s, &workdir, false, &user);
     s.finish();
     Some(JobConfig {
@@ -586,6 +598,7 @@ fn read_job(mut s: Section, services: &HashSet<String>, seen: &mut HashSet<Strin
         stop_timeout,
         log_max_bytes,
         log_backups,
+        after,
     })
 }
 

@@ -154,6 +154,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             &config.data_dir,
             &config.jobs,
             outbox.clone(),
+            supervisor.clone(),
             jobs_changed.clone(),
             services_shutdown.clone(),
         )

@@ -67,6 +67,8 @@ async fn jobs_run_on_schedule_by_their_policies_and_are_reported() {
             &format!("retries = 2\nretry_delay = \"200ms\"\n{workdir}"),
         ),
         sh_job("broken", "@every 2s", "echo cannot reach the database >&2; exit 3", ""),
+        sh_job("dump", "@yearly", "echo dumped", "after = [\"db\"]\ntimeout = \"2s\""),
+        fleet_integration_tests::sh_service("db", "exec sleep 600", ""),
     ]
     .concat();
     c.start_agent_with("main-pc", Duration::from_millis(500), &jobs);
@@ -76,8 +78,18 @@ async fn jobs_run_on_schedule_by_their_policies_and_are_reported() {
     let out = c.fleetctl(&["jobs", "-o", "json"]);
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<_> = listed.iter().map(|j| j["name"].as_str().unwrap().to_string()).collect();
-    assert_eq!(names, ["tick", "slow", "newest", "hang", "flaky", "broken"], "{listed:#?}");
+    assert_eq!(names, ["tick", "slow", "newest", "hang", "flaky", "broken", "dump"], "{listed:#?}");
     assert!(listed.iter().all(|j| j["host"] == "main-pc" && j["next_run"].is_string()), "{listed:#?}");
+
+    // `after`: a run waits for the service, within its timeout.
+    c.wait_service("main-pc", "db", Duration::from_secs(10), "running", |s| s.pid > 0).await;
+    let out = c.fleetctl(&["job", "run", "main-pc", "dump", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.fleetctl(&["stop", "main-pc", "db"]).status.success());
+    let out = c.fleetctl(&["job", "run", "main-pc", "dump", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert!(stderr.contains("db was not running and healthy"), "{stderr}");
 
     // A run that goes past its timeout is killed with its children and recorded as timed out.
     let out = c.fleetctl(&["job", "run", "main-pc", "hang", "--wait"]);
@@ -159,7 +171,8 @@ async fn jobs_run_on_schedule_by_their_policies_and_are_reported() {
         "fleet_job_runs_total{host=\"main-pc\",job_name=\"hang\",result=\"timed_out\"} 1",
         "fleet_job_runs_total{host=\"main-pc\",job_name=\"flaky\",result=\"failed\"} 2",
         "fleet_job_last_success_timestamp_seconds{host=\"main-pc\",job_name=\"tick\"}",
-        "fleet_job_running{host=\"main-pc\",job_name=\"newest\"} 1",
+        "fleet_job_runs_total{host=\"main-pc\",job_name=\"newest\",result=\"killed\"}",
+        "fleet_job_running{host=\"main-pc\",job_name=\"hang\"} 0",
     ] {
         assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
     }
@@ -220,7 +233,7 @@ fn bad_job_definitions_are_refused_by_check_config_naming_the_job_and_key() {
         sh_job("redis", "@every 2h", "true", "concurrency = \"sometimes\""),
         sh_job("full", "0 2 * * *", "true", "timeout = \"0s\""),
         sh_job("full", "@daily", "true", ""),
-        sh_job("api", "@daily", "true", ""),
+        sh_job("api", "@daily", "true", "after = [\"api\", \"db\"]"),
     );
     std::fs::write(&cfg, text).unwrap();
     let out =
@@ -233,6 +246,7 @@ fn bad_job_definitions_are_refused_by_check_config_naming_the_job_and_key() {
         "jobs[full].timeout: must be more than 0",
         "jobs[3].name: duplicate job name \"full\"",
         "jobs[4].name: a service is named \"api\" too",
+        "jobs[4].after[1]: no service named \"db\"",
     ] {
         assert!(stderr.contains(says), "{says}\n{stderr}");
     }

@@ -72,6 +72,7 @@ impl Jobs {
         data_dir: &Path,
         configs: &[JobConfig],
         store: Arc<Outbox>,
+        supervisor: Arc<crate::supervisor::Supervisor>,
         changed: Arc<Notify>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Jobs> {
@@ -96,6 +97,7 @@ impl Jobs {
             agent: agent.to_string(),
             run_dir,
             base_env: crate::supervisor::base_env(),
+            supervisor,
         });
         let persist: Arc<dyn Persist> = Arc::new(StorePersist(store));
         let clock: Arc<dyn Clock> = Arc::new(scheduler::WallClock);

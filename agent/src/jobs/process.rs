@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::scheduler::{AttemptFuture, Ended, Runner};
 use crate::config::JobConfig;
 use crate::supervisor::logs::LogFile;
-use crate::supervisor::{Launch, describe_exit, kill_group, pidfile, procinfo, signal_by_name};
+use crate::supervisor::{Launch, Supervisor, describe_exit, kill_group, pidfile, procinfo, signal_by_name};
 
 /// How long the output of an ended attempt may take to reach the log.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -29,6 +29,35 @@ pub struct ProcessRunner {
     pub run_dir: PathBuf,
     /// The environment before the job's own.
     pub base_env: Vec<(String, String)>,
+    /// The services, for `after`.
+    pub supervisor: Arc<Supervisor>,
+}
+
+/// How often an attempt looks at the services it waits for.
+const AFTER_POLL: Duration = Duration::from_millis(250);
+
+/// Waits until every service of `after` runs and is healthy; Err naming the one still
+/// awaited when `stop` is cancelled first.
+async fn wait_for(
+    supervisor: &Supervisor,
+    after: &[String],
+    log: &LogFile,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    for name in after {
+        let up = || supervisor.get(name).map(|h| h.report()).is_some_and(|s| s.state == "running" && s.healthy);
+        if up() {
+            continue;
+        }
+        log.write("fleet", &format!("waiting for {name} to run and be healthy (after)"));
+        while !up() {
+            tokio::select! {
+                _ = stop.cancelled() => return Err(format!("{name} was not running and healthy (after = [\"{name}\"])")),
+                _ = tokio::time::sleep(AFTER_POLL) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Runner for ProcessRunner {
@@ -42,7 +71,9 @@ impl Runner for ProcessRunner {
     ) -> AttemptFuture {
         let (job, log, agent, run_dir, base_env) =
             (job.clone(), log.clone(), self.agent.clone(), self.run_dir.clone(), self.base_env.clone());
+        let supervisor = self.supervisor.clone();
         Box::pin(async move {
+            wait_for(&supervisor, &job.after, &log, &stop).await?;
             let (run_s, attempt_s) = (run.to_string(), attempt.to_string());
             let (mut child, program) = Launch {
                 command: &job.command,

@@ -495,6 +495,13 @@ impl JobCtl {
             };
             rec.ended_ms = ms(self.clock.now());
             match outcome {
+                Err(e) if timed_out => {
+                    rec.result = "timed_out".into();
+                    rec.message = format!(
+                        "did not start within its timeout of {}: {e}",
+                        fleet_common::human_duration_ms(c.timeout)
+                    );
+                }
                 Err(e) => {
                     rec.result = "failed".into();
                     rec.message = format!("could not start: {e}");
@@ -636,6 +643,7 @@ mod tests {
             stop_timeout: Duration::from_secs(1),
             log_max_bytes: 1 << 20,
             log_backups: 1,
+            after: Vec::new(),
         }
     }
 
