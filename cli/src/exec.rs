@@ -126,9 +126,9 @@ pub async fn exec(
             }
             Some(exec_event::Event::Exit(e)) => {
                 lines.flush(&event.host);
-                if several && output == Output::Table {
-                    let word = if e.ok { "ok".to_string() } else { format!("failed ({})", exit_status(&e)) };
-                    eprintln!("{}: {word}: {}", event.host, fleet_common::printable(&e.message, &[]));
+                // Hosts that failed say so (as pdsh does); the others' output speaks for them.
+                if several && output == Output::Table && !e.ok {
+                    eprintln!("{}: failed ({}): {}", event.host, exit_status(&e), fleet_common::printable(&e.message, &[]));
                 }
                 exits.insert(event.host, e);
             }
