@@ -128,7 +128,12 @@ pub async fn exec(
                 lines.flush(&event.host);
                 // Hosts that failed say so (as pdsh does); the others' output speaks for them.
                 if several && output == Output::Table && !e.ok {
-                    eprintln!("{}: failed ({}): {}", event.host, exit_status(&e), fleet_common::printable(&e.message, &[]));
+                    eprintln!(
+                        "{}: failed ({}): {}",
+                        event.host,
+                        exit_status(&e),
+                        fleet_common::printable(&e.message, &[])
+                    );
                 }
                 exits.insert(event.host, e);
             }

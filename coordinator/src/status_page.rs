@@ -148,10 +148,14 @@ pub fn render(registry: &Registry, sessions: usize, alerting: &Alerting, rollout
                     fleet_common::human_bytes(m.memory_total_bytes)
                 )
             });
+            let drained = match &h.drained {
+                Some(d) => format!(", <span class=warn title=\"{}\">drained</span>", esc(&d.reason)),
+                None => String::new(),
+            };
             let state = if h.online {
-                "<td class=on>online</td>".to_string()
+                format!("<td class=on>online{drained}</td>")
             } else {
-                format!("<td class=off title=\"{}\">offline</td>", esc(&h.last_disconnect_reason))
+                format!("<td class=off title=\"{}\">offline{drained}</td>", esc(&h.last_disconnect_reason))
             };
             let (ok, total) = fleet_proto::services_ok(&h.services);
             let class = if ok < total { "warn" } else { "on" };
@@ -207,6 +211,41 @@ pub fn render(registry: &Registry, sessions: usize, alerting: &Alerting, rollout
         &rows,
         "no services reported",
         "fleetctl services",
+    );
+
+    // Jobs, those whose newest run did not succeed first.
+    let mut jobs: Vec<(&HostSummary, &fleet_proto::v1::JobStatus)> =
+        hosts.iter().flat_map(|h| h.jobs.iter().map(move |j| (h, j))).collect();
+    let failed = |j: &fleet_proto::v1::JobStatus| j.last_run.as_ref().is_some_and(|r| r.result != "succeeded");
+    jobs.sort_by_key(|(h, j)| (!failed(j), h.name.clone(), j.name.clone()));
+    let rows: Vec<String> = jobs
+        .iter()
+        .map(|(h, j)| {
+            let (class, result) = match &j.last_run {
+                Some(r) if r.result == "succeeded" => ("on", "succeeded".to_string()),
+                Some(r) => ("off", format!("{}: {}", r.result, r.message)),
+                None => ("quiet", "-".to_string()),
+            };
+            let next = if j.next_run_ms > 0 { fleet_common::rfc3339(j.next_run_ms) } else { "-".into() };
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&h.name),
+                esc(&j.name),
+                esc(&j.schedule),
+                j.last_run.as_ref().map(|r| ago(r.ended_ms, now)).unwrap_or_else(|| "never".into()),
+                esc(&result),
+                ago(j.last_success_ms, now),
+                esc(&next),
+            )
+        })
+        .collect();
+    table(
+        &mut out,
+        "Jobs",
+        &["host", "job", "schedule", "last run", "result", "last success", "next run"],
+        &rows,
+        "no jobs reported",
+        "fleetctl jobs",
     );
     out.push_str("</body></html>\n");
     out

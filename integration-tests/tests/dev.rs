@@ -181,9 +181,15 @@ async fn the_readme_walkthrough_runs_under_fleetctl_dev() {
             "fleetctl alerts" => assert!(said.contains("ServiceRestartLoop") && said.contains("firing"), "{said}"),
             "fleetctl audit" => assert!(said.contains("restart") && said.contains("pc2/web"), "{said}"),
             "fleetctl jobs" => {
-                assert_eq!(said.lines().filter(|l| l.contains(" backup ") && l.contains("* * * * *")).count(), 2, "{said}")
+                assert_eq!(
+                    said.lines().filter(|l| l.contains(" backup ") && l.contains("* * * * *")).count(),
+                    2,
+                    "{said}"
+                )
             }
-            "fleetctl job history main-pc backup" => assert!(said.contains("manual") && said.contains("succeeded"), "{said}"),
+            "fleetctl job history main-pc backup" => {
+                assert!(said.contains("manual") && said.contains("succeeded"), "{said}")
+            }
             "fleetctl exec -l env=dev -- hostname" => {
                 let mut hosts: Vec<_> = said.lines().filter_map(|l| l.split(": ").next()).collect();
                 hosts.sort();

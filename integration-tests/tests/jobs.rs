@@ -164,6 +164,11 @@ async fn jobs_run_on_schedule_by_their_policies_and_are_reported() {
     let killed = newest.iter().find(|r| r["result"] == "killed").unwrap_or_else(|| panic!("none killed: {newest:#?}"));
     assert!(killed["message"].as_str().unwrap().contains("replaced by run"), "{killed:#}");
 
+    // The status page lists them, failing ones first.
+    let (_, page) = c.http_get("/").await;
+    let jobs = &page[page.find("<h2>Jobs</h2>").expect("a Jobs table")..];
+    assert!(jobs.find(">broken<").unwrap() < jobs.find(">tick<").unwrap(), "{jobs}");
+
     // The metrics say the same.
     let (_, metrics) = c.http_get("/metrics").await;
     for needle in [
