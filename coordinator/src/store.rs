@@ -153,7 +153,23 @@ pub struct Store {
 /// The sled tree that holds everything.
 const TREE: &str = "cluster";
 
+/// How long opening waits for a held lock to be released: a previous handle of this process
+/// (closed, or being opened again after an I/O error) lets go once its flusher thread ends.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn open_sled(path: &Path) -> Result<sled::Db, String> {
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match open_sled_once(path) {
+            Err(e) if e.ends_with("(another process has it open)") && std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(path: &Path) -> Result<sled::Db, String> {
     let p = path.to_path_buf();
     // sled panics on some kinds of damage instead of returning an error; treat both alike.
     match std::panic::catch_unwind(move || {

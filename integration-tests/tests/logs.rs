@@ -109,7 +109,7 @@ async fn logs_show_recent_lines_and_follow_across_rotation() {
     let out = c.fleetctl(&["logs", "pc2", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no service named \"nosuch\""),
+        String::from_utf8_lossy(&out.stderr).contains("no service or job named \"nosuch\""),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
