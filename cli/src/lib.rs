@@ -462,6 +462,17 @@ pub enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run PromQL test files in Prometheus' promqltest format (load, eval instant, eval range,
+    /// eval_fail, ...) through fleet's engine; exit 1 if any case fails. Native histogram cases
+    /// are skipped and listed.
+    Promqltest {
+        /// Test files, or directories of *.test files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also list the skipped cases.
+        #[arg(long)]
+        list_skipped: bool,
+    },
 }
 
 /// `rollout` subcommands.
@@ -714,6 +725,45 @@ fn rules_test(files: &[PathBuf]) -> Result<(), CliError> {
         return Err(CliError::failed(format!("{failed} of {} rule test files failed", files.len())));
     }
     Ok(())
+}
+
+/// `fleetctl rules promqltest PATH...`: every failing case with its file, line and why; the
+/// counts; exit 1 when any case failed.
+fn promqltest(paths: &[PathBuf], list_skipped: bool) -> Result<(), CliError> {
+    let s = fleet_rules::promqltest::run_paths(paths).map_err(CliError::usage)?;
+    for c in &s.failed {
+        outln!("FAIL {}:{}: {}\n     {}", c.file, c.line, c.expr, c.reason.replace('\n', "\n     "));
+    }
+    if list_skipped {
+        for c in &s.skipped {
+            outln!("SKIP {}:{}: {} ({})", c.file, c.line, c.expr, c.reason);
+        }
+    }
+    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in &s.skipped {
+        *reasons.entry(c.reason.as_str()).or_default() += 1;
+    }
+    let skipped: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    outln!(
+        "{} passed, {} failed, {} skipped{}{}",
+        s.passed,
+        s.failed.len(),
+        s.skipped.len(),
+        if skipped.is_empty() { String::new() } else { format!(" ({})", skipped.join(", ")) },
+        if s.annotations_unchecked > 0 {
+            format!(
+                "; {} passed cases also expect a warning or info, which fleet does not produce",
+                s.annotations_unchecked
+            )
+        } else {
+            String::new()
+        }
+    );
+    if s.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::failed(format!("{} PromQL test cases failed", s.failed.len())))
+    }
 }
 
 /// `fleetctl rules check FILE...`: prints like promtool and fails if any file is refused.
@@ -999,6 +1049,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Rules { cmd: Some(RulesCommand::Test { files }), .. } => rules_test(files),
         Command::Rules { cmd: Some(RulesCommand::Check { files }), .. } => rules_check(files),
+        Command::Rules { cmd: Some(RulesCommand::Promqltest { paths, list_skipped }), .. } => {
+            promqltest(paths, *list_skipped)
+        }
         Command::Rules { cmd: Some(RulesCommand::Reload { conn }), .. } => {
             rules_reload(&Target::from_conn(conn)?).await
         }

@@ -106,7 +106,8 @@ pub fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
         if let Some((base, times)) = tok.split_once('x') {
             let n: usize = times.parse().map_err(|_| format!("invalid repetition in \"{tok}\""))?;
             if base == "_" {
-                out.extend(std::iter::repeat_n(None, n + 1));
+                // A missing sample cannot increment: `_x3` is `_ _ _` (promtool's notation).
+                out.extend(std::iter::repeat_n(None, n));
                 continue;
             }
             // `a+b` or `a-b`: find the operator after the first character (a may be negative).
@@ -391,7 +392,7 @@ mod tests {
         assert_eq!(expand_values("10-1x2").unwrap(), [Some(10.0), Some(9.0), Some(8.0)]);
         assert_eq!(expand_values("-1+1x1").unwrap(), [Some(-1.0), Some(0.0)]);
         assert_eq!(expand_values("1x3").unwrap().len(), 4);
-        assert_eq!(expand_values("_x2").unwrap(), [None, None, None]);
+        assert_eq!(expand_values("_x2").unwrap(), [None, None], "a missing sample does not repeat: _x2 is _ _");
         assert!(promql::is_stale(expand_values("stale").unwrap()[0].unwrap()));
     }
 
