@@ -157,7 +157,7 @@ pub fn range(
     while t <= end {
         // Each step holds what the query has returned so far and what the step reads.
         limits.reset_samples(points);
-        match promql::eval_with(&e, storage, t, limits).map_err(eval_err)? {
+        match promql::eval_step(&e, storage, t, (start, end), limits).map_err(eval_err)? {
             Value::Vector(v) => {
                 points += v.len();
                 for s in v {

@@ -600,7 +600,8 @@ fn evaluate(cmd: &Eval, store: &Store) -> Result<Got, String> {
     let mut series: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
     let mut t = start;
     while t <= end {
-        match promql::eval(&expr, store, t).map_err(|e| e.to_string())? {
+        let limits = promql::Limits::default();
+        match promql::eval_step(&expr, store, t, (start, end), &limits).map_err(|e| e.to_string())? {
             Value::Scalar(v) => series.entry(Labels::new()).or_default().push((t, v)),
             Value::Vector(v) => {
                 for s in v {

@@ -593,21 +593,18 @@ mod tests {
         assert_eq!(load_file(&p).unwrap()[0].rules.len(), 0, "a group without rules is valid");
         std::fs::write(
             &p,
-            "groups:\n  - name: disks\n    rules:\n      - alert: Ok\n        expr: up == 0\n      - alert: DiskWillFill\n        expr: predict_linear(fs_avail[6h], 4*3600) < 0\n",
+            "groups:\n  - name: disks\n    rules:\n      - alert: Ok\n        expr: up == 0\n      - alert: DiskWillFill\n        expr: info(fs_avail) < 0\n",
         )
         .unwrap();
         let e = load_file(&p).unwrap_err().to_string();
-        assert!(
-            e.starts_with(&format!("{}:6: alert \"DiskWillFill\": the function predict_linear()", p.display())),
-            "{e}"
-        );
+        assert!(e.starts_with(&format!("{}:6: alert \"DiskWillFill\": the function info()", p.display())), "{e}");
         assert!(e.contains("not supported"), "{e}");
         std::fs::write(
             &p,
-            "groups:\n  - name: g\n    rules:\n      - record: r:x\n        expr: max_over_time(x[5m:1m])\n",
+            "groups:\n  - name: g\n    rules:\n      - record: r:x\n        expr: max_over_time(info(x)[5m:1m])\n",
         )
         .unwrap();
         let e = load_file(&p).unwrap_err().to_string();
-        assert!(e.contains(":4: recording rule \"r:x\": subqueries"), "{e}");
+        assert!(e.contains(":4: recording rule \"r:x\": the function info()"), "{e}");
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use promql_parser::parser::{
-    AggregateExpr, BinaryExpr, Expr, LabelModifier, Offset, VectorMatchCardinality, VectorSelector,
+    AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, Offset, SubqueryExpr, VectorMatchCardinality,
+    VectorSelector,
 };
 
 use super::arith::{arith, compare, quantile};
@@ -20,6 +21,21 @@ use super::{
 pub(super) struct Evaluator<'a> {
     pub(super) storage: &'a dyn Storage,
     pub(super) limits: &'a Limits<'a>,
+    /// The query's first and last evaluation times (ms): what `@ start()` and `@ end()` are.
+    pub(super) start: i64,
+    pub(super) end: i64,
+}
+
+/// The step of a subquery that gives none (`expr[5m:]`): Prometheus' default global
+/// evaluation interval.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// Milliseconds since the epoch of a time the parser read (it may be before the epoch).
+fn system_ms(t: &std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map(|v| -v).unwrap_or(i64::MIN),
+    }
 }
 
 /// Milliseconds of a duration, saturating: `offset 10000000y` must not wrap around.
@@ -36,6 +52,73 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
 }
 
 impl Evaluator<'_> {
+    /// The time a selector (or subquery) with `at` and `offset` reads at, evaluated at `t`.
+    pub(super) fn read_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, t: i64) -> i64 {
+        let base = match at {
+            None => t,
+            Some(AtModifier::Start) => self.start,
+            Some(AtModifier::End) => self.end,
+            Some(AtModifier::At(st)) => system_ms(st),
+        };
+        base.saturating_sub(offset_ms(offset))
+    }
+
+    /// The points of a subquery at `t`: its expression evaluated at every multiple of its step
+    /// after `t - offset - range` up to `t - offset`, each result at its step's time.
+    pub(super) fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Vec<Series>, EvalError> {
+        let end = self.read_time(&sq.at, &sq.offset, t);
+        let range = dur_ms(&sq.range);
+        let step = sq.step.as_ref().map(dur_ms).unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+        if step <= 0 {
+            return invalid("a subquery's step must be positive");
+        }
+        let mint = end.saturating_sub(range);
+        // The first multiple of the step after mint (the range is left-open).
+        let mut ts = (mint / step).saturating_mul(step);
+        if ts <= mint {
+            ts = ts.saturating_add(step);
+        }
+        if (end.saturating_sub(ts)) / step > 11_000 * 100 {
+            return invalid("the subquery has too many steps; make its step longer");
+        }
+        let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
+        let mut order: Vec<Labels> = Vec::new();
+        while ts <= end {
+            self.limits.go_on()?;
+            match self.eval(&sq.expr, ts)? {
+                Value::Vector(v) => {
+                    self.limits.take(v.len())?;
+                    for s in v {
+                        let points = series.entry(s.labels.clone()).or_insert_with(|| {
+                            order.push(s.labels.clone());
+                            Vec::new()
+                        });
+                        points.push((ts, s.v));
+                    }
+                }
+                Value::Scalar(v) => {
+                    self.limits.take(1)?;
+                    let l = Labels::new();
+                    let points = series.entry(l.clone()).or_insert_with(|| {
+                        order.push(l);
+                        Vec::new()
+                    });
+                    points.push((ts, v));
+                }
+                _ => return invalid("a subquery needs an instant vector expression"),
+            }
+            let Some(next) = ts.checked_add(step) else { break };
+            ts = next;
+        }
+        Ok(order
+            .into_iter()
+            .map(|labels| {
+                let points = series.remove(&labels).unwrap_or_default();
+                Series { labels, points }
+            })
+            .collect())
+    }
+
     pub(super) fn eval(&self, expr: &Expr, t: i64) -> Result<Value, EvalError> {
         self.limits.go_on()?;
         match expr {
@@ -57,7 +140,7 @@ impl Evaluator<'_> {
                 })?;
                 Ok(Value::Matrix(series))
             }
-            Expr::Subquery(_) => unsupported("subqueries (expr[range:step])"),
+            Expr::Subquery(sq) => Ok(Value::Matrix(self.subquery(sq, t)?)),
             Expr::Aggregate(a) => self.aggregate(a, t),
             Expr::Binary(b) => self.binary(b, t),
             Expr::Call(c) => self.call(c, t),
@@ -66,10 +149,7 @@ impl Evaluator<'_> {
     }
 
     fn instant(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>, EvalError> {
-        if vs.at.is_some() {
-            return unsupported("the @ modifier");
-        }
-        let end = t.saturating_sub(offset_ms(&vs.offset));
+        let end = self.read_time(&vs.at, &vs.offset, t);
         let mut out = Vec::new();
         let selected =
             self.storage.select_latest(vs.name.as_deref(), &vs.matchers, end.saturating_sub(LOOKBACK_MS), end);
@@ -335,16 +415,16 @@ impl Evaluator<'_> {
         Ok(Value::Vector(out))
     }
 
-    /// The range of a range-vector argument and where it starts: (range, start offset from
-    /// t), where start = t - offset - range.
-    pub(super) fn range_of(&self, e: &Expr, name: &str) -> Result<(i64, i64), EvalError> {
-        let ms = match e {
-            Expr::MatrixSelector(ms) => ms,
-            Expr::Subquery(_) => return unsupported("subqueries (expr[range:step])"),
+    /// The window `(start, end]` a range-vector argument reads when evaluated at `t`: a range
+    /// selector's or a subquery's, after its `@` and offset.
+    pub(super) fn window(&self, e: &Expr, t: i64, name: &str) -> Result<(i64, i64), EvalError> {
+        let (end, range) = match e {
+            Expr::MatrixSelector(ms) => (self.read_time(&ms.vs.at, &ms.vs.offset, t), dur_ms(&ms.range)),
+            Expr::Subquery(sq) => (self.read_time(&sq.at, &sq.offset, t), dur_ms(&sq.range)),
+            Expr::Paren(p) => return self.window(&p.expr, t, name),
             _ => return invalid(format!("{name}() needs a range vector selector such as metric[5m]")),
         };
-        let range = dur_ms(&ms.range);
-        Ok((range, offset_ms(&ms.vs.offset).saturating_add(range)))
+        Ok((end.saturating_sub(range), end))
     }
 
     /// Calls `f` with each series of the range-vector argument `e` that has samples in its
@@ -354,14 +434,14 @@ impl Evaluator<'_> {
     pub(super) fn each_range(&self, e: &Expr, t: i64, name: &str, f: &mut EachSeries<'_>) -> Result<(), EvalError> {
         let Expr::MatrixSelector(ms) = e else {
             for s in self.matrix(e, t, name)? {
-                f(s.labels, &s.points);
+                let fresh: Vec<(i64, f64)> = s.points.iter().copied().filter(|(_, v)| !is_stale(*v)).collect();
+                if !fresh.is_empty() {
+                    f(s.labels, &fresh);
+                }
             }
             return Ok(());
         };
-        if ms.vs.at.is_some() {
-            return unsupported("the @ modifier");
-        }
-        let end = t.saturating_sub(offset_ms(&ms.vs.offset));
+        let end = self.read_time(&ms.vs.at, &ms.vs.offset, t);
         let start = end.saturating_sub(dur_ms(&ms.range));
         let mut fresh = Vec::new();
         // The storage calls back for every series; once a limit is reached the rest are

@@ -382,7 +382,7 @@ pub fn check(expr: &Expr) -> Result<(), EvalError> {
         Expr::Unary(u) => check(&u.expr),
         Expr::VectorSelector(vs) => check_selector(vs),
         Expr::MatrixSelector(ms) => check_selector(&ms.vs),
-        Expr::Subquery(_) => unsupported("subqueries (expr[range:step])"),
+        Expr::Subquery(sq) => check(&sq.expr),
         Expr::Aggregate(a) => {
             let op = a.op.to_string().to_lowercase();
             if !AGGREGATIONS.contains(&op.as_str()) {
@@ -407,10 +407,7 @@ pub fn check(expr: &Expr) -> Result<(), EvalError> {
     }
 }
 
-fn check_selector(vs: &VectorSelector) -> Result<(), EvalError> {
-    if vs.at.is_some() {
-        return unsupported("the @ modifier");
-    }
+fn check_selector(_: &VectorSelector) -> Result<(), EvalError> {
     Ok(())
 }
 
@@ -419,9 +416,21 @@ pub fn eval(expr: &Expr, storage: &dyn Storage, t_ms: i64) -> Result<Value, Eval
     eval_with(expr, storage, t_ms, &Limits::default())
 }
 
-/// Evaluates `expr` at `t_ms` within `limits`.
+/// Evaluates `expr` at `t_ms` within `limits`, as an instant query.
 pub fn eval_with(expr: &Expr, storage: &dyn Storage, t_ms: i64, limits: &Limits<'_>) -> Result<Value, EvalError> {
-    Evaluator { storage, limits }.eval(expr, t_ms)
+    eval_step(expr, storage, t_ms, (t_ms, t_ms), limits)
+}
+
+/// Evaluates `expr` at `t_ms`, one step of a range query over `span` (its first and last
+/// evaluation times, which `@ start()` and `@ end()` name), within `limits`.
+pub fn eval_step(
+    expr: &Expr,
+    storage: &dyn Storage,
+    t_ms: i64,
+    span: (i64, i64),
+    limits: &Limits<'_>,
+) -> Result<Value, EvalError> {
+    Evaluator { storage, limits, start: span.0, end: span.1 }.eval(expr, t_ms)
 }
 
 /// Whether `name` is among the label names of a `by`/`on`/`without`/`ignoring` clause.

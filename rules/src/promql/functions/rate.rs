@@ -12,18 +12,12 @@ use crate::promql::{EvalError, Sample, Value, drop_name};
 /// `rate`, `increase` and `delta` (which of them is `c`'s name).
 pub(super) fn rate(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
     let name = c.func.name;
-    let range = ev.range_of(arg(c, 0)?, name)?;
+    let (start, end) = ev.window(arg(c, 0)?, t, name)?;
     let is_counter = name != "delta";
     let is_rate = name == "rate";
     let mut out = Vec::new();
     ev.each_range(arg(c, 0)?, t, name, &mut |labels, points| {
-        if let Some(v) = extrapolated_rate(
-            points,
-            t.saturating_sub(range.1),
-            t.saturating_sub(range.1).saturating_add(range.0),
-            is_counter,
-            is_rate,
-        ) {
+        if let Some(v) = extrapolated_rate(points, start, end, is_counter, is_rate) {
             out.push(Sample { labels: drop_name(labels), t, v });
         }
     })?;
