@@ -98,16 +98,48 @@ pub(super) fn bucket_quantile(q: f64, mut b: Vec<(f64, f64)>) -> f64 {
     start + (end - start) * ((rank - prev_count) / in_bucket)
 }
 
+/// Kahan-Neumaier summation: adds `inc` to `sum` with the compensation `c`.
+pub(super) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// The least-squares slope and the intercept at `intercept_time` (ms) of `points`, as
+/// Prometheus' `linearRegression` computes them (compensated sums; a constant series has slope
+/// 0, or NaN if it is infinite).
 pub(super) fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
-    let n = points.len() as f64;
-    let (mut sx, mut sy, mut sxy, mut sx2) = (0.0, 0.0, 0.0, 0.0);
-    for &(t, v) in points {
-        let x = (t - intercept_time) as f64 / 1000.0;
-        sx += x;
-        sy += v;
-        sxy += x * v;
-        sx2 += x * x;
+    let mut n = 0.0;
+    let (mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let init_y = points.first().map(|p| p.1).unwrap_or(f64::NAN);
+    let mut const_y = true;
+    for (i, &(t, v)) in points.iter().enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_time) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
     }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    sx += cx;
+    sy += cy;
+    sxy += cxy;
+    sx2 += cx2;
     let cov = sxy - sx * sy / n;
     let var = sx2 - sx * sx / n;
     let slope = cov / var;

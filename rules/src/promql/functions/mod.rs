@@ -11,6 +11,7 @@ use crate::promql::{EvalError, Sample, Value, drop_name, unsupported};
 
 mod absent;
 mod convert;
+mod date;
 mod histogram;
 mod labels;
 mod math;
@@ -18,6 +19,7 @@ mod over_time;
 mod rate;
 mod sort;
 mod time;
+mod trig;
 
 /// A function of a series' samples in a window (the `*_over_time` family).
 type WindowFn<'a> = dyn Fn(&[(i64, f64)]) -> Option<f64> + 'a;
@@ -38,6 +40,32 @@ impl Evaluator<'_> {
             "log2" => math::map_vec(self, c, t, &f64::log2),
             "log10" => math::map_vec(self, c, t, &f64::log10),
             "sgn" => math::map_vec(self, c, t, &math::sgn),
+            "sin" => math::map_vec(self, c, t, &f64::sin),
+            "cos" => math::map_vec(self, c, t, &f64::cos),
+            "tan" => math::map_vec(self, c, t, &f64::tan),
+            "asin" => math::map_vec(self, c, t, &f64::asin),
+            "acos" => math::map_vec(self, c, t, &f64::acos),
+            "atan" => math::map_vec(self, c, t, &f64::atan),
+            "sinh" => math::map_vec(self, c, t, &f64::sinh),
+            "cosh" => math::map_vec(self, c, t, &f64::cosh),
+            "tanh" => math::map_vec(self, c, t, &f64::tanh),
+            "asinh" => math::map_vec(self, c, t, &f64::asinh),
+            "acosh" => math::map_vec(self, c, t, &f64::acosh),
+            "atanh" => math::map_vec(self, c, t, &f64::atanh),
+            "deg" => math::map_vec(self, c, t, &trig::deg),
+            "rad" => math::map_vec(self, c, t, &trig::rad),
+            "pi" => trig::pi(),
+            "day_of_month" | "day_of_week" | "day_of_year" | "days_in_month" | "hour" | "minute" | "month" | "year" => {
+                date::date(self, c, t)
+            }
+            "predict_linear" => rate::predict_linear(self, c, t),
+            "double_exponential_smoothing" => rate::double_exponential_smoothing(self, c, t),
+            "mad_over_time" => over_time::mad_over_time(self, c, t),
+            "ts_of_min_over_time" | "ts_of_max_over_time" | "ts_of_last_over_time" | "ts_of_first_over_time" => {
+                over_time::ts_of(self, c, t)
+            }
+            "first_over_time" => over_time::first_over_time(self, c, t),
+            "sort_by_label" | "sort_by_label_desc" => sort::sort_by_label(self, c, t),
             "round" => math::round(self, c, t),
             "clamp" => math::clamp(self, c, t),
             "clamp_min" => math::clamp_min(self, c, t),

@@ -90,3 +90,59 @@ pub(super) fn quantile_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result
             .collect(),
     ))
 }
+
+/// `mad_over_time`: the median of the absolute deviations from the median.
+pub(super) fn mad_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(
+        ev,
+        c,
+        t,
+        &|p| {
+            let vals: Vec<f64> = p.iter().map(|x| x.1).collect();
+            let median = quantile(0.5, &vals);
+            let dev: Vec<f64> = vals.iter().map(|v| (v - median).abs()).collect();
+            Some(quantile(0.5, &dev))
+        },
+        false,
+    )
+}
+
+/// `first_over_time`: the oldest sample, with the metric name kept.
+pub(super) fn first_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    fold_windows(ev, c, t, &|p| p.first().map(|x| x.1), true)
+}
+
+/// `ts_of_min_over_time`, `ts_of_max_over_time`, `ts_of_last_over_time` and
+/// `ts_of_first_over_time`: when (in seconds) the window's minimum, maximum, newest or oldest
+/// sample was taken (the newest of equal extremes).
+pub(super) fn ts_of(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    let name = c.func.name;
+    fold_windows(
+        ev,
+        c,
+        t,
+        &|p| {
+            let pick = match name {
+                "ts_of_last_over_time" => p.last(),
+                "ts_of_first_over_time" => p.first(),
+                _ => {
+                    let mut best: Option<&(i64, f64)> = None;
+                    for x in p {
+                        let better = match best {
+                            None => true,
+                            Some(b) if b.1.is_nan() => true,
+                            Some(b) if name == "ts_of_max_over_time" => x.1 >= b.1,
+                            Some(b) => x.1 <= b.1,
+                        };
+                        if better {
+                            best = Some(x);
+                        }
+                    }
+                    best
+                }
+            };
+            pick.map(|x| x.0 as f64 / 1000.0)
+        },
+        false,
+    )
+}

@@ -105,3 +105,60 @@ fn extrapolated_rate(
     }
     Some(r)
 }
+
+/// `predict_linear(v, t)`: each series' value `t` seconds after the evaluation time, by linear
+/// regression over its window.
+pub(super) fn predict_linear(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    let name = c.func.name;
+    let ahead = ev.scalar(arg(c, 1)?, t, name)?;
+    fold_windows(
+        ev,
+        c,
+        t,
+        &|p| {
+            if p.len() < 2 {
+                return None;
+            }
+            let (slope, intercept) = linear_regression(p, t);
+            Some(slope * ahead + intercept)
+        },
+        false,
+    )
+}
+
+/// `double_exponential_smoothing(v, sf, tf)` (Holt's linear method, once `holt_winters`).
+pub(super) fn double_exponential_smoothing(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
+    let name = c.func.name;
+    let sf = ev.scalar(arg(c, 1)?, t, name)?;
+    let tf = ev.scalar(arg(c, 2)?, t, name)?;
+    if sf <= 0.0 || sf >= 1.0 || sf.is_nan() {
+        return Err(EvalError::Invalid(format!("invalid smoothing factor. Expected: 0 < sf < 1, got: {sf}")));
+    }
+    if tf <= 0.0 || tf >= 1.0 || tf.is_nan() {
+        return Err(EvalError::Invalid(format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf}")));
+    }
+    fold_windows(
+        ev,
+        c,
+        t,
+        &|p| {
+            if p.len() < 2 {
+                return None;
+            }
+            let (mut s0, mut s1) = (0.0, p[0].1);
+            let mut b = p[1].1 - p[0].1;
+            for (i, &(_, v)) in p.iter().enumerate().skip(1) {
+                let x = sf * v;
+                // The trend at the previous point.
+                if i > 1 {
+                    b = tf * (s1 - s0) + (1.0 - tf) * b;
+                }
+                let y = (1.0 - sf) * (s1 + b);
+                s0 = s1;
+                s1 = x + y;
+            }
+            Some(s1)
+        },
+        false,
+    )
+}
