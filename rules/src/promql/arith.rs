@@ -145,3 +145,73 @@ pub(super) fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (
     let slope = cov / var;
     (slope, sy / n - slope * sx / n)
 }
+
+/// The sum of `vals` with compensated (Kahan-Neumaier) summation, as Prometheus' `sum`.
+pub(super) fn kahan_sum(vals: &[f64]) -> f64 {
+    let (mut sum, mut c) = (0.0, 0.0);
+    for &v in vals {
+        (sum, c) = kahan_inc(v, sum, c);
+    }
+    if sum.is_infinite() { sum } else { sum + c }
+}
+
+/// The mean of `vals` as Prometheus' `avg` and `avg_over_time` compute it: a compensated sum,
+/// switching to an incremental mean once the sum would overflow.
+pub(super) fn mean(vals: &[f64]) -> f64 {
+    let Some(&first) = vals.first() else { return f64::NAN };
+    let (mut sum, mut c, mut mean, mut count) = (first, 0.0, first, 1.0);
+    let mut incremental = false;
+    for &f in &vals[1..] {
+        count += 1.0;
+        if !incremental {
+            let (nv, nc) = kahan_inc(f, sum, c);
+            if !nv.is_infinite() {
+                (sum, c) = (nv, nc);
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        if mean.is_infinite() {
+            if f.is_infinite() && (mean > 0.0) == (f > 0.0) {
+                continue;
+            }
+            if !f.is_infinite() && !f.is_nan() {
+                continue;
+            }
+        }
+        let current = mean + c;
+        (mean, c) = kahan_inc(f / count - current / count, mean, c);
+    }
+    if incremental { mean + c } else { (sum + c) / count }
+}
+
+/// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it (count_values' labels).
+pub(super) fn go_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Whether `limit_ratio(r, ...)` keeps the series `labels`: its labels' hash, as a fraction of
+/// the hash space, is below `r` (or, for a negative `r`, at or above `1 + r`), so that
+/// `limit_ratio(r)` and `limit_ratio(r - 1)` pick complementary series. (fleet's hash is FNV-1a
+/// of the label pairs, not Prometheus' xxhash: the same ratio picks other series.)
+pub(crate) fn ratio_pick(labels: &crate::labels::Labels, r: f64) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels.iter() {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let offset = h as f64 / u64::MAX as f64;
+    if r >= 0.0 { offset < r } else { offset >= 1.0 + r }
+}

@@ -51,6 +51,18 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
     }
 }
 
+/// `v`, unless two of its series have the same labels (a function or operator dropped the
+/// metric name of series that differed only by it): Prometheus refuses those.
+pub(super) fn unique(v: Value) -> Result<Value, EvalError> {
+    if let Value::Vector(samples) = &v {
+        let mut seen = HashSet::with_capacity(samples.len());
+        if !samples.iter().all(|s| seen.insert(&s.labels)) {
+            return invalid("vector cannot contain metrics with the same labelset");
+        }
+    }
+    Ok(v)
+}
+
 impl Evaluator<'_> {
     /// The time a selector (or subquery) with `at` and `offset` reads at, evaluated at `t`.
     pub(super) fn read_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, t: i64) -> i64 {
@@ -127,7 +139,7 @@ impl Evaluator<'_> {
             Expr::Paren(p) => self.eval(&p.expr, t),
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Value::Scalar(v) => Ok(Value::Scalar(-v)),
-                Value::Vector(v) => Ok(Value::Vector(
+                Value::Vector(v) => unique(Value::Vector(
                     v.into_iter().map(|s| Sample { labels: drop_name(s.labels), t: s.t, v: -s.v }).collect(),
                 )),
                 _ => invalid("unary minus needs a scalar or an instant vector"),
@@ -143,7 +155,7 @@ impl Evaluator<'_> {
             Expr::Subquery(sq) => Ok(Value::Matrix(self.subquery(sq, t)?)),
             Expr::Aggregate(a) => self.aggregate(a, t),
             Expr::Binary(b) => self.binary(b, t),
-            Expr::Call(c) => self.call(c, t),
+            Expr::Call(c) => unique(self.call(c, t)?),
             Expr::Extension(_) => unsupported("extension expressions"),
         }
     }
@@ -219,20 +231,51 @@ impl Evaluator<'_> {
             }
         };
         let mut out = Vec::new();
+        if op == "count_values" {
+            let Some(Value::String(label)) = &param else {
+                return invalid("count_values needs a label name as a string parameter");
+            };
+            if label.is_empty() || label.starts_with("__") && label != NAME {
+                return invalid(format!("invalid label name {label:?}"));
+            }
+            return Ok(Value::Vector(self.count_values(label, &a.modifier, &groups, t)));
+        }
         for (labels, samples) in groups {
             let vals: Vec<f64> = samples.iter().map(|s| s.v).collect();
             let n = vals.len() as f64;
             let v = match op.as_str() {
-                "sum" => vals.iter().sum(),
-                "avg" => vals.iter().sum::<f64>() / n,
+                "sum" => super::arith::kahan_sum(&vals),
+                "avg" => super::arith::mean(&vals),
                 "min" => vals.iter().copied().fold(f64::NAN, |m, x| if m.is_nan() || x < m { x } else { m }),
                 "max" => vals.iter().copied().fold(f64::NAN, |m, x| if m.is_nan() || x > m { x } else { m }),
                 "count" => n,
                 "group" => 1.0,
                 "stddev" | "stdvar" => {
-                    let mean = vals.iter().sum::<f64>() / n;
-                    let var = vals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-                    if op == "stddev" { var.sqrt() } else { var }
+                    // Welford's running variance, as Prometheus' aggregation computes it.
+                    let (mut count, mut mean, mut value) = (1.0, vals[0], 0.0);
+                    if !vals[0].is_finite() {
+                        value = f64::NAN;
+                    }
+                    for &x in &vals[1..] {
+                        count += 1.0;
+                        let delta = x - mean;
+                        mean += delta / count;
+                        value += delta * (x - mean);
+                    }
+                    if op == "stddev" { (value / count).sqrt() } else { value / count }
+                }
+                "limitk" => {
+                    let k = num_param(&op)?;
+                    if k < 1.0 || k.is_nan() {
+                        continue;
+                    }
+                    out.extend(samples.into_iter().take(k.min(1e9) as usize));
+                    continue;
+                }
+                "limit_ratio" => {
+                    let r = num_param(&op)?.clamp(-1.0, 1.0);
+                    out.extend(samples.into_iter().filter(|s| super::arith::ratio_pick(&s.labels, r)));
+                    continue;
                 }
                 "quantile" => quantile(num_param("quantile")?, &vals),
                 "topk" | "bottomk" => {
@@ -253,6 +296,36 @@ impl Evaluator<'_> {
             out.push(Sample { labels, t, v });
         }
         Ok(Value::Vector(out))
+    }
+
+    /// `count_values("label", v)`: per group, how many samples have each value, the value in
+    /// `label` (written as Go's `FormatFloat(v, 'f', -1, 64)`).
+    fn count_values(
+        &self,
+        label: &str,
+        modifier: &Option<LabelModifier>,
+        groups: &[(Labels, Vec<Sample>)],
+        t: i64,
+    ) -> Vec<Sample> {
+        let mut counts: Vec<(Labels, f64)> = Vec::new();
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        for s in groups.iter().flat_map(|(_, g)| g) {
+            let mut l = s.labels.clone();
+            l.insert(label.to_string(), super::arith::go_float(s.v));
+            let key = match modifier {
+                Some(LabelModifier::Include(ls)) => l.filtered(|k| named(&ls.labels, k) || k == label),
+                Some(LabelModifier::Exclude(ls)) => l.filtered(|k| (!named(&ls.labels, k) && k != NAME) || k == label),
+                None => l.filtered(|k| k == label),
+            };
+            match index.get(&key) {
+                Some(&i) => counts[i].1 += 1.0,
+                None => {
+                    index.insert(key.clone(), counts.len());
+                    counts.push((key, 1.0));
+                }
+            }
+        }
+        counts.into_iter().map(|(labels, v)| Sample { labels, t, v }).collect()
     }
 
     fn binary(&self, b: &BinaryExpr, t: i64) -> Result<Value, EvalError> {

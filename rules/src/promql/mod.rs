@@ -401,8 +401,22 @@ pub const FUNCTIONS: &[&str] = &[
 ];
 
 /// The aggregation operators this engine evaluates.
-pub const AGGREGATIONS: &[&str] =
-    &["avg", "bottomk", "count", "group", "max", "min", "quantile", "stddev", "stdvar", "sum", "topk"];
+pub const AGGREGATIONS: &[&str] = &[
+    "avg",
+    "bottomk",
+    "count",
+    "count_values",
+    "group",
+    "limit_ratio",
+    "limitk",
+    "max",
+    "min",
+    "quantile",
+    "stddev",
+    "stdvar",
+    "sum",
+    "topk",
+];
 
 /// Whether the engine can evaluate every part of `expr`: the first construct it cannot is an
 /// [`EvalError::Unsupported`] naming it. Rule files and queries are checked with this before

@@ -34,19 +34,20 @@ fn absent_labels(e: &Expr) -> Labels {
         Expr::MatrixSelector(ms) => &ms.vs,
         _ => return Labels::new(),
     };
+    // As Prometheus: the first equality matcher of a label sets it; any other matcher of the
+    // same label (a second equality, or a regex) removes it.
     let mut out = Labels::new();
-    let mut dup: HashSet<String> = HashSet::new();
+    let mut has: HashSet<String> = HashSet::new();
     for m in &vs.matchers.matchers {
         if m.name == NAME {
             continue;
         }
-        if matches!(m.op, promql_parser::label::MatchOp::Equal) && out.insert(m.name.clone(), m.value.clone()).is_some()
-        {
-            dup.insert(m.name.clone());
+        if matches!(m.op, promql_parser::label::MatchOp::Equal) && !has.contains(&m.name) {
+            out.insert(m.name.clone(), m.value.clone());
+            has.insert(m.name.clone());
+        } else {
+            out.remove(&m.name);
         }
-    }
-    for d in dup {
-        out.remove(&d);
     }
     out
 }

@@ -31,8 +31,9 @@ pub(super) fn round(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalE
         Some(e) => ev.scalar(e, t, c.func.name)?,
         None => 1.0,
     };
-    // Prometheus rounds half up: floor(x / to + 0.5) * to.
-    map_vec(ev, c, t, &move |x: f64| (x / to + 0.5).floor() * to)
+    // Prometheus rounds half up, through the inverse (fewer rounding errors than dividing).
+    let inv = 1.0 / to;
+    map_vec(ev, c, t, &move |x: f64| (x * inv + 0.5).floor() / inv)
 }
 
 /// `clamp(v, min, max)`: nothing when min > max.

@@ -4,7 +4,7 @@
 use promql_parser::parser::Call;
 
 use super::{arg, fold_windows};
-use crate::promql::arith::quantile;
+use crate::promql::arith::{kahan_inc, kahan_sum, mean, quantile};
 use crate::promql::eval::Evaluator;
 use crate::promql::{EvalError, Sample, Value, drop_name};
 
@@ -26,7 +26,7 @@ pub(super) fn resets(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, Eval
 
 /// `avg_over_time`.
 pub(super) fn avg_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
-    fold_windows(ev, c, t, &|p| Some(p.iter().map(|x| x.1).sum::<f64>() / p.len() as f64), false)
+    fold_windows(ev, c, t, &|p| Some(mean(&p.iter().map(|x| x.1).collect::<Vec<_>>())), false)
 }
 
 /// `min_over_time`.
@@ -41,7 +41,7 @@ pub(super) fn max_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Valu
 
 /// `sum_over_time`.
 pub(super) fn sum_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, EvalError> {
-    fold_windows(ev, c, t, &|p| Some(p.iter().map(|x| x.1).sum()), false)
+    fold_windows(ev, c, t, &|p| Some(kahan_sum(&p.iter().map(|x| x.1).collect::<Vec<_>>())), false)
 }
 
 /// `count_over_time`.
@@ -67,9 +67,15 @@ pub(super) fn stddev_over_time(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<V
         c,
         t,
         &|p| {
-            let n = p.len() as f64;
-            let mean = p.iter().map(|x| x.1).sum::<f64>() / n;
-            let var = p.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / n;
+            // Welford's running variance with compensated sums, as Prometheus.
+            let (mut count, mut mean, mut cmean, mut aux, mut caux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for &(_, v) in p {
+                count += 1.0;
+                let delta = v - (mean + cmean);
+                (mean, cmean) = kahan_inc(delta / count, mean, cmean);
+                (aux, caux) = kahan_inc(delta * (v - (mean + cmean)), aux, caux);
+            }
+            let var = (aux + caux) / count;
             Some(if name == "stddev_over_time" { var.sqrt() } else { var })
         },
         false,
