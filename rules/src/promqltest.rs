@@ -501,8 +501,14 @@ fn parse_eval(block: &[String]) -> Result<Eval, String> {
         if end < start || step <= 0 {
             return Err("the range must not end before it starts, and its step must be positive".into());
         }
-        // The query is the text after the step, as written.
-        let idx = r.find(&format!(" {} ", w[5])).map(|i| i + w[5].len() + 2).ok_or("cannot find the query")?;
+        // The query is the text after the step, as written: skip six words.
+        let mut idx = 0;
+        for _ in 0..6 {
+            let rest = &r[idx..];
+            let skip = rest.len() - rest.trim_start().len();
+            idx += skip;
+            idx += r[idx..].find(char::is_whitespace).ok_or("cannot find the query")?;
+        }
         (Some((start, end, step)), start, r[idx..].trim().to_string())
     } else {
         return Err("write eval instant at T QUERY or eval range from T to T step D QUERY".into());
@@ -556,19 +562,7 @@ fn number(s: &str) -> Option<f64> {
 
 /// Prometheus' `almost.Equal` with its test tolerance.
 pub fn almost_equal(a: f64, b: f64) -> bool {
-    const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
-    if a.is_nan() && b.is_nan() {
-        return true;
-    }
-    if a == b {
-        return true;
-    }
-    let abs_sum = a.abs() + b.abs();
-    let diff = (a - b).abs();
-    if a == 0.0 || b == 0.0 || abs_sum < MIN_NORMAL {
-        return diff < EPSILON * MIN_NORMAL;
-    }
-    diff / abs_sum.min(f64::MAX) < EPSILON
+    promql::almost_equal(a, b, EPSILON)
 }
 
 fn show(l: &Labels) -> String {

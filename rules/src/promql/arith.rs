@@ -60,42 +60,132 @@ pub fn quantile(q: f64, vals: &[f64]) -> f64 {
     v[lo] * (1.0 - w) + v[hi] * w
 }
 
-pub(super) fn bucket_quantile(q: f64, mut b: Vec<(f64, f64)>) -> f64 {
+/// Sorts classic histogram buckets `(upper bound, cumulative count)` by bound and merges those
+/// with the same bound (Prometheus' `coalesceBuckets`); None unless the last bound is +Inf.
+fn prepare_buckets(mut b: Vec<(f64, f64)>) -> Option<Vec<(f64, f64)>> {
+    b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap_or(std::cmp::Ordering::Equal));
+    if b.last().map(|x| x.0) != Some(f64::INFINITY) {
+        return None;
+    }
+    let mut out: Vec<(f64, f64)> = Vec::with_capacity(b.len());
+    for (le, c) in b {
+        match out.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => out.push((le, c)),
+        }
+    }
+    Some(out)
+}
+
+/// The relative difference between neighbouring bucket counts taken as floating point noise.
+const SMALL_DELTA_TOLERANCE: f64 = 1e-12;
+
+/// Prometheus' `ensureMonotonicAndIgnoreSmallDeltas`: counts that differ by noise are made
+/// equal, and decreases are removed, both against the last count accepted.
+fn ensure_monotonic(b: &mut [(f64, f64)]) {
+    let Some(&(_, mut prev)) = b.first() else { return };
+    for x in b.iter_mut().skip(1) {
+        let curr = x.1;
+        if curr == prev {
+            continue;
+        }
+        if almost_equal(prev, curr, SMALL_DELTA_TOLERANCE) || curr < prev {
+            x.1 = prev;
+            continue;
+        }
+        prev = curr;
+    }
+}
+
+/// The φ-quantile of classic histogram buckets `(upper bound, cumulative count)`, as
+/// Prometheus' `BucketQuantile`.
+pub(super) fn bucket_quantile(q: f64, b: Vec<(f64, f64)>) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
     if q < 0.0 {
         return f64::NEG_INFINITY;
     }
     if q > 1.0 {
         return f64::INFINITY;
     }
-    b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap_or(std::cmp::Ordering::Equal));
-    if b.len() < 2 || b.last().map(|x| x.0) != Some(f64::INFINITY) {
+    let Some(mut b) = prepare_buckets(b) else { return f64::NAN };
+    ensure_monotonic(&mut b);
+    if b.len() < 2 {
         return f64::NAN;
     }
-    // Buckets must be monotonic; fix small violations as Prometheus does.
-    for i in 1..b.len() {
-        if b[i].1 < b[i - 1].1 {
-            b[i].1 = b[i - 1].1;
-        }
-    }
-    let total = b.last().map(|x| x.1).unwrap_or(0.0);
+    let total = b[b.len() - 1].1;
     if total == 0.0 {
         return f64::NAN;
     }
-    let rank = q * total;
-    let i = b.iter().position(|x| x.1 >= rank).unwrap_or(b.len() - 1);
+    let mut rank = q * total;
+    let i = b[..b.len() - 1].iter().position(|x| x.1 >= rank).unwrap_or(b.len() - 1);
     if i == b.len() - 1 {
         return b[b.len() - 2].0;
     }
     if i == 0 && b[0].0 <= 0.0 {
         return b[0].0;
     }
-    let (start, prev_count) = if i == 0 { (0.0, 0.0) } else { (b[i - 1].0, b[i - 1].1) };
-    let (end, count) = b[i];
-    let in_bucket = count - prev_count;
-    if in_bucket == 0.0 {
-        return end;
+    let (mut start, end, mut count) = (0.0, b[i].0, b[i].1);
+    if i > 0 {
+        start = b[i - 1].0;
+        count -= b[i - 1].1;
+        rank -= b[i - 1].1;
     }
-    start + (end - start) * ((rank - prev_count) / in_bucket)
+    start + (end - start) * (rank / count)
+}
+
+/// The fraction of the observations between `lower` and `upper` in classic histogram buckets,
+/// as Prometheus' `BucketFraction` (linear interpolation within a bucket; the first bucket
+/// starts at 0 when its bound is positive).
+pub(super) fn bucket_fraction(lower: f64, upper: f64, b: Vec<(f64, f64)>) -> f64 {
+    let Some(b) = prepare_buckets(b) else { return f64::NAN };
+    let count = b[b.len() - 1].1;
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0);
+    let (mut lower_set, mut upper_set) = (false, false);
+    let mut lower_bound = if b[0].0 <= 0.0 { f64::NEG_INFINITY } else { 0.0 };
+    for (i, &(upper_bound, c)) in b.iter().enumerate() {
+        if i > 0 {
+            lower_bound = b[i - 1].0;
+        }
+        let interpolate = |v: f64| rank + (c - rank) * (v - lower_bound) / (upper_bound - lower_bound);
+        if !lower_set && lower_bound >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && lower_bound >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && lower_bound < lower && upper_bound > lower {
+            lower_rank = interpolate(lower);
+            lower_set = true;
+        }
+        if !upper_set && lower_bound < upper && upper_bound > upper {
+            upper_rank = interpolate(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank = c;
+    }
+    if !lower_set || lower_rank > count {
+        lower_rank = count;
+    }
+    if !upper_set || upper_rank > count {
+        upper_rank = count;
+    }
+    (upper_rank - lower_rank) / count
 }
 
 /// Kahan-Neumaier summation: adds `inc` to `sum` with the compensation `c`.
@@ -214,4 +304,22 @@ pub(crate) fn ratio_pick(labels: &crate::labels::Labels, r: f64) -> bool {
     }
     let offset = h as f64 / u64::MAX as f64;
     if r >= 0.0 { offset < r } else { offset >= 1.0 + r }
+}
+
+/// Prometheus' `almost.Equal(a, b, epsilon)`: NaN equals NaN; otherwise the relative difference
+/// is below `epsilon` (an absolute one near zero).
+pub fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+    const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
+    if a.is_nan() && b.is_nan() {
+        return true;
+    }
+    if a == b {
+        return true;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < MIN_NORMAL {
+        return diff < epsilon * MIN_NORMAL;
+    }
+    diff / abs_sum.min(f64::MAX) < epsilon
 }

@@ -16,7 +16,7 @@ use promql_parser::parser::{Expr, VectorSelector};
 
 pub use crate::labels::Labels;
 
-pub use arith::{parse_float, quantile};
+pub use arith::{almost_equal, parse_float, quantile};
 use eval::Evaluator;
 
 mod arith;
@@ -352,6 +352,7 @@ pub const FUNCTIONS: &[&str] = &[
     "exp",
     "first_over_time",
     "floor",
+    "histogram_fraction",
     "histogram_quantile",
     "hour",
     "idelta",

@@ -90,6 +90,7 @@ impl Evaluator<'_> {
             "label_replace" => labels::label_replace(self, c, t),
             "label_join" => labels::label_join(self, c, t),
             "histogram_quantile" => histogram::histogram_quantile(self, c, t),
+            "histogram_fraction" => histogram::histogram_fraction(self, c, t),
             "sort" | "sort_desc" => sort::sort(self, c, t),
             other => unsupported(format!("the function {other}()")),
         }

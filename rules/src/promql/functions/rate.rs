@@ -87,16 +87,17 @@ fn extrapolated_rate(
     let duration_to_end = (range_end - last_t) as f64 / 1000.0;
     let sampled = (last_t - first_t) as f64 / 1000.0;
     let avg_interval = sampled / (points.len() - 1) as f64;
-    let mut to_start = duration_to_start;
+    // A sample close enough to an edge (within 110% of the average interval) is extrapolated
+    // to it, otherwise by half an interval; then a counter is not extrapolated below zero.
+    let threshold = avg_interval * 1.1;
+    let mut to_start = if duration_to_start >= threshold { avg_interval / 2.0 } else { duration_to_start };
     if is_counter && result > 0.0 && first_v >= 0.0 {
         let to_zero = sampled * (first_v / result);
         if to_zero < to_start {
             to_start = to_zero;
         }
     }
-    let threshold = avg_interval * 1.1;
-    let mut extrapolate_to = sampled;
-    extrapolate_to += if to_start >= threshold { avg_interval / 2.0 } else { to_start };
+    let mut extrapolate_to = sampled + to_start;
     extrapolate_to += if duration_to_end >= threshold { avg_interval / 2.0 } else { duration_to_end };
     let factor = extrapolate_to / sampled;
     let mut r = result * factor;
