@@ -404,7 +404,9 @@ impl Evaluator<'_> {
         let sig = |labels: &Labels| -> Labels {
             match &matching {
                 Some(LabelModifier::Include(ls)) => labels.filtered(|k| named(&ls.labels, k)),
-                Some(LabelModifier::Exclude(ls)) => labels.filtered(|k| !named(&ls.labels, k) && k != NAME),
+                Some(LabelModifier::Exclude(ls)) => {
+                    labels.filtered(|k| !named(&ls.labels, k) && !super::RESERVED.contains(&k))
+                }
                 None => drop_name(labels.clone()),
             }
         };
@@ -468,7 +470,7 @@ impl Evaluator<'_> {
             // with bool; for one-to-one, only the `on` labels, or without the `ignoring` ones.
             let mut labels = s.labels.clone();
             if !comparison || return_bool {
-                labels.remove(NAME);
+                labels = drop_name(labels);
             }
             if one_to_one {
                 match &matching {

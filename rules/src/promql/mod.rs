@@ -486,8 +486,15 @@ fn named(names: &[String], name: &str) -> bool {
     names.iter().any(|n| n == name)
 }
 
+/// The labels that name what a series measures: the metric name and, with Prometheus'
+/// type-and-unit labels, its type and unit. An operation that changes what the value means
+/// drops all three.
+pub const RESERVED: [&str; 3] = [NAME, "__type__", "__unit__"];
+
 fn drop_name(mut l: Labels) -> Labels {
-    l.remove(NAME);
+    for k in RESERVED {
+        l.remove(k);
+    }
     l
 }
 
