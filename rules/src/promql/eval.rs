@@ -404,9 +404,7 @@ impl Evaluator<'_> {
         let sig = |labels: &Labels| -> Labels {
             match &matching {
                 Some(LabelModifier::Include(ls)) => labels.filtered(|k| named(&ls.labels, k)),
-                Some(LabelModifier::Exclude(ls)) => {
-                    labels.filtered(|k| !named(&ls.labels, k) && !super::RESERVED.contains(&k))
-                }
+                Some(LabelModifier::Exclude(ls)) => labels.filtered(|k| !named(&ls.labels, k) && k != NAME),
                 None => drop_name(labels.clone()),
             }
         };
