@@ -20,6 +20,7 @@ pub use arith::{almost_equal, parse_float, quantile};
 use eval::Evaluator;
 
 mod arith;
+mod durations;
 mod eval;
 mod functions;
 #[cfg(test)]
@@ -241,6 +242,9 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
     if ops > MAX_OPERATORS {
         return Err(ParseError::TooManyOperators(ops));
     }
+    // Duration expressions (`x[26m+4m]`, `offset (2*2)`) become literals the parser reads.
+    let text = durations::rewrite(text).map_err(ParseError::Syntax)?;
+    let text = text.as_ref();
     // The parser panics on some inputs (`x offset 1e308`: a duration out of range); a panic
     // here would take down whatever parses a stranger's query or a rule file.
     let expr = std::panic::catch_unwind(|| promql_parser::parser::parse(text))
