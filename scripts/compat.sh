@@ -8,6 +8,8 @@
 # - DIR/mixins/*/*.yaml: real monitoring mixins' rule files, each accepted by promtool. fleet
 #   loads every one or refuses it naming a construct it does not evaluate; any other refusal
 #   (a syntax it misreads, a file it wrongly calls invalid) fails.
+# - DIR/promqltest/*.test: Prometheus' own PromQL test files. Every float case must pass
+#   (`fleetctl rules promqltest`); the native histogram cases are skipped and listed.
 #
 # Needs `cargo build --bins` first (it runs target/debug/fleetctl) and promtool.
 set -euo pipefail
@@ -47,6 +49,13 @@ if [ -d "$dir/mixins" ]; then
   done < <(find "$dir/mixins" -name '*.yaml' | sort)
   echo "mixins: $loaded files loaded, $refused refused naming what fleet does not evaluate:"
   sort "$reasons" | uniq -c | sort -rn | sed 's/^/  /'
+fi
+
+if [ -d "$dir/promqltest" ]; then
+  if ! "$fleetctl" rules promqltest --list-skipped "$dir/promqltest"; then
+    echo "FAIL promqltest: a PromQL case of Prometheus' own tests does not pass"
+    failures=$((failures + 1))
+  fi
 fi
 
 if [ "$failures" -gt 0 ]; then

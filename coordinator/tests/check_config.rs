@@ -168,11 +168,11 @@ fn check_config_warns_about_rules_and_alertmanagers_that_will_not_work() {
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(
         rules.join("node.yml"),
-        "groups:\n  - name: node\n    rules:\n      - alert: DiskFilling\n        expr: predict_linear(node_filesystem_avail_bytes[6h], 86400) < 0\n",
+        "groups:\n  - name: node\n    rules:\n      - alert: DiskFilling\n        expr: info(node_filesystem_avail_bytes) < 0\n",
     )
     .unwrap();
     write(&format!("rule_files = [\"{}/*.yml\"]\n", rules.display()));
     let (code, err) = check();
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("node.yml:4: alert \"DiskFilling\": the function predict_linear() is not supported"), "{err}");
+    assert!(err.contains("node.yml:4: alert \"DiskFilling\": the function info() is not supported"), "{err}");
 }

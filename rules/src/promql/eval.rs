@@ -12,8 +12,8 @@ use promql_parser::parser::{
 
 use super::arith::{arith, compare, quantile};
 use super::{
-    EachSeries, EvalError, LOOKBACK_MS, Labels, Limits, NAME, Sample, Series, Storage, Value, drop_name, format_labels,
-    invalid, is_stale, named, unsupported,
+    DROPPED_NAME, EachSeries, EvalError, LOOKBACK_MS, Labels, Limits, NAME, Sample, Series, Storage, Value, drop_name,
+    format_labels, invalid, is_stale, named, unsupported,
 };
 
 /// One evaluation: where samples come from and what it may use. Its walk is here; function
@@ -49,18 +49,6 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
         Some(Offset::Neg(d)) => dur_ms(d).saturating_neg(),
         None => 0,
     }
-}
-
-/// `v`, unless two of its series have the same labels (a function or operator dropped the
-/// metric name of series that differed only by it): Prometheus refuses those.
-pub(super) fn unique(v: Value) -> Result<Value, EvalError> {
-    if let Value::Vector(samples) = &v {
-        let mut seen = HashSet::with_capacity(samples.len());
-        if !samples.iter().all(|s| seen.insert(&s.labels)) {
-            return invalid("vector cannot contain metrics with the same labelset");
-        }
-    }
-    Ok(v)
 }
 
 impl Evaluator<'_> {
@@ -139,7 +127,7 @@ impl Evaluator<'_> {
             Expr::Paren(p) => self.eval(&p.expr, t),
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Value::Scalar(v) => Ok(Value::Scalar(-v)),
-                Value::Vector(v) => unique(Value::Vector(
+                Value::Vector(v) => Ok(Value::Vector(
                     v.into_iter().map(|s| Sample { labels: drop_name(s.labels), t: s.t, v: -s.v }).collect(),
                 )),
                 _ => invalid("unary minus needs a scalar or an instant vector"),
@@ -155,7 +143,7 @@ impl Evaluator<'_> {
             Expr::Subquery(sq) => Ok(Value::Matrix(self.subquery(sq, t)?)),
             Expr::Aggregate(a) => self.aggregate(a, t),
             Expr::Binary(b) => self.binary(b, t),
-            Expr::Call(c) => unique(self.call(c, t)?),
+            Expr::Call(c) => self.call(c, t),
             Expr::Extension(_) => unsupported("extension expressions"),
         }
     }
@@ -207,8 +195,13 @@ impl Evaluator<'_> {
         };
         let key = |l: &Labels| -> Labels {
             match &a.modifier {
-                Some(LabelModifier::Include(ls)) => l.filtered(|k| named(&ls.labels, k)),
-                Some(LabelModifier::Exclude(ls)) => l.filtered(|k| !named(&ls.labels, k) && k != NAME),
+                // `by (__name__)` also groups by a name an earlier function set aside.
+                Some(LabelModifier::Include(ls)) => {
+                    l.filtered(|k| named(&ls.labels, k) || (k == DROPPED_NAME && named(&ls.labels, NAME)))
+                }
+                Some(LabelModifier::Exclude(ls)) => {
+                    l.filtered(|k| !named(&ls.labels, k) && k != NAME && k != DROPPED_NAME)
+                }
                 None => Labels::new(),
             }
         };
@@ -314,7 +307,9 @@ impl Evaluator<'_> {
             l.insert(label.to_string(), super::arith::go_float(s.v));
             let key = match modifier {
                 Some(LabelModifier::Include(ls)) => l.filtered(|k| named(&ls.labels, k) || k == label),
-                Some(LabelModifier::Exclude(ls)) => l.filtered(|k| (!named(&ls.labels, k) && k != NAME) || k == label),
+                Some(LabelModifier::Exclude(ls)) => {
+                    l.filtered(|k| (!named(&ls.labels, k) && k != NAME && k != DROPPED_NAME) || k == label)
+                }
                 None => l.filtered(|k| k == label),
             };
             match index.get(&key) {
@@ -404,8 +399,10 @@ impl Evaluator<'_> {
         let sig = |labels: &Labels| -> Labels {
             match &matching {
                 Some(LabelModifier::Include(ls)) => labels.filtered(|k| named(&ls.labels, k)),
-                Some(LabelModifier::Exclude(ls)) => labels.filtered(|k| !named(&ls.labels, k) && k != NAME),
-                None => drop_name(labels.clone()),
+                Some(LabelModifier::Exclude(ls)) => {
+                    labels.filtered(|k| !named(&ls.labels, k) && k != NAME && k != DROPPED_NAME)
+                }
+                None => super::strip_dropped(drop_name(labels.clone())),
             }
         };
         match op {

@@ -242,6 +242,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
     if ops > MAX_OPERATORS {
         return Err(ParseError::TooManyOperators(ops));
     }
+    check_byte_escapes(text)?;
     // Duration expressions (`x[26m+4m]`, `offset (2*2)`) become literals the parser reads.
     let text = durations::rewrite(text).map_err(ParseError::Syntax)?;
     let text = text.as_ref();
@@ -255,6 +256,37 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
         return Err(ParseError::TooDeep(d));
     }
     Ok(expr)
+}
+
+/// Refuses `\xNN` escapes of bytes above 0x7f in string literals: in Go (and so in Prometheus)
+/// they are raw bytes, often not UTF-8 (which makes `"\xff"` an invalid label name), but the
+/// parser fleet uses reads each as a character, which would silently mean something else.
+fn check_byte_escapes(text: &str) -> Result<(), ParseError> {
+    let b = text.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < b.len() {
+        match quote {
+            Some(q) if b[i] == b'\\' && q != b'`' => {
+                if b.get(i + 1) == Some(&b'x')
+                    && let Some(hex) = text.get(i + 2..i + 4)
+                    && u8::from_str_radix(hex, 16).is_ok_and(|v| v > 0x7f)
+                {
+                    return Err(ParseError::Syntax(format!(
+                        "the escape \\x{hex} is a raw byte, which fleet does not take in strings; write the character itself or a \\u escape"
+                    )));
+                }
+                i += 2;
+                continue;
+            }
+            Some(q) if b[i] == q => quote = None,
+            Some(_) => {}
+            None if matches!(b[i], b'"' | b'\'' | b'`') => quote = Some(b[i]),
+            None => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Operators and opening parentheses outside string literals: an upper bound of the parse
@@ -482,7 +514,7 @@ pub fn eval_step(
     span: (i64, i64),
     limits: &Limits<'_>,
 ) -> Result<Value, EvalError> {
-    Evaluator { storage, limits, start: span.0, end: span.1 }.eval(expr, t_ms)
+    finish(Evaluator { storage, limits, start: span.0, end: span.1 }.eval(expr, t_ms)?)
 }
 
 /// Whether `name` is among the label names of a `by`/`on`/`without`/`ignoring` clause.
@@ -495,17 +527,61 @@ fn named(names: &[String], name: &str) -> bool {
 /// drops all three.
 pub const RESERVED: [&str; 3] = [NAME, "__type__", "__unit__"];
 
+/// Where a dropped metric name is kept until the evaluation ends (Prometheus' delayed name
+/// removal): `label_replace` and `label_join` still read it, series that differ only by it stay
+/// apart, and [`finish`] removes it (refusing a result where two series then share their
+/// labels). No label a series can have starts with this byte.
+pub const DROPPED_NAME: &str = "\u{1}__name__";
+
+/// The labels of an operation's result that no longer measures what the name says: the name
+/// is set aside ([`DROPPED_NAME`]), the type and unit labels go.
 fn drop_name(mut l: Labels) -> Labels {
-    for k in RESERVED {
+    if let Some(n) = l.remove(NAME) {
+        l.insert(DROPPED_NAME, n);
+    }
+    for k in &RESERVED[1..] {
         l.remove(k);
     }
     l
 }
 
+/// The labels without a set-aside name.
+fn strip_dropped(mut l: Labels) -> Labels {
+    l.remove(DROPPED_NAME);
+    l
+}
+
+/// The end of an evaluation: set-aside names go, and two series with the same labels are
+/// refused as Prometheus refuses them.
+fn finish(v: Value) -> Result<Value, EvalError> {
+    match v {
+        Value::Vector(samples) => {
+            let out: Vec<Sample> =
+                samples.into_iter().map(|s| Sample { labels: strip_dropped(s.labels), ..s }).collect();
+            let mut seen = std::collections::HashSet::with_capacity(out.len());
+            if !out.iter().all(|s| seen.insert(&s.labels)) {
+                return invalid("vector cannot contain metrics with the same labelset");
+            }
+            Ok(Value::Vector(out))
+        }
+        Value::Matrix(series) => {
+            let out: Vec<Series> =
+                series.into_iter().map(|s| Series { labels: strip_dropped(s.labels), ..s }).collect();
+            let mut seen = std::collections::HashSet::with_capacity(out.len());
+            if !out.iter().all(|s| seen.insert(&s.labels)) {
+                return invalid("vector cannot contain metrics with the same labelset");
+            }
+            Ok(Value::Matrix(out))
+        }
+        other => Ok(other),
+    }
+}
+
 /// Labels as `{a="b", ...}` for messages.
 pub fn format_labels(l: &Labels) -> String {
     let name = l.get(NAME).unwrap_or_default().to_string();
-    let rest: Vec<String> = l.iter().filter(|(k, _)| *k != NAME).map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let rest: Vec<String> =
+        l.iter().filter(|(k, _)| *k != NAME && *k != DROPPED_NAME).map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{name}{{{}}}", rest.join(", "))
 }
 

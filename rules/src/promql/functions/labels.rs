@@ -4,7 +4,34 @@ use promql_parser::parser::Call;
 
 use super::arg;
 use crate::promql::eval::Evaluator;
-use crate::promql::{EvalError, Value, invalid};
+use crate::promql::{DROPPED_NAME, EvalError, Labels, NAME, Sample, Value, invalid};
+
+/// The value of label `k`; the metric name also when an earlier function set it aside.
+fn source(l: &Labels, k: &str) -> String {
+    let v = l.get(k).or_else(|| if k == NAME { l.get(DROPPED_NAME) } else { None });
+    v.unwrap_or_default().to_string()
+}
+
+/// Sets label `k` to `v` (removes it when `v` is empty); a name set here is kept.
+fn set(l: &mut Labels, k: &str, v: String) {
+    if k == NAME {
+        l.remove(DROPPED_NAME);
+    }
+    if v.is_empty() {
+        l.remove(k);
+    } else {
+        l.insert(k.to_string(), v);
+    }
+}
+
+/// The result, unless two of its series now have the same labels.
+fn distinct(out: Vec<Sample>) -> Result<Value, EvalError> {
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    if !out.iter().all(|s| seen.insert(&s.labels)) {
+        return invalid("vector cannot contain metrics with the same labelset");
+    }
+    Ok(Value::Vector(out))
+}
 
 /// `label_replace(v, dst, replacement, src, regex)`: where the regex matches all of `src`'s
 /// value, `dst` is set to the replacement with the captures expanded (removed when empty).
@@ -22,20 +49,16 @@ pub(super) fn label_replace(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Valu
         .map_err(|e| EvalError::Invalid(format!("invalid regex in label_replace: {e}")))?;
     let mut out = Vec::new();
     for mut smp in v {
-        let value = smp.labels.get(&src).unwrap_or_default().to_string();
+        let value = source(&smp.labels, &src);
         if let Some(caps) = re.captures(&value) {
             let mut res = String::new();
             caps.expand(&repl.replace("$$", "\u{0}"), &mut res);
             let res = res.replace('\u{0}', "$");
-            if res.is_empty() {
-                smp.labels.remove(&dst);
-            } else {
-                smp.labels.insert(dst.clone(), res);
-            }
+            set(&mut smp.labels, &dst, res);
         }
         out.push(smp);
     }
-    Ok(Value::Vector(out))
+    distinct(out)
 }
 
 /// `label_join(v, dst, separator, src...)`: `dst` set to the `src` labels' values joined
@@ -55,19 +78,13 @@ pub(super) fn label_join(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Value, 
         return invalid("label_join() needs a destination label and a separator");
     }
     let (dst, sep, srcs) = (strs[0].clone(), strs[1].clone(), strs[2..].to_vec());
-    Ok(Value::Vector(
+    distinct(
         v.into_iter()
             .map(|mut s| {
-                let joined: Vec<String> =
-                    srcs.iter().map(|k| s.labels.get(k).unwrap_or_default().to_string()).collect();
-                let j = joined.join(&sep);
-                if j.is_empty() {
-                    s.labels.remove(&dst);
-                } else {
-                    s.labels.insert(dst.clone(), j);
-                }
+                let joined: Vec<String> = srcs.iter().map(|k| source(&s.labels, k)).collect();
+                set(&mut s.labels, &dst, joined.join(&sep));
                 s
             })
             .collect(),
-    ))
+    )
 }
