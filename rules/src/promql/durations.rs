@@ -2,7 +2,9 @@
 //! expected, in a range or subquery (`foo[26m+4m]`, `foo[1h/2:10s*3]`) and after `offset`
 //! (`offset (2 * 2)`, `offset -(1m + 30s)`). The parser fleet uses knows only literals, so
 //! [`rewrite`] computes each such expression and writes it back as a literal (`1800000ms`)
-//! before the text is parsed. Strings and comments are passed over untouched. A leaf.
+//! before the text is parsed. Strings and comments are passed over untouched. It also reads
+//! `holt_winters(...)` as `double_exponential_smoothing(...)`, its name since Prometheus 3.
+//! A leaf.
 //!
 //! The arithmetic: numbers are seconds; `+ - * / %` and `^` (which binds tighter than a sign,
 //! so `-2 ^ 2` is -4) on seconds, with parentheses.
@@ -50,6 +52,13 @@ pub fn rewrite(text: &str) -> Result<Cow<'_, str>, String> {
                     copied = close;
                 }
                 i = close + 1;
+            }
+            b'h' if is_keyword(text, i, "holt_winters") && text[i + 12..].trim_start().starts_with('(') => {
+                // Prometheus 3's name for it; its parser no longer knows the old one.
+                out.push_str(&text[copied..i]);
+                out.push_str("double_exponential_smoothing");
+                copied = i + "holt_winters".len();
+                i = copied;
             }
             b'o' | b'O' if is_keyword(text, i, "offset") => {
                 let mut j = i + "offset".len();
@@ -329,5 +338,8 @@ mod tests {
         assert!(rewrite("x[1m-2m]").is_err());
         assert!(rewrite("x[(1m]").is_err());
         assert!(rewrite("offseé[1m+").is_ok() && rewrite("é offset").is_ok(), "any text is safe to scan");
+        assert_eq!(rewrite("holt_winters(x[5m], 0.5, 0.5)").unwrap(), "double_exponential_smoothing(x[5m], 0.5, 0.5)");
+        assert_eq!(rewrite("my_holt_winters").unwrap(), "my_holt_winters");
+        assert_eq!(rewrite("holt_winters{a=\"b\"}").unwrap(), "holt_winters{a=\"b\"}", "a metric of that name");
     }
 }
