@@ -84,6 +84,8 @@ impl Evaluator<'_> {
         let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
         let mut order: Vec<Labels> = Vec::new();
         while ts <= end {
+            // Every step counts as a sample held, so nested subqueries over nothing still end.
+            self.limits.take(1)?;
             self.limits.go_on()?;
             match self.eval(&sq.expr, ts)? {
                 Value::Vector(v) => {
