@@ -38,6 +38,14 @@ pub fn router(state: HttpState, gate: crate::http_auth::Gatekeeper) -> Router {
             shutdown: state.c.shutdown.clone(),
         },
         state.c.alerting.clone(),
+        crate::promapi::ServerInfo {
+            started_at_ms: state.c.started_at_ms,
+            retention: state.c.config.retention,
+            exposition: {
+                let c = state.c.clone();
+                Arc::new(move || exposition(&c))
+            },
+        },
     );
     Router::new()
         .route("/", get(status_page))
@@ -50,17 +58,22 @@ pub fn router(state: HttpState, gate: crate::http_auth::Gatekeeper) -> Router {
         .layer(axum::middleware::from_fn_with_state(gate, crate::http_auth::require_credentials))
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
+/// The `/metrics` text of coordinator `c`.
+fn exposition(c: &Coordinator) -> String {
     use crate::metrics::FmtMetrics;
-    let mut e = crate::metrics::Exposition::with_capacity(4096 + s.c.registry.len() * 2048);
-    crate::series::render_hosts(&mut e, &s.c.registry);
-    crate::series::render_coordinator(&mut e, &s.c.registry, s.c.sessions.load(Ordering::Relaxed), s.c.started_at_ms);
+    let mut e = crate::metrics::Exposition::with_capacity(4096 + c.registry.len() * 2048);
+    crate::series::render_hosts(&mut e, &c.registry);
+    crate::series::render_coordinator(&mut e, &c.registry, c.sessions.load(Ordering::Relaxed), c.started_at_ms);
     let parts: [&dyn FmtMetrics; 7] =
-        [&*s.c.metrics, &*s.c.authority, &*s.c.rollouts, &s.c.store, &*s.c.tsdb, &*s.c.alerting, &s.c.certificates];
+        [&*c.metrics, &*c.authority, &*c.rollouts, &c.store, &*c.tsdb, &*c.alerting, &c.certificates];
     for part in parts {
         part.fmt_metrics(&mut e);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], e.into_string()).into_response()
+    e.into_string()
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], exposition(&s.c)).into_response()
 }
 
 /// The read-only status page (crate::status_page).

@@ -1,7 +1,11 @@
-//! The Prometheus HTTP API subset (docs/design.md §6) on the coordinator's HTTP port, with Prometheus'
-//! JSON shapes and error format: `/api/v1/query`, `/api/v1/query_range`, `/api/v1/series`,
-//! `/api/v1/labels`, `/api/v1/label/<name>/values`. Parameters come from the query string or a
-//! form body, as Prometheus accepts them (promtool and Grafana POST forms).
+//! The Prometheus HTTP API (docs/design.md §14) on the coordinator's HTTP port, with Prometheus'
+//! JSON shapes, error types and warnings: `/api/v1/query`, `/api/v1/query_range`,
+//! `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values` (with `match[]`, `start`,
+//! `end` and `limit`), `/api/v1/metadata` (the types and help of fleet's families),
+//! `/api/v1/query_exemplars` (fleet keeps none), `/api/v1/format_query`,
+//! `/api/v1/status/buildinfo` and `/api/v1/status/runtimeinfo`, `/api/v1/rules` and
+//! `/api/v1/alerts`: what Grafana's Prometheus data source and promtool ask for. Parameters
+//! come from the query string or a form body, as Prometheus accepts them.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,10 +34,32 @@ pub struct QueryApi {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+/// What the status and metadata endpoints report.
+#[derive(Clone)]
+pub struct ServerInfo {
+    /// When the coordinator started (ms since the epoch).
+    pub started_at_ms: i64,
+    /// `[history] retention`.
+    pub retention: std::time::Duration,
+    /// The `/metrics` text, where the families' types and help are.
+    pub exposition: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+/// The Prometheus version whose HTTP API and PromQL fleet answers as (its promqltest files
+/// pass): what `buildinfo` says, for clients that choose features by version.
+pub const PROMETHEUS_COMPATIBLE: &str = "3.5.0";
+
 /// The routes under /api/v1.
-pub fn routes(api: QueryApi, alerting: Arc<crate::alerting::Alerting>) -> Router {
+pub fn routes(api: QueryApi, alerting: Arc<crate::alerting::Alerting>, info: ServerInfo) -> Router {
     let rules =
         Router::new().route("/api/v1/rules", get(rules)).route("/api/v1/alerts", get(alerts)).with_state(alerting);
+    let status = Router::new()
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/status/runtimeinfo", get(runtimeinfo))
+        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
+        .route("/api/v1/format_query", get(format_query).post(format_query))
+        .with_state(info);
     let tsdb = api.tsdb.clone();
     Router::new()
         .route("/api/v1/query", get(instant).post(instant))
@@ -47,6 +73,118 @@ pub fn routes(api: QueryApi, alerting: Arc<crate::alerting::Alerting>) -> Router
                 .with_state(tsdb),
         )
         .merge(rules)
+        .merge(status)
+}
+
+async fn buildinfo() -> Response {
+    ok(json!({
+        "version": PROMETHEUS_COMPATIBLE,
+        "revision": format!("fleet-coordinator {}", fleet_common::VERSION),
+        "branch": "fleet",
+        "buildUser": "fleet",
+        "buildDate": "",
+        "goVersion": "",
+        "application": "fleet",
+    }))
+}
+
+async fn runtimeinfo(State(info): State<ServerInfo>) -> Response {
+    let cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default();
+    ok(json!({
+        "startTime": fleet_common::rfc3339(info.started_at_ms),
+        "CWD": cwd,
+        "reloadConfigSuccess": true,
+        "lastConfigTime": fleet_common::rfc3339(info.started_at_ms),
+        "corruptionCount": 0,
+        "goroutineCount": 0,
+        "GOMAXPROCS": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "GOMEMLIMIT": 0,
+        "GOGC": "",
+        "GODEBUG": "",
+        "storageRetention": humantime::format_duration(info.retention).to_string(),
+    }))
+}
+
+/// `limit` of a request: 0 (the default) is no limit.
+fn limit(p: &Params) -> Result<usize, Response> {
+    match get_param(p, "limit") {
+        None | Some("") => Ok(0),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| bad(&format!("invalid parameter \"limit\": cannot parse \"{v}\" to a valid limit"))),
+    }
+}
+
+/// `data` with at most `limit` entries, and Prometheus' warning when some were left out.
+fn limited(mut items: Vec<Value>, limit: usize) -> Response {
+    if limit > 0 && items.len() > limit {
+        items.truncate(limit);
+        return Json(json!({ "status": "success", "data": items, "warnings": ["results truncated due to limit"] }))
+            .into_response();
+    }
+    ok(Value::Array(items))
+}
+
+async fn metadata(State(info): State<ServerInfo>, RawQuery(q): RawQuery) -> Response {
+    let p = params(q, &Bytes::new());
+    let lim = match limit(&p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let only = get_param(&p, "metric").filter(|m| !m.is_empty());
+    let text = (info.exposition)();
+    let mut meta: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for line in text.lines() {
+        let (kind, rest) = match (line.strip_prefix("# HELP "), line.strip_prefix("# TYPE ")) {
+            (Some(r), _) => ("help", r),
+            (_, Some(r)) => ("type", r),
+            _ => continue,
+        };
+        let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
+        if only.is_some_and(|m| m != name) {
+            continue;
+        }
+        let e = meta.entry(name.to_string()).or_default();
+        if kind == "help" {
+            e.1 = value.replace("\\n", "\n").replace("\\\\", "\\");
+        } else {
+            e.0 = value.to_string();
+        }
+    }
+    let mut data = serde_json::Map::new();
+    for (name, (kind, help)) in meta {
+        if lim > 0 && data.len() >= lim {
+            break;
+        }
+        data.insert(name, json!([{ "type": kind, "help": help, "unit": "" }]));
+    }
+    ok(Value::Object(data))
+}
+
+async fn exemplars(RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(q, &body);
+    let Some(expr) = get_param(&p, "query") else { return bad("the query parameter is missing") };
+    if let Err(e) = promql::parse(expr) {
+        return bad(&format!("invalid parameter \"query\": {e}"));
+    }
+    for k in ["start", "end"] {
+        if let Some(v) = get_param(&p, k)
+            && let Err(e) = query::parse_time(v)
+        {
+            return bad(&format!("invalid parameter \"{k}\": {e}"));
+        }
+    }
+    // fleet keeps no exemplars: every query has none.
+    ok(json!([]))
+}
+
+async fn format_query(RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(q, &body);
+    let Some(expr) = get_param(&p, "query") else { return bad("the query parameter is missing") };
+    match promql::parse(expr) {
+        Ok(e) => ok(json!(e.prettify())),
+        Err(e) => bad(&format!("invalid parameter \"query\": {e}")),
+    }
 }
 
 fn alert_json(a: &fleet_rules::rules::Alert) -> Value {
@@ -157,8 +295,10 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
+/// A timestamp as Prometheus writes one: seconds, with the milliseconds only when there are
+/// some (`4`, `4.5`, never `4.0`).
 fn ts(ms: i64) -> Value {
-    json!(ms as f64 / 1000.0)
+    if ms % 1000 == 0 { json!(ms / 1000) } else { json!(ms as f64 / 1000.0) }
 }
 
 fn metric(l: &Labels) -> Value {
@@ -193,8 +333,12 @@ async fn instant(State(api): State<QueryApi>, RawQuery(q): RawQuery, body: Bytes
         },
         None => fleet_common::now_ms(),
     };
+    let limits = match request_limits(api.limits, &p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let (db, expr) = (api.tsdb.clone(), expr.to_string());
-    match query::run(api.limits, api.shutdown.clone(), move |l| query::instant(&*db, &expr, t, l)).await {
+    match query::run(limits, api.shutdown.clone(), move |l| query::instant(&*db, &expr, t, l)).await {
         Ok(a) => ok(answer_json(a)),
         Err(e) => fail(e),
     }
@@ -212,11 +356,28 @@ async fn range(State(api): State<QueryApi>, RawQuery(q): RawQuery, body: Bytes) 
             (Ok(a), Ok(b), Ok(c)) => (a, b, c),
             (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
         };
+    let limits = match request_limits(api.limits, &p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let (db, expr) = (api.tsdb.clone(), expr.to_string());
-    match query::run(api.limits, api.shutdown.clone(), move |l| query::range(&*db, &expr, start, end, step, l)).await {
+    match query::run(limits, api.shutdown.clone(), move |l| query::range(&*db, &expr, start, end, step, l)).await {
         Ok(a) => ok(answer_json(a)),
         Err(e) => fail(e),
     }
+}
+
+/// The limits of one query: the `timeout` a request gives (Grafana's "query timeout") may
+/// shorten `[query] timeout`, never lengthen it, as Prometheus caps it by `--query.timeout`.
+fn request_limits(mut limits: query::QueryLimits, p: &Params) -> Result<query::QueryLimits, Response> {
+    if let Some(v) = get_param(p, "timeout").filter(|v| !v.is_empty()) {
+        let ms = query::parse_step(v)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| bad(&format!("invalid parameter \"timeout\": cannot parse \"{v}\" to a valid duration")))?;
+        limits.timeout = limits.timeout.min(std::time::Duration::from_millis(ms as u64));
+    }
+    Ok(limits)
 }
 
 /// The time range of a metadata request (default: the whole history).
@@ -258,8 +419,12 @@ async fn series(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes)
         Ok(w) => w,
         Err(r) => return r,
     };
+    let lim = match limit(&p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     match selected(&db, &p, start, end, true) {
-        Ok(sets) => ok(Value::Array(sets.iter().map(metric).collect())),
+        Ok(sets) => limited(sets.iter().map(metric).collect(), lim),
         Err(r) => r,
     }
 }
@@ -270,10 +435,14 @@ async fn labels(State(db): State<Arc<Tsdb>>, RawQuery(q): RawQuery, body: Bytes)
         Ok(w) => w,
         Err(r) => return r,
     };
+    let lim = match limit(&p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     match selected(&db, &p, start, end, false) {
         Ok(sets) => {
             let names: BTreeSet<&str> = sets.iter().flat_map(|l| l.keys()).collect();
-            ok(json!(names))
+            limited(names.into_iter().map(|n| json!(n)).collect(), lim)
         }
         Err(r) => r,
     }
@@ -285,10 +454,14 @@ async fn label_values(State(db): State<Arc<Tsdb>>, Path(name): Path<String>, Raw
         Ok(w) => w,
         Err(r) => return r,
     };
+    let lim = match limit(&p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     match selected(&db, &p, start, end, false) {
         Ok(sets) => {
             let values: BTreeSet<&str> = sets.iter().filter_map(|l| l.get(&name)).collect();
-            ok(json!(values))
+            limited(values.into_iter().map(|v| json!(v)).collect(), lim)
         }
         Err(r) => r,
     }

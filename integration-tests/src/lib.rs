@@ -613,6 +613,37 @@ pub fn start_alertmanager(c: &Cluster) -> (Proc, u16) {
     (p, port)
 }
 
+/// Starts a real Prometheus (Debian's prometheus) for `c` on a free port, scraping the
+/// coordinator's `/metrics` every second and accepting remote writes; `extra_config` is
+/// appended to its configuration file.
+pub fn start_prometheus(c: &Cluster, extra_config: &str) -> (Proc, u16) {
+    assert!(Path::new("/usr/bin/prometheus").exists(), "install prometheus (scripts/test.sh does this)");
+    let dir = c.dir().join("prometheus");
+    fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("prometheus.yml");
+    fs::write(
+        &conf,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: fleet-coordinator\n    static_configs:\n      - targets: ['{}']\n{extra_config}",
+            c.http
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let p = Proc::spawn(
+        "prometheus",
+        Path::new("/usr/bin/prometheus"),
+        &[
+            &format!("--config.file={}", conf.display()),
+            &format!("--storage.tsdb.path={}", dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--web.enable-remote-write-receiver",
+        ],
+        &c.dir().join("logs/prometheus.log"),
+    );
+    (p, port)
+}
+
 /// The alerts Alertmanager on `port` holds (its v2 API), None while it does not answer.
 pub async fn am_alerts(port: u16) -> Option<Vec<serde_json::Value>> {
     let body = reqwest::get(format!("http://127.0.0.1:{port}/api/v2/alerts")).await.ok()?.text().await.ok()?;

@@ -95,9 +95,12 @@ async fn promtool_and_fleetctl_query_see_the_same_series() {
     assert_eq!((e["status"].as_str(), e["errorType"].as_str()), (Some("error"), Some("bad_data")));
     // Valid PromQL that fleet does not evaluate: the operation failed (1), not a usage error
     // (2, kept for what is not PromQL at all).
-    let out = c.fleetctl(&["query", "rate(fleet_host_load1[5m:1m])"]);
+    let out = c.fleetctl(&["query", "info(fleet_host_load1)"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("subqueries"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("info"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Subqueries are evaluated.
+    let out = c.fleetctl(&["query", "max_over_time(fleet_host_load1[5m:1s])"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(c.fleetctl(&["query", "rate(fleet_host_load1[5m]"]).status.code(), Some(2));
     let (_, body) = c.http_get("/api/v1/label/host/values").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
