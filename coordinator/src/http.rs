@@ -60,15 +60,9 @@ pub fn router(state: HttpState, gate: crate::http_auth::Gatekeeper) -> Router {
 
 /// The `/metrics` text of coordinator `c`.
 fn exposition(c: &Coordinator) -> String {
-    use crate::metrics::FmtMetrics;
     let mut e = crate::metrics::Exposition::with_capacity(4096 + c.registry.len() * 2048);
     crate::series::render_hosts(&mut e, &c.registry);
-    crate::series::render_coordinator(&mut e, &c.registry, c.sessions.load(Ordering::Relaxed), c.started_at_ms);
-    let parts: [&dyn FmtMetrics; 7] =
-        [&*c.metrics, &*c.authority, &*c.rollouts, &c.store, &*c.tsdb, &*c.alerting, &c.certificates];
-    for part in parts {
-        part.fmt_metrics(&mut e);
-    }
+    crate::sampler::own_families(c, &mut e);
     e.into_string()
 }
 

@@ -208,6 +208,16 @@ fn write_value(out: &mut String, v: f64) {
     }
 }
 
+/// Reads back a value [`write_value`] wrote.
+pub fn parse_value(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
 impl FmtMetrics for Metrics {
     fn fmt_metrics(&self, e: &mut Exposition) {
         let m = self;

@@ -239,6 +239,8 @@ async fn the_readme_walkthrough_runs_under_fleetctl_dev() {
         assert!(page.contains(part), "the status page lacks {part}: {page}");
     }
 
+    check_dashboards(&http).await;
+
     let status = dev.terminate(Duration::from_secs(30));
     assert!(status.success(), "fleetctl dev exits 0 on SIGTERM: {status}");
     assert!(processes_under(&dir).is_empty(), "left behind: {:?}", processes_under(&dir));
@@ -277,4 +279,79 @@ async fn dev_cluster_leaves_nothing_behind_when_a_child_or_itself_dies() {
         processes_under(&dir).is_empty().then_some(())
     })
     .await;
+}
+
+/// Every panel query of the dashboards in deploy/grafana, with Grafana's variables as the
+/// dashboard's defaults give them (all hosts, a 1m rate interval), parses and returns data
+/// from the dev cluster's coordinator over the last minutes, as Grafana asks for it (a POSTed
+/// range query at a 15 s step); the provisioning files point at those dashboards.
+async fn check_dashboards(http: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
+    let provider: serde_json::Value = yaml_file(&root.join("provisioning/dashboards/fleet.yml"));
+    assert_eq!(provider["providers"][0]["options"]["path"], "/var/lib/grafana/dashboards/fleet");
+    let source = yaml_file(&root.join("provisioning/datasources/fleet.yml"));
+    assert_eq!(
+        (&source["datasources"][0]["type"], &source["datasources"][0]["uid"]),
+        (&"prometheus".into(), &"fleet".into())
+    );
+    let client = reqwest::Client::new();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let vars = dash["templating"]["list"].as_array().unwrap();
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            let def = v["definition"].as_str().unwrap();
+            let (metric, label) = def
+                .strip_prefix("label_values(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|r| r.split_once(", "))
+                .unwrap_or_else(|| panic!("variable {def} is not label_values(metric, label)"));
+            let url = format!("http://{http}/api/v1/label/{label}/values");
+            let body: serde_json::Value =
+                client.get(&url).query(&[("match[]", metric)]).send().await.unwrap().json().await.unwrap();
+            assert_eq!(body["data"], serde_json::json!(["main-pc", "pc2"]), "variable {def}");
+        }
+        let end = fleet_common::now_ms() / 1000;
+        let (start, end) = ((end - 300) / 15 * 15, end.to_string());
+        let start = start.to_string();
+        let mut panels: Vec<&serde_json::Value> = Vec::new();
+        for p in dash["panels"].as_array().unwrap() {
+            panels.push(p);
+            panels.extend(p["panels"].as_array().into_iter().flatten());
+        }
+        for p in panels.iter().filter(|p| p["type"] != "row") {
+            let title = p["title"].as_str().unwrap();
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {title} uses the dashboard's data source");
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "panel {title} has no query");
+            for t in targets {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__interval", "15s")
+                    .replace("$__range", "5m")
+                    .replace("$host", ".*");
+                assert!(!expr.contains('$'), "panel {title}: an unknown variable in {expr}");
+                let form = [("query", expr.as_str()), ("start", &start), ("end", &end), ("step", "15")];
+                let r = client.post(format!("http://{http}/api/v1/query_range")).form(&form).send().await.unwrap();
+                let code = r.status();
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert!(code.is_success(), "panel {title}: {expr}: {body}");
+                let series = body["data"]["result"].as_array().unwrap();
+                assert!(
+                    series.iter().any(|s| !s["values"].as_array().unwrap().is_empty()),
+                    "panel {title} shows no data: {expr}: {body}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "checked {checked} panel queries");
+}
+
+/// A YAML file of deploy/grafana read as JSON.
+fn yaml_file(path: &Path) -> serde_json::Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -4,7 +4,7 @@
 //! dropped; `keep_firing_for` holds a firing alert after its condition clears). An alert's
 //! identity is its label set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -140,6 +140,8 @@ pub struct RecordRule {
     pub labels: BTreeMap<String, String>,
     /// The last evaluation's error.
     pub last_error: Option<String>,
+    /// The series the last evaluation wrote: those it no longer gives get a staleness marker.
+    pub written: BTreeSet<Labels>,
 }
 
 /// Where an alert stands.
@@ -212,6 +214,8 @@ pub struct AlertRule {
     pub active: BTreeMap<Labels, Alert>,
     /// The last evaluation's error.
     pub last_error: Option<String>,
+    /// The `ALERTS` and `ALERTS_FOR_STATE` series the last evaluation wrote.
+    pub written: BTreeSet<Labels>,
 }
 
 fn valid_metric_name(s: &str) -> bool {
@@ -321,6 +325,7 @@ pub fn load_file(path: &Path) -> Result<Vec<Group>, RuleError> {
                         annotations: r.annotations,
                         active: BTreeMap::new(),
                         last_error: None,
+                        written: BTreeSet::new(),
                     }));
                 }
                 (None, Some(name)) => {
@@ -335,7 +340,14 @@ pub fn load_file(path: &Path) -> Result<Vec<Group>, RuleError> {
                             ),
                         ));
                     }
-                    rules.push(Rule::Record(RecordRule { name, expr_text, expr, labels: r.labels, last_error: None }));
+                    rules.push(Rule::Record(RecordRule {
+                        name,
+                        expr_text,
+                        expr,
+                        labels: r.labels,
+                        last_error: None,
+                        written: BTreeSet::new(),
+                    }));
                 }
                 _ => return Err(err(line, "a rule needs exactly one of `alert` and `record`".into())),
             }
@@ -407,16 +419,23 @@ impl Group {
                                 continue;
                             }
                         };
+                        let mut written = BTreeSet::new();
                         for s in samples {
                             let mut l = s.labels;
                             l.insert(NAME, r.name.clone());
                             for (k, v) in &r.labels {
                                 l.insert(k.clone(), v.clone());
                             }
+                            written.insert(l.clone());
                             storage.append(l, t, s.v);
                         }
+                        end_series(storage, std::mem::replace(&mut r.written, written), &r.written, t);
                     }
-                    Err(e) => r.last_error = Some(e.to_string()),
+                    Err(e) => {
+                        r.last_error = Some(e.to_string());
+                        // Prometheus ends the series of a rule that failed, too.
+                        end_series(storage, std::mem::take(&mut r.written), &BTreeSet::new(), t);
+                    }
                 },
                 Rule::Alert(a) => {
                     if let Err(e) = a.eval(&*storage, t, external_labels, mark) {
@@ -424,10 +443,34 @@ impl Group {
                     } else {
                         a.last_error = None;
                     }
+                    // Prometheus' ALERTS (1 per pending or firing alert, with `alertstate`)
+                    // and ALERTS_FOR_STATE (when it became active), for dashboards and rules.
+                    let mut written = BTreeSet::new();
+                    for alert in a.active.values().filter(|x| x.state != AlertState::Inactive) {
+                        let mut l = alert.labels.clone();
+                        l.insert(NAME, "ALERTS_FOR_STATE");
+                        written.insert(l.clone());
+                        storage.append(l.clone(), t, alert.active_at as f64 / 1000.0);
+                        l.insert(NAME, "ALERTS");
+                        l.insert("alertstate", alert.state.as_str());
+                        written.insert(l.clone());
+                        storage.append(l, t, 1.0);
+                    }
+                    end_series(storage, std::mem::replace(&mut a.written, written), &a.written, t);
                 }
             }
         }
         self.last_eval = Some((t, started.elapsed()));
+    }
+}
+
+/// Writes a staleness marker at `t` for each series of `before` that is not in `now`, as
+/// Prometheus ends the series a rule stopped giving.
+fn end_series<S: Appender>(storage: &mut S, before: BTreeSet<Labels>, now: &BTreeSet<Labels>, t: i64) {
+    for l in before {
+        if !now.contains(&l) {
+            storage.append(l, t, f64::from_bits(promql::STALE_NAN_BITS));
+        }
     }
 }
 

@@ -331,13 +331,18 @@ fn run_group(
             Ok(Value::Scalar(x)) => vec![(Labels::new(), x)],
             Ok(_) => {
                 outcome.failures.push(format!(
-                    "{name}: expr: \"{}\", time: {}: the expression is not an instant vector",
-                    e.expr, e.eval_time
+                    "{name}: expr: {}, time: {}: the expression is not an instant vector",
+                    crate::template::go_quote(&e.expr),
+                    e.eval_time
                 ));
                 continue;
             }
             Err(err) => {
-                outcome.failures.push(format!("{name}: expr: \"{}\", time: {}: {err}", e.expr, e.eval_time));
+                outcome.failures.push(format!(
+                    "{name}: expr: {}, time: {}: {err}",
+                    crate::template::go_quote(&e.expr),
+                    e.eval_time
+                ));
                 continue;
             }
         };
@@ -370,8 +375,8 @@ fn run_group(
                 format!("[{}]", items.join(", "))
             };
             outcome.failures.push(format!(
-                "{name}: expr: \"{}\", time: {},\n    expected: {},\n         got: {}",
-                e.expr,
+                "{name}: expr: {}, time: {},\n    expected: {},\n         got: {}",
+                crate::template::go_quote(&e.expr),
                 e.eval_time,
                 show(&exp),
                 show(&g)

@@ -35,6 +35,11 @@ use regex::Regex;
 
 pub use gofmt::go_float;
 
+/// `s` as Go's `%q` writes it (how promtool names an expression in its output).
+pub fn go_quote(s: &str) -> String {
+    strconv::quote(s)
+}
+
 /// The deepest nesting of blocks and parentheses a template may have.
 pub const MAX_NESTING: usize = 100;
 /// The most output one render may produce, and the longest string it may build.
