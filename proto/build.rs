@@ -1,4 +1,5 @@
-//! Compiles `proto/fleet/v1/*.proto` with the vendored protoc, so a fresh machine needs nothing
+//! Compiles `proto/fleet/v1/*.proto` (and Prometheus' remote-write messages,
+//! `proto/prometheus/remote.proto`) with the vendored protoc, so a fresh machine needs nothing
 //! installed by hand, and writes the descriptor set that the coordinator's reflection serves.
 
 use std::path::PathBuf;
@@ -16,5 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out_dir.join("fleet_v1_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
+    // Prometheus' remote-write messages (messages only: the coordinator POSTs them over HTTP).
+    let remote = "proto/prometheus/remote.proto";
+    println!("cargo:rerun-if-changed={remote}");
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    config.compile_protos(&[remote], &["proto"])?;
     Ok(())
 }

@@ -538,3 +538,36 @@ pub fn alert_hint(base: &str) -> &'static str {
         ""
     }
 }
+
+/// A client configuration for https to services outside fleet (a remote-write receiver, an
+/// Alertmanager behind TLS): trusting the CA certificates in `ca_pem` (PEM, one or more),
+/// presenting `client` (certificate chain and key, PEM) when given, TLS 1.3, HTTP/1.1.
+pub fn outbound_client_config(ca_pem: &[u8], client: Option<(&[u8], &[u8])>) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("the CA file is not PEM: {e}"))?;
+        roots.add(cert).map_err(|e| format!("the CA file holds an unusable certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no PEM certificate".into());
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(cert).filter_map(Result::ok).collect();
+            if chain.is_empty() {
+                return Err("the client certificate file holds no PEM certificate".into());
+            }
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| "the client key file holds no PEM private key")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate and key do not match: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -43,6 +43,8 @@ pub struct CoordinatorConfig {
     pub access: crate::access::Access,
     /// `[enrollment]`: signing agents' keys with join tokens; None when off.
     pub enrollment: Option<crate::enroll::EnrollmentConfig>,
+    /// `[[remote_write]]`: receivers of every sample of the history.
+    pub remote_write: Vec<crate::remote_write::RemoteWriteConfig>,
 }
 
 /// `[alerting]`.
@@ -218,6 +220,7 @@ impl CoordinatorConfig {
         };
         let access = crate::access::Access::read(&mut root);
         let enrollment = enrollment_section(&mut root);
+        let remote_write = crate::remote_write::read_config(&mut root, retention.unwrap_or(Duration::from_secs(3600)));
         root.finish();
         let config = (|| {
             Some(CoordinatorConfig {
@@ -237,6 +240,7 @@ impl CoordinatorConfig {
                 query,
                 access,
                 enrollment,
+                remote_write,
             })
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))

@@ -75,6 +75,8 @@ pub struct Coordinator {
     pub rollouts: Arc<Rollouts>,
     /// Rule groups, alert state and notifiers.
     pub alerting: Arc<Alerting>,
+    /// `[[remote_write]]` queues.
+    pub remote_write: Arc<crate::remote_write::RemoteWrite>,
     /// Revoking, renewing and removing identities and hosts.
     pub lifecycle: Arc<Lifecycle>,
     /// Agent sessions open now.
@@ -182,6 +184,14 @@ impl Coordinator {
                 }
             });
         }
+        let remote_write = crate::remote_write::RemoteWrite::open(
+            &config.remote_write,
+            &config.data_dir,
+            &config.alerting.external_labels,
+            &config.tls.ca,
+        )
+        .map(Arc::new)
+        .map_err(RunError::Serve)?;
         let (writer, writer_task) =
             Writer::start(store.clone(), shared.clone(), config.retention, metrics.clone(), tsdb.clone());
         let lifecycle = Arc::new(Lifecycle {
@@ -212,6 +222,7 @@ impl Coordinator {
             artifacts,
             rollouts,
             alerting,
+            remote_write,
             lifecycle,
             sessions: AtomicUsize::new(0),
             shutdown,

@@ -37,6 +37,7 @@ pub mod promapi;
 pub mod query;
 pub mod registry;
 pub mod reload;
+pub mod remote_write;
 pub mod revocation;
 pub mod rollouts;
 pub mod sampler;
@@ -150,6 +151,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         Duration::from_secs(30),
         shutdown.clone(),
     ));
+    tasks.spawn(c.remote_write.clone().run(c.tsdb.clone(), shutdown.clone()));
     tasks.spawn(sampler::sample_up(c.clone(), sampler::UP_SAMPLE_INTERVAL.min(config.alerting.evaluation_interval)));
     tasks.spawn(artifacts::collect_garbage_every_minute(
         c.artifacts.clone(),

@@ -613,24 +613,27 @@ pub fn start_alertmanager(c: &Cluster) -> (Proc, u16) {
     (p, port)
 }
 
-/// Starts a real Prometheus (Debian's prometheus) for `c` on a free port, scraping the
-/// coordinator's `/metrics` every second and accepting remote writes; `extra_config` is
-/// appended to its configuration file.
-pub fn start_prometheus(c: &Cluster, extra_config: &str) -> (Proc, u16) {
+/// Starts a real Prometheus (Debian's prometheus) for `c` on `port` (a [`free_port`]),
+/// accepting remote writes at `/api/v1/write` and, with `scrape`, scraping the coordinator's
+/// `/metrics` every second.
+pub fn start_prometheus(c: &Cluster, port: u16, scrape: bool) -> Proc {
     assert!(Path::new("/usr/bin/prometheus").exists(), "install prometheus (scripts/test.sh does this)");
     let dir = c.dir().join("prometheus");
     fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("prometheus.yml");
     fs::write(
         &conf,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: fleet-coordinator\n    static_configs:\n      - targets: ['{}']\n{extra_config}",
-            c.http
-        ),
+        if scrape {
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fleet-coordinator\n    static_configs:\n      - targets: ['{}']\n",
+                c.http
+            )
+        } else {
+            "global:\n  scrape_interval: 1s\n".to_string()
+        },
     )
     .unwrap();
-    let port = free_port();
-    let p = Proc::spawn(
+    Proc::spawn(
         "prometheus",
         Path::new("/usr/bin/prometheus"),
         &[
@@ -640,8 +643,7 @@ pub fn start_prometheus(c: &Cluster, extra_config: &str) -> (Proc, u16) {
             "--web.enable-remote-write-receiver",
         ],
         &c.dir().join("logs/prometheus.log"),
-    );
-    (p, port)
+    )
 }
 
 /// The alerts Alertmanager on `port` holds (its v2 API), None while it does not answer.

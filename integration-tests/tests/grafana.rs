@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use fleet_integration_tests::{Cluster, CoordinatorOpts, eventually, serial, start_prometheus};
+use fleet_integration_tests::{Cluster, CoordinatorOpts, eventually, free_port, serial, start_prometheus};
 use serde_json::{Value, json};
 
 /// Grafana's `DEFAULT_SERIES_LIMIT`, sent with metric names, label names and series.
@@ -146,7 +146,8 @@ async fn grafana_data_source_requests_get_prometheus_answers() {
     c.start_agent("main-pc", Duration::from_millis(200));
     c.start_agent("pc2", Duration::from_millis(200));
     c.wait_online(&["main-pc", "pc2"], Duration::from_secs(10)).await;
-    let (_prom, prom_port) = start_prometheus(&c, "");
+    let prom_port = free_port();
+    let _prom = start_prometheus(&c, prom_port, true);
 
     let fleet_get = DataSource::new(format!("http://{}", c.http), Method::Get);
     let prom_get = DataSource::new(format!("http://127.0.0.1:{prom_port}"), Method::Get);

@@ -1,5 +1,5 @@
 //! fleet's wire contract: the generated `fleet.v1` messages and gRPC clients and servers,
-//! plus the encoded descriptor set the coordinator serves through gRPC reflection.
+//! Prometheus' remote-write messages, plus the encoded descriptor set the coordinator serves through gRPC reflection.
 
 #![forbid(unsafe_code)]
 
@@ -7,6 +7,12 @@
 pub mod v1 {
     #![allow(clippy::all, missing_docs, rust_2018_idioms)]
     tonic::include_proto!("fleet.v1");
+}
+
+/// Prometheus' remote-write 1.0 messages (`proto/prometheus/remote.proto`).
+pub mod prometheus {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
 }
 
 impl v1::ServiceStatus {
