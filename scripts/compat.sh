@@ -8,6 +8,8 @@
 # - DIR/mixins/*/*.yaml: real monitoring mixins' rule files, each accepted by promtool. fleet
 #   loads every one or refuses it naming a construct it does not evaluate; any other refusal
 #   (a syntax it misreads, a file it wrongly calls invalid) fails.
+# - scripts/compat/<mixin>.alerts.test.yml: fleet's own promtool-format tests of a mixin's
+#   alerts, run beside DIR/mixins/<mixin>/alerts.yaml; promtool and fleetctl must pass them.
 # - DIR/promqltest/*.test: Prometheus' own PromQL test files. Every float case must pass
 #   (`fleetctl rules promqltest`); the native histogram cases are skipped and listed.
 #
@@ -50,6 +52,23 @@ if [ -d "$dir/mixins" ]; then
   echo "mixins: $loaded files loaded, $refused refused naming what fleet does not evaluate:"
   sort "$reasons" | uniq -c | sort -rn | sed 's/^/  /'
 fi
+
+# fleet's own unit tests of mixins' alerts (scripts/compat/<mixin>.alerts.test.yml), run
+# beside a copy of the mixin's alerts.yaml: promtool and fleetctl must both pass them.
+for t in scripts/compat/*.alerts.test.yml; do
+  mixin=$(basename "$t" .alerts.test.yml)
+  [ -f "$dir/mixins/$mixin/alerts.yaml" ] || continue
+  work=$(mktemp -d)
+  cp "$t" "$dir/mixins/$mixin/alerts.yaml" "$work/"
+  if ! out=$(cd "$work" && promtool test rules "$(basename "$t")" 2>&1); then
+    echo "FAIL mixin tests: promtool test rules $t"; echo "$out"; failures=$((failures + 1))
+  fi
+  if ! out=$("$fleetctl" rules test "$work/$(basename "$t")" 2>&1); then
+    echo "FAIL mixin tests: fleetctl rules test $t"; echo "$out"; failures=$((failures + 1))
+  fi
+  rm -rf "$work"
+  echo "mixin tests: $t passes in promtool and fleetctl"
+done
 
 if [ -d "$dir/promqltest" ]; then
   if ! "$fleetctl" rules promqltest --list-skipped "$dir/promqltest"; then
