@@ -128,7 +128,7 @@ impl Alerting {
         let groups = load(&config)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let metrics = Arc::new(NotifyMetrics::default());
-        tokio::spawn(deliver(config.alertmanagers.clone(), config.webhooks.clone(), rx, metrics.clone()));
+        tokio::spawn(deliver(config.clone(), rx, metrics.clone()));
         let this = Arc::new(Alerting {
             config,
             tsdb,
@@ -404,32 +404,31 @@ fn webhook_body(batch: &[Outgoing]) -> Value {
 }
 
 /// Sends batches to every receiver, with retries; failures are counted, never fatal.
-async fn deliver(
-    alertmanagers: Vec<String>,
-    webhooks: Vec<String>,
-    mut rx: mpsc::Receiver<Vec<Outgoing>>,
-    metrics: Arc<NotifyMetrics>,
-) {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+async fn deliver(config: AlertingConfig, mut rx: mpsc::Receiver<Vec<Outgoing>>, metrics: Arc<NotifyMetrics>) {
+    let client = match config.client(Duration::from_secs(10)) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot create the notification client");
+            tracing::error!(error = %e, "cannot create the notification client; alerts are not sent");
             return;
         }
     };
     while let Some(batch) = rx.recv().await {
-        let mut targets: Vec<(String, Value)> = Vec::new();
-        for am in &alertmanagers {
-            targets.push((format!("{}/api/v2/alerts", am.trim_end_matches('/')), am_body(&batch)));
+        let mut targets: Vec<(String, Value, bool)> = Vec::new();
+        for am in &config.alertmanagers {
+            targets.push((format!("{}/api/v2/alerts", am.trim_end_matches('/')), am_body(&batch), true));
         }
-        for w in &webhooks {
-            targets.push((w.clone(), webhook_body(&batch)));
+        for w in &config.webhooks {
+            targets.push((w.clone(), webhook_body(&batch), false));
         }
-        for (url, body) in targets {
+        for (url, body, is_am) in targets {
             let mut delay = Duration::from_millis(200);
             let mut ok = false;
             for attempt in 1..=3 {
-                match client.post(&url).json(&body).send().await {
+                let mut req = client.post(&url).json(&body);
+                if is_am {
+                    req = config.to_alertmanager(req);
+                }
+                match req.send().await {
                     Ok(r) if r.status().is_success() => {
                         ok = true;
                         break;

@@ -60,6 +60,13 @@ pub struct AlertingConfig {
     pub webhooks: Vec<String>,
     /// Labels added to every alert (and visible as $externalLabels).
     pub external_labels: std::collections::BTreeMap<String, String>,
+    /// `[alerting.client]` TLS of https notifiers.
+    pub client_tls: crate::outbound::ClientTls,
+    /// `[alerting.client]` credentials sent to Alertmanagers (as Prometheus'
+    /// `alertmanager_config` sends them; webhooks get none).
+    pub alertmanager_auth: Option<crate::outbound::Auth>,
+    /// fleet's CA (`[tls] ca`), trusted by https notifiers without a `ca_file`.
+    pub fleet_ca: PathBuf,
 }
 
 impl AlertingConfig {
@@ -78,14 +85,35 @@ impl AlertingConfig {
         out
     }
 
+    /// The http client notifications go out with: fleet's CA or `[alerting.client] ca_file`
+    /// for https URLs, a client certificate when one is set.
+    pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let https = self.alertmanagers.iter().chain(&self.webhooks).any(|u| u.starts_with("https://"));
+        if https {
+            return crate::outbound::client(&self.client_tls, &self.fleet_ca, timeout);
+        }
+        reqwest::Client::builder().timeout(timeout).build().map_err(|e| e.to_string())
+    }
+
+    /// `req` to an Alertmanager, with its credentials.
+    pub fn to_alertmanager(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.alertmanager_auth {
+            Some(a) => a.apply(req),
+            None => req,
+        }
+    }
+
     /// Asks every Alertmanager whether it is up (`GET /-/healthy`, a few seconds each) and
     /// says which one cannot be reached: alerts would then only be retried and counted.
     pub async fn unreachable_notifiers(&self) -> Vec<String> {
-        let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(3)).build() else { return Vec::new() };
+        let client = match self.client(Duration::from_secs(3)) {
+            Ok(c) => c,
+            Err(e) => return vec![format!("alerting.client: {e}; no notification can be sent")],
+        };
         let mut out = Vec::new();
         for (i, url) in self.alertmanagers.iter().enumerate() {
             let probe = format!("{}/-/healthy", url.trim_end_matches('/'));
-            let why = match client.get(&probe).send().await {
+            let why = match self.to_alertmanager(client.get(&probe)).send().await {
                 Ok(r) if r.status().is_success() => continue,
                 Ok(r) => format!("it answered {}", r.status()),
                 Err(e) if e.is_timeout() => "it did not answer within 3s".to_string(),
@@ -169,9 +197,9 @@ impl CoordinatorConfig {
                         let ok = u
                             .parse::<tonic::transport::Uri>()
                             .ok()
-                            .is_some_and(|x| x.scheme_str() == Some("http") && x.host().is_some());
+                            .is_some_and(|x| matches!(x.scheme_str(), Some("http" | "https")) && x.host().is_some());
                         if !ok {
-                            s.error(&format!("{key}[{i}]"), format!("\"{u}\" is not an http:// URL"));
+                            s.error(&format!("{key}[{i}]"), format!("\"{u}\" is not an http:// or https:// URL"));
                         }
                     }
                 }
@@ -185,8 +213,26 @@ impl CoordinatorConfig {
                     }
                     Err(e) => s.error("rule_files", e),
                 }
+                let (client_tls, alertmanager_auth) = match s.section("client") {
+                    Some(mut c) => {
+                        let tls = crate::outbound::read_tls(&mut c);
+                        let auth = crate::outbound::read_auth(&mut c);
+                        c.finish();
+                        (tls, auth)
+                    }
+                    None => Default::default(),
+                };
                 s.finish();
-                AlertingConfig { rule_files, evaluation_interval, alertmanagers, webhooks, external_labels }
+                AlertingConfig {
+                    rule_files,
+                    evaluation_interval,
+                    alertmanagers,
+                    webhooks,
+                    external_labels,
+                    client_tls,
+                    alertmanager_auth,
+                    fleet_ca: PathBuf::new(),
+                }
             }
             None => AlertingConfig { evaluation_interval: Duration::from_secs(15), ..Default::default() },
         };
@@ -222,6 +268,7 @@ impl CoordinatorConfig {
         let enrollment = enrollment_section(&mut root);
         let remote_write = crate::remote_write::read_config(&mut root, retention.unwrap_or(Duration::from_secs(3600)));
         root.finish();
+        let fleet_ca = tls.as_ref().map(|t| t.ca.clone());
         let config = (|| {
             Some(CoordinatorConfig {
                 source: path.to_path_buf(),
@@ -236,7 +283,7 @@ impl CoordinatorConfig {
                 max_series: max_series.map(|m| m.max(1) as usize).unwrap_or(crate::tsdb::DEFAULT_MAX_SERIES),
                 max_connections: max_connections.map(|m| m.max(1) as usize).unwrap_or(20_000),
                 artifact_max_bytes: artifact_max_bytes.unwrap_or(1 << 30),
-                alerting,
+                alerting: AlertingConfig { fleet_ca: fleet_ca?, ..alerting },
                 query,
                 access,
                 enrollment,

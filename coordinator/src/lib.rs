@@ -33,6 +33,7 @@ pub mod labels;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod metrics;
+pub mod outbound;
 pub mod promapi;
 pub mod query;
 pub mod registry;

@@ -25,6 +25,7 @@ use fleet_rules::promql::{Labels, Storage};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Counter, Exposition, FmtMetrics};
+use crate::outbound::{Auth, ClientTls};
 use crate::tsdb::Tsdb;
 
 /// How often the acknowledged marks are saved.
@@ -47,10 +48,8 @@ pub struct RemoteWriteConfig {
     pub headers: BTreeMap<String, String>,
     /// How the coordinator authenticates, if it does.
     pub auth: Option<Auth>,
-    /// CA certificates to trust for an https URL (default: fleet's CA).
-    pub ca_file: Option<PathBuf>,
-    /// A client certificate and key to present over https.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// TLS of an https URL.
+    pub tls: ClientTls,
     /// How long one request may take.
     pub timeout: Duration,
     /// Most samples in one request.
@@ -63,24 +62,6 @@ pub struct RemoteWriteConfig {
     pub max_backoff: Duration,
     /// Samples still unsent this long after they were taken are dropped (and counted).
     pub max_backlog: Duration,
-}
-
-/// Credentials for a receiver.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Auth {
-    /// HTTP basic authentication.
-    Basic { username: String, password: String },
-    /// `Authorization: Bearer TOKEN`.
-    Bearer(String),
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Auth::Basic { username, .. } => write!(f, "Basic({username}, <secret>)"),
-            Auth::Bearer(_) => write!(f, "Bearer(<secret>)"),
-        }
-    }
 }
 
 /// Reads every `[[remote_write]]` table of the coordinator's configuration; `retention` bounds
@@ -118,19 +99,8 @@ pub fn read_config(root: &mut Section, retention: Duration) -> Vec<RemoteWriteCo
                 );
             }
         }
-        let auth = read_auth(&mut s);
-        let ca_file = s.path("ca_file");
-        let (cert, key) = (s.path("cert_file"), s.path("key_file"));
-        if cert.is_some() != key.is_some() {
-            s.error("cert_file", "cert_file and key_file go together: set both or neither");
-        }
-        for (k, p) in [("ca_file", &ca_file), ("cert_file", &cert), ("key_file", &key)] {
-            if let Some(p) = p
-                && let Err(e) = std::fs::metadata(p)
-            {
-                s.error(k, format!("cannot read {}: {}", p.display(), fleet_common::io_reason(&e)));
-            }
-        }
+        let auth = crate::outbound::read_auth(&mut s);
+        let tls = crate::outbound::read_tls(&mut s);
         let ms = Duration::from_millis;
         let timeout = s.duration_in("timeout", ms(100), Duration::from_secs(600)).unwrap_or(Duration::from_secs(30));
         let max_samples_per_send = match s.u64("max_samples_per_send") {
@@ -159,8 +129,7 @@ pub fn read_config(root: &mut Section, retention: Duration) -> Vec<RemoteWriteCo
             url,
             headers,
             auth,
-            ca_file,
-            client_cert: cert.zip(key),
+            tls,
             timeout,
             max_samples_per_send,
             batch_send_deadline,
@@ -170,49 +139,6 @@ pub fn read_config(root: &mut Section, retention: Duration) -> Vec<RemoteWriteCo
         });
     }
     out
-}
-
-/// `basic_auth = { username, password | password_file }` or `bearer_token[_file]`.
-fn read_auth(s: &mut Section) -> Option<Auth> {
-    let secret = |s: &mut Section, key: &'static str, file_key: &'static str| -> Option<String> {
-        let inline = s.string(key);
-        let file = s.path(file_key);
-        match (inline, file) {
-            (Some(_), Some(_)) => {
-                s.error(key, format!("set {key} or {file_key}, not both"));
-                None
-            }
-            (Some(v), None) => Some(v),
-            (None, Some(p)) => match std::fs::read_to_string(&p) {
-                Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
-                Err(e) => {
-                    s.error(file_key, format!("cannot read {}: {}", p.display(), fleet_common::io_reason(&e)));
-                    None
-                }
-            },
-            (None, None) => None,
-        }
-    };
-    let bearer = secret(s, "bearer_token", "bearer_token_file");
-    let basic = match s.section("basic_auth") {
-        Some(mut b) => {
-            let username = b.required_string("username");
-            let password = secret(&mut b, "password", "password_file");
-            if password.is_none() && !b.has("password") && !b.has("password_file") {
-                b.error("password", "is required: set password or password_file");
-            }
-            b.finish();
-            username.zip(password).map(|(username, password)| Auth::Basic { username, password })
-        }
-        None => None,
-    };
-    match (basic, bearer) {
-        (Some(_), Some(_)) => {
-            s.error("bearer_token", "set basic_auth or bearer_token, not both");
-            None
-        }
-        (b, t) => b.or(t.map(Auth::Bearer)),
-    }
 }
 
 /// Every configured receiver's queue.
@@ -309,23 +235,14 @@ impl FmtMetrics for RemoteWrite {
 
 /// The http client of one receiver: rustls, with fleet's CA or `ca_file` for https.
 fn http_client(cfg: &RemoteWriteConfig, fleet_ca: &Path) -> Result<reqwest::Client, String> {
-    let mut b =
-        reqwest::Client::builder().timeout(cfg.timeout).connect_timeout(cfg.timeout.min(Duration::from_secs(10)));
     if cfg.url.starts_with("https://") {
-        let ca_path = cfg.ca_file.as_deref().unwrap_or(fleet_ca);
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {}", p.display(), fleet_common::io_reason(&e)))
-        };
-        let ca = read(ca_path)?;
-        let client = match &cfg.client_cert {
-            Some((c, k)) => Some((read(c)?, read(k)?)),
-            None => None,
-        };
-        let tls =
-            fleet_common::tls::outbound_client_config(&ca, client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())))?;
-        b = b.use_preconfigured_tls(tls);
+        return crate::outbound::client(&cfg.tls, fleet_ca, cfg.timeout);
     }
-    b.build().map_err(|e| e.to_string())
+    reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// One receiver's queue.
@@ -586,11 +503,9 @@ impl Queue {
             for (k, v) in &self.cfg.headers {
                 req = req.header(k, v);
             }
-            req = match &self.cfg.auth {
-                Some(Auth::Basic { username, password }) => req.basic_auth(username, Some(password)),
-                Some(Auth::Bearer(t)) => req.bearer_auth(t),
-                None => req,
-            };
+            if let Some(auth) = &self.cfg.auth {
+                req = auth.apply(req);
+            }
             let wait = match req.body(body.clone()).send().await {
                 Ok(r) if r.status().is_success() => return Outcome::Sent,
                 Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {

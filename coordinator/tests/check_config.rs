@@ -108,9 +108,15 @@ fn the_example_config_in_deploy_is_valid() {
                 + "\n"
         })
         .collect();
-    for section in
-        ["[enrollment]", "[http.tls]", "[http.basic_auth_users]", "[access.operators]", "ca_key = ", "[[remote_write]]"]
-    {
+    for section in [
+        "[enrollment]",
+        "[http.tls]",
+        "[http.basic_auth_users]",
+        "[access.operators]",
+        "ca_key = ",
+        "[[remote_write]]",
+        "[alerting.client]",
+    ] {
         assert!(uncommented.contains(&format!("\n{section}")), "{section} is not in the example: {uncommented}");
     }
     std::fs::write(&cfg, &uncommented).unwrap();

@@ -646,6 +646,41 @@ pub fn start_prometheus(c: &Cluster, port: u16, scrape: bool) -> Proc {
     )
 }
 
+/// Like [`start_alertmanager`], serving https with the coordinator's certificate (signed by
+/// the cluster's CA, valid for 127.0.0.1) and requiring basic auth `user` with the bcrypt
+/// `hash` of its password (Alertmanager's `--web.config.file`).
+pub fn start_alertmanager_https(c: &Cluster, user: &str, hash: &str) -> (Proc, u16) {
+    let dir = c.dir().join("alertmanager-https");
+    fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("am.yml");
+    fs::write(&conf, "route:\n  receiver: devnull\n  group_wait: 0s\nreceivers:\n  - name: devnull\n").unwrap();
+    let files = c.pki.files("coordinator");
+    let web = dir.join("web.yml");
+    fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  {user}: {hash}\n",
+            files.cert.display(),
+            files.key.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let p = Proc::spawn(
+        "alertmanager",
+        Path::new("/usr/bin/prometheus-alertmanager"),
+        &[
+            &format!("--config.file={}", conf.display()),
+            &format!("--storage.path={}", dir.display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            &format!("--web.config.file={}", web.display()),
+            "--cluster.listen-address=",
+        ],
+        &c.dir().join("logs/alertmanager-https.log"),
+    );
+    (p, port)
+}
+
 /// The alerts Alertmanager on `port` holds (its v2 API), None while it does not answer.
 pub async fn am_alerts(port: u16) -> Option<Vec<serde_json::Value>> {
     let body = reqwest::get(format!("http://127.0.0.1:{port}/api/v2/alerts")).await.ok()?.text().await.ok()?;

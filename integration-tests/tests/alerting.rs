@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fleet_integration_tests::{Cluster, CoordinatorOpts, am_alerts, eventually, serial, start_alertmanager};
+use fleet_integration_tests::{
+    Cluster, CoordinatorOpts, am_alerts, eventually, serial, start_alertmanager, start_alertmanager_https,
+};
 
 const RULES: &str = "groups:\n  - name: fleet\n    interval: 1s\n    rules:\n      - alert: FleetAgentDown\n        expr: fleet_agent_up == 0\n        for: 2s\n        labels:\n          severity: critical\n        annotations:\n          summary: \"agent on {{ $labels.host }} is down\"\n";
 
@@ -183,4 +185,77 @@ async fn a_down_agent_alerts_alertmanager_and_resolves() {
     assert_eq!(first["alerts"][0]["labels"]["alertname"], "FleetAgentDown");
     assert_eq!(first["alerts"][0]["labels"]["host"], "pc2");
     assert_eq!(first["commonLabels"]["severity"], "critical");
+}
+
+/// The alerts of the https Alertmanager on `port`, asked with the cluster's CA and basic auth.
+async fn am_alerts_https(c: &Cluster, port: u16) -> Option<Vec<serde_json::Value>> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(c.pki.files("coordinator").ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder().add_root_certificate(ca).build().ok()?;
+    let r = client
+        .get(format!("https://127.0.0.1:{port}/api/v2/alerts"))
+        .basic_auth("fleet", Some("s3cret"))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_reach_an_alertmanager_over_https_with_basic_auth() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["pc2"]);
+    let hash = {
+        let out = std::process::Command::new(fleet_integration_tests::bin("fleetctl"))
+            .args(["hash-password", "--cost", "6"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(b"s3cret\n")?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (_am, port) = start_alertmanager_https(&c, "fleet", &hash);
+    eventually(Duration::from_secs(20), "the https Alertmanager to answer", || am_alerts_https(&c, port)).await;
+    let rules = c.dir().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("always.yml"),
+        "groups:\n  - name: g\n    interval: 500ms\n    rules:\n      - alert: Always\n        expr: vector(1)\n",
+    )
+    .unwrap();
+    // Right credentials: the alert arrives, over TLS to a server fleet's CA signed.
+    let extra = format!(
+        "[alerting]\nrule_files = [\"{}/*.yml\"]\nalertmanagers = [\"https://127.0.0.1:{port}\"]\n[alerting.client]\nbasic_auth = {{ username = \"fleet\", password = \"s3cret\" }}\n",
+        rules.display()
+    );
+    c.start_coordinator(CoordinatorOpts { extra, ..Default::default() }).await;
+    eventually(Duration::from_secs(15), "the alert in the https Alertmanager", || async {
+        am_alerts_https(&c, port).await?.into_iter().find(|a| a["labels"]["alertname"] == "Always").map(|_| ())
+    })
+    .await;
+    let (_, text) = c.http_get("/metrics").await;
+    assert!(text.contains("fleet_coordinator_notifications_failed_total 0"), "{text}");
+
+    // A wrong password: Alertmanager refuses (401) and the coordinator counts the failures.
+    c.coordinator.as_mut().unwrap().terminate(Duration::from_secs(10));
+    // (A new alert: one restored as already sent would wait a minute to be sent again.)
+    std::fs::write(
+        rules.join("always.yml"),
+        "groups:\n  - name: g\n    interval: 500ms\n    rules:\n      - alert: AlsoAlways\n        expr: vector(1)\n",
+    )
+    .unwrap();
+    let opts = CoordinatorOpts { extra: c.opts.extra.replace("\"s3cret\"", "\"wrong\""), ..c.opts.clone() };
+    c.start_coordinator(opts).await;
+    eventually(Duration::from_secs(20), "refused notifications counted", || async {
+        let (_, text) = c.http_get("/metrics").await;
+        let failed: f64 =
+            text.lines().find_map(|l| l.strip_prefix("fleet_coordinator_notifications_failed_total ")?.parse().ok())?;
+        (failed >= 1.0).then_some(())
+    })
+    .await;
+    assert!(c.coordinator.as_ref().unwrap().log_text().contains("401"), "the refusal is logged with its status");
 }
