@@ -6,8 +6,9 @@
 #
 # - DIR/rules/*.rules.test.yml: `fleetctl rules test` passes every file, as promtool does.
 # - DIR/mixins/*/*.yaml: real monitoring mixins' rule files, each accepted by promtool. fleet
-#   loads every one or refuses it naming a construct it does not evaluate; any other refusal
-#   (a syntax it misreads, a file it wrongly calls invalid) fails.
+#   loads every one and evaluates every rule over a made-up history (`rules check --eval`), or
+#   refuses it naming a construct it does not evaluate; any other refusal (a syntax it
+#   misreads, a file it wrongly calls invalid, a rule whose evaluation fails) fails.
 # - scripts/compat/<mixin>.alerts.test.yml: fleet's own promtool-format tests of a mixin's
 #   alerts, run beside DIR/mixins/<mixin>/alerts.yaml; promtool and fleetctl must pass them.
 # - DIR/promqltest/*.test: Prometheus' own PromQL test files. Every float case must pass
@@ -38,7 +39,7 @@ if [ -d "$dir/mixins" ]; then
   reasons=$(mktemp)
   trap 'rm -f "$reasons"' EXIT
   while IFS= read -r f; do
-    if out=$("$fleetctl" rules check "$f" 2>&1); then
+    if out=$("$fleetctl" rules check --eval "$f" 2>&1); then
       loaded=$((loaded + 1))
     elif grep -q "is not supported" <<<"$out"; then
       refused=$((refused + 1))
@@ -49,7 +50,7 @@ if [ -d "$dir/mixins" ]; then
       failures=$((failures + 1))
     fi
   done < <(find "$dir/mixins" -name '*.yaml' | sort)
-  echo "mixins: $loaded files loaded, $refused refused naming what fleet does not evaluate:"
+  echo "mixins: $loaded files loaded and every rule evaluated, $refused refused naming what fleet does not evaluate:"
   sort "$reasons" | uniq -c | sort -rn | sed 's/^/  /'
 fi
 

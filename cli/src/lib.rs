@@ -461,6 +461,10 @@ pub enum RulesCommand {
         /// Rule files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also evaluate every rule, as the coordinator would, over a made-up history holding a
+        /// series for each selector; exit 1 if any evaluation fails.
+        #[arg(long)]
+        eval: bool,
     },
     /// Run PromQL test files in Prometheus' promqltest format (load, eval instant, eval range,
     /// eval_fail, ...) through fleet's engine; exit 1 if any case fails. Native histogram cases
@@ -767,14 +771,28 @@ fn promqltest(paths: &[PathBuf], list_skipped: bool) -> Result<(), CliError> {
 }
 
 /// `fleetctl rules check FILE...`: prints like promtool and fails if any file is refused.
-fn rules_check(files: &[PathBuf]) -> Result<(), CliError> {
+fn rules_check(files: &[PathBuf], eval: bool) -> Result<(), CliError> {
     let mut failed = 0;
     for f in files {
         outln!("Checking {}", f.display());
         match fleet_rules::rules::load_file(f) {
-            Ok(groups) => {
+            Ok(mut groups) => {
                 let n: usize = groups.iter().map(|g| g.rules.len()).sum();
-                outln!("  SUCCESS: {n} rules found\n");
+                if !eval {
+                    outln!("  SUCCESS: {n} rules found\n");
+                    continue;
+                }
+                let e = fleet_rules::unittest::evaluate_groups(&mut groups);
+                if e.errors.is_empty() {
+                    outln!("  SUCCESS: {n} rules found, all evaluated ({} returned series)\n", e.returned);
+                } else {
+                    failed += 1;
+                    outln!("  FAILED: {} of {n} rules failed to evaluate:", e.errors.len());
+                    for err in &e.errors {
+                        outln!("    {err}");
+                    }
+                    outln!();
+                }
             }
             Err(e) => {
                 failed += 1;
@@ -1048,7 +1066,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             rollout::releases(&Target::from_conn(conn)?, host, service, cli.output).await
         }
         Command::Rules { cmd: Some(RulesCommand::Test { files }), .. } => rules_test(files),
-        Command::Rules { cmd: Some(RulesCommand::Check { files }), .. } => rules_check(files),
+        Command::Rules { cmd: Some(RulesCommand::Check { files, eval }), .. } => rules_check(files, *eval),
         Command::Rules { cmd: Some(RulesCommand::Promqltest { paths, list_skipped }), .. } => {
             promqltest(paths, *list_skipped)
         }

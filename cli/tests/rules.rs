@@ -189,3 +189,32 @@ fn the_default_rules_in_deploy_pass_their_tests_in_both_tools() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(promtool_test(&file), Some(0));
 }
+
+#[test]
+fn rules_check_eval_runs_every_rule_over_a_made_up_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("eval.rules.yml");
+    // Loads (the expression is valid) but cannot be evaluated over a history where `up` has
+    // two series of job "node": matching on `job` alone finds two on the left for one.
+    std::fs::write(
+        &p,
+        "groups:\n  - name: g\n    rules:\n      - record: job:up:sum\n        expr: sum by (job) (up{job=\"node\"})\n      - alert: Twice\n        expr: up{job=\"node\"} * on (job) up{job=\"node\", instance=\"a\"}\n      - alert: Fine\n        expr: job:up:sum > 0\n",
+    )
+    .unwrap();
+    let (code, out) = fleetctl_check(&p);
+    assert_eq!(code, Some(0), "loading alone accepts it: {out}");
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl")).args(["rules", "check", "--eval"]).arg(&p).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED: 1 of 3 rules failed to evaluate"), "{text}");
+    assert!(text.contains("g/Twice: found duplicate series for the match group"), "{text}");
+    // The recording rule's output fed the next rule: the rest evaluate, and return series.
+    std::fs::write(
+        &p,
+        std::fs::read_to_string(&p).unwrap().replace(" * on (job) up{job=\"node\", instance=\"a\"}", ""),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl")).args(["rules", "check", "--eval"]).arg(&p).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("all evaluated (3 returned series)"), "{text}");
+}
