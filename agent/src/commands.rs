@@ -145,116 +145,128 @@ impl Dispatcher {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match cmd.action.clone() {
-                Some(CmdAction::Service(sc)) => {
-                    let action = match sc.action() {
-                        ServiceAction::Start => Action::Start,
-                        ServiceAction::Stop => Action::Stop,
-                        ServiceAction::Restart => Action::Restart,
-                        ServiceAction::Unspecified => {
-                            send(&tx, update(&cmd.id, CommandState::Rejected, "no action given")).await;
-                            return;
-                        }
-                    };
-                    let timeout = if cmd.timeout_ms == 0 {
-                        DEFAULT_TIMEOUT
-                    } else {
-                        Duration::from_millis(cmd.timeout_ms).min(MAX_TIMEOUT)
-                    };
-                    let by = requested_by(&cmd);
-                    let (sup, svc) = (this.supervisor.clone(), sc.service.clone());
-                    this.journalled(&cmd, Target::Service(&sc.service), false, tx, async move {
-                        sup.request(&svc, action, &by, timeout).await.into()
-                    })
-                    .await
-                }
-                Some(CmdAction::Deploy(d)) => {
-                    let p = Probation::from_ms(d.min_healthy_time_ms, d.healthy_deadline_ms);
-                    let dep = this.deployer.clone();
-                    let service = d.service.clone();
-                    this.journalled(&cmd, Target::Service(&service), true, tx, async move {
-                        dep.deploy(&d.service, &d.version, &d.sha256, d.size_bytes, p).await.into()
-                    })
-                    .await
-                }
-                Some(CmdAction::Rollback(r)) => {
-                    let p = Probation::from_ms(r.min_healthy_time_ms, r.healthy_deadline_ms);
-                    let dep = this.deployer.clone();
-                    let service = r.service.clone();
-                    this.journalled(&cmd, Target::Service(&service), true, tx, async move {
-                        dep.rollback(&r.service, &r.to_version, p).await.into()
-                    })
-                    .await
-                }
-                Some(CmdAction::Releases(r)) => {
-                    let u = match this.deployer.releases(&r.service) {
-                        Ok(releases) => CommandUpdate { releases, ..update(&cmd.id, CommandState::Succeeded, "") },
-                        Err((reason, _)) => update(&cmd.id, CommandState::Rejected, reason),
-                    };
-                    send(&tx, u).await;
-                }
-                Some(CmdAction::RunJob(j)) => {
-                    let jobs = this.jobs.clone();
-                    let by = requested_by(&cmd);
-                    let name = j.job.clone();
-                    this.journalled(&cmd, Target::Job(&name), false, tx, async move {
-                        match jobs.run_now(&j.job, &by, j.wait).await {
-                            Ok(r) => {
-                                let result = match r.result.as_str() {
-                                    "running" => Ok(format!("run {} started (pid {})", r.run, r.pid)),
-                                    "succeeded" => Ok(format!("run {} succeeded: {}", r.run, r.message)),
-                                    other => Err((
-                                        format!("run {} {}: {}", r.run, other.replace('_', " "), r.message),
-                                        Vec::new(),
-                                    )),
-                                };
-                                Applied { result, run: Some(run_to_proto(&j.job, &r)), exec: None }
+        // A span of the trace that sent the command (`trace_context`), when traces are exported.
+        let span = tracing::info_span!(
+            target: fleet_common::telemetry::TARGET,
+            "agent.command",
+            otel.kind = "consumer",
+            command = %cmd.id,
+            action = action_name(&cmd),
+        );
+        fleet_common::telemetry::set_parent_from_map(&span, &cmd.trace_context);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _permit = permit;
+                match cmd.action.clone() {
+                    Some(CmdAction::Service(sc)) => {
+                        let action = match sc.action() {
+                            ServiceAction::Start => Action::Start,
+                            ServiceAction::Stop => Action::Stop,
+                            ServiceAction::Restart => Action::Restart,
+                            ServiceAction::Unspecified => {
+                                send(&tx, update(&cmd.id, CommandState::Rejected, "no action given")).await;
+                                return;
                             }
-                            Err(e) => Applied::from(Err((e, Vec::new()))),
+                        };
+                        let timeout = if cmd.timeout_ms == 0 {
+                            DEFAULT_TIMEOUT
+                        } else {
+                            Duration::from_millis(cmd.timeout_ms).min(MAX_TIMEOUT)
+                        };
+                        let by = requested_by(&cmd);
+                        let (sup, svc) = (this.supervisor.clone(), sc.service.clone());
+                        this.journalled(&cmd, Target::Service(&sc.service), false, tx, async move {
+                            sup.request(&svc, action, &by, timeout).await.into()
+                        })
+                        .await
+                    }
+                    Some(CmdAction::Deploy(d)) => {
+                        let p = Probation::from_ms(d.min_healthy_time_ms, d.healthy_deadline_ms);
+                        let dep = this.deployer.clone();
+                        let service = d.service.clone();
+                        this.journalled(&cmd, Target::Service(&service), true, tx, async move {
+                            dep.deploy(&d.service, &d.version, &d.sha256, d.size_bytes, p).await.into()
+                        })
+                        .await
+                    }
+                    Some(CmdAction::Rollback(r)) => {
+                        let p = Probation::from_ms(r.min_healthy_time_ms, r.healthy_deadline_ms);
+                        let dep = this.deployer.clone();
+                        let service = r.service.clone();
+                        this.journalled(&cmd, Target::Service(&service), true, tx, async move {
+                            dep.rollback(&r.service, &r.to_version, p).await.into()
+                        })
+                        .await
+                    }
+                    Some(CmdAction::Releases(r)) => {
+                        let u = match this.deployer.releases(&r.service) {
+                            Ok(releases) => CommandUpdate { releases, ..update(&cmd.id, CommandState::Succeeded, "") },
+                            Err((reason, _)) => update(&cmd.id, CommandState::Rejected, reason),
+                        };
+                        send(&tx, u).await;
+                    }
+                    Some(CmdAction::RunJob(j)) => {
+                        let jobs = this.jobs.clone();
+                        let by = requested_by(&cmd);
+                        let name = j.job.clone();
+                        this.journalled(&cmd, Target::Job(&name), false, tx, async move {
+                            match jobs.run_now(&j.job, &by, j.wait).await {
+                                Ok(r) => {
+                                    let result = match r.result.as_str() {
+                                        "running" => Ok(format!("run {} started (pid {})", r.run, r.pid)),
+                                        "succeeded" => Ok(format!("run {} succeeded: {}", r.run, r.message)),
+                                        other => Err((
+                                            format!("run {} {}: {}", r.run, other.replace('_', " "), r.message),
+                                            Vec::new(),
+                                        )),
+                                    };
+                                    Applied { result, run: Some(run_to_proto(&j.job, &r)), exec: None }
+                                }
+                                Err(e) => Applied::from(Err((e, Vec::new()))),
+                            }
+                        })
+                        .await
+                    }
+                    Some(CmdAction::JobHistory(h)) => {
+                        let limit = if h.limit == 0 { usize::MAX } else { h.limit as usize };
+                        let u = match this.jobs.history(&h.job, limit) {
+                            Some(runs) => CommandUpdate {
+                                job_runs: runs.iter().map(|r| run_to_proto(&h.job, r)).collect(),
+                                ..update(&cmd.id, CommandState::Succeeded, "")
+                            },
+                            None => update(&cmd.id, CommandState::Rejected, this.no_job(&h.job)),
+                        };
+                        send(&tx, u).await;
+                    }
+                    Some(CmdAction::Exec(e)) => this.exec_command(&cmd, e.argv, tx).await,
+                    Some(CmdAction::Logs(l)) => this.logs_command(cmd.id, l, tx).await,
+                    Some(CmdAction::Cancel(c)) => {
+                        let handle = this.followers.lock().expect("followers lock").remove(&c.command_id);
+                        if let Some(h) = handle {
+                            h.abort();
+                            send(&tx, update(&c.command_id, CommandState::Succeeded, "cancelled")).await;
                         }
-                    })
-                    .await
-                }
-                Some(CmdAction::JobHistory(h)) => {
-                    let limit = if h.limit == 0 { usize::MAX } else { h.limit as usize };
-                    let u = match this.jobs.history(&h.job, limit) {
-                        Some(runs) => CommandUpdate {
-                            job_runs: runs.iter().map(|r| run_to_proto(&h.job, r)).collect(),
-                            ..update(&cmd.id, CommandState::Succeeded, "")
-                        },
-                        None => update(&cmd.id, CommandState::Rejected, this.no_job(&h.job)),
-                    };
-                    send(&tx, u).await;
-                }
-                Some(CmdAction::Exec(e)) => this.exec_command(&cmd, e.argv, tx).await,
-                Some(CmdAction::Logs(l)) => this.logs_command(cmd.id, l, tx).await,
-                Some(CmdAction::Cancel(c)) => {
-                    let handle = this.followers.lock().expect("followers lock").remove(&c.command_id);
-                    if let Some(h) = handle {
-                        h.abort();
-                        send(&tx, update(&c.command_id, CommandState::Succeeded, "cancelled")).await;
+                        // An exec'd command answers for itself once its process group is stopped.
+                        if let Some(stop) = this.execs.lock().expect("execs lock").get(&c.command_id) {
+                            stop.cancel();
+                        }
+                        send(&tx, update(&cmd.id, CommandState::Succeeded, "")).await;
                     }
-                    // An exec'd command answers for itself once its process group is stopped.
-                    if let Some(stop) = this.execs.lock().expect("execs lock").get(&c.command_id) {
-                        stop.cancel();
+                    None => {
+                        send(
+                            &tx,
+                            update(
+                                &cmd.id,
+                                CommandState::Rejected,
+                                format!("fleet-agent {} does not know this command", fleet_common::VERSION),
+                            ),
+                        )
+                        .await
                     }
-                    send(&tx, update(&cmd.id, CommandState::Succeeded, "")).await;
                 }
-                None => {
-                    send(
-                        &tx,
-                        update(
-                            &cmd.id,
-                            CommandState::Rejected,
-                            format!("fleet-agent {} does not know this command", fleet_common::VERSION),
-                        ),
-                    )
-                    .await
-                }
-            }
-        });
+            },
+            span,
+        ));
     }
 
     /// Stops every log stream (the session they were going to ended).
@@ -549,4 +561,20 @@ async fn send_lines(tx: &Sender, id: &str, lines: Vec<LogLine>) -> bool {
     tx.send(AgentMessage { msg: Some(AgentMsg::LogBatch(LogBatch { command_id: id.to_string(), lines })) })
         .await
         .is_ok()
+}
+
+/// What a command asks for, for its span.
+fn action_name(cmd: &Command) -> &'static str {
+    match &cmd.action {
+        Some(CmdAction::Service(_)) => "service",
+        Some(CmdAction::Logs(_)) => "logs",
+        Some(CmdAction::Cancel(_)) => "cancel",
+        Some(CmdAction::Deploy(_)) => "deploy",
+        Some(CmdAction::Rollback(_)) => "rollback",
+        Some(CmdAction::Releases(_)) => "releases",
+        Some(CmdAction::RunJob(_)) => "run_job",
+        Some(CmdAction::JobHistory(_)) => "job_history",
+        Some(CmdAction::Exec(_)) => "exec",
+        None => "none",
+    }
 }

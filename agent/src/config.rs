@@ -16,6 +16,8 @@ use crate::schedule::{Schedule, Zone};
 pub struct AgentConfig {
     /// The agent's name; must match its certificate.
     pub name: String,
+    /// `[telemetry]`: where traces go.
+    pub telemetry: fleet_common::telemetry::TelemetryConfig,
     /// The coordinator's gRPC address, `https://host:port`.
     pub coordinator: String,
     /// Where the agent keeps its store and service logs.
@@ -345,6 +347,7 @@ impl AgentConfig {
             }
         }
         let allow_exec = root.bool("allow_exec").unwrap_or(false);
+        let telemetry = fleet_common::telemetry::read_section(&mut root);
         root.finish();
         let config = match (name, coordinator, data_dir, report_interval, tls) {
             (Some(name), Some(coordinator), Some(data_dir), Some(report_interval), Some(tls)) => Some(AgentConfig {
@@ -358,6 +361,7 @@ impl AgentConfig {
                 services,
                 jobs,
                 allow_exec,
+                telemetry,
             }),
             _ => None,
         };

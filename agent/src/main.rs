@@ -158,11 +158,13 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => args,
         None => cli.run,
     };
-    fleet_common::logging::init(args.log_format, "info");
     let config = match load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Logging starts once the config says where traces go (docs/install.md, "Traces").
+    let telemetry = fleet_common::telemetry::start_configured(&config.telemetry, "fleet-agent", Some(&config.name));
+    fleet_common::logging::init_with(args.log_format, "info", telemetry.as_ref());
     // A certificate that does not name this agent is a configuration error: exit 2 at once.
     if let Err(e) = fleet_agent::load_identity(&config) {
         eprintln!("error: {}: tls: {e}", args.config.display());
@@ -175,7 +177,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = match fleet_common::shutdown::on_signals() {
             Ok(t) => t,
             Err(e) => {
@@ -197,5 +199,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-    })
+    });
+    drop(runtime);
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    code
 }

@@ -37,17 +37,22 @@ impl Target {
         })
     }
 
-    /// A connected ControlService client.
-    pub async fn control(&self) -> Result<ControlServiceClient<Channel>, CliError> {
+    /// A connected ControlService client; its calls carry the trace context when fleetctl
+    /// exports traces (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub async fn control(&self) -> Result<Control, CliError> {
         let tls = TlsMaterial::load(&self.tls).map_err(|e| CliError::usage(e.to_string()))?;
         warn_if_expiring(&tls, &self.tls.cert);
         let channel = connect_coordinator(&self.addr, &tls).await.map_err(|e| match e {
             fleet_common::tls::ConnectError::BadAddress { .. } => CliError::usage(e.to_string()),
             _ => CliError::connect(e.to_string()),
         })?;
-        Ok(ControlServiceClient::new(channel))
+        Ok(ControlServiceClient::with_interceptor(channel, fleet_common::telemetry::Inject))
     }
 }
+
+/// A ControlService client whose calls carry the trace context.
+pub type Control =
+    ControlServiceClient<tonic::service::interceptor::InterceptedService<Channel, fleet_common::telemetry::Inject>>;
 
 /// How long before its end fleetctl starts saying that its certificate expires.
 pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 86400);

@@ -10,6 +10,7 @@ pub mod pki;
 pub mod selector;
 pub mod shutdown;
 pub mod systemd;
+pub mod telemetry;
 pub mod tls;
 
 use std::fs::File;

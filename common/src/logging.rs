@@ -42,10 +42,27 @@ pub fn filter(rust_log: Option<&str>, default_directive: &str) -> Result<Targets
 /// Installs the global subscriber. `default_directive` applies when `RUST_LOG` is unset; a
 /// `RUST_LOG` that does not parse is reported on stderr and the default used.
 pub fn init(format: LogFormat, default_directive: &str) {
+    init_with(format, default_directive, None)
+}
+
+/// [`init`], with fleet's spans (target [`crate::telemetry::TARGET`]) exported through
+/// `telemetry` when it is given. Each layer has its own filter: the log lines stay what they
+/// are, and with no telemetry no layer wants those spans, so their callsites stay disabled.
+pub fn init_with(format: LogFormat, default_directive: &str, telemetry: Option<&crate::telemetry::Telemetry>) {
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::Layer;
     let rust_log = std::env::var("RUST_LOG").ok();
     let targets = filter(rust_log.as_deref(), default_directive).unwrap_or_else(|e| {
         eprintln!("warning: {e}; logging at {default_directive}");
         default_directive.parse().expect("the built-in default is a valid filter")
+    });
+    let targets = targets.with_target(crate::telemetry::TARGET, LevelFilter::OFF);
+    let otel = telemetry.map(|t| {
+        tracing_opentelemetry::layer().with_tracer(t.tracer()).with_filter(
+            Targets::new()
+                .with_target(crate::telemetry::TARGET, tracing::Level::INFO)
+                .with_target("fleet", tracing::Level::WARN),
+        )
     });
     // Under systemd, text goes to the journal natively: a priority per line (ERROR is err,
     // WARN warning, ...) and fields as journal fields; JSON stays JSON for shippers.
@@ -53,16 +70,18 @@ pub fn init(format: LogFormat, default_directive: &str) {
         && crate::systemd::stderr_is_journal()
         && let Ok(journal) = tracing_journald::layer()
     {
-        drop(tracing_subscriber::registry().with(journal).with(targets).try_init());
+        drop(tracing_subscriber::registry().with(otel).with(journal.with_filter(targets)).try_init());
         return;
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
-        LogFormat::Text => tracing_subscriber::registry().with(fmt.with_target(false)).with(targets).try_init(),
+        LogFormat::Text => {
+            tracing_subscriber::registry().with(otel).with(fmt.with_target(false).with_filter(targets)).try_init()
+        }
         LogFormat::Json => tracing_subscriber::registry()
-            .with(fmt.json().flatten_event(true).with_current_span(false))
-            .with(targets)
+            .with(otel)
+            .with(fmt.json().flatten_event(true).with_current_span(false).with_filter(targets))
             .try_init(),
     };
     // A second init (tests that run two daemons in one process) keeps the first subscriber.

@@ -212,7 +212,14 @@ impl Alerting {
             let external = self.config.external_labels.clone();
             let g = group.clone();
             let registry = self.registry.clone();
+            let span = if fleet_common::telemetry::enabled() {
+                let name = group.lock().expect("group lock").name.clone();
+                tracing::info_span!(target: fleet_common::telemetry::TARGET, "rules.evaluate", group = %name, at = next)
+            } else {
+                tracing::Span::none()
+            };
             let out = tokio::task::spawn_blocking(move || {
+                let _span = span.enter();
                 let mut g = g.lock().expect("group lock");
                 let mut w = Writable(tsdb);
                 // The alerts of a drained host say so, for Alertmanager to inhibit or route.

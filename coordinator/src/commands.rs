@@ -165,13 +165,17 @@ impl Hub {
     /// command gets that outcome. `before_send` runs only when the command is new, before it
     /// is queued (the caller's audit entry: every attempt is recorded, even one whose outcome
     /// never comes); its error stops the send.
+    #[tracing::instrument(target = "fleet_otel", name = "command.deliver", skip_all, fields(host = %host.name, command = %command.id, otel.kind = "producer"))]
     pub async fn send_and_wait(
         &self,
         host: &Host,
-        command: Command,
+        mut command: Command,
         deadline: Duration,
         before_send: impl Future<Output = Result<(), String>> + Send,
     ) -> Result<Outcome, SendError> {
+        // The agent's spans for the command join this one (kept in the copy re-sent after a
+        // reconnect too).
+        fleet_common::telemetry::inject_map(&mut command.trace_context);
         let Some(queue) = host.command_sender() else { return Err(SendError::Offline { host: host.name.clone() }) };
         let id = command.id.clone();
         let mut waiting = match self.submit(&host.name, command.clone())? {

@@ -45,6 +45,8 @@ pub struct CoordinatorConfig {
     pub enrollment: Option<crate::enroll::EnrollmentConfig>,
     /// `[[remote_write]]`: receivers of every sample of the history.
     pub remote_write: Vec<crate::remote_write::RemoteWriteConfig>,
+    /// `[telemetry]`: where traces go.
+    pub telemetry: fleet_common::telemetry::TelemetryConfig,
 }
 
 /// `[alerting]`.
@@ -267,6 +269,7 @@ impl CoordinatorConfig {
         let access = crate::access::Access::read(&mut root);
         let enrollment = enrollment_section(&mut root);
         let remote_write = crate::remote_write::read_config(&mut root, retention.unwrap_or(Duration::from_secs(3600)));
+        let telemetry = fleet_common::telemetry::read_section(&mut root);
         root.finish();
         let fleet_ca = tls.as_ref().map(|t| t.ca.clone());
         let config = (|| {
@@ -288,6 +291,7 @@ impl CoordinatorConfig {
                 access,
                 enrollment,
                 remote_write,
+                telemetry,
             })
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))

@@ -337,6 +337,7 @@ impl ControlService for ControlApi {
             issued_at_ms: fleet_common::now_ms(),
             requested_by: who.clone(),
             timeout_ms: timeout.saturating_sub(margin).max(Duration::from_millis(100)).as_millis() as u64,
+            trace_context: Default::default(),
             action: Some(CmdAction::Service(ServiceCommand { service: r.service.clone(), action: action as i32 })),
         };
         let look = format!("fleetctl services --host {}", r.host);
@@ -667,6 +668,7 @@ impl ControlService for ControlApi {
             issued_at_ms: fleet_common::now_ms(),
             requested_by: who.clone(),
             timeout_ms: probation.as_millis() as u64,
+            trace_context: Default::default(),
             action: Some(CmdAction::Rollback(RollbackCommand {
                 service: r.service.clone(),
                 to_version: r.to_version.clone(),

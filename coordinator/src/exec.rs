@@ -153,6 +153,7 @@ impl ControlApi {
             issued_at_ms: fleet_common::now_ms(),
             requested_by: who.to_string(),
             timeout_ms: timeout.as_millis() as u64,
+            trace_context: Default::default(),
             action: Some(CmdAction::Exec(ExecCommand { argv: argv.to_vec() })),
         };
         let look = "fleetctl audit";

@@ -349,6 +349,21 @@ where
                 // The service was made ready by poll_ready; a clone takes its place.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
+                // An operator's call is a span of the caller's trace (its `traceparent`); an
+                // agent's session lasts for hours and is not.
+                if self.gate == Gate::Control && fleet_common::telemetry::enabled() {
+                    use tracing::Instrument;
+                    let span = tracing::info_span!(
+                        target: fleet_common::telemetry::TARGET,
+                        "grpc.server",
+                        otel.name = %req.uri().path().trim_start_matches('/'),
+                        otel.kind = "server",
+                        rpc.system = "grpc",
+                        rpc.method = %method,
+                    );
+                    fleet_common::telemetry::set_parent_from_headers(&span, req.headers());
+                    return Box::pin(async move { ready.call(req).await }.instrument(span));
+                }
                 Box::pin(async move { ready.call(req).await })
             }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),

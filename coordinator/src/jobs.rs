@@ -66,6 +66,7 @@ impl ControlApi {
             issued_at_ms: fleet_common::now_ms(),
             requested_by: who.to_string(),
             timeout_ms: timeout.as_millis() as u64,
+            trace_context: Default::default(),
             action: Some(CmdAction::RunJob(RunJobCommand { job: r.job.clone(), wait: r.wait })),
         };
         let action = if r.wait { "job run --wait" } else { "job run" };

@@ -90,7 +90,6 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => args,
         None => cli.run,
     };
-    fleet_common::logging::init(args.log_format, "info");
     let config = match CoordinatorConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -98,6 +97,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Logging starts once the config says where traces go (docs/install.md, "Traces").
+    let telemetry = fleet_common::telemetry::start_configured(&config.telemetry, "fleet-coordinator", None);
+    fleet_common::logging::init_with(args.log_format, "info", telemetry.as_ref());
     if let Err(e) =
         fleet_coordinator::load_identity(&config).and_then(|tls| fleet_coordinator::load_signer(&config, &tls))
     {
@@ -139,5 +141,8 @@ fn main() -> ExitCode {
     // Work still on blocking threads (a query, a store flush) has been told to stop; the
     // process exits within this bound whatever it is doing.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
     code
 }

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::{Command, CommandState, CommandUpdate, DeployCommand, RollbackCommand};
@@ -234,11 +235,17 @@ impl Rollouts {
     fn spawn(self: &Arc<Self>, id: &str) {
         let this = self.clone();
         let id = id.to_string();
-        tokio::spawn(async move {
-            if let Some(live) = this.get_live(&id) {
-                this.drive(&live).await;
+        // A child of the StartRollout call's span when there is one (a rollout resumed at
+        // start is a trace of its own).
+        let span = tracing::info_span!(target: fleet_common::telemetry::TARGET, "rollout", rollout = %id);
+        tokio::spawn(
+            async move {
+                if let Some(live) = this.get_live(&id) {
+                    this.drive(&live).await;
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     fn previous_version(&self, host: &str, service: &str) -> String {
@@ -291,6 +298,7 @@ impl Rollouts {
             issued_at_ms: fleet_common::now_ms(),
             requested_by: r.created_by.clone(),
             timeout_ms: probation.as_millis() as u64,
+            trace_context: Default::default(),
             action: Some(CmdAction::Deploy(DeployCommand {
                 service: r.service.clone(),
                 version: r.version.clone(),
@@ -317,6 +325,7 @@ impl Rollouts {
             issued_at_ms: fleet_common::now_ms(),
             requested_by: r.created_by.clone(),
             timeout_ms: probation.as_millis() as u64,
+            trace_context: Default::default(),
             action: Some(CmdAction::Rollback(RollbackCommand {
                 service: r.service.clone(),
                 to_version: step.previous_version.clone(),
@@ -467,10 +476,14 @@ impl Rollouts {
                 }
                 let this = self.clone();
                 let rec = live.record.borrow().clone();
-                batch.spawn(async move {
-                    let outcome = this.deploy_host(&rec, &host).await;
-                    (host, outcome)
-                });
+                let span = tracing::info_span!(target: fleet_common::telemetry::TARGET, "rollout.deploy", host = %host, version = %rec.version);
+                batch.spawn(
+                    async move {
+                        let outcome = this.deploy_host(&rec, &host).await;
+                        (host, outcome)
+                    }
+                    .instrument(span),
+                );
             }
             let mut failure = None;
             while let Some(res) = batch.join_next().await {
@@ -530,10 +543,15 @@ impl Rollouts {
                 self.set_host(live, &step.host, StepState::Reverting, "").await;
                 let this = self.clone();
                 let rec = r.clone();
-                batch.spawn(async move {
-                    let outcome = this.revert_host(&rec, &step).await;
-                    (step.host, outcome)
-                });
+                let span =
+                    tracing::info_span!(target: fleet_common::telemetry::TARGET, "rollout.revert", host = %step.host);
+                batch.spawn(
+                    async move {
+                        let outcome = this.revert_host(&rec, &step).await;
+                        (step.host, outcome)
+                    }
+                    .instrument(span),
+                );
             }
             while let Some(res) = batch.join_next().await {
                 let Ok((host, outcome)) = res else { continue };

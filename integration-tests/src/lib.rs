@@ -567,6 +567,18 @@ impl Cluster {
         self.fleetctl_as("ops", args)
     }
 
+    /// Runs fleetctl as operator `ops` with `env` added to its environment.
+    pub fn fleetctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let f = self.pki.files("ops");
+        run(Command::new(bin("fleetctl"))
+            .args(args)
+            .env("FLEET_ADDR", &self.addr)
+            .env("FLEET_CA", &f.ca)
+            .env("FLEET_CERT", &f.cert)
+            .env("FLEET_KEY", &f.key)
+            .envs(env.iter().copied()))
+    }
+
     /// Runs fleetctl with certificate `name`.
     pub fn fleetctl_as(&self, name: &str, args: &[&str]) -> Output {
         let f = self.pki.files(name);

@@ -274,6 +274,7 @@ impl Deployer {
     /// Fetches an artifact from the coordinator, retrying what a coordinator restart or a
     /// dropped connection causes ([`FETCH_ATTEMPTS`] attempts, 1 s apart and doubling); a
     /// missing artifact, a wrong size or digest, or a local error fails at once.
+    #[tracing::instrument(target = "fleet_otel", name = "deploy.fetch", skip_all, fields(sha256 = %sha256, size))]
     async fn fetch(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
         let mut delay = std::time::Duration::from_secs(1);
         let mut attempt = 1;
@@ -347,6 +348,7 @@ impl Deployer {
     }
 
     /// Deploys `version` (artifact `sha256`) of `service`.
+    #[tracing::instrument(target = "fleet_otel", name = "deploy", skip_all, fields(service = %service, version = %version))]
     pub async fn deploy(
         &self,
         service: &str,
@@ -404,6 +406,7 @@ impl Deployer {
     }
 
     /// Switches `service` back to `to_version` (empty: the previous release).
+    #[tracing::instrument(target = "fleet_otel", name = "rollback", skip_all, fields(service = %service, to = %to_version))]
     pub async fn rollback(&self, service: &str, to_version: &str, probation: Probation) -> Result<String, Failure> {
         let (_svc, cfg) = self.config(service)?;
         let lock = self.lock(service);
@@ -450,6 +453,7 @@ impl Deployer {
 
     /// The transaction: backup, pending record, switch, restart, probation, then commit or
     /// roll back.
+    #[tracing::instrument(target = "fleet_otel", name = "deploy.switch", skip_all, fields(service = %service, to = %to))]
     async fn switch(
         &self,
         service: &str,
@@ -525,6 +529,7 @@ impl Deployer {
     }
 
     /// Restart, healthy within the deadline, then healthy for min_healthy_time.
+    #[tracing::instrument(target = "fleet_otel", name = "deploy.probation", skip_all, fields(service = %service))]
     async fn probation(&self, service: &str, p: Probation) -> Result<(), Failure> {
         let h = self.supervisor.get(service).expect("checked by config()");
         // A failure shows what the new release wrote, never the old release's last words.
