@@ -52,6 +52,24 @@ if [ -d "$dir/mixins" ]; then
   done < <(find "$dir/mixins" -name '*.yaml' | sort)
   echo "mixins: $loaded files loaded and every rule evaluated, $refused refused naming what fleet does not evaluate:"
   sort "$reasons" | uniq -c | sort -rn | sed 's/^/  /'
+  # Templates and alert labels against promtool: the alerts fleet fires over a made-up history,
+  # with their rendered annotations, written as a promtool test that promtool must pass.
+  work=$(mktemp -d)
+  files=0 alerts=0
+  while IFS= read -r f; do
+    t="$work/$(echo "$f" | tr '/' '_').test.yml"
+    if ! out=$("$fleetctl" rules check --emit-test "$t" "$f" 2>&1); then
+      grep -q "is not supported" <<<"$out" && continue
+      echo "FAIL mixins: fleetctl rules check --emit-test $f"; echo "$out"; failures=$((failures + 1)); continue
+    fi
+    files=$((files + 1)) alerts=$((alerts + $(grep -c 'exp_labels' "$t" || true)))
+    if ! out=$(promtool test rules "$t" 2>&1); then
+      echo "FAIL mixins: promtool disagrees with fleet's alerts of $f ($t):"; echo "$out" | head -40
+      failures=$((failures + 1))
+    fi
+  done < <(find "$dir/mixins" -name '*.yaml' | sort)
+  rm -rf "$work"
+  echo "mixins: $alerts alerts of $files files fired with the same labels and annotations in promtool and fleet"
 fi
 
 # fleet's own unit tests of mixins' alerts (scripts/compat/<mixin>.alerts.test.yml), run

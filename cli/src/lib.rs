@@ -38,7 +38,7 @@ pub mod rollout;
 pub mod services;
 pub mod views;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -465,6 +465,11 @@ pub enum RulesCommand {
         /// series for each selector; exit 1 if any evaluation fails.
         #[arg(long)]
         eval: bool,
+        /// Write a promtool-format test of the rule file's alerts over that made-up history,
+        /// expecting what fleet fires (labels and rendered annotations): promtool passing it
+        /// shows Prometheus agrees. Takes one rule file.
+        #[arg(long, value_name = "TEST_FILE")]
+        emit_test: Option<PathBuf>,
     },
     /// Run PromQL test files in Prometheus' promqltest format (load, eval instant, eval range,
     /// eval_fail, ...) through fleet's engine; exit 1 if any case fails. Native histogram cases
@@ -806,6 +811,22 @@ fn rules_check(files: &[PathBuf], eval: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `fleetctl rules check --emit-test OUT FILE`: the differential test of FILE's alerts.
+fn rules_emit_test(files: &[PathBuf], out: &Path, eval: bool) -> Result<(), CliError> {
+    let [file] = files else { return Err(CliError::usage("--emit-test takes exactly one rule file")) };
+    if eval {
+        rules_check(files, true)?;
+    }
+    let text = fleet_rules::unittest::differential_test(file).map_err(CliError::failed)?;
+    std::fs::write(out, text).map_err(|e| CliError::failed(format!("cannot write {}: {e}", out.display())))?;
+    outln!(
+        "wrote {}: promtool test rules {} checks that Prometheus fires the same alerts",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
 /// `fleetctl hash-password`: the first line of stdin, bcrypt-hashed.
 fn hash_password(cost: u32) -> Result<(), CliError> {
     if !(4..=16).contains(&cost) {
@@ -1066,7 +1087,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             rollout::releases(&Target::from_conn(conn)?, host, service, cli.output).await
         }
         Command::Rules { cmd: Some(RulesCommand::Test { files }), .. } => rules_test(files),
-        Command::Rules { cmd: Some(RulesCommand::Check { files, eval }), .. } => rules_check(files, *eval),
+        Command::Rules { cmd: Some(RulesCommand::Check { files, eval, emit_test: Some(out) }), .. } => {
+            rules_emit_test(files, out, *eval)
+        }
+        Command::Rules { cmd: Some(RulesCommand::Check { files, eval, emit_test: None }), .. } => {
+            rules_check(files, *eval)
+        }
         Command::Rules { cmd: Some(RulesCommand::Promqltest { paths, list_skipped }), .. } => {
             promqltest(paths, *list_skipped)
         }

@@ -218,3 +218,27 @@ fn rules_check_eval_runs_every_rule_over_a_made_up_history() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("all evaluated (3 returned series)"), "{text}");
 }
+
+#[test]
+fn promtool_fires_the_alerts_fleet_fires_over_a_made_up_history() {
+    // fleet's alerts, with their labels and rendered annotations, written as a promtool test:
+    // promtool passing it means Prometheus evaluates and renders them byte for byte alike.
+    let dir = tempfile::tempdir().unwrap();
+    let default_rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules/fleet.rules.yml");
+    let mut fired = 0;
+    for rules in [corpus().join("alerting.rules.yml"), corpus().join("promql.rules.yml"), default_rules] {
+        let test = dir.path().join("made-up.test.yml");
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(["rules", "check", "--emit-test"])
+            .arg(&test)
+            .arg(&rules)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&test).unwrap();
+        fired += text.matches("exp_labels").count();
+        assert_eq!(promtool_test(&test), Some(0), "promtool disagrees with fleet on {}:\n{text}", rules.display());
+        assert_eq!(fleetctl_test(&test).0, Some(0));
+    }
+    assert!(fired >= 5, "only {fired} alerts fired over the made-up history");
+}
