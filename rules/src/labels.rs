@@ -20,6 +20,19 @@ impl Labels {
         Labels(Vec::new())
     }
 
+    /// FNV-1a over the label pairs in order: the same in every build and run, so it can be
+    /// kept on disk (remote write's marks) or decide something reproducibly (`limit_ratio`).
+    pub fn stable_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (k, v) in self.iter() {
+            for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+
     /// Labels from pairs already sorted by name, with no name twice (a store's own series).
     pub fn from_sorted(pairs: Vec<(Arc<str>, Arc<str>)>) -> Labels {
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name, each once");

@@ -295,14 +295,7 @@ pub(super) fn go_float(v: f64) -> String {
 /// `limit_ratio(r)` and `limit_ratio(r - 1)` pick complementary series. (fleet's hash is FNV-1a
 /// of the label pairs, not Prometheus' xxhash: the same ratio picks other series.)
 pub(crate) fn ratio_pick(labels: &crate::labels::Labels, r: f64) -> bool {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in labels.iter() {
-        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    let offset = h as f64 / u64::MAX as f64;
+    let offset = labels.stable_hash() as f64 / u64::MAX as f64;
     if r >= 0.0 { offset < r } else { offset >= 1.0 + r }
 }
 
