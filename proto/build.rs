@@ -1,5 +1,6 @@
 //! Compiles `proto/fleet/v1/*.proto` (and Prometheus' remote-write messages,
-//! `proto/prometheus/remote.proto`) with the vendored protoc, so a fresh machine needs nothing
+//! `proto/prometheus/remote.proto`, and the part of etcd's API in `proto/etcd/rpc.proto`) with the
+//! vendored protoc, so a fresh machine needs nothing
 //! installed by hand, and writes the descriptor set that the coordinator's reflection serves.
 
 use std::path::PathBuf;
@@ -23,5 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     config.compile_protos(&[remote], &["proto"])?;
+    // The part of etcd's v3 API the coordinators use for several coordinators (clients only).
+    let etcd = "proto/etcd/rpc.proto";
+    println!("cargo:rerun-if-changed={etcd}");
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().build_server(false).compile_with_config(config, &[etcd], &["proto"])?;
     Ok(())
 }

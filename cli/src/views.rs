@@ -145,8 +145,21 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
     let s = client.get_status(GetStatusRequest {}).await.map_err(|e| status_error(&target.addr, e))?.into_inner();
     let uptime = std::time::Duration::from_millis((now_ms() - s.started_at_ms).max(0) as u64);
     if output == Output::Json {
+        let cluster = s.cluster.as_ref().map(|c| {
+            json!({
+                "name": c.name,
+                "advertise": c.advertise,
+                "state": c.state,
+                "leader": c.leader,
+                "is_leader": c.is_leader,
+                "detail": c.detail,
+                "members": c.members.iter().map(|m| json!({ "advertise": m.advertise, "started_at": rfc3339(m.started_at_ms), "version": m.version })).collect::<Vec<_>>(),
+                "etcd": { "up": c.etcd_up, "configured": c.etcd_total },
+            })
+        });
         print_json(&json!({
             "coordinator": { "address": target.addr, "version": s.coordinator_version, "started_at": rfc3339(s.started_at_ms), "trust_domain": s.trust_domain },
+            "cluster": cluster,
             "hosts": { "online": s.hosts_online, "offline": s.hosts_offline },
             "sessions": s.sessions,
             "reports_stored": s.reports_stored,
@@ -170,7 +183,28 @@ pub async fn status(target: &Target, output: Output) -> Result<(), CliError> {
         s.reports_stored,
         if s.history_loading { "; still loading after the start: rules wait, queries see part of it" } else { "" }
     );
+    if let Some(c) = &s.cluster {
+        cluster_lines(c);
+    }
     Ok(())
+}
+
+/// `fleetctl status`'s lines about several coordinators.
+fn cluster_lines(c: &fleet_proto::v1::ClusterStatus) {
+    let role = match c.state.as_str() {
+        "leader" => "this coordinator leads".to_string(),
+        "follower" => "follower".to_string(),
+        "no_quorum" => format!("NO QUORUM: {}; rollouts and commands wait for etcd", c.detail),
+        _ => "electing a leader".to_string(),
+    };
+    outln!("cluster      {} ({}; advertises {})", c.name, role, c.advertise);
+    outln!("leader       {}", if c.leader.is_empty() { "none known" } else { &c.leader });
+    outln!("members      {}", c.members.len());
+    for m in &c.members {
+        let mark = if m.advertise == c.leader { "  (leader)" } else { "" };
+        outln!("  {}  fleet-coordinator {}, joined {}{mark}", m.advertise, m.version, rfc3339(m.started_at_ms));
+    }
+    outln!("etcd         {} of {} members answer", c.etcd_up, c.etcd_total);
 }
 
 /// A selector given on the command line, checked: a bad one is a usage error, said before

@@ -89,6 +89,27 @@ pub const CONTROL_RPCS: &[(&str, AccessRole)] = &[
     ("Exec", AccessRole::Admin),
 ];
 
+/// The rpcs that change shared state or reach agents: with several coordinators only the
+/// leader serves them (docs/design.md §13); the others refuse them, naming the leader.
+/// Reads, artifact uploads (each coordinator keeps its own) and rule reloads (each its own
+/// files) are served by every coordinator.
+pub const LEADER_RPCS: &[&str] = &[
+    "RunServiceCommand",
+    "StartRollout",
+    "PauseRollout",
+    "ResumeRollout",
+    "AbortRollout",
+    "Rollback",
+    "RunJob",
+    "DrainHost",
+    "UndrainHost",
+    "CreateToken",
+    "RevokeToken",
+    "RevokeCertificate",
+    "RemoveHost",
+    "Exec",
+];
+
 /// The role `method` (the rpc name, as in `/fleet.v1.ControlService/<method>`) needs.
 pub fn required_role(method: &str) -> Option<AccessRole> {
     CONTROL_RPCS.iter().find(|(m, _)| *m == method).map(|(_, r)| *r)
@@ -176,6 +197,14 @@ mod tests {
         }
         for (m, _) in CONTROL_RPCS {
             assert!(methods.contains(m), "CONTROL_RPCS lists {m}, which ControlService does not have");
+        }
+    }
+
+    #[test]
+    fn leader_rpcs_are_control_rpcs_that_change_something() {
+        for m in LEADER_RPCS {
+            let role = required_role(m).unwrap_or_else(|| panic!("{m} is not a ControlService rpc"));
+            assert!(role > AccessRole::Viewer, "{m} is a read: every coordinator serves reads");
         }
     }
 

@@ -47,6 +47,8 @@ pub struct CoordinatorConfig {
     pub remote_write: Vec<crate::remote_write::RemoteWriteConfig>,
     /// `[telemetry]`: where traces go.
     pub telemetry: fleet_common::telemetry::TelemetryConfig,
+    /// `[cluster]`: several coordinators on etcd (docs/design.md §13); none, alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[alerting]`.
@@ -270,6 +272,7 @@ impl CoordinatorConfig {
         let enrollment = enrollment_section(&mut root);
         let remote_write = crate::remote_write::read_config(&mut root, retention.unwrap_or(Duration::from_secs(3600)));
         let telemetry = fleet_common::telemetry::read_section(&mut root);
+        let cluster = crate::cluster::read_config(&mut root);
         root.finish();
         let fleet_ca = tls.as_ref().map(|t| t.ca.clone());
         let config = (|| {
@@ -292,6 +295,7 @@ impl CoordinatorConfig {
                 enrollment,
                 remote_write,
                 telemetry,
+                cluster,
             })
         })();
         errors.into_result(path, ()).map(|()| config.expect("required keys are present when there are no errors"))

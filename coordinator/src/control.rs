@@ -248,6 +248,7 @@ impl ControlService for ControlApi {
             history_retention_seconds: self.c.config.retention.as_secs(),
             trust_domain: self.c.trust_domain.clone(),
             history_loading: !self.c.tsdb.loaded(),
+            cluster: self.c.cluster.status().await,
         };
         Ok(self.timed(t, Response::new(resp)))
     }

@@ -79,6 +79,8 @@ pub struct Coordinator {
     pub remote_write: Arc<crate::remote_write::RemoteWrite>,
     /// Revoking, renewing and removing identities and hosts.
     pub lifecycle: Arc<Lifecycle>,
+    /// Leadership and membership among several coordinators (alone: always the leader).
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// Agent sessions open now.
     pub sessions: AtomicUsize,
     /// Cancelled when the coordinator begins to shut down.
@@ -102,6 +104,10 @@ impl Coordinator {
         let trust_domain = tls.identity().trust_domain.clone();
         let started_at_ms = fleet_common::now_ms();
 
+        let cluster = match &config.cluster {
+            Some(c) => crate::cluster::Cluster::member(c.clone()).map_err(RunError::Serve)?,
+            None => crate::cluster::Cluster::alone(),
+        };
         let store = Store::open(&config.data_dir, config.retention)?;
         let shared: Arc<dyn SharedState> = Arc::new(store.clone());
         let since = started_at_ms - config.retention.as_millis() as i64;
@@ -224,6 +230,7 @@ impl Coordinator {
             alerting,
             remote_write,
             lifecycle,
+            cluster,
             sessions: AtomicUsize::new(0),
             shutdown,
         };

@@ -302,13 +302,44 @@ pub struct Guard<S> {
     inner: S,
     gate: Gate,
     authority: Arc<Authority>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl<S> Guard<S> {
     /// Puts `inner` behind `gate`.
     pub fn new(inner: S, gate: Gate, authority: Arc<Authority>) -> Self {
-        Guard { inner, gate, authority }
+        Guard { inner, gate, authority, cluster: None }
     }
+
+    /// Refuses [`crate::access::LEADER_RPCS`] while `cluster` says this coordinator does not
+    /// lead.
+    pub fn leader_only(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+}
+
+/// The response header that names the leader when a follower refuses a call only the leader
+/// serves.
+pub const LEADER_HEADER: &str = "fleet-leader";
+
+/// Why `method` is refused here for want of leadership, if it is.
+fn not_leader(cluster: Option<&crate::cluster::Cluster>, method: &str) -> Option<Status> {
+    let cluster = cluster?;
+    if !crate::access::LEADER_RPCS.contains(&method) {
+        return None;
+    }
+    let msg = cluster.refusal(&format!("serve {method}"))?;
+    let mut status = match cluster.leadership() {
+        crate::cluster::Leadership::NoQuorum { .. } => Status::unavailable(msg),
+        _ => Status::failed_precondition(msg),
+    };
+    if let Some(leader) = cluster.leader_address()
+        && let Ok(v) = leader.parse()
+    {
+        status.metadata_mut().insert(LEADER_HEADER, v);
+    }
+    Some(status)
 }
 
 impl<S: NamedService> NamedService for Guard<S> {
@@ -341,6 +372,9 @@ where
         let dialed = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
         req.extensions_mut().insert(Dialed(dialed));
         match self.authority.admit(self.gate, &method, certs.as_deref().map(|c| c.as_slice()), &peer) {
+            Ok(_) if let Some(status) = not_leader(self.cluster.as_deref(), &method) => {
+                Box::pin(async move { Ok(status.into_http()) })
+            }
             Ok(caller) => {
                 if let Some(caller) = caller {
                     req.extensions_mut().insert(caller.identity.clone());

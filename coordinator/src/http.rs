@@ -95,8 +95,15 @@ async fn health(State(s): State<HttpState>) -> Response {
     let (store_ok, store_detail) = store_status(&s.c.metrics);
     let serving = !s.c.shutdown.is_cancelled();
     let (online, offline) = s.c.registry.counts();
-    let status = if store_ok && serving { "ok" } else { "failing" };
-    let body = serde_json::json!({
+    let cluster = cluster_part(&s.c.cluster).await;
+    let clustered = cluster.as_ref().is_none_or(|c| c["status"] == "ok");
+    let status = match (store_ok && serving, clustered) {
+        (false, _) => "failing",
+        // Sessions, reports and reads go on; rollouts and commands wait for a leader.
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
+    let mut body = serde_json::json!({
         "status": status,
         "version": fleet_common::VERSION,
         "started_at": fleet_common::rfc3339(s.c.started_at_ms),
@@ -117,8 +124,28 @@ async fn health(State(s): State<HttpState>) -> Response {
             },
         },
     });
-    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if let Some(c) = cluster {
+        body["parts"]["cluster"] = c;
+    }
+    let code = if status == "failing" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, Json(body)).into_response()
+}
+
+/// `/health`'s `cluster` part: etcd reachable, a leader known. `None` alone.
+async fn cluster_part(cluster: &crate::cluster::Cluster) -> Option<serde_json::Value> {
+    let st = cluster.status().await?;
+    let status = match st.state.as_str() {
+        "leader" | "follower" => "ok",
+        other => other,
+    };
+    Some(serde_json::json!({
+        "status": status,
+        "state": st.state,
+        "leader": st.leader,
+        "members": st.members.iter().map(|m| m.advertise.as_str()).collect::<Vec<_>>(),
+        "etcd": { "up": st.etcd_up, "configured": st.etcd_total },
+        "detail": st.detail,
+    }))
 }
 
 async fn ready(State(s): State<HttpState>) -> Response {

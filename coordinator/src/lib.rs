@@ -19,6 +19,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod certificates;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod control;
@@ -153,6 +154,16 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         shutdown.clone(),
     ));
     tasks.spawn(c.remote_write.clone().run(c.tsdb.clone(), shutdown.clone()));
+    if let (Some(cc), Some(etcd)) = (c.cluster.config(), c.cluster.etcd()) {
+        let me = cluster::Member {
+            advertise: cc.advertise.clone(),
+            started_ms: c.started_at_ms,
+            version: fleet_common::VERSION.to_string(),
+        };
+        let election = cluster::EtcdElection::new(etcd.clone(), &cc.name);
+        tracing::info!(cluster = %cc.name, advertise = %cc.advertise, etcd = %etcd.endpoints(), "joining the cluster");
+        tasks.spawn(c.cluster.clone().run(election, me, shutdown.clone()));
+    }
     tasks.spawn(sampler::sample_up(c.clone(), sampler::UP_SAMPLE_INTERVAL.min(config.alerting.evaluation_interval)));
     tasks.spawn(artifacts::collect_garbage_every_minute(
         c.artifacts.clone(),
@@ -204,11 +215,14 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
             guard::Gate::Agent,
             authority.clone(),
         ))
-        .add_service(guard::Guard::new(
-            ControlServiceServer::new(control::ControlApi::new(c.clone())),
-            guard::Gate::Control,
-            authority.clone(),
-        ))
+        .add_service(
+            guard::Guard::new(
+                ControlServiceServer::new(control::ControlApi::new(c.clone())),
+                guard::Gate::Control,
+                authority.clone(),
+            )
+            .leader_only(c.cluster.clone()),
+        )
         .add_service(guard::Guard::new(
             // Strangers reach this one: small messages only.
             EnrollServiceServer::new(enroll::EnrollApi { enrollment: c.enrollment.clone() })

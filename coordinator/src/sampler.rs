@@ -40,8 +40,17 @@ pub async fn sample_up(c: Arc<Coordinator>, every: Duration) {
 pub fn own_families(c: &Coordinator, e: &mut crate::metrics::Exposition) {
     use crate::metrics::FmtMetrics;
     crate::series::render_coordinator(e, &c.registry, c.sessions.load(Ordering::Relaxed), c.started_at_ms);
-    let parts: [&dyn FmtMetrics; 8] =
-        [&*c.metrics, &*c.authority, &*c.rollouts, &c.store, &*c.tsdb, &*c.alerting, &c.certificates, &*c.remote_write];
+    let parts: [&dyn FmtMetrics; 9] = [
+        &*c.metrics,
+        &*c.authority,
+        &*c.rollouts,
+        &c.store,
+        &*c.tsdb,
+        &*c.alerting,
+        &c.certificates,
+        &*c.remote_write,
+        &*c.cluster,
+    ];
     for part in parts {
         part.fmt_metrics(e);
     }

@@ -116,6 +116,8 @@ fn the_example_config_in_deploy_is_valid() {
         "ca_key = ",
         "[[remote_write]]",
         "[alerting.client]",
+        "[cluster]",
+        "[cluster.tls]",
     ] {
         assert!(uncommented.contains(&format!("\n{section}")), "{section} is not in the example: {uncommented}");
     }

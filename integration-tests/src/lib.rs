@@ -291,6 +291,19 @@ impl Default for CoordinatorOpts {
     }
 }
 
+/// A coordinator process [`Cluster::spawn_coordinator`] started.
+#[derive(Debug)]
+pub struct Coordinator {
+    /// The process.
+    pub proc: Proc,
+    /// Its gRPC address, `https://127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its HTTP address, `127.0.0.1:PORT`.
+    pub http: String,
+    /// What it was started with, its ports fixed (to restart it where it was).
+    pub opts: CoordinatorOpts,
+}
+
 /// A test fleet: a PKI, a coordinator and agents, all under one temporary directory.
 #[derive(Debug)]
 pub struct Cluster {
@@ -364,7 +377,19 @@ impl Cluster {
 
     /// Starts the coordinator and waits until it listens.
     pub async fn start_coordinator(&mut self, opts: CoordinatorOpts) {
-        let data = self.dir().join("coordinator");
+        let m = self.spawn_coordinator("coordinator", opts).await;
+        self.addr = m.addr;
+        self.http = m.http;
+        self.opts = m.opts;
+        self.coordinator = Some(m.proc);
+    }
+
+    /// Starts a coordinator named `name` (its data in `<dir>/<name>`, its config
+    /// `<dir>/<name>.toml` or, for "coordinator", [`Cluster::coordinator_config`], its log
+    /// `logs/<name>.log`) with the cluster's PKI, and waits until it listens. Several of them
+    /// make the coordinators of an HA set-up.
+    pub async fn spawn_coordinator(&self, name: &str, opts: CoordinatorOpts) -> Coordinator {
+        let data = self.dir().join(name);
         fs::create_dir_all(&data).expect("data dir");
         let addrs = data.join("coordinator.addrs.json");
         let _ = fs::remove_file(&addrs);
@@ -379,15 +404,16 @@ impl Cluster {
             opts.access,
             self.pki.toml("coordinator")
         ) + &opts.extra;
-        fs::write(self.coordinator_config(), config).expect("write config");
-        let cfg = self.coordinator_config();
+        let cfg =
+            if name == "coordinator" { self.coordinator_config() } else { self.dir().join(format!("{name}.toml")) };
+        fs::write(&cfg, config).expect("write config");
         let format = if opts.json_logs { "json" } else { "text" };
         let env: Vec<(&str, &str)> = opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut p = Proc::spawn_env(
-            "coordinator",
+            name,
             &bin("fleet-coordinator"),
             &["run", "--config", cfg.to_str().unwrap(), "--log-format", format],
-            &self.dir().join("logs/coordinator.log"),
+            &self.dir().join(format!("logs/{name}.log")),
             &env,
         );
         let (grpc, http) = eventually(Duration::from_secs(20), "the coordinator to listen", || {
@@ -404,12 +430,14 @@ impl Cluster {
         .await;
         let port = grpc.rsplit(':').next().unwrap().parse::<u16>().unwrap();
         let http_port = http.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-        self.addr = format!("https://127.0.0.1:{port}");
-        self.http = http;
-        // A restart reuses the same ports so agents find it again.
-        self.opts = CoordinatorOpts { grpc_port: port, http_port, ..opts };
-        p.name = "coordinator".into();
-        self.coordinator = Some(p);
+        p.name = name.into();
+        Coordinator {
+            addr: format!("https://127.0.0.1:{port}"),
+            http,
+            // A restart reuses the same ports so agents find it again.
+            opts: CoordinatorOpts { grpc_port: port, http_port, ..opts },
+            proc: p,
+        }
     }
 
     /// Writes an agent config (extra TOML appended; it may start with top-level keys, as the
@@ -853,4 +881,111 @@ pub fn promtool_check(text: &str) -> String {
         findings = format!("promtool exited with {}", out.status);
     }
     findings
+}
+
+/// A real etcd cluster (Debian's etcd-server) of a few members on loopback, for several
+/// coordinators (docs/design.md §13).
+#[derive(Debug)]
+pub struct Etcd {
+    /// The members, in order.
+    pub members: Vec<EtcdMember>,
+}
+
+/// One etcd member: its process while it runs and how to start it again.
+#[derive(Debug)]
+pub struct EtcdMember {
+    /// Its name in the etcd cluster.
+    pub name: String,
+    /// Its client URL, `http://127.0.0.1:PORT`.
+    pub client: String,
+    /// The process, while it runs.
+    pub proc: Option<Proc>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Etcd {
+    /// Starts `n` members under `c`'s directory and waits until they have a leader.
+    pub async fn start(c: &Cluster, n: usize) -> Etcd {
+        assert!(Path::new("/usr/bin/etcd").exists(), "install etcd-server (scripts/test.sh does this)");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("etcd{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("etcd{i}");
+            let dir = c.dir().join(&name);
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", dir.display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster={initial}"),
+                "--initial-cluster-state=new".into(),
+                "--initial-cluster-token=fleet-test".into(),
+                // Loopback answers in microseconds: elect quickly, as a LAN would.
+                "--heartbeat-interval=100".into(),
+                "--election-timeout=1000".into(),
+            ];
+            let mut m = EtcdMember {
+                name: name.clone(),
+                client: format!("http://127.0.0.1:{client}"),
+                proc: None,
+                args,
+                log: c.dir().join(format!("logs/{name}.log")),
+            };
+            m.start();
+            members.push(m);
+        }
+        let etcd = Etcd { members };
+        etcd.wait_healthy(Duration::from_secs(30)).await;
+        etcd
+    }
+
+    /// The members' client URLs as a TOML array, for `[cluster] etcd`.
+    pub fn toml_urls(&self) -> String {
+        let urls: Vec<String> = self.members.iter().map(|m| format!("\"{}\"", m.client)).collect();
+        format!("[{}]", urls.join(", "))
+    }
+
+    /// Waits until every running member says it is healthy (it has a leader).
+    pub async fn wait_healthy(&self, deadline: Duration) {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        for m in self.members.iter().filter(|m| m.proc.is_some()) {
+            let url = format!("{}/health", m.client);
+            eventually(deadline, &format!("{} to be healthy", m.name), || {
+                let r = client.get(&url).send();
+                async move {
+                    let v: serde_json::Value = r.await.ok()?.json().await.ok()?;
+                    (v["health"] == "true").then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// kill -9 of member `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn restart(&mut self, i: usize) {
+        self.members[i].start();
+    }
+}
+
+impl EtcdMember {
+    fn start(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.proc = Some(Proc::spawn(&self.name, Path::new("/usr/bin/etcd"), &args, &self.log));
+    }
 }

@@ -1,5 +1,5 @@
 //! fleet's wire contract: the generated `fleet.v1` messages and gRPC clients and servers,
-//! Prometheus' remote-write messages, plus the encoded descriptor set the coordinator serves through gRPC reflection.
+//! Prometheus' remote-write messages, etcd's client calls, plus the encoded descriptor set the coordinator serves through gRPC reflection.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +13,12 @@ pub mod v1 {
 pub mod prometheus {
     #![allow(clippy::all, missing_docs, rust_2018_idioms)]
     include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
+}
+
+/// etcd's v3 API, the calls the coordinators make to it (`proto/etcd/rpc.proto`).
+pub mod etcd {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    tonic::include_proto!("etcdserverpb");
 }
 
 impl v1::ServiceStatus {

@@ -1,0 +1,186 @@
+//! Several coordinators on a real three-member etcd (docs/design.md §13): one leader at a
+//! time, a new one within the lease after the leader is killed, a paused leader that wakes up
+//! leading nothing, followers that refuse what only the leader does and name it, and a
+//! cluster that keeps serving reads without etcd.
+
+use std::time::{Duration, Instant};
+
+use fleet_integration_tests::{Cluster, Coordinator, CoordinatorOpts, Etcd, eventually, free_port, serial};
+use rustix::process::Signal;
+
+/// The lease the tests run with: short, so that failovers take seconds.
+const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// Starts `n` coordinators of cluster "test" on `etcd`.
+async fn start_coordinators(c: &Cluster, etcd: &Etcd, n: usize) -> Vec<Coordinator> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let port = free_port();
+        let extra = format!(
+            "[cluster]\nname = \"test\"\nadvertise = \"127.0.0.1:{port}\"\netcd = {}\nlease_ttl = \"{}s\"\n",
+            etcd.toml_urls(),
+            LEASE_TTL.as_secs()
+        );
+        let opts = CoordinatorOpts { grpc_port: port, extra, ..Default::default() };
+        out.push(c.spawn_coordinator(&format!("coordinator{i}"), opts).await);
+    }
+    out
+}
+
+/// `fleetctl status -o json` against `m`.
+fn status(c: &Cluster, m: &Coordinator) -> serde_json::Value {
+    let out = c.fleetctl_env(&["status", "-o", "json"], &[("FLEET_ADDR", &m.addr)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status -o json is JSON")
+}
+
+/// The advertise address of a coordinator (its gRPC address without the scheme).
+fn advertise(m: &Coordinator) -> String {
+    m.addr.trim_start_matches("https://").to_string()
+}
+
+/// Waits until every coordinator of `live` agrees on one leader among them; returns its index.
+async fn agreed_leader(c: &Cluster, members: &[Coordinator], live: &[usize], deadline: Duration) -> usize {
+    eventually(deadline, "the coordinators to agree on a leader", || {
+        let seen: Vec<(String, bool)> = live
+            .iter()
+            .map(|&i| {
+                let s = status(c, &members[i]);
+                (s["cluster"]["leader"].as_str().unwrap_or_default().to_string(), s["cluster"]["is_leader"] == true)
+            })
+            .collect();
+        async move {
+            let leader = &seen[0].0;
+            if leader.is_empty() || seen.iter().any(|(l, _)| l != leader) {
+                return None;
+            }
+            let at = live.iter().copied().find(|&i| advertise(&members[i]) == *leader)?;
+            // Exactly the one named says it leads.
+            let leads: Vec<usize> = live.iter().zip(&seen).filter(|(_, (_, is))| *is).map(|(i, _)| *i).collect();
+            (leads == [at]).then_some(at)
+        }
+    })
+    .await
+}
+
+async fn leader_metric(m: &Coordinator) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", m.http)).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("fleet_coordinator_leader ")).expect("fleet_coordinator_leader");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leader_elects_another_within_the_lease() {
+    let _g = serial().await;
+    let c = Cluster::new(&["main-pc"]);
+    let etcd = Etcd::start(&c, 3).await;
+    let mut members = start_coordinators(&c, &etcd, 3).await;
+    let leader = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(20)).await;
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(leader_metric(m).await, if i == leader { 1.0 } else { 0.0 }, "fleet_coordinator_leader of {i}");
+    }
+    let s = eventually(Duration::from_secs(5), "a follower to see the three members", || {
+        let s = status(&c, &members[(leader + 1) % 3]);
+        async move { (s["cluster"]["members"].as_array()?.len() == 3).then_some(s) }
+    })
+    .await;
+    assert_eq!(s["cluster"]["state"], "follower", "{s}");
+    assert_eq!(s["cluster"]["etcd"]["up"], 3, "{s}");
+    let text = c.fleetctl_env(&["status"], &[("FLEET_ADDR", &members[leader].addr)]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("this coordinator leads"), "{text}");
+    assert!(text.contains("etcd         3 of 3 members answer"), "{text}");
+
+    // A follower refuses what only the leader does, and names it.
+    let follower = &members[(leader + 1) % 3];
+    let out = c.fleetctl_env(&["hosts", "drain", "main-pc"], &[("FLEET_ADDR", &follower.addr)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not the cluster's leader") && err.contains(&advertise(&members[leader])),
+        "the refusal names the leader: {err}"
+    );
+
+    // kill -9 the leader: another leads within the lease and a few seconds.
+    let killed = Instant::now();
+    members[leader].proc.kill9();
+    let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let next = agreed_leader(&c, &members, &live, LEASE_TTL + Duration::from_secs(5)).await;
+    let took = killed.elapsed();
+    assert_ne!(next, leader);
+    assert!(took < LEASE_TTL + Duration::from_secs(5), "a new leader after {took:?}");
+    let s = status(&c, &members[live.iter().copied().find(|&i| i != next).unwrap()]);
+    assert_eq!(s["cluster"]["leader"], advertise(&members[next]), "{s}");
+    // The dead member's lease runs out with it: two members are left.
+    eventually(Duration::from_secs(10), "the killed member to leave", || {
+        let n = status(&c, &members[next])["cluster"]["members"].as_array().unwrap().len();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_leader_wakes_up_a_follower() {
+    let _g = serial().await;
+    let c = Cluster::new(&["main-pc"]);
+    let etcd = Etcd::start(&c, 3).await;
+    let members = start_coordinators(&c, &etcd, 3).await;
+    let leader = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(20)).await;
+    members[leader].proc.signal(Signal::STOP);
+    let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let next = agreed_leader(&c, &members, &live, LEASE_TTL + Duration::from_secs(5)).await;
+    // Paused for longer than its lease: when it runs again it leads nothing, at once.
+    members[leader].proc.signal(Signal::CONT);
+    assert_eq!(leader_metric(&members[leader]).await, 0.0, "the woken ex-leader says it does not lead");
+    let out = c.fleetctl_env(&["hosts", "drain", "main-pc"], &[("FLEET_ADDR", &members[leader].addr)]);
+    assert!(!out.status.success(), "the woken ex-leader refuses what only the leader does");
+    // And it rejoins as a follower of the new leader.
+    let all = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(15)).await;
+    assert_eq!(all, next, "the new leader stays the leader");
+    assert_eq!(status(&c, &members[leader])["cluster"]["state"], "follower");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_etcd_reads_go_on_and_leader_calls_fail_with_no_quorum() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["main-pc"]);
+    let mut etcd = Etcd::start(&c, 3).await;
+    let members = start_coordinators(&c, &etcd, 2).await;
+    let leader = agreed_leader(&c, &members, &[0, 1], Duration::from_secs(20)).await;
+
+    // One etcd member down: nothing visible changes.
+    etcd.kill9(0);
+    tokio::time::sleep(LEASE_TTL * 2).await; // long enough for a lease to run out if it would
+    assert_eq!(agreed_leader(&c, &members, &[0, 1], Duration::from_secs(5)).await, leader);
+
+    // Every member down: reads are served; what only the leader does fails at once, saying why.
+    etcd.kill9(1);
+    etcd.kill9(2);
+    c.addr = members[leader].addr.clone();
+    c.http = members[leader].http.clone();
+    eventually(LEASE_TTL + Duration::from_secs(10), "the leader to notice etcd is gone", || {
+        let s = status(&c, &members[leader]);
+        async move { (s["cluster"]["state"] == "no_quorum").then_some(()) }
+    })
+    .await;
+    let t = Instant::now();
+    let out = c.fleetctl(&["hosts", "drain", "main-pc"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no quorum"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "refused at once, not after a timeout");
+    let out = c.fleetctl(&["hosts"]);
+    assert!(out.status.success(), "reads go on: {}", String::from_utf8_lossy(&out.stderr));
+    let (code, body) = c.http_get("/health").await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(health["status"], "degraded", "{body}");
+    assert_eq!(health["parts"]["cluster"]["status"], "no_quorum", "{body}");
+
+    // etcd back: a leader again.
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy(Duration::from_secs(30)).await;
+    agreed_leader(&c, &members, &[0, 1], LEASE_TTL + Duration::from_secs(15)).await;
+}
