@@ -269,13 +269,6 @@ impl Dispatcher {
         ));
     }
 
-    /// Stops every log stream (the session they were going to ended).
-    pub fn cancel_followers(&self) {
-        for (_, h) in self.followers.lock().expect("followers lock").drain() {
-            h.abort();
-        }
-    }
-
     /// The state of `service` with its deployed version.
     fn status(&self, service: &str) -> Option<fleet_proto::v1::ServiceStatus> {
         let mut s = self.supervisor.get(service)?.report();
@@ -538,7 +531,16 @@ impl Dispatcher {
                 }
             }
             let mut merged = futures_util::stream::select_all(streams);
-            while let Some(first) = merged.next().await {
+            // Until the reader stops or the session the request came on ends (the agent keeps
+            // a session to each coordinator; the others' followers go on).
+            loop {
+                let first = tokio::select! {
+                    () = tx.closed() => break,
+                    l = merged.next() => match l {
+                        Some(l) => l,
+                        None => break,
+                    },
+                };
                 let mut lines = vec![first];
                 // Take whatever else is ready, up to a batch, without waiting.
                 while lines.len() < BATCH {

@@ -18,8 +18,11 @@ pub struct AgentConfig {
     pub name: String,
     /// `[telemetry]`: where traces go.
     pub telemetry: fleet_common::telemetry::TelemetryConfig,
-    /// The coordinator's gRPC address, `https://host:port`.
+    /// The coordinator's gRPC address, `https://host:port` (the first of `coordinators`).
     pub coordinator: String,
+    /// Every coordinator the agent keeps a session to (`coordinators = [...]`, or just
+    /// `coordinator`): each gets every report (docs/design.md §13).
+    pub coordinators: Vec<String>,
     /// Where the agent keeps its store and service logs.
     pub data_dir: PathBuf,
     /// How often a report is taken.
@@ -254,10 +257,41 @@ impl AgentConfig {
                 format!("\"{n}\" is not a valid agent name: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"),
             );
         }
-        let coordinator = root.required_string("coordinator");
-        if let Some(c) = &coordinator {
-            check_coordinator_url(&root, c);
-        }
+        let coordinators = if root.has("coordinators") {
+            if root.has("coordinator") {
+                root.error("coordinators", "give either coordinator (one) or coordinators (several), not both");
+            }
+            match root.string_list("coordinators") {
+                Some(list) if list.is_empty() => {
+                    root.error("coordinators", "lists no coordinator");
+                    None
+                }
+                Some(list) if list.len() > MAX_COORDINATORS => {
+                    root.error(
+                        "coordinators",
+                        format!("lists {} coordinators; at most {MAX_COORDINATORS}", list.len()),
+                    );
+                    None
+                }
+                Some(list) => {
+                    for (i, c) in list.iter().enumerate() {
+                        check_coordinator_url(&root, &format!("coordinators[{i}]"), c);
+                        if list[..i].contains(c) {
+                            root.error(&format!("coordinators[{i}]"), format!("\"{c}\" is listed twice"));
+                        }
+                    }
+                    Some(list)
+                }
+                None => None,
+            }
+        } else {
+            let c = root.required_string("coordinator");
+            if let Some(c) = &c {
+                check_coordinator_url(&root, "coordinator", c);
+            }
+            c.map(|c| vec![c])
+        };
+        let coordinator = coordinators.as_ref().map(|c| c[0].clone());
         let data_dir = root.required_path("data_dir");
         let report_interval = root
             .duration_in("report_interval", Duration::from_millis(100), Duration::from_secs(3600))
@@ -353,6 +387,7 @@ impl AgentConfig {
             (Some(name), Some(coordinator), Some(data_dir), Some(report_interval), Some(tls)) => Some(AgentConfig {
                 name,
                 coordinator,
+                coordinators: coordinators.unwrap_or_default(),
                 data_dir,
                 report_interval,
                 labels,
@@ -372,18 +407,18 @@ impl AgentConfig {
     }
 }
 
-fn check_coordinator_url(root: &Section, url: &str) {
+/// The most coordinators an agent keeps sessions to (a cluster has three or five).
+pub const MAX_COORDINATORS: usize = 7;
+
+fn check_coordinator_url(root: &Section, key: &str, url: &str) {
     let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
-        root.error("coordinator", format!("invalid URL \"{url}\"; write https://HOST:PORT"));
+        root.error(key, format!("invalid URL \"{url}\"; write https://HOST:PORT"));
         return;
     };
     if uri.scheme_str() != Some("https") {
-        root.error("coordinator", format!("\"{url}\" must start with https:// (fleet speaks only mutual TLS)"));
+        root.error(key, format!("\"{url}\" must start with https:// (fleet speaks only mutual TLS)"));
     } else if uri.host().is_none() || uri.port_u16().is_none() {
-        root.error(
-            "coordinator",
-            format!("\"{url}\" needs a host and a port, for example https://coordinator.example:7443"),
-        );
+        root.error(key, format!("\"{url}\" needs a host and a port, for example https://coordinator.example:7443"));
     }
 }
 
@@ -822,5 +857,25 @@ mod tests {
             ["coordinator", "data_dir", "report_interval", "tls.cert", "tls.key", "tls.ca", "colour"],
             "{err}"
         );
+    }
+
+    #[test]
+    fn several_coordinators_are_listed_once_each_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "name = \"a\"\ndata_dir = \"/tmp/a\"\n[tls]\nca = \"/nonexistent/ca.pem\"\n";
+        let load = |head: &str| {
+            let p = write(dir.path(), &format!("{head}\n{base}"));
+            match AgentConfig::load(&p, || None) {
+                Ok(c) => Ok(c.coordinators),
+                Err(e) => Err(e.errors.iter().map(|e| format!("{}: {}", e.key, e.message)).collect::<Vec<_>>()),
+            }
+        };
+        let errs = load("coordinators = [\"https://a:7443\", \"http://b:7443\", \"https://a:7443\"]").unwrap_err();
+        assert!(errs.iter().any(|e| e.starts_with("coordinators[1]: ") && e.contains("https://")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("coordinators[2]: ") && e.contains("listed twice")), "{errs:?}");
+        let errs = load("coordinator = \"https://a:7443\"\ncoordinators = [\"https://b:7443\"]").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("not both")), "{errs:?}");
+        let errs = load("coordinators = []").unwrap_err();
+        assert!(errs.iter().any(|e| e.starts_with("coordinators: lists no coordinator")), "{errs:?}");
     }
 }

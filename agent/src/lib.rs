@@ -144,7 +144,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         outbox.clone(),
         supervisor.clone(),
         &config.data_dir,
-        config.coordinator.clone(),
+        config.coordinators.clone(),
         creds.clone(),
     ));
     let jobs_changed = Arc::new(Notify::new());
@@ -182,9 +182,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         jobs: Vec::new(),
         allow_exec: config.allow_exec,
     };
-    tracing::info!(name = %config.name, boot_id, coordinator = %config.coordinator, "fleet-agent {} starting", fleet_common::VERSION);
+    tracing::info!(name = %config.name, boot_id, coordinators = %config.coordinators.join(", "), "fleet-agent {} starting", fleet_common::VERSION);
 
-    let new_report = Arc::new(Notify::new());
+    // One wake-up per session: each coordinator's session sends what it has not yet sent.
+    let new_report: Vec<Arc<Notify>> = config.coordinators.iter().map(|_| Arc::new(Notify::new())).collect();
     let tasks = tokio_util::task::TaskTracker::new();
     let reporter = Reporter {
         interval: config.report_interval,
@@ -198,18 +199,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         new_report: new_report.clone(),
     };
     tasks.spawn(reporter.run(shutdown.clone()));
-    let ctx = session::SessionContext {
-        coordinator: config.coordinator.clone(),
-        hello,
-        outbox: outbox.clone(),
-        new_report,
-        supervisor: supervisor.clone(),
-        jobs: jobs.clone(),
-        dispatcher,
-    };
-    tasks.spawn(session::run(ctx, creds, shutdown.clone()));
+    // A session to each coordinator; each gets every report (docs/design.md §13).
+    outbox
+        .set_consumers(&config.coordinators)
+        .map_err(|e| RunError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    for (coordinator, new_report) in config.coordinators.iter().zip(&new_report) {
+        let ctx = session::SessionContext {
+            coordinator: coordinator.clone(),
+            hello: hello.clone(),
+            outbox: outbox.clone(),
+            new_report: new_report.clone(),
+            supervisor: supervisor.clone(),
+            jobs: jobs.clone(),
+            dispatcher: dispatcher.clone(),
+        };
+        tasks.spawn(session::run(ctx, creds.clone(), shutdown.clone()));
+    }
     tasks.close();
-    fleet_common::systemd::ready(&format!("reporting to {}", config.coordinator), shutdown.clone());
+    fleet_common::systemd::ready(&format!("reporting to {}", config.coordinators.join(", ")), shutdown.clone());
 
     shutdown.cancelled().await;
     // Services and job runs first, each within its stop_timeout; the session stays up meanwhile.
@@ -256,7 +263,7 @@ struct Reporter {
     /// Notified when a job's state changed.
     jobs_changed: Arc<Notify>,
     outbox: Arc<Outbox>,
-    new_report: Arc<Notify>,
+    new_report: Vec<Arc<Notify>>,
 }
 
 impl Reporter {
@@ -317,7 +324,9 @@ impl Reporter {
             if LOST_REPORTS.clear() {
                 tracing::info!("buffering reports again");
             }
-            new_report.notify_one();
+            for n in &new_report {
+                n.notify_one();
+            }
         }
     }
 }

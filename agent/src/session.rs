@@ -96,8 +96,6 @@ pub async fn run(ctx: SessionContext, creds: Arc<Credentials>, shutdown: Cancell
             Ok(o) => serve(&ctx, o, &creds, &shutdown).await,
             Err(r) => Err(r),
         };
-        // Log streams belong to the session they were asked on.
-        ctx.dispatcher.cancel_followers();
         if shutdown.is_cancelled() {
             break;
         }
@@ -269,7 +267,7 @@ async fn open(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationTo
     if let Some(last) = &welcome.last_stored
         && let Some(index) = ctx.outbox.index_of(last)
     {
-        let n = ctx.outbox.remove_through(index).map_err(|e| e.to_string())?;
+        let n = ctx.outbox.ack_through(&ctx.coordinator, index).map_err(|e| e.to_string())?;
         tracing::info!(dropped = n, "the coordinator already held buffered reports; not resending them");
     }
     tracing::info!(
@@ -294,7 +292,9 @@ async fn serve(
     let mut renew_at = creds.renew_in().map(|d| tokio::time::Instant::now() + d);
     // Sent but unacknowledged: (outbox index, boot, seq), in send order.
     let mut in_flight: VecDeque<(u64, u64, u64)> = VecDeque::new();
-    let mut last_sent: Option<u64> = None;
+    // Where this coordinator's acknowledgements left off (with several coordinators the
+    // outbox keeps what the others still need).
+    let mut last_sent: Option<u64> = ctx.outbox.acked(&ctx.coordinator);
     loop {
         let can_send = in_flight.len() < WINDOW && ctx.outbox.has_after(last_sent);
         let renewal = async {
@@ -366,7 +366,7 @@ async fn serve(
                         // What the coordinator has promised to keep (RUST_LOG=fleet_agent::acks=debug):
                         // the crash tests hold it to that promise.
                         tracing::debug!(target: "fleet_agent::acks", boot_id = id.boot_id, seq = id.seq, "acknowledged");
-                        ctx.outbox.remove_through(index).map_err(|e| e.to_string())?;
+                        ctx.outbox.ack_through(&ctx.coordinator, index).map_err(|e| e.to_string())?;
                     }
                     Some(CoordMsg::Command(cmd)) => ctx.dispatcher.handle(cmd, tx.clone()),
                     Some(CoordMsg::Welcome(_)) | None => {}

@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::OutboxLimits;
 
 const DROPPED_KEY: &[u8] = b"reports_dropped_total";
+/// Key prefix in `meta` of a coordinator's acknowledged mark (several coordinators).
+const ACKED_PREFIX: &str = "acked:";
 /// Commands remembered for at-most-once delivery.
 pub const MAX_COMMANDS: usize = 4096;
 
@@ -108,6 +110,25 @@ struct State {
     bytes: u64,
     next_index: u64,
     dropped_total: u64,
+    /// With several coordinators: each one's acknowledged mark (the last insertion index it
+    /// stored; `None`: nothing yet) and the reports dropped before it acknowledged them. An
+    /// entry leaves the outbox once every coordinator has acknowledged it. Empty: one
+    /// coordinator, whose acknowledgement removes at once.
+    consumers: Vec<Consumer>,
+}
+
+#[derive(Debug, Clone)]
+struct Consumer {
+    name: String,
+    acked: Option<u64>,
+    dropped: u64,
+}
+
+impl State {
+    /// The mark below which every coordinator has acknowledged (`None`: some has nothing).
+    fn min_acked(&self) -> Option<u64> {
+        self.consumers.iter().map(|c| c.acked).min().flatten()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -306,7 +327,9 @@ impl Outbox {
                 let mut st = self.state.lock().expect("outbox lock");
                 let lost = st.entries.len().saturating_sub(fresh.entries.len()) as u64;
                 let dropped_total = fresh.dropped_total.max(st.dropped_total) + lost;
-                *st = State { dropped_total, next_index: fresh.next_index.max(st.next_index), ..fresh };
+                // The coordinators' marks stay: indices only grow within a run.
+                let consumers = std::mem::take(&mut st.consumers);
+                *st = State { dropped_total, next_index: fresh.next_index.max(st.next_index), consumers, ..fresh };
                 let _ = handles.meta.insert(DROPPED_KEY, &dropped_total.to_be_bytes());
                 *g = Some(handles);
                 self.broken.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -368,6 +391,10 @@ impl Outbox {
                 st.entries.pop_front();
                 st.bytes -= front.size;
                 dropped += 1;
+                for c in st.consumers.iter_mut().filter(|c| c.acked.is_none_or(|a| a < front.index)) {
+                    c.dropped += 1;
+                    tracing::debug!(coordinator = %c.name, dropped_total = c.dropped, "dropped a report this coordinator had not stored");
+                }
             }
             if dropped > 0 {
                 st.dropped_total += dropped;
@@ -416,17 +443,88 @@ impl Outbox {
         let g = self.handles()?;
         let h = g.as_ref().expect("checked by handles()");
         let mut st = self.state.lock().expect("outbox lock");
+        Self::remove_locked(h, &mut st, index).map_err(|e| self.err(e))
+    }
+
+    fn remove_locked(h: &Handles, st: &mut State, index: u64) -> Result<usize, sled::Error> {
         let mut removed = 0;
         while let Some(front) = st.entries.front().copied() {
             if front.index > index {
                 break;
             }
-            h.outbox.remove(front.index.to_be_bytes()).map_err(|e| self.err(e))?;
+            h.outbox.remove(front.index.to_be_bytes())?;
             st.entries.pop_front();
             st.bytes -= front.size;
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Delivers to several coordinators, `names`: each report stays until every one of them
+    /// has acknowledged it. Their marks are read back from the store (a mark past what the
+    /// outbox holds means all of it); marks of coordinators no longer listed are forgotten.
+    pub fn set_consumers(&self, names: &[String]) -> Result<(), StoreError> {
+        let g = self.handles()?;
+        let h = g.as_ref().expect("checked by handles()");
+        let mut st = self.state.lock().expect("outbox lock");
+        let last = st.entries.back().map(|e| e.index);
+        let mut consumers = Vec::with_capacity(names.len());
+        for name in names {
+            let key = format!("{ACKED_PREFIX}{name}");
+            let stored = h.meta.get(key.as_bytes()).map_err(|e| self.err(e))?;
+            let acked = stored.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
+            // Indices start again from 0 when the outbox was empty at the start: a mark past
+            // the last entry acknowledged everything there was.
+            let acked = match (acked, last) {
+                (Some(a), Some(l)) => Some(a.min(l)),
+                (Some(_), None) | (None, _) => None,
+            };
+            consumers.push(Consumer { name: name.clone(), acked, dropped: 0 });
+        }
+        for item in h.meta.scan_prefix(ACKED_PREFIX.as_bytes()) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let name = String::from_utf8_lossy(&k[ACKED_PREFIX.len()..]).into_owned();
+            if !names.contains(&name) {
+                h.meta.remove(k).map_err(|e| self.err(e))?;
+            }
+        }
+        st.consumers = if names.len() > 1 { consumers } else { Vec::new() };
+        Ok(())
+    }
+
+    /// The last insertion index coordinator `name` acknowledged, if it is one of several and
+    /// has acknowledged something the outbox still holds or held.
+    pub fn acked(&self, name: &str) -> Option<u64> {
+        let st = self.state.lock().expect("outbox lock");
+        st.consumers.iter().find(|c| c.name == name).and_then(|c| c.acked)
+    }
+
+    /// Reports dropped before coordinator `name` stored them, since the agent started.
+    pub fn dropped_for(&self, name: &str) -> u64 {
+        let st = self.state.lock().expect("outbox lock");
+        st.consumers.iter().find(|c| c.name == name).map_or(0, |c| c.dropped)
+    }
+
+    /// Coordinator `name` has stored every report through insertion index `index`: with one
+    /// coordinator they go at once; with several, once every one has stored them. Returns how
+    /// many left the outbox.
+    pub fn ack_through(&self, name: &str, index: u64) -> Result<usize, StoreError> {
+        let g = self.handles()?;
+        let h = g.as_ref().expect("checked by handles()");
+        let mut st = self.state.lock().expect("outbox lock");
+        let Some(c) = st.consumers.iter_mut().find(|c| c.name == name) else {
+            return Self::remove_locked(h, &mut st, index).map_err(|e| self.err(e));
+        };
+        if c.acked.is_some_and(|a| a >= index) {
+            return Ok(0);
+        }
+        c.acked = Some(index);
+        let key = format!("{ACKED_PREFIX}{name}");
+        h.meta.insert(key.as_bytes(), &index.to_be_bytes()).map_err(|e| self.err(e))?;
+        match st.min_acked() {
+            Some(m) => Self::remove_locked(h, &mut st, m).map_err(|e| self.err(e)),
+            None => Ok(0),
+        }
     }
 
     /// Whether any buffered report comes after insertion index `after`.
@@ -701,6 +799,61 @@ mod tests {
         o.push(&report(8, 1, 2000), 2000).await.unwrap();
         let all: Vec<_> = o.read_after(None, 100).unwrap().into_iter().map(|(_, r)| id_of(&r)).collect();
         assert_eq!(all, [(7, 3), (7, 4), (7, 5), (8, 1)]);
+    }
+
+    #[tokio::test]
+    async fn with_several_coordinators_a_report_stays_until_every_one_stored_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits::default();
+        let (a, b) = ("https://a:7443".to_string(), "https://b:7443".to_string());
+        {
+            let (o, _) = Outbox::open(dir.path(), limits).unwrap();
+            o.set_consumers(&[a.clone(), b.clone()]).unwrap();
+            for seq in 1..=5 {
+                o.push(&report(7, seq, 1000), 1000).await.unwrap();
+            }
+            let idx = |seq| o.index_of(&ReportId { boot_id: 7, seq }).unwrap();
+            // a stored everything, b nothing: all five stay, for b.
+            assert_eq!(o.ack_through(&a, idx(5)).unwrap(), 0);
+            assert_eq!(o.len(), 5);
+            assert_eq!(o.acked(&a), Some(idx(5)));
+            assert_eq!(o.acked(&b), None);
+            // b stored the first three: those go.
+            let two = idx(2);
+            assert_eq!(o.ack_through(&b, idx(3)).unwrap(), 3);
+            assert_eq!(o.len(), 2);
+            // An older acknowledgement changes nothing.
+            assert_eq!(o.ack_through(&b, two).unwrap(), 0);
+        }
+        // The marks survive a restart: b resumes after seq 3, a has nothing left to send.
+        let (o, _) = Outbox::open(dir.path(), limits).unwrap();
+        o.set_consumers(&[a.clone(), b.clone()]).unwrap();
+        let after_b: Vec<_> = o.read_after(o.acked(&b), 10).unwrap().into_iter().map(|(_, r)| id_of(&r).1).collect();
+        assert_eq!(after_b, [4, 5]);
+        assert!(!o.has_after(o.acked(&a)));
+        // A report dropped by the bounds before b stored it is counted for b, not for a.
+        let tiny = OutboxLimits { max_age: Duration::from_secs(3600), max_bytes: 1 };
+        let dir2 = tempfile::tempdir().unwrap();
+        let (o2, _) = Outbox::open(dir2.path(), tiny).unwrap();
+        o2.set_consumers(&[a.clone(), b.clone()]).unwrap();
+        o2.push(&report(1, 1, 0), 0).await.unwrap();
+        let i1 = o2.index_of(&ReportId { boot_id: 1, seq: 1 }).unwrap();
+        o2.ack_through(&a, i1).unwrap();
+        o2.push(&report(1, 2, 0), 0).await.unwrap();
+        assert_eq!((o2.dropped_for(&a), o2.dropped_for(&b)), (0, 1));
+        // An emptied outbox starts its indices again: old marks do not hide new reports.
+        drop(o2);
+        let (o3, _) = Outbox::open(dir2.path(), tiny).unwrap();
+        let i2 = o3.index_of(&ReportId { boot_id: 1, seq: 2 }).unwrap();
+        o3.set_consumers(&[a.clone(), b.clone()]).unwrap();
+        o3.ack_through(&a, i2).unwrap();
+        o3.ack_through(&b, i2).unwrap();
+        assert!(o3.is_empty());
+        drop(o3);
+        let (o4, _) = Outbox::open(dir2.path(), tiny).unwrap();
+        o4.set_consumers(&[a.clone(), b.clone()]).unwrap();
+        o4.push(&report(2, 1, 0), 0).await.unwrap();
+        assert_eq!(o4.read_after(o4.acked(&a), 10).unwrap().len(), 1, "a new report after a restart reaches a");
     }
 
     #[tokio::test]

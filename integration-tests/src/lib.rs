@@ -319,6 +319,8 @@ pub struct Cluster {
     pub http: String,
     /// Settings the coordinator was started with.
     pub opts: CoordinatorOpts,
+    /// When set, agents get `coordinators = [...]` (a session to each) instead of `addr`.
+    pub coordinators: Vec<String>,
     /// The temporary directory, removed on drop: declared last so the processes (and their
     /// logs, printed when a test fails) go first.
     pub tmp: tempfile::TempDir,
@@ -362,6 +364,7 @@ impl Cluster {
             addr: String::new(),
             http: String::new(),
             opts: CoordinatorOpts::default(),
+            coordinators: Vec::new(),
         }
     }
 
@@ -444,9 +447,14 @@ impl Cluster {
     /// `[tls]` table comes last) and returns its path.
     pub fn agent_config(&self, name: &str, report_interval: Duration, extra: &str) -> PathBuf {
         let path = self.dir().join(format!("{name}.toml"));
+        let coordinator = if self.coordinators.is_empty() {
+            format!("coordinator = \"{}\"", self.addr)
+        } else {
+            let list: Vec<String> = self.coordinators.iter().map(|c| format!("\"{c}\"")).collect();
+            format!("coordinators = [{}]", list.join(", "))
+        };
         let config = format!(
-            "name = \"{name}\"\ncoordinator = \"{}\"\ndata_dir = \"{}\"\nreport_interval = \"{}ms\"\n{extra}\n{}",
-            self.addr,
+            "name = \"{name}\"\n{coordinator}\ndata_dir = \"{}\"\nreport_interval = \"{}ms\"\n{extra}\n{}",
             self.dir().join(name).display(),
             report_interval.as_millis(),
             self.pki.toml(name)

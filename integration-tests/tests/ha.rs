@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_integration_tests::{Cluster, Coordinator, CoordinatorOpts, Etcd, eventually, free_port, serial};
+use fleet_integration_tests::{
+    Cluster, Coordinator, CoordinatorOpts, Etcd, assert_contiguous, eventually, free_port, serial,
+};
 use rustix::process::Signal;
 
 /// The lease the tests run with: short, so that failovers take seconds.
@@ -70,11 +72,19 @@ async fn leader_metric(m: &Coordinator) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn killing_the_leader_elects_another_within_the_lease() {
+async fn killing_the_leader_elects_another_within_the_lease_and_no_report_is_lost() {
     let _g = serial().await;
-    let c = Cluster::new(&["main-pc"]);
+    let mut c = Cluster::new(&["main-pc", "pc2"]);
     let etcd = Etcd::start(&c, 3).await;
     let mut members = start_coordinators(&c, &etcd, 3).await;
+    // Each agent keeps a session to every coordinator.
+    c.coordinators = members.iter().map(|m| m.addr.clone()).collect();
+    c.start_agent("main-pc", Duration::from_millis(200));
+    c.start_agent("pc2", Duration::from_millis(200));
+    for m in &members {
+        c.addr = m.addr.clone();
+        c.wait_online(&["main-pc", "pc2"], Duration::from_secs(15)).await;
+    }
     let leader = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(20)).await;
     for (i, m) in members.iter().enumerate() {
         assert_eq!(leader_metric(m).await, if i == leader { 1.0 } else { 0.0 }, "fleet_coordinator_leader of {i}");
@@ -103,6 +113,7 @@ async fn killing_the_leader_elects_another_within_the_lease() {
 
     // kill -9 the leader: another leads within the lease and a few seconds.
     let killed = Instant::now();
+    let killed_ms = fleet_common::now_ms();
     members[leader].proc.kill9();
     let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let next = agreed_leader(&c, &members, &live, LEASE_TTL + Duration::from_secs(5)).await;
@@ -117,6 +128,29 @@ async fn killing_the_leader_elects_another_within_the_lease() {
         async move { (n == 2).then_some(()) }
     })
     .await;
+
+    // The agents went on reporting to the survivors: each holds every report the agents
+    // took, before, during and after the failover, with no gap.
+    let after = killed_ms + took.as_millis() as i64 + 1000;
+    let taken_after_kill =
+        |reports: &[fleet_proto::v1::StoredReport]| reports.iter().filter(|r| r.timestamp_ms > after).count();
+    for &i in &live {
+        c.addr = members[i].addr.clone();
+        for host in ["main-pc", "pc2"] {
+            let reports = eventually(Duration::from_secs(10), "reports after the failover", || {
+                let r = c.reports(host);
+                async move {
+                    let r = r.await;
+                    (taken_after_kill(&r) > 0).then_some(r)
+                }
+            })
+            .await;
+            let per_boot = assert_contiguous(&reports);
+            assert_eq!(per_boot.len(), 1, "{host} on coordinator {i}: one agent run");
+            let n = *per_boot.values().next().unwrap();
+            assert!(n as u128 >= took.as_millis() / 200, "{host} on coordinator {i}: {n} reports");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,6 +40,8 @@ const FETCH_ATTEMPTS: u32 = 5;
 /// Why a fetch failed: worth another attempt, or not.
 enum Fetch {
     Transient(String),
+    /// The coordinator asked does not hold the artifact.
+    Missing(String),
     Fatal(String),
 }
 
@@ -175,7 +177,8 @@ pub struct Deployer {
     store: Arc<Outbox>,
     supervisor: Arc<Supervisor>,
     artifacts: PathBuf,
-    coordinator: String,
+    /// Where artifacts come from: each coordinator in turn, from one attempt to the next.
+    coordinators: Vec<String>,
     credentials: Arc<crate::credentials::Credentials>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -212,19 +215,20 @@ pub fn recover(store: &Outbox, services: &[ServiceConfig]) {
 }
 
 impl Deployer {
-    /// A deployer fetching artifacts from `coordinator` with the agent's `credentials`.
+    /// A deployer fetching artifacts from `coordinators` (the first that has it) with the
+    /// agent's `credentials`.
     pub fn new(
         store: Arc<Outbox>,
         supervisor: Arc<Supervisor>,
         data_dir: &Path,
-        coordinator: String,
+        coordinators: Vec<String>,
         credentials: Arc<crate::credentials::Credentials>,
     ) -> Deployer {
         Deployer {
             store,
             supervisor,
             artifacts: data_dir.join("artifacts"),
-            coordinator,
+            coordinators,
             credentials,
             locks: Mutex::new(HashMap::new()),
         }
@@ -278,21 +282,28 @@ impl Deployer {
     async fn fetch(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
         let mut delay = std::time::Duration::from_secs(1);
         let mut attempt = 1;
+        let n = self.coordinators.len().max(1);
         loop {
-            match self.fetch_once(sha256, size).await {
-                Err(Fetch::Transient(e)) if attempt < FETCH_ATTEMPTS => {
+            let from = &self.coordinators[(attempt - 1) % n];
+            match self.fetch_once(from, sha256, size).await {
+                // Another coordinator may have it (each keeps the artifacts uploaded to it).
+                Err(Fetch::Missing(e)) if attempt < n => {
+                    tracing::warn!(artifact = %sha256, coordinator = %from, error = %e, "artifact not on this coordinator; trying the next");
+                    attempt += 1;
+                }
+                Err(Fetch::Transient(e)) if attempt < (FETCH_ATTEMPTS as usize).max(n) => {
                     tracing::warn!(artifact = %sha256, attempt, error = %e, "artifact fetch failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;
                 }
-                Err(Fetch::Transient(e) | Fetch::Fatal(e)) => return Err(e),
+                Err(Fetch::Transient(e) | Fetch::Fatal(e) | Fetch::Missing(e)) => return Err(e),
                 Ok(p) => return Ok(p),
             }
         }
     }
 
-    async fn fetch_once(&self, sha256: &str, size: u64) -> Result<PathBuf, Fetch> {
+    async fn fetch_once(&self, coordinator: &str, sha256: &str, size: u64) -> Result<PathBuf, Fetch> {
         let transient = |s: tonic::Status, what: &str| {
             let msg = format!("{what} {sha256}: {}", s.message());
             match s.code() {
@@ -302,6 +313,7 @@ impl Deployer {
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::Aborted
                 | tonic::Code::ResourceExhausted => Fetch::Transient(msg),
+                tonic::Code::NotFound => Fetch::Missing(msg),
                 _ => Fetch::Fatal(msg),
             }
         };
@@ -315,7 +327,7 @@ impl Deployer {
         std::fs::create_dir_all(&self.artifacts).map_err(|e| Fetch::Fatal(io("cannot create", &self.artifacts, e)))?;
         let dest = self.artifacts.join(format!("{sha256}.tar.gz"));
         let partial = self.artifacts.join(format!("{sha256}.partial"));
-        let channel = connect_coordinator(&self.coordinator, &self.credentials.current())
+        let channel = connect_coordinator(coordinator, &self.credentials.current())
             .await
             .map_err(|e| Fetch::Transient(format!("cannot fetch artifact {sha256}: {e}")))?;
         let mut stream = AgentServiceClient::new(channel)
