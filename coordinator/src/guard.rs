@@ -206,12 +206,17 @@ impl Authority {
     }
 
     /// Decides one call: `method` of a service behind `gate`, from a peer with `certs`.
+    /// `forwarded` is the certificate (DER) of the operator on whose behalf another
+    /// coordinator of the cluster forwards the call to this one, its leader; it counts only
+    /// when the peer is a coordinator of this trust domain, and then decides as if the
+    /// operator had called.
     pub fn admit(
         &self,
         gate: Gate,
         method: &str,
         certs: Option<&[tonic::transport::CertificateDer<'static>]>,
         peer: &str,
+        forwarded: Option<&[u8]>,
     ) -> Result<Option<Caller>, Status> {
         if gate == Gate::Open {
             return Ok(None);
@@ -221,33 +226,16 @@ impl Authority {
             self.refused(DenyReason::NoCertificate, peer, peer, method, msg);
             return Err(Status::unauthenticated(msg));
         };
-        let cert = fleet_common::pki::cert_info(leaf).map_err(Status::unauthenticated)?;
-        let Some(identity) = cert.identity.clone() else {
-            let msg =
-                "the client certificate carries no spiffe:// fleet identity; issue it with `fleetctl certs issue`";
-            self.refused(DenyReason::BadIdentity, peer, peer, method, msg);
-            return Err(Status::unauthenticated(msg));
-        };
+        let (mut cert, mut identity) = self.checked_identity(leaf, method, peer)?;
+        if gate == Gate::Control
+            && identity.role == Role::Coordinator
+            && let Some(der) = forwarded
+        {
+            let via = format!("{peer} (forwarded by {})", identity.uri());
+            (cert, identity) = self.checked_identity(der, method, &via)?;
+            tracing::debug!(operator = %identity.uri(), %via, %method, "a call forwarded to the leader");
+        }
         let who = identity.uri();
-        if identity.trust_domain != self.trust_domain {
-            let msg = format!(
-                "identity {who} belongs to trust domain {}, this coordinator serves {}",
-                identity.trust_domain, self.trust_domain
-            );
-            self.refused(DenyReason::BadIdentity, &who, peer, method, &msg);
-            return Err(Status::permission_denied(msg));
-        }
-        if let Some(r) = self.revocations.check(&cert) {
-            let msg = format!(
-                "the certificate of {who} (serial {}) was revoked at {} by {}{}",
-                cert.serial,
-                fleet_common::rfc3339(r.revoked_at_s.saturating_mul(1000)),
-                r.by,
-                if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) }
-            );
-            self.refused(DenyReason::Revoked, &who, peer, method, &msg);
-            return Err(Status::permission_denied(msg));
-        }
         let role = match gate {
             Gate::Open => unreachable!("handled above"),
             Gate::AnyIdentity => None,
@@ -294,6 +282,39 @@ impl Authority {
         self.seen.saw(&identity, &cert);
         Ok(Some(Caller { identity, cert, role }))
     }
+
+    /// The identity a certificate carries, if it belongs to this trust domain and is not
+    /// revoked.
+    fn checked_identity(&self, der: &[u8], method: &str, peer: &str) -> Result<(CertInfo, Identity), Status> {
+        let cert = fleet_common::pki::cert_info(der).map_err(Status::unauthenticated)?;
+        let Some(identity) = cert.identity.clone() else {
+            let msg =
+                "the client certificate carries no spiffe:// fleet identity; issue it with `fleetctl certs issue`";
+            self.refused(DenyReason::BadIdentity, peer, peer, method, msg);
+            return Err(Status::unauthenticated(msg));
+        };
+        let who = identity.uri();
+        if identity.trust_domain != self.trust_domain {
+            let msg = format!(
+                "identity {who} belongs to trust domain {}, this coordinator serves {}",
+                identity.trust_domain, self.trust_domain
+            );
+            self.refused(DenyReason::BadIdentity, &who, peer, method, &msg);
+            return Err(Status::permission_denied(msg));
+        }
+        if let Some(r) = self.revocations.check(&cert) {
+            let msg = format!(
+                "the certificate of {who} (serial {}) was revoked at {} by {}{}",
+                cert.serial,
+                fleet_common::rfc3339(r.revoked_at_s.saturating_mul(1000)),
+                r.by,
+                if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) }
+            );
+            self.refused(DenyReason::Revoked, &who, peer, method, &msg);
+            return Err(Status::permission_denied(msg));
+        }
+        Ok((cert, identity))
+    }
 }
 
 /// A service behind a [`Gate`].
@@ -302,44 +323,21 @@ pub struct Guard<S> {
     inner: S,
     gate: Gate,
     authority: Arc<Authority>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    forwarder: Option<Arc<crate::forward::Forwarder>>,
 }
 
 impl<S> Guard<S> {
     /// Puts `inner` behind `gate`.
     pub fn new(inner: S, gate: Gate, authority: Arc<Authority>) -> Self {
-        Guard { inner, gate, authority, cluster: None }
+        Guard { inner, gate, authority, forwarder: None }
     }
 
-    /// Refuses [`crate::access::LEADER_RPCS`] while `cluster` says this coordinator does not
-    /// lead.
-    pub fn leader_only(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
-        self.cluster = Some(cluster);
+    /// Passes [`crate::access::LEADER_RPCS`] on to the leader while this coordinator does not
+    /// lead (refusing them, naming the leader, when that cannot be done).
+    pub fn leader_only(mut self, forwarder: Arc<crate::forward::Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
         self
     }
-}
-
-/// The response header that names the leader when a follower refuses a call only the leader
-/// serves.
-pub const LEADER_HEADER: &str = "fleet-leader";
-
-/// Why `method` is refused here for want of leadership, if it is.
-fn not_leader(cluster: Option<&crate::cluster::Cluster>, method: &str) -> Option<Status> {
-    let cluster = cluster?;
-    if !crate::access::LEADER_RPCS.contains(&method) {
-        return None;
-    }
-    let msg = cluster.refusal(&format!("serve {method}"))?;
-    let mut status = match cluster.leadership() {
-        crate::cluster::Leadership::NoQuorum { .. } => Status::unavailable(msg),
-        _ => Status::failed_precondition(msg),
-    };
-    if let Some(leader) = cluster.leader_address()
-        && let Ok(v) = leader.parse()
-    {
-        status.metadata_mut().insert(LEADER_HEADER, v);
-    }
-    Some(status)
 }
 
 impl<S: NamedService> NamedService for Guard<S> {
@@ -353,7 +351,8 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
@@ -371,9 +370,39 @@ where
         let certs = info.and_then(|i| i.peer_certs());
         let dialed = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
         req.extensions_mut().insert(Dialed(dialed));
-        match self.authority.admit(self.gate, &method, certs.as_deref().map(|c| c.as_slice()), &peer) {
-            Ok(_) if let Some(status) = not_leader(self.cluster.as_deref(), &method) => {
-                Box::pin(async move { Ok(status.into_http()) })
+        let forwarded = crate::forward::forwarded_cert(&req);
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.to_vec());
+        match self.authority.admit(
+            self.gate,
+            &method,
+            certs.as_deref().map(|c| c.as_slice()),
+            &peer,
+            forwarded.as_deref(),
+        ) {
+            // Only the leader serves it: pass it on, or say who leads.
+            Ok(Some(_))
+                if let Some(fwd) = self.forwarder.clone()
+                    && crate::access::LEADER_RPCS.contains(&method.as_str())
+                    && !fwd.cluster().is_leader() =>
+            {
+                let leader = match fwd.cluster().leadership() {
+                    crate::cluster::Leadership::Follower { leader: Some(l) } => Some(l),
+                    _ => None,
+                };
+                Box::pin(async move {
+                    let why = match (leader, forwarded, leaf) {
+                        (Some(leader), None, Some(leaf)) => {
+                            let req = req.map(tonic::body::Body::new);
+                            match fwd.forward(&leader, req, &leaf).await {
+                                Ok(resp) => return Ok(resp),
+                                Err(why) => Some(why),
+                            }
+                        }
+                        (Some(_), Some(_), _) => Some("it was forwarded here already".to_string()),
+                        _ => None,
+                    };
+                    Ok(crate::forward::refusal(fwd.cluster(), &method, why.as_deref()).into_http())
+                })
             }
             Ok(caller) => {
                 if let Some(caller) = caller {
@@ -416,5 +445,65 @@ impl crate::metrics::FmtMetrics for Authority {
         for (reason, c) in DenyReason::ALL.iter().zip(&self.denied) {
             e.sample("fleet_coordinator_denied_total", &[("reason", reason.as_str())], c.get() as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_common::identity::Role;
+
+    fn der(path: &std::path::Path) -> tonic::transport::CertificateDer<'static> {
+        let pem = std::fs::read_to_string(path).unwrap();
+        tonic::transport::CertificateDer::from(fleet_common::pki::first_cert_der(&pem).unwrap())
+    }
+
+    #[tokio::test]
+    async fn only_a_coordinator_may_forward_an_operator_and_the_operator_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        fleetctl::certs::init(&pki, "fleet.local", 30, false).unwrap();
+        let issue = |role, name| der(&fleetctl::certs::issue(&pki, role, name, &[], 30, false).unwrap().cert);
+        let (coordinator, ops, eve, agent) = (
+            issue(Role::Coordinator, "coordinator"),
+            issue(Role::Operator, "ops"),
+            issue(Role::Operator, "eve"),
+            issue(Role::Agent, "pc2"),
+        );
+        let store = crate::store::Store::open(&dir.path().join("data"), Duration::from_secs(3600)).unwrap();
+        let revocations = Revocations::load(Arc::new(store)).unwrap();
+        let access = Access::default();
+        let audit = AuditLog::open(dir.path()).unwrap();
+        let a = Authority::new(
+            "fleet.local".into(),
+            access,
+            revocations.clone(),
+            Arc::new(Metrics::default()),
+            audit,
+            Default::default(),
+        );
+        let admit = |peer: &tonic::transport::CertificateDer<'static>, fwd: Option<&[u8]>| {
+            a.admit(Gate::Control, "GetStatus", Some(std::slice::from_ref(peer)), "127.0.0.1:1", fwd)
+        };
+        // A coordinator calling for itself is no operator.
+        assert_eq!(admit(&coordinator, None).unwrap_err().code(), tonic::Code::PermissionDenied);
+        // Forwarding for ops: decided as ops.
+        let caller = admit(&coordinator, Some(ops.as_ref())).unwrap().unwrap();
+        assert_eq!(caller.identity.name, "ops");
+        // An operator or an agent cannot pass itself off as someone else.
+        assert_eq!(admit(&eve, Some(ops.as_ref())).unwrap().unwrap().identity.name, "eve");
+        assert_eq!(admit(&agent, Some(ops.as_ref())).unwrap_err().code(), tonic::Code::PermissionDenied);
+        // A forwarded operator on the deny list is refused like one calling directly.
+        let info = fleet_common::pki::cert_info(eve.as_ref()).unwrap();
+        revocations
+            .add(crate::revocation::Revocation {
+                target: crate::revocation::Revocation::serial_target(&info.serial),
+                revoked_at_s: fleet_common::now_ms() / 1000,
+                by: "test".into(),
+                reason: String::new(),
+            })
+            .unwrap();
+        let err = admit(&coordinator, Some(eve.as_ref())).unwrap_err();
+        assert!(err.message().contains("revoked"), "{err:?}");
     }
 }

@@ -26,6 +26,7 @@ pub mod control;
 pub mod coordinator;
 pub mod enroll;
 pub mod exec;
+pub mod forward;
 pub mod guard;
 pub mod http;
 pub mod http_auth;
@@ -221,7 +222,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
                 guard::Gate::Control,
                 authority.clone(),
             )
-            .leader_only(c.cluster.clone()),
+            .leader_only(std::sync::Arc::new(forward::Forwarder::new(c.cluster.clone(), c.tls.clone()))),
         )
         .add_service(guard::Guard::new(
             // Strangers reach this one: small messages only.

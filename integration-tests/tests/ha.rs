@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use fleet_integration_tests::{
-    Cluster, Coordinator, CoordinatorOpts, Etcd, assert_contiguous, eventually, free_port, serial,
+    Cluster, Coordinator, CoordinatorOpts, Etcd, assert_contiguous, eventually, free_port, serial, sh_service,
 };
 use rustix::process::Signal;
 
@@ -79,7 +79,11 @@ async fn killing_the_leader_elects_another_within_the_lease_and_no_report_is_los
     let mut members = start_coordinators(&c, &etcd, 3).await;
     // Each agent keeps a session to every coordinator.
     c.coordinators = members.iter().map(|m| m.addr.clone()).collect();
-    c.start_agent("main-pc", Duration::from_millis(200));
+    c.start_agent_with(
+        "main-pc",
+        Duration::from_millis(200),
+        &sh_service("sleeper", "exec sleep 1000", "start_secs = \"100ms\""),
+    );
     c.start_agent("pc2", Duration::from_millis(200));
     for m in &members {
         c.addr = m.addr.clone();
@@ -101,15 +105,32 @@ async fn killing_the_leader_elects_another_within_the_lease_and_no_report_is_los
     assert!(text.contains("this coordinator leads"), "{text}");
     assert!(text.contains("etcd         3 of 3 members answer"), "{text}");
 
-    // A follower refuses what only the leader does, and names it.
+    // A restart sent to a follower is passed to the leader, which runs it once.
     let follower = &members[(leader + 1) % 3];
-    let out = c.fleetctl_env(&["hosts", "drain", "main-pc"], &[("FLEET_ADDR", &follower.addr)]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("not the cluster's leader") && err.contains(&advertise(&members[leader])),
-        "the refusal names the leader: {err}"
-    );
+    c.addr = members[leader].addr.clone();
+    let before =
+        c.wait_service("main-pc", "sleeper", Duration::from_secs(10), "running", |s| s.state == "running").await;
+    let out = c.fleetctl_env(&["restart", "main-pc", "sleeper"], &[("FLEET_ADDR", &follower.addr)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = c
+        .wait_service("main-pc", "sleeper", Duration::from_secs(10), "restarted", |s| {
+            s.pid != before.pid && s.state == "running"
+        })
+        .await;
+    assert_eq!(after.restarts, before.restarts + 1, "restarted once");
+    let audit = |m: &Coordinator| {
+        let out = c.fleetctl_env(&["audit"], &[("FLEET_ADDR", &m.addr)]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter(|l| l.contains("restart") && l.contains("main-pc/sleeper"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let on_leader = audit(&members[leader]);
+    let count = |what: &str| on_leader.iter().filter(|l| l.contains(&format!("  {what}"))).count();
+    assert_eq!((count("requested"), count("succeeded")), (1, 1), "the leader ran the restart once: {on_leader:?}");
+    assert!(on_leader.iter().all(|l| l.contains("  ops  ")), "as the operator who asked: {on_leader:?}");
+    assert!(audit(follower).is_empty(), "the follower ran nothing");
 
     // kill -9 the leader: another leads within the lease and a few seconds.
     let killed = Instant::now();
@@ -166,8 +187,6 @@ async fn a_paused_leader_wakes_up_a_follower() {
     // Paused for longer than its lease: when it runs again it leads nothing, at once.
     members[leader].proc.signal(Signal::CONT);
     assert_eq!(leader_metric(&members[leader]).await, 0.0, "the woken ex-leader says it does not lead");
-    let out = c.fleetctl_env(&["hosts", "drain", "main-pc"], &[("FLEET_ADDR", &members[leader].addr)]);
-    assert!(!out.status.success(), "the woken ex-leader refuses what only the leader does");
     // And it rejoins as a follower of the new leader.
     let all = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(15)).await;
     assert_eq!(all, next, "the new leader stays the leader");
