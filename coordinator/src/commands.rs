@@ -7,7 +7,7 @@
 //! operator's stream.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_proto::v1::{Command, CommandState, CommandUpdate, ExecEvent, ExecOutput, LogLine, exec_event};
@@ -66,6 +66,9 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// With several coordinators, only the leader sends commands to agents (each agent keeps a
+    /// session to every coordinator); `None` alone.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What submitting a command did.
@@ -121,6 +124,9 @@ pub enum SendError {
         /// applied there) before the deadline.
         accepted: bool,
     },
+    /// This coordinator does not lead the cluster (any more): nothing was sent.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 /// Forgets the command when its caller stops waiting, whether it returns or is dropped
@@ -156,6 +162,18 @@ fn is_final(state: i32) -> bool {
 }
 
 impl Hub {
+    /// A hub that sends only while `cluster` says this coordinator leads.
+    pub fn for_cluster(cluster: Arc<crate::cluster::Cluster>) -> Hub {
+        Hub { cluster: Some(cluster), ..Default::default() }
+    }
+
+    fn check_leader(&self) -> Result<(), SendError> {
+        match self.cluster.as_ref().and_then(|c| c.refusal("send commands to agents")) {
+            Some(why) => Err(SendError::NotLeader(why)),
+            None => Ok(()),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("hub lock")
     }
@@ -176,6 +194,7 @@ impl Hub {
         // The agent's spans for the command join this one (kept in the copy re-sent after a
         // reconnect too).
         fleet_common::telemetry::inject_map(&mut command.trace_context);
+        self.check_leader()?;
         let Some(queue) = host.command_sender() else { return Err(SendError::Offline { host: host.name.clone() }) };
         let id = command.id.clone();
         let mut waiting = match self.submit(&host.name, command.clone())? {
@@ -184,6 +203,8 @@ impl Hub {
             Submitted::New(rx) => {
                 let waiting = Waiting { hub: self, id, rx: Some(rx) };
                 before_send.await.map_err(SendError::NotSent)?;
+                // Leadership may have been lost while the audit entry was written.
+                self.check_leader()?;
                 if queue.try_send(Box::new(command)).is_err() {
                     return Err(SendError::NotAccepting { host: host.name.clone() });
                 }

@@ -80,7 +80,9 @@ fn send_status(host: &Host, e: SendError) -> Status {
     match e {
         SendError::Offline { .. } => offline_error(host),
         SendError::Busy => Status::resource_exhausted(e.to_string()),
-        SendError::NotSent(_) | SendError::NotAccepting { .. } => Status::unavailable(e.to_string()),
+        SendError::NotSent(_) | SendError::NotAccepting { .. } | SendError::NotLeader(_) => {
+            Status::unavailable(e.to_string())
+        }
         SendError::TimedOut { .. } => Status::deadline_exceeded(e.to_string()),
     }
 }
@@ -166,6 +168,10 @@ impl ControlApi {
                 (word, u)
             }
             Err(SendError::NotSent(msg)) => return Err(Status::internal(msg)),
+            Err(SendError::NotLeader(msg)) => {
+                let _ = self.c.audit.append(entry(who, action, &host.name, target, &id, "failed", &msg)).await;
+                return Err(Status::unavailable(msg));
+            }
             Err(e @ (SendError::Offline { .. } | SendError::Busy)) => return Err(send_status(host, e)),
             Err(e @ SendError::NotAccepting { .. }) => {
                 let msg = e.to_string();

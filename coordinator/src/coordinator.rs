@@ -169,7 +169,7 @@ impl Coordinator {
                 .map_err(RunError::Enrollment)?,
         );
         let connections = Connections::default();
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::for_cluster(cluster.clone()));
         let artifacts =
             Artifacts::open(&config.data_dir, config.artifact_max_bytes).map_err(|e| RunError::DataDir {
                 action: format!("open the artifact store in {}", config.data_dir.display()),
