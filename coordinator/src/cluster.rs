@@ -309,6 +309,9 @@ pub struct Cluster {
     /// acknowledged, plus the lease. Past it, this member acts as if it led nothing.
     valid_until: Mutex<Option<Instant>>,
     members: Mutex<Vec<Member>>,
+    /// Every member seen since this coordinator started (at most [`MAX_MEMBERS`]): one that
+    /// left is `fleet_coordinator_cluster_member_up{member} 0`, for FleetCoordinatorDown.
+    seen: Mutex<std::collections::BTreeSet<String>>,
     etcd: Option<Etcd>,
 }
 
@@ -320,6 +323,7 @@ impl Cluster {
             state: watch::Sender::new(Leadership::Alone),
             valid_until: Mutex::new(None),
             members: Mutex::new(Vec::new()),
+            seen: Mutex::default(),
             etcd: None,
         })
     }
@@ -333,6 +337,7 @@ impl Cluster {
             state: watch::Sender::new(Leadership::NoQuorum { reason: "connecting to etcd".into() }),
             valid_until: Mutex::new(None),
             members: Mutex::new(Vec::new()),
+            seen: Mutex::default(),
             etcd: Some(etcd),
         }))
     }
@@ -572,6 +577,13 @@ impl Cluster {
                 if let Ok(mut m) = election.members().await {
                     m.sort_by(|a, b| a.advertise.cmp(&b.advertise));
                     m.truncate(MAX_MEMBERS);
+                    let mut seen = self.seen.lock().expect("cluster lock");
+                    for member in &m {
+                        if seen.len() < MAX_MEMBERS {
+                            seen.insert(member.advertise.clone());
+                        }
+                    }
+                    drop(seen);
                     *self.members.lock().expect("cluster lock") = m;
                 }
             }
@@ -601,6 +613,16 @@ impl crate::metrics::FmtMetrics for Cluster {
             "Coordinators holding a lease in the cluster, as this one last read them from etcd.",
         );
         e.sample("fleet_coordinator_cluster_members", &[], self.members().len() as f64);
+        e.family(
+            "fleet_coordinator_cluster_member_up",
+            "gauge",
+            "1 for each coordinator holding a lease in the cluster, 0 for one seen since this coordinator started that no longer does (FleetCoordinatorDown).",
+        );
+        let members = self.members();
+        for addr in self.seen.lock().expect("cluster lock").iter() {
+            let up = members.iter().any(|m| &m.advertise == addr);
+            e.sample("fleet_coordinator_cluster_member_up", &[("member", addr)], if up { 1.0 } else { 0.0 });
+        }
         e.family(
             "fleet_coordinator_etcd_quorum",
             "gauge",

@@ -635,9 +635,60 @@ impl Cluster {
     }
 }
 
+/// A webhook receiver on loopback: keeps every JSON body POSTed to it.
+pub async fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let len: usize = text[..i]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            if let Ok(v) = serde_json::from_slice(&buf[i + 4..i + 4 + len]) {
+                                g.lock().unwrap().push(v);
+                            }
+                            let _ =
+                                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
 /// Starts a real Alertmanager (Debian's prometheus-alertmanager) for `c` on a free port, with
 /// a receiver that drops notifications; its alerts are read with [`am_alerts`].
 pub fn start_alertmanager(c: &Cluster) -> (Proc, u16) {
+    start_alertmanager_with(c, "route:\n  receiver: devnull\n  group_wait: 0s\nreceivers:\n  - name: devnull\n")
+}
+
+/// Starts a real Alertmanager for `c` with `config` (its YAML) and returns it and its port.
+pub fn start_alertmanager_with(c: &Cluster, config: &str) -> (Proc, u16) {
     assert!(
         Path::new("/usr/bin/prometheus-alertmanager").exists(),
         "install prometheus-alertmanager (scripts/test.sh does this)"
@@ -645,7 +696,7 @@ pub fn start_alertmanager(c: &Cluster) -> (Proc, u16) {
     let dir = c.dir().join("alertmanager");
     fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("am.yml");
-    fs::write(&conf, "route:\n  receiver: devnull\n  group_wait: 0s\nreceivers:\n  - name: devnull\n").unwrap();
+    fs::write(&conf, config).unwrap();
     let port = free_port();
     let p = Proc::spawn(
         "alertmanager",

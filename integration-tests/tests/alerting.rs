@@ -8,55 +8,10 @@ use std::time::{Duration, Instant};
 
 use fleet_integration_tests::{
     Cluster, CoordinatorOpts, am_alerts, eventually, serial, start_alertmanager, start_alertmanager_https,
+    webhook_receiver,
 };
 
 const RULES: &str = "groups:\n  - name: fleet\n    interval: 1s\n    rules:\n      - alert: FleetAgentDown\n        expr: fleet_agent_up == 0\n        for: 2s\n        labels:\n          severity: critical\n        annotations:\n          summary: \"agent on {{ $labels.host }} is down\"\n";
-
-/// A webhook receiver on loopback: keeps every JSON body POSTed to it.
-async fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let g = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            let g = g.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Ok(n) = s.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(i) = text.find("\r\n\r\n") {
-                        let len: usize = text[..i]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= i + 4 + len {
-                            if let Ok(v) = serde_json::from_slice(&buf[i + 4..i + 4 + len]) {
-                                g.lock().unwrap().push(v);
-                            }
-                            let _ =
-                                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, got)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_down_agent_alerts_alertmanager_and_resolves() {
@@ -72,7 +27,7 @@ async fn a_down_agent_alerts_alertmanager_and_resolves() {
     let rules = c.dir().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("fleet.yml"), RULES).unwrap();
-    let (hook_port, hooked) = webhook().await;
+    let (hook_port, hooked) = webhook_receiver().await;
     let extra = format!(
         "[alerting]\nrule_files = [\"{}/*.yml\"]\nevaluation_interval = \"1s\"\nalertmanagers = [\"http://127.0.0.1:{am_port}\"]\nwebhooks = [\"http://127.0.0.1:{hook_port}/hook\"]\nexternal_labels = {{ cluster = \"test\" }}\n",
         rules.display()

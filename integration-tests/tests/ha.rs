@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use fleet_integration_tests::{
-    Cluster, Coordinator, CoordinatorOpts, Etcd, assert_contiguous, eventually, free_port, serial, sh_service,
+    Cluster, Coordinator, CoordinatorOpts, Etcd, am_alerts, assert_contiguous, eventually, free_port, serial,
+    sh_service, start_alertmanager_with, webhook_receiver,
 };
 use rustix::process::Signal;
 
@@ -15,11 +16,16 @@ const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// Starts `n` coordinators of cluster "test" on `etcd`.
 async fn start_coordinators(c: &Cluster, etcd: &Etcd, n: usize) -> Vec<Coordinator> {
+    start_coordinators_with(c, etcd, n, "").await
+}
+
+/// Starts `n` coordinators of cluster "test" on `etcd`, `more` TOML in each config.
+async fn start_coordinators_with(c: &Cluster, etcd: &Etcd, n: usize, more: &str) -> Vec<Coordinator> {
     let mut out = Vec::new();
     for i in 0..n {
         let port = free_port();
         let extra = format!(
-            "[cluster]\nname = \"test\"\nadvertise = \"127.0.0.1:{port}\"\netcd = {}\nlease_ttl = \"{}s\"\n",
+            "{more}[cluster]\nname = \"test\"\nadvertise = \"127.0.0.1:{port}\"\netcd = {}\nlease_ttl = \"{}s\"\n",
             etcd.toml_urls(),
             LEASE_TTL.as_secs()
         );
@@ -236,4 +242,65 @@ async fn without_etcd_reads_go_on_and_leader_calls_fail_with_no_quorum() {
     }
     etcd.wait_healthy(Duration::from_secs(30)).await;
     agreed_leader(&c, &members, &[0, 1], LEASE_TTL + Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_coordinator_alerts_and_alertmanager_notifies_once() {
+    let _g = serial().await;
+    let c = Cluster::new(&["main-pc"]);
+    let (hook_port, hooked) = webhook_receiver().await;
+    let (_am, am_port) = start_alertmanager_with(
+        &c,
+        &format!(
+            "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1h\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:{hook_port}/hook\n"
+        ),
+    );
+    let rules = c.dir().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    // Always firing, and the default FleetCoordinatorDown's expression without its minute.
+    std::fs::write(
+        rules.join("ha.yml"),
+        "groups:\n  - name: ha\n    interval: 1s\n    rules:\n      - alert: Always\n        expr: vector(1)\n      - alert: CoordinatorGone\n        expr: fleet_coordinator_cluster_member_up == 0\n",
+    )
+    .unwrap();
+    let etcd = Etcd::start(&c, 3).await;
+    let alerting = format!(
+        "[alerting]\nrule_files = [\"{}/*.yml\"]\nevaluation_interval = \"1s\"\nalertmanagers = [\"http://127.0.0.1:{am_port}\"]\n",
+        rules.display()
+    );
+    let mut members = start_coordinators_with(&c, &etcd, 3, &alerting).await;
+    agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(20)).await;
+    let notified = |name: &str| hooked.lock().unwrap().iter().filter(|b| b["groupLabels"]["alertname"] == name).count();
+    eventually(Duration::from_secs(15), "Always at the webhook", || async { (notified("Always") > 0).then_some(()) })
+        .await;
+    // Every coordinator sends it (each evaluates the rules) ...
+    for m in &members {
+        let text = reqwest::get(format!("http://{}/metrics", m.http)).await.unwrap().text().await.unwrap();
+        let sent = text
+            .lines()
+            .find(|l| l.starts_with("fleet_coordinator_notifications_sent_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(sent >= 1.0, "coordinator {} sent nothing:\n{text}", m.addr);
+    }
+    // ... and Alertmanager, seeing the same labels, holds one alert and notifies once.
+    let alerts = am_alerts(am_port).await.unwrap();
+    let always: Vec<_> = alerts.iter().filter(|a| a["labels"]["alertname"] == "Always").collect();
+    assert_eq!(always.len(), 1, "{alerts:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await; // several more evaluations and sends
+    assert_eq!(notified("Always"), 1, "one notification for three coordinators' alerts");
+
+    // A coordinator lost: the others fire CoordinatorGone for it, one notification.
+    let gone = advertise(&members[2]);
+    members[2].proc.kill9();
+    let alert = eventually(LEASE_TTL + Duration::from_secs(15), "CoordinatorGone in Alertmanager", || async {
+        let alerts = am_alerts(am_port).await?;
+        alerts.into_iter().find(|a| a["labels"]["alertname"] == "CoordinatorGone")
+    })
+    .await;
+    assert_eq!(alert["labels"]["member"], gone.as_str(), "{alert}");
+    eventually(Duration::from_secs(10), "CoordinatorGone at the webhook", || async {
+        (notified("CoordinatorGone") == 1).then_some(())
+    })
+    .await;
 }
