@@ -17,6 +17,9 @@ use tonic::{Status, Streaming};
 
 use crate::store::{RolloutRecord, RolloutState};
 
+/// How long a peer coordinator may take to connect, or between two chunks of an artifact.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The artifact store.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
@@ -125,6 +128,81 @@ impl Artifacts {
         }
         file.sync_all().map_err(|e| Status::internal(format!("cannot store the artifact: {e}")))?;
         Ok(got)
+    }
+
+    /// Fetches artifact `sha256` from the first of `peers` (other coordinators' gRPC
+    /// addresses) that holds it, checks its digest and size against this store's limit, and
+    /// keeps it. Returns whether it is here now, and what each peer said when not.
+    pub async fn fetch_from_peers(
+        &self,
+        sha256: &str,
+        peers: &[String],
+        tls: &fleet_common::tls::TlsMaterial,
+    ) -> Result<u64, String> {
+        let mut why = Vec::new();
+        for peer in peers {
+            match self.fetch_from(sha256, peer, tls).await {
+                Ok(size) => {
+                    tracing::info!(artifact = %sha256, %peer, size, "fetched an artifact from another coordinator");
+                    return Ok(size);
+                }
+                Err(e) => why.push(format!("{peer}: {e}")),
+            }
+        }
+        Err(if why.is_empty() { "no other coordinator to ask".into() } else { why.join("; ") })
+    }
+
+    async fn fetch_from(&self, sha256: &str, peer: &str, tls: &fleet_common::tls::TlsMaterial) -> Result<u64, String> {
+        use fleet_proto::v1::agent_service_client::AgentServiceClient;
+        let url = format!("https://{peer}");
+        let channel = tokio::time::timeout(PEER_TIMEOUT, fleet_common::tls::connect_coordinator(&url, tls))
+            .await
+            .map_err(|_| format!("no answer within {PEER_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let mut stream = AgentServiceClient::new(channel)
+            .fetch_artifact(fleet_proto::v1::FetchArtifactRequest { sha256: sha256.to_string() })
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        let partial = self.dir.join(format!("{sha256}.{}.partial", crate::commands::new_id()));
+        let result = async {
+            let mut file = std::fs::File::create(&partial).map_err(|e| format!("cannot store it: {e}"))?;
+            let mut hasher = sha2::Sha256::new();
+            let mut got = 0u64;
+            loop {
+                let chunk = tokio::time::timeout(PEER_TIMEOUT, stream.message())
+                    .await
+                    .map_err(|_| format!("the transfer stalled for {PEER_TIMEOUT:?}"))?
+                    .map_err(|s| s.message().to_string())?;
+                let Some(chunk) = chunk else { break };
+                got += chunk.data.len() as u64;
+                if got > self.max_bytes {
+                    return Err(format!(
+                        "it is larger than this coordinator's limit of {} ([artifacts] max_bytes)",
+                        fleet_common::human_bytes(self.max_bytes)
+                    ));
+                }
+                hasher.update(&chunk.data);
+                file.write_all(&chunk.data).map_err(|e| format!("cannot store it: {e}"))?;
+            }
+            let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            if digest != sha256 {
+                return Err(format!("sha256 mismatch: the peer sent {digest}"));
+            }
+            file.sync_all().map_err(|e| format!("cannot store it: {e}"))?;
+            Ok(got)
+        }
+        .await;
+        match result {
+            Ok(got) => {
+                std::fs::rename(&partial, self.path(sha256)).map_err(|e| format!("cannot keep it: {e}"))?;
+                Ok(got)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(e)
+            }
+        }
     }
 
     /// Removes every blob not in `keep`.

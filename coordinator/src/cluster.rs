@@ -14,6 +14,7 @@
 //! `[cluster]` a coordinator is alone and always the leader.
 
 pub mod etcd;
+pub mod shared;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

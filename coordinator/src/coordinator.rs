@@ -109,7 +109,13 @@ impl Coordinator {
             None => crate::cluster::Cluster::alone(),
         };
         let store = Store::open(&config.data_dir, config.retention)?;
-        let shared: Arc<dyn SharedState> = Arc::new(store.clone());
+        let shared: Arc<dyn SharedState> = match &config.cluster {
+            Some(cc) => Arc::new(
+                crate::cluster::shared::EtcdShared::open(cc, cluster.clone(), store.clone())
+                    .map_err(RunError::Serve)?,
+            ),
+            None => Arc::new(store.clone()),
+        };
         let since = started_at_ms - config.retention.as_millis() as i64;
         let history_dir = config.data_dir.join("history");
         let tsdb = Tsdb::on_disk(history_dir.clone(), config.retention.as_millis() as i64, config.max_series).map_err(
@@ -175,7 +181,14 @@ impl Coordinator {
                 action: format!("open the artifact store in {}", config.data_dir.display()),
                 reason: e.to_string(),
             })?;
-        let rollouts = Rollouts::start(shared.clone(), registry.clone(), hub.clone(), audit.clone(), shutdown.clone())?;
+        let rollouts = Rollouts::start(
+            shared.clone(),
+            registry.clone(),
+            hub.clone(),
+            audit.clone(),
+            cluster.clone(),
+            shutdown.clone(),
+        )?;
         let alerting =
             Alerting::start(config.alerting.clone(), tsdb.clone(), shared.clone(), registry.clone(), shutdown.clone())?;
         for w in config.alerting.warnings() {

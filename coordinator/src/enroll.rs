@@ -300,6 +300,16 @@ impl Enrollment {
     }
 
     /// Forgets tokens that ended more than [`KEEP_ENDED`] ago.
+    /// Reads the join tokens and enrolled hosts again from the shared state (another
+    /// coordinator of the cluster may have changed them).
+    pub fn reload(&self) -> Result<(), String> {
+        let tokens = self.shared.all::<TokenRecord>(RecordKind::Token).map_err(|e| e.to_string())?;
+        let enrolled = self.shared.all::<EnrolledHost>(RecordKind::Enrolled).map_err(|e| e.to_string())?;
+        *self.tokens.lock().expect("tokens lock") = tokens.into_iter().collect();
+        *self.enrolled.lock().expect("enrolled lock") = enrolled.into_iter().collect();
+        Ok(())
+    }
+
     fn prune(&self, tokens: &mut BTreeMap<String, TokenRecord>, now_ms: i64) {
         let old: Vec<String> = tokens
             .values()

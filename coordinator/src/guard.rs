@@ -240,6 +240,8 @@ impl Authority {
             Gate::Open => unreachable!("handled above"),
             Gate::AnyIdentity => None,
             Gate::Agent if identity.role == Role::Agent => None,
+            // Another coordinator of the cluster fetching an artifact it lacks (design §13).
+            Gate::Agent if identity.role == Role::Coordinator && method == "FetchArtifact" => None,
             Gate::Agent => {
                 let msg = format!("{who} is not an agent identity; the agent API needs an agent certificate");
                 self.refused(DenyReason::WrongRole, &who, peer, method, &msg);

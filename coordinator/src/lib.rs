@@ -137,6 +137,58 @@ fn write_addrs(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> std::io::
 }
 
 /// Runs the coordinator on the given listeners until `shutdown` is cancelled.
+/// How often a coordinator of a cluster reads the deny list, join tokens and enrolled hosts
+/// again from etcd: what another coordinator changed takes effect here within it.
+const SHARED_RECORDS_EVERY: Duration = Duration::from_secs(2);
+
+/// With several coordinators: takes up the deny list, join tokens and enrolled hosts other
+/// coordinators changed, cutting the connections of certificates revoked meanwhile.
+async fn follow_shared_records(c: std::sync::Arc<Coordinator>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SHARED_RECORDS_EVERY) => {}
+        }
+        let here = c.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let c = here;
+            match c.authority.revocations.reload() {
+                Ok(added) => {
+                    for r in added {
+                        let cut = c.connections.cut(|cert| {
+                            r.covers(cert) || r.target == revocation::Revocation::serial_target(&cert.serial)
+                        });
+                        tracing::info!(target = %r.target, connections = cut, "a revocation made by another coordinator takes effect here");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the deny list again"),
+            }
+            if let Err(e) = c.enrollment.reload() {
+                tracing::debug!(error = %e, "cannot read the join tokens again");
+            }
+        })
+        .await;
+        fetch_rollout_artifacts(&c).await;
+    }
+}
+
+/// Fetches the artifact of every unfinished rollout this coordinator lacks from the others,
+/// so that whichever coordinator leads next has it (it is uploaded to one coordinator only).
+async fn fetch_rollout_artifacts(c: &Coordinator) {
+    let Some(cc) = c.cluster.config() else { return };
+    let needed: std::collections::BTreeSet<String> = c.rollouts.needed_artifacts().into_iter().collect();
+    for sha in needed {
+        if c.artifacts.stat(&sha).is_some() {
+            continue;
+        }
+        let peers: Vec<String> =
+            c.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != cc.advertise).collect();
+        if let Err(why) = c.artifacts.fetch_from_peers(&sha, &peers, &c.tls).await {
+            tracing::debug!(artifact = %sha, %why, "cannot fetch a rollout's artifact from the other coordinators yet");
+        }
+    }
+}
+
 pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
     let (c, writer_task) = Coordinator::open(config, shutdown.clone()).await?;
     let config = &c.config;
@@ -164,6 +216,7 @@ pub async fn run(config: CoordinatorConfig, listeners: Listeners, shutdown: Canc
         let election = cluster::EtcdElection::new(etcd.clone(), &cc.name);
         tracing::info!(cluster = %cc.name, advertise = %cc.advertise, etcd = %etcd.endpoints(), "joining the cluster");
         tasks.spawn(c.cluster.clone().run(election, me, shutdown.clone()));
+        tasks.spawn(follow_shared_records(c.clone(), shutdown.clone()));
     }
     tasks.spawn(sampler::sample_up(c.clone(), sampler::UP_SAMPLE_INTERVAL.min(config.alerting.evaluation_interval)));
     tasks.spawn(artifacts::collect_garbage_every_minute(

@@ -89,6 +89,17 @@ impl Revocations {
         Ok(())
     }
 
+    /// Reads the entries again from the shared state (another coordinator of the cluster may
+    /// have added some) and returns those that are new here.
+    pub fn reload(&self) -> Result<Vec<Revocation>, StoreError> {
+        let fresh: BTreeMap<String, Revocation> =
+            self.shared.all::<Revocation>(RecordKind::Revocation)?.into_iter().take(MAX_ENTRIES).collect();
+        let mut entries = self.entries.write().expect("revocations lock");
+        let added = fresh.iter().filter(|(k, v)| entries.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect();
+        *entries = fresh;
+        Ok(added)
+    }
+
     /// Every entry, newest first.
     pub fn list(&self) -> Vec<Revocation> {
         let mut v: Vec<Revocation> = self.entries.read().expect("revocations lock").values().cloned().collect();

@@ -30,6 +30,9 @@ use crate::store::{HostStep, RolloutRecord, RolloutState, SharedState, StepState
 mod policy;
 pub use policy::{Step, next_step, revert_outcome};
 
+/// How often a follower reads the rollouts again (to show them), and a leader looks at its
+/// term.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 /// Extra time an agent gets beyond the probation to fetch and unpack.
 const FETCH_MARGIN: Duration = Duration::from_secs(300);
 
@@ -77,6 +80,10 @@ pub struct Rollouts {
     /// Finished rollouts by result.
     pub counts: RolloutCounts,
     shutdown: CancellationToken,
+    cluster: Arc<crate::cluster::Cluster>,
+    /// While this coordinator leads: the token its rollout drivers stop on (cancelled when
+    /// the term ends). `None` on a follower, which runs no rollout.
+    term: Mutex<Option<CancellationToken>>,
 }
 
 impl std::fmt::Debug for Rollouts {
@@ -92,15 +99,19 @@ enum HostOutcome {
 }
 
 impl Rollouts {
-    /// Loads every rollout from the store and resumes the unfinished ones.
+    /// Loads every rollout from the store and resumes the unfinished ones. With several
+    /// coordinators only the leader drives rollouts: this one takes them up from the shared
+    /// state when it becomes the leader and stops when its term ends ([`Rollouts::follow`]).
     pub fn start(
         shared: Arc<dyn SharedState>,
         registry: Arc<Registry>,
         hub: Arc<Hub>,
         audit: AuditLog,
+        cluster: Arc<crate::cluster::Cluster>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Rollouts>, crate::store::StoreError> {
         let records = shared.load_rollouts()?;
+        let alone = cluster.config().is_none();
         let this = Arc::new(Rollouts {
             shared,
             registry,
@@ -108,10 +119,12 @@ impl Rollouts {
             audit,
             live: Mutex::new(HashMap::new()),
             counts: RolloutCounts::default(),
+            term: Mutex::new(alone.then(|| shutdown.child_token())),
             shutdown,
+            cluster,
         });
         for r in records {
-            let resume = !r.finished();
+            let resume = alone && !r.finished();
             let id = r.id.clone();
             this.insert(r);
             if resume {
@@ -119,7 +132,83 @@ impl Rollouts {
                 this.spawn(&id);
             }
         }
+        if !alone {
+            tokio::spawn(this.clone().follow());
+        }
         Ok(this)
+    }
+
+    /// With several coordinators: on becoming the leader, reads every rollout from the shared
+    /// state and resumes the unfinished ones (the command ids are the rollout's, so a host
+    /// the previous leader already deployed is not deployed again); when the term ends, stops
+    /// them; as a follower, reads the rollouts again every [`FOLLOW_EVERY`] to show them.
+    async fn follow(self: Arc<Self>) {
+        let mut changes = self.cluster.subscribe();
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
+            let leads = self.cluster.leader_fence().is_some();
+            let driving = self.term.lock().expect("term lock").is_some();
+            match (leads, driving) {
+                (true, false) => {
+                    let records = match self.load_shared().await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the rollouts to take them up; trying again");
+                            continue;
+                        }
+                    };
+                    *self.term.lock().expect("term lock") = Some(self.shutdown.child_token());
+                    for r in records {
+                        let resume = !r.finished();
+                        let id = r.id.clone();
+                        self.replace(r);
+                        if resume {
+                            tracing::info!(rollout = %id, "taking up a rollout as the new leader");
+                            self.spawn(&id);
+                        }
+                    }
+                }
+                (false, true) => {
+                    if let Some(term) = self.term.lock().expect("term lock").take() {
+                        term.cancel();
+                        tracing::warn!("no longer the leader: this coordinator's rollout drivers stop");
+                    }
+                }
+                (false, false) => {
+                    if let Ok(records) = self.load_shared().await {
+                        for r in records {
+                            self.replace(r);
+                        }
+                    }
+                }
+                (true, true) => {}
+            }
+        }
+    }
+
+    async fn load_shared(&self) -> Result<Vec<RolloutRecord>, crate::store::StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.load_rollouts())
+            .await
+            .map_err(|e| crate::store::StoreError::Shared(e.to_string()))?
+    }
+
+    /// Puts `r` in place of the rollout of its id, telling its watchers.
+    fn replace(&self, r: RolloutRecord) {
+        match self.get_live(&r.id) {
+            Some(live) => {
+                if *live.record.borrow() != r {
+                    live.record.send_replace(r);
+                }
+            }
+            None => {
+                self.insert(r);
+            }
+        }
     }
 
     fn insert(&self, r: RolloutRecord) -> Arc<Live> {
@@ -233,6 +322,10 @@ impl Rollouts {
     }
 
     fn spawn(self: &Arc<Self>, id: &str) {
+        let Some(stop) = self.term.lock().expect("term lock").clone() else {
+            tracing::warn!(rollout = %id, "not the leader: the rollout is left to the leader");
+            return;
+        };
         let this = self.clone();
         let id = id.to_string();
         // A child of the StartRollout call's span when there is one (a rollout resumed at
@@ -241,7 +334,7 @@ impl Rollouts {
         tokio::spawn(
             async move {
                 if let Some(live) = this.get_live(&id) {
-                    this.drive(&live).await;
+                    this.drive(&live, &stop).await;
                 }
             }
             .instrument(span),
@@ -269,6 +362,7 @@ impl Rollouts {
         command: Command,
         offline_wait: Duration,
         timeout: Duration,
+        stop: &CancellationToken,
     ) -> Result<CommandUpdate, String> {
         let waited = tokio::time::Instant::now();
         let host = loop {
@@ -279,19 +373,19 @@ impl Rollouts {
                 return Err(format!("{host} stayed offline for {}", fleet_common::human_duration(offline_wait)));
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Err("the coordinator is shutting down".into()),
+                _ = stop.cancelled() => return Err("the coordinator is shutting down".into()),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         };
         tokio::select! {
-            _ = self.shutdown.cancelled() => Err("the coordinator is shutting down".into()),
+            _ = stop.cancelled() => Err("the coordinator is shutting down".into()),
             r = self.hub.send_and_wait(&host, command, timeout, std::future::ready(Ok(()))) => {
                 r.map(|o| o.update).map_err(|e| e.to_string())
             }
         }
     }
 
-    async fn deploy_host(&self, r: &RolloutRecord, host: &str) -> HostOutcome {
+    async fn deploy_host(&self, r: &RolloutRecord, host: &str, stop: &CancellationToken) -> HostOutcome {
         let probation = Duration::from_millis(r.healthy_deadline_ms + r.min_healthy_time_ms);
         let cmd = Command {
             id: format!("{}-{host}-deploy", r.id),
@@ -308,14 +402,15 @@ impl Rollouts {
                 healthy_deadline_ms: r.healthy_deadline_ms,
             })),
         };
-        match self.run_on(host, cmd, Duration::from_millis(r.healthy_deadline_ms), probation + FETCH_MARGIN).await {
+        match self.run_on(host, cmd, Duration::from_millis(r.healthy_deadline_ms), probation + FETCH_MARGIN, stop).await
+        {
             Ok(u) if u.state == CommandState::Succeeded as i32 => HostOutcome::Done(u.message),
             Ok(u) => HostOutcome::Failed(one_line(&u.message), u.log_tail),
             Err(e) => HostOutcome::Failed(e, Vec::new()),
         }
     }
 
-    async fn revert_host(&self, r: &RolloutRecord, step: &HostStep) -> HostOutcome {
+    async fn revert_host(&self, r: &RolloutRecord, step: &HostStep, stop: &CancellationToken) -> HostOutcome {
         if step.previous_version.is_empty() {
             return HostOutcome::Done("no earlier release to go back to".into());
         }
@@ -333,7 +428,9 @@ impl Rollouts {
                 healthy_deadline_ms: r.healthy_deadline_ms,
             })),
         };
-        match self.run_on(&step.host, cmd, Duration::from_millis(r.healthy_deadline_ms), probation + FETCH_MARGIN).await
+        match self
+            .run_on(&step.host, cmd, Duration::from_millis(r.healthy_deadline_ms), probation + FETCH_MARGIN, stop)
+            .await
         {
             Ok(u) if u.state == CommandState::Succeeded as i32 => {
                 HostOutcome::Done(format!("back on {}", step.previous_version))
@@ -393,9 +490,9 @@ impl Rollouts {
     }
 
     /// Runs hosts in `batch` (at most max_parallel) concurrently with `f`.
-    async fn drive(self: &Arc<Self>, live: &Live) {
+    async fn drive(self: &Arc<Self>, live: &Live, stop: &CancellationToken) {
         loop {
-            if self.shutdown.is_cancelled() {
+            if stop.is_cancelled() {
                 return;
             }
             let r = live.record.borrow().clone();
@@ -417,14 +514,14 @@ impl Rollouts {
                 }
                 Step::WaitForOperator => {
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
+                        _ = stop.cancelled() => return,
                         _ = live.wake.notified() => {}
                     }
                     continue;
                 }
                 Step::Reverting => {
-                    self.revert(live).await;
-                    if self.shutdown.is_cancelled() {
+                    self.revert(live, stop).await;
+                    if stop.is_cancelled() {
                         return;
                     }
                     let r = live.record.borrow().clone();
@@ -451,7 +548,7 @@ impl Rollouts {
                 Step::Idle => {
                     // Canaries still running elsewhere? Nothing to do but wait for a change.
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
+                        _ = stop.cancelled() => return,
                         _ = live.wake.notified() => {}
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
@@ -474,12 +571,12 @@ impl Rollouts {
                     })
                     .await;
                 }
-                let this = self.clone();
+                let (this, stop) = (self.clone(), stop.clone());
                 let rec = live.record.borrow().clone();
                 let span = tracing::info_span!(target: fleet_common::telemetry::TARGET, "rollout.deploy", host = %host, version = %rec.version);
                 batch.spawn(
                     async move {
-                        let outcome = this.deploy_host(&rec, &host).await;
+                        let outcome = this.deploy_host(&rec, &host, &stop).await;
                         (host, outcome)
                     }
                     .instrument(span),
@@ -488,7 +585,7 @@ impl Rollouts {
             let mut failure = None;
             while let Some(res) = batch.join_next().await {
                 let Ok((host, outcome)) = res else { continue };
-                if self.shutdown.is_cancelled() {
+                if stop.is_cancelled() {
                     // Leave the host in "deploying": the next coordinator asks again.
                     continue;
                 }
@@ -502,7 +599,7 @@ impl Rollouts {
                     }
                 }
             }
-            if self.shutdown.is_cancelled() {
+            if stop.is_cancelled() {
                 return;
             }
             if let Some(reason) = failure {
@@ -525,7 +622,7 @@ impl Rollouts {
     }
 
     /// Moves every host that took the new release back, max_parallel at a time.
-    async fn revert(self: &Arc<Self>, live: &Live) {
+    async fn revert(self: &Arc<Self>, live: &Live, stop: &CancellationToken) {
         loop {
             let r = live.record.borrow().clone();
             let todo: Vec<HostStep> = r
@@ -535,19 +632,19 @@ impl Rollouts {
                 .take(r.max_parallel.max(1) as usize)
                 .cloned()
                 .collect();
-            if todo.is_empty() || self.shutdown.is_cancelled() {
+            if todo.is_empty() || stop.is_cancelled() {
                 return;
             }
             let mut batch = tokio::task::JoinSet::new();
             for step in todo {
                 self.set_host(live, &step.host, StepState::Reverting, "").await;
-                let this = self.clone();
+                let (this, stop) = (self.clone(), stop.clone());
                 let rec = r.clone();
                 let span =
                     tracing::info_span!(target: fleet_common::telemetry::TARGET, "rollout.revert", host = %step.host);
                 batch.spawn(
                     async move {
-                        let outcome = this.revert_host(&rec, &step).await;
+                        let outcome = this.revert_host(&rec, &step, &stop).await;
                         (step.host, outcome)
                     }
                     .instrument(span),
@@ -555,7 +652,7 @@ impl Rollouts {
             }
             while let Some(res) = batch.join_next().await {
                 let Ok((host, outcome)) = res else { continue };
-                if self.shutdown.is_cancelled() {
+                if stop.is_cancelled() {
                     return;
                 }
                 match outcome {

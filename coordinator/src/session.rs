@@ -61,10 +61,28 @@ impl AgentService for AgentApi {
         &self,
         req: Request<FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        caller_of(&req)?;
+        let from_agent = caller_of(&req)?.identity.role == fleet_common::identity::Role::Agent;
         let sha = req.into_inner().sha256;
-        if !crate::artifacts::valid_sha256(&sha) || self.c.artifacts.stat(&sha).is_none() {
+        if !crate::artifacts::valid_sha256(&sha) {
             return Err(Status::not_found(format!("the coordinator holds no artifact {sha}")));
+        }
+        if self.c.artifacts.stat(&sha).is_none() {
+            // Uploaded to another coordinator of the cluster: fetch it from the one that has it
+            // (asked for by an agent only, so that two coordinators never ask each other).
+            let peers: Vec<String> = match self.c.cluster.config() {
+                Some(cc) if from_agent => {
+                    self.c.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != cc.advertise).collect()
+                }
+                _ => Vec::new(),
+            };
+            if peers.is_empty() {
+                return Err(Status::not_found(format!("the coordinator holds no artifact {sha}")));
+            }
+            if let Err(why) = self.c.artifacts.fetch_from_peers(&sha, &peers, &self.c.tls).await {
+                return Err(Status::not_found(format!(
+                    "the coordinator holds no artifact {sha}, nor does any other coordinator of the cluster ({why})"
+                )));
+            }
         }
         let mut file =
             tokio::fs::File::open(self.c.artifacts.path(&sha)).await.map_err(|e| Status::internal(e.to_string()))?;

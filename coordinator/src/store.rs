@@ -139,6 +139,9 @@ pub enum StoreError {
     /// A record cannot be encoded, or read back.
     #[error("store: {what}: {reason}")]
     Record { what: String, reason: String },
+    /// The state several coordinators share (in etcd) cannot be read or written.
+    #[error("shared state: {0}")]
+    Shared(String),
 }
 
 /// The coordinator's durable store.

@@ -1,13 +1,14 @@
 //! Several coordinators on a real three-member etcd (docs/design.md §13): one leader at a
-//! time, a new one within the lease after the leader is killed, a paused leader that wakes up
-//! leading nothing, followers that refuse what only the leader does and name it, and a
-//! cluster that keeps serving reads without etcd.
+//! time, a new one within the lease after the leader is killed with no report lost, a paused
+//! leader that wakes up leading nothing, calls to a follower run once by the leader, a
+//! rollout the killed leader began finished by the next, alerts from every coordinator
+//! notified once, and a cluster that keeps serving reads without etcd.
 
 use std::time::{Duration, Instant};
 
 use fleet_integration_tests::{
-    Cluster, Coordinator, CoordinatorOpts, Etcd, am_alerts, assert_contiguous, eventually, free_port, serial,
-    sh_service, start_alertmanager_with, webhook_receiver,
+    Cluster, Coordinator, CoordinatorOpts, Etcd, am_alerts, app_release, app_service, assert_contiguous, eventually,
+    free_port, get_body, serial, sh_service, start_alertmanager_with, webhook_receiver,
 };
 use rustix::process::Signal;
 
@@ -301,6 +302,112 @@ async fn every_coordinator_alerts_and_alertmanager_notifies_once() {
     assert_eq!(alert["labels"]["member"], gone.as_str(), "{alert}");
     eventually(Duration::from_secs(10), "CoordinatorGone at the webhook", || async {
         (notified("CoordinatorGone") == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_leader_finishes_a_rollout_the_killed_leader_began() {
+    let _g = serial().await;
+    let hosts = ["main-pc", "pc2"];
+    let mut c = Cluster::new(&hosts);
+    let etcd = Etcd::start(&c, 3).await;
+    let mut members = start_coordinators(&c, &etcd, 3).await;
+    let leader = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(20)).await;
+    c.coordinators = members.iter().map(|m| m.addr.clone()).collect();
+    c.addr = members[leader].addr.clone();
+    let mut ports = Vec::new();
+    for h in hosts {
+        let port = free_port();
+        let svc = app_service(&c.dir().join(h).join("app"), port, &c.dir().join(h).join("conf"), "");
+        c.start_agent_with(h, Duration::from_millis(500), &svc);
+        ports.push(port);
+    }
+    for m in &members {
+        c.addr = m.addr.clone();
+        c.wait_online(&hosts, Duration::from_secs(15)).await;
+    }
+    c.addr = members[leader].addr.clone();
+    let release = |v: &str| {
+        let p = c.dir().join(format!("app-{v}.tar.gz"));
+        app_release(&p, v, false);
+        p
+    };
+    let (v1, v2) = (release("1.0"), release("2.0"));
+    let start = |artifact: &std::path::Path, version: &str, min_healthy: &str, extra: &[&str]| {
+        let mut args = vec![
+            "rollout",
+            "start",
+            "app",
+            "--artifact",
+            artifact.to_str().unwrap(),
+            "--version",
+            version,
+            "--min-healthy-time",
+            min_healthy,
+            "--healthy-deadline",
+            "20s",
+        ];
+        args.extend_from_slice(extra);
+        c.fleetctl(&args)
+    };
+    let out = start(&v1, "1.0", "1s", &["--watch", "--max-parallel", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // 2.0 one host at a time, uploaded to the leader only.
+    let out = start(&v2, "2.0", "3s", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let host_state = |r: &serde_json::Value, host: &str| {
+        r["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    eventually(Duration::from_secs(30), "main-pc deploying 2.0", || {
+        let out = c.fleetctl(&["rollout", "status", &id, "-o", "json"]);
+        let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        async move { v.filter(|v| host_state(v, "main-pc") == "deploying").map(|_| ()) }
+    })
+    .await;
+
+    // The followers fetch the artifact of an unfinished rollout from the leader it was
+    // uploaded to, within seconds.
+    let sha = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(std::fs::read(&v2).unwrap());
+        digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    for i in (0..3).filter(|&i| i != leader) {
+        let path = c.dir().join(format!("coordinator{i}/artifacts/{sha}"));
+        eventually(Duration::from_secs(10), "a follower to hold the rollout's artifact", || {
+            let there = path.exists();
+            async move { there.then_some(()) }
+        })
+        .await;
+    }
+    // kill -9 the leader mid-rollout: the next leader takes it up from etcd and finishes it.
+    members[leader].proc.kill9();
+    let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let next = agreed_leader(&c, &members, &live, LEASE_TTL + Duration::from_secs(5)).await;
+    c.addr = members[next].addr.clone();
+    let out = c.fleetctl(&["rollout", "status", &id, "--watch"]);
+    assert!(
+        out.status.success(),
+        "the new leader finishes the rollout:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (h, port) in hosts.iter().zip(&ports) {
+        assert_eq!(get_body(*port).await.as_deref(), Some("hello from app 2.0\n"), "{h}");
+        let log = std::fs::read_to_string(c.dir().join(h).join("logs/app.log")).unwrap();
+        assert_eq!(log.matches("app 2.0 listening").count(), 1, "{h} deployed 2.0 more than once:\n{log}");
+    }
+    // A follower shows the same outcome (it reads the rollout from etcd).
+    let other = live.iter().copied().find(|&i| i != next).unwrap();
+    eventually(Duration::from_secs(10), "the follower to show the rollout succeeded", || {
+        let out = c.fleetctl_env(&["rollout", "status", &id, "-o", "json"], &[("FLEET_ADDR", &members[other].addr)]);
+        let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        async move { v.filter(|v| v["state"] == "succeeded").map(|_| ()) }
     })
     .await;
 }

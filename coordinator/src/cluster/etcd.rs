@@ -24,6 +24,8 @@ use super::EtcdTls;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most keys one range returns: fleet's prefixes hold tens of keys (members), not more.
 const RANGE_LIMIT: i64 = 10_000;
+/// The largest range answer read: a thousand rollouts of a few KiB each.
+const MAX_RANGE_BYTES: usize = 64 << 20;
 
 /// Why a call to etcd failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -135,7 +137,9 @@ impl Etcd {
             limit: RANGE_LIMIT,
             ..Default::default()
         };
-        let resp = self.call(|c| async { KvClient::new(c).range(req.clone()).await }).await?;
+        let resp = self
+            .call(|c| async { KvClient::new(c).max_decoding_message_size(MAX_RANGE_BYTES).range(req.clone()).await })
+            .await?;
         Ok(resp.into_inner().kvs)
     }
 

@@ -1,0 +1,250 @@
+//! [`SharedState`] for several coordinators: rollouts and the small records (join tokens,
+//! enrolled hosts, the deny list, removed hosts) live in etcd under `/fleet/<cluster>/`, so
+//! that a new leader resumes every rollout and every coordinator refuses a revoked
+//! certificate. A rollout is written only by the leader, in a transaction that holds only
+//! while its term lasts ([`super::Fence`]): a deposed leader's write changes nothing and
+//! fails. What each coordinator keeps for itself stays in its own store, as alone: host
+//! records (each coordinator gets every report), alert state (each evaluates the rules, as a
+//! Prometheus HA pair does) and the effect of a removal on its report log.
+//!
+//! The trait is synchronous (sled's is); the calls to etcd run on a thread of their own with
+//! its own client, and a caller waits for each within [`WAIT`]. Nothing here is written per
+//! report or per heartbeat: rollouts change per host step, records per operator action.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::etcd::{self, Etcd, EtcdError};
+use super::{Cluster, ClusterConfig};
+use crate::store::{HostRecord, MAX_ROLLOUTS, RecordKind, RolloutRecord, SharedState, Store, StoreError};
+
+/// The longest a caller waits for one call to etcd (each member tried in turn).
+const WAIT: Duration = Duration::from_secs(10);
+/// Said at most once a minute while etcd is away.
+static ETCD_AWAY: fleet_common::Throttle = fleet_common::Throttle::new(Duration::from_secs(60));
+/// Calls queued for the etcd thread, at most.
+const QUEUE: usize = 256;
+
+type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &Etcd) + Send>;
+
+/// Shared state in etcd, the rest in this coordinator's store.
+pub struct EtcdShared {
+    prefix: String,
+    cluster: Arc<Cluster>,
+    local: Store,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl std::fmt::Debug for EtcdShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdShared").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl EtcdShared {
+    /// Shared state of the cluster `config` describes, with `local` for the rest. Starts the
+    /// thread that talks to etcd.
+    pub fn open(config: &ClusterConfig, cluster: Arc<Cluster>, local: Store) -> Result<EtcdShared, String> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (urls, tls) = (config.etcd.clone(), config.tls.clone());
+        std::thread::Builder::new()
+            .name("fleet-etcd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                // The client's connections belong to this thread's runtime, so a caller that
+                // blocks an async worker never holds up the I/O it waits for.
+                let client = {
+                    let _in = rt.enter();
+                    Etcd::new(&urls, tls.as_ref())
+                };
+                let client = match client {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    job(&rt, &client);
+                }
+            })
+            .map_err(|e| format!("cannot start the etcd thread: {e}"))?;
+        ready_rx.recv().map_err(|_| "the etcd thread ended at once".to_string())??;
+        Ok(EtcdShared { prefix: format!("/fleet/{}/", config.name), cluster, local, jobs })
+    }
+
+    /// Runs `f` against etcd on the etcd thread and waits for its answer.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Etcd) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |rt, client| {
+            let _ = tx.send(rt.block_on(f(client.clone())));
+        });
+        self.jobs.try_send(job).map_err(|_| StoreError::Shared("too many calls to etcd are waiting".into()))?;
+        match rx.recv_timeout(WAIT) {
+            Ok(r) => r.map_err(|e| StoreError::Shared(e.to_string())),
+            Err(_) => Err(StoreError::Shared(format!("etcd gave no answer within {WAIT:?}"))),
+        }
+    }
+
+    fn rollout_key(&self, id: &str) -> String {
+        format!("{}rollouts/{id}", self.prefix)
+    }
+
+    fn record_prefix(&self, kind: RecordKind) -> String {
+        let kind = match kind {
+            RecordKind::Token => "tokens",
+            RecordKind::Enrolled => "enrolled",
+            RecordKind::Revocation => "revocations",
+            RecordKind::RemovedHost => "removed",
+        };
+        format!("{}records/{kind}/", self.prefix)
+    }
+
+    fn leader_key(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// Writes `puts` and `deletes` in one transaction that holds only while this
+    /// coordinator's term as leader lasts.
+    fn fenced(&self, puts: Vec<(String, Vec<u8>)>, deletes: Vec<String>) -> Result<(), StoreError> {
+        let Some(fence) = self.cluster.leader_fence() else {
+            return Err(StoreError::Shared(
+                "this coordinator does not lead the cluster (any more): only the leader writes rollouts".into(),
+            ));
+        };
+        let leader_key = self.leader_key();
+        let succeeded = self.run(move |client| async move {
+            let mut ops: Vec<_> = puts.iter().map(|(k, v)| etcd::put_op(k, v, 0)).collect();
+            ops.extend(deletes.iter().map(|k| etcd::delete_op(k)));
+            let r = client.txn(vec![etcd::created_at(&leader_key, fence.revision)], ops, Vec::new()).await?;
+            Ok(r.succeeded)
+        })?;
+        if !succeeded {
+            return Err(StoreError::Shared(
+                "the leader's term ended (another coordinator leads now): nothing was written".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn load_from_etcd(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.list(format!("{}rollouts/", self.prefix))?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v).map_err(|e| StoreError::Record {
+                    what: format!("the rollout at {k} in etcd cannot be read back"),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn list(&self, prefix: String) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let kvs = self.run(move |client| async move { client.list(&prefix).await })?;
+        Ok(kvs.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)).collect())
+    }
+}
+
+impl SharedState for EtcdShared {
+    fn save_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(r).map_err(|e| StoreError::Shared(e.to_string()))?;
+        let mut deletes = Vec::new();
+        if r.finished() {
+            // Forget the oldest finished rollouts beyond the bound, as alone.
+            let mut all = self.load_from_etcd()?;
+            if all.len() > MAX_ROLLOUTS {
+                all.retain(|x| x.finished() && x.id != r.id);
+                all.sort_by_key(|x| x.created_at_ms);
+                let excess = all.len().saturating_sub(MAX_ROLLOUTS - 1);
+                deletes = all.iter().take(excess).map(|x| self.rollout_key(&x.id)).collect();
+            }
+        }
+        self.fenced(vec![(self.rollout_key(&r.id), json)], deletes)?;
+        // A copy in this coordinator's store: what it shows should etcd be away at its start.
+        if let Err(e) = self.local.save_rollout(r) {
+            tracing::warn!(rollout = %r.id, error = %e, "cannot keep a copy of a rollout in the local store");
+        }
+        Ok(())
+    }
+
+    fn load_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        match self.load_from_etcd() {
+            Ok(all) => Ok(all),
+            Err(e) => {
+                if let Some(n) = ETCD_AWAY.ready() {
+                    tracing::warn!(error = %e, times = n, "cannot read the rollouts from etcd; showing this coordinator's copy");
+                }
+                self.local.load_rollouts()
+            }
+        }
+    }
+
+    fn save_alert_state(&self, group: &str, json: &[u8]) -> Result<(), StoreError> {
+        self.local.save_alert_state(group, json)
+    }
+
+    fn load_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        self.local.load_alert_state()
+    }
+
+    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {
+        self.local.save_hosts(records)
+    }
+
+    fn remove_host(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.local.remove_host(name, at_ms)
+    }
+
+    fn put_record(&self, kind: RecordKind, id: &str, json: &[u8]) -> Result<(), StoreError> {
+        let (key, value) = (format!("{}{id}", self.record_prefix(kind)), json.to_vec());
+        self.run(move |client| async move { client.put(&key, &value, 0).await })?;
+        SharedState::put_record(&self.local, kind, id, json)
+    }
+
+    fn remove_record(&self, kind: RecordKind, id: &str) -> Result<(), StoreError> {
+        let key = format!("{}{id}", self.record_prefix(kind));
+        self.run(move |client| async move { client.delete(&key).await })?;
+        SharedState::remove_record(&self.local, kind, id)
+    }
+
+    /// From etcd, kept in this coordinator's store as it goes; the kept copy when etcd cannot
+    /// be reached (a deny list is never empty for want of etcd).
+    fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = self.record_prefix(kind);
+        let fetched = match self.list(prefix.clone()) {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(n) = ETCD_AWAY.ready() {
+                    tracing::warn!(?kind, error = %e, times = n, "cannot read shared records from etcd; using this coordinator's copy");
+                }
+                return SharedState::records(&self.local, kind);
+            }
+        };
+        let fetched: Vec<(String, Vec<u8>)> =
+            fetched.into_iter().map(|(k, v)| (k.strip_prefix(&prefix).unwrap_or(&k).to_string(), v)).collect();
+        let kept = SharedState::records(&self.local, kind)?;
+        for (id, _) in kept.iter().filter(|(id, _)| !fetched.iter().any(|(f, _)| f == id)) {
+            SharedState::remove_record(&self.local, kind, id)?;
+        }
+        for (id, v) in fetched.iter().filter(|(id, v)| !kept.iter().any(|(k, kv)| k == id && kv == v)) {
+            SharedState::put_record(&self.local, kind, id, v)?;
+        }
+        Ok(fetched)
+    }
+}
