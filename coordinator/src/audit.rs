@@ -59,6 +59,9 @@ impl From<Entry> for AuditEntry {
 pub struct AuditLog {
     path: PathBuf,
     file: Arc<Mutex<(File, u64)>>,
+    /// With several coordinators, where every entry also goes so that each coordinator shows
+    /// the whole cluster's audit (docs/design.md §13).
+    shared: Option<Arc<dyn crate::store::SharedState>>,
 }
 
 impl AuditLog {
@@ -67,7 +70,14 @@ impl AuditLog {
         let path = data_dir.join("audit.jsonl");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(AuditLog { path, file: Arc::new(Mutex::new((file, size))) })
+        Ok(AuditLog { path, file: Arc::new(Mutex::new((file, size))), shared: None })
+    }
+
+    /// Also writes every entry to `shared`, and reads the audit from there first: the audit of
+    /// a cluster, whichever coordinator served each call.
+    pub fn with_shared(mut self, shared: Arc<dyn crate::store::SharedState>) -> AuditLog {
+        self.shared = Some(shared);
+        self
     }
 
     /// Where it is.
@@ -94,6 +104,14 @@ impl AuditLog {
         guard.0.write_all(&line)?;
         guard.0.sync_data()?;
         guard.1 += line.len() as u64;
+        drop(guard);
+        if let Some(shared) = &self.shared {
+            line.pop();
+            if let Err(e) = shared.append_audit(entry.at_ms, &line) {
+                // The entry is in this coordinator's log; the cluster's misses it.
+                tracing::warn!(error = %e, "cannot add an audit entry to the cluster's audit in etcd");
+            }
+        }
         Ok(())
     }
 
@@ -110,8 +128,22 @@ impl AuditLog {
         r
     }
 
-    /// The newest `n` entries, oldest first.
+    /// The newest `n` entries, oldest first: the cluster's when there are several
+    /// coordinators and etcd answers, this coordinator's own otherwise.
     pub fn last(&self, n: usize) -> Vec<Entry> {
+        if let Some(shared) = &self.shared {
+            match shared.shared_audit(n) {
+                Ok(Some(lines)) => return lines.iter().filter_map(|l| serde_json::from_slice(l).ok()).collect(),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the cluster's audit from etcd; showing this coordinator's")
+                }
+            }
+        }
+        self.local_last(n)
+    }
+
+    fn local_last(&self, n: usize) -> Vec<Entry> {
         let _guard = self.file.lock().expect("audit lock");
         let mut out: Vec<Entry> = Vec::new();
         let mut files = vec![self.path.clone()];

@@ -265,6 +265,15 @@ impl Election for EtcdElection {
     async fn campaign(&self, me: &Member, lease: i64) -> Result<Campaign, EtcdError> {
         use fleet_proto::etcd::response_op::Response;
         let key = self.leader_key();
+        // A read first: while a leader holds the key (the steady state) a campaign writes
+        // nothing, so three coordinators campaigning every second cost etcd no raft entries.
+        if let Some(kv) = self.etcd.get(&key).await? {
+            return Ok(if kv.lease == lease {
+                Campaign::Won(Fence { revision: kv.create_revision, lease })
+            } else {
+                Campaign::Lost { leader: String::from_utf8_lossy(&kv.value).into_owned() }
+            });
+        }
         let resp = self
             .etcd
             .txn(

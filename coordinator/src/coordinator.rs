@@ -146,6 +146,7 @@ impl Coordinator {
             action: format!("open the audit log in {}", config.data_dir.display()),
             reason: e.to_string(),
         })?;
+        let audit = if config.cluster.is_some() { audit.with_shared(shared.clone()) } else { audit };
         let metrics = Arc::new(Metrics::default());
         let revocations = revocation::Revocations::load(shared.clone())?;
         let certificates = Seen::default();

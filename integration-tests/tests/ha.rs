@@ -237,6 +237,17 @@ async fn without_etcd_reads_go_on_and_leader_calls_fail_with_no_quorum() {
     assert_eq!(health["status"], "degraded", "{body}");
     assert_eq!(health["parts"]["cluster"]["status"], "no_quorum", "{body}");
 
+    // A coordinator that starts while etcd is away says so and serves what it can.
+    let mut members = members;
+    members[leader].proc.kill9();
+    let name = format!("coordinator{leader}");
+    members[leader] = c.spawn_coordinator(&name, members[leader].opts.clone()).await;
+    let s = status(&c, &members[leader]);
+    assert_eq!(s["cluster"]["state"], "no_quorum", "{s}");
+    assert!(c.fleetctl(&["hosts"]).status.success(), "reads after a start without etcd");
+    let log = std::fs::read_to_string(c.dir().join(format!("logs/{name}.log"))).unwrap();
+    assert!(log.contains("etcd cannot be reached"), "{log}");
+
     // etcd back: a leader again.
     for i in 0..3 {
         etcd.restart(i);
@@ -410,4 +421,17 @@ async fn the_new_leader_finishes_a_rollout_the_killed_leader_began() {
         async move { v.filter(|v| v["state"] == "succeeded").map(|_| ()) }
     })
     .await;
+    // The cluster's audit, read from any coordinator, has the start (written by the killed
+    // leader) and the end (by the next), each once.
+    for i in &live {
+        let out = c.fleetctl_env(&["audit", "-o", "json"], &[("FLEET_ADDR", &members[*i].addr)]);
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("audit -o json");
+        let of = |action: &str, outcome: &str| {
+            entries
+                .iter()
+                .filter(|e| e["command_id"] == id.as_str() && e["action"] == action && e["outcome"] == outcome)
+                .count()
+        };
+        assert_eq!((of("rollout start", "requested"), of("rollout", "succeeded")), (1, 1), "{entries:?}");
+    }
 }

@@ -143,6 +143,39 @@ impl Etcd {
         Ok(resp.into_inner().kvs)
     }
 
+    /// The last `n` keys under `prefix` in key order (newest first when keys sort by time),
+    /// returned oldest first.
+    pub async fn last(&self, prefix: &str, n: usize) -> Result<Vec<KeyValue>, EtcdError> {
+        use fleet_proto::etcd::range_request::{SortOrder, SortTarget};
+        let req = RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            limit: (n as i64).clamp(1, RANGE_LIMIT),
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Key as i32,
+            ..Default::default()
+        };
+        let resp = self
+            .call(|c| async { KvClient::new(c).max_decoding_message_size(MAX_RANGE_BYTES).range(req.clone()).await })
+            .await?;
+        let mut kvs = resp.into_inner().kvs;
+        kvs.reverse();
+        Ok(kvs)
+    }
+
+    /// How many keys are under `prefix`, and the first `n` of them (keys only).
+    pub async fn first_keys(&self, prefix: &str, n: usize) -> Result<(i64, Vec<Vec<u8>>), EtcdError> {
+        let req = RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            limit: (n as i64).clamp(1, RANGE_LIMIT),
+            keys_only: true,
+            ..Default::default()
+        };
+        let resp = self.call(|c| async { KvClient::new(c).range(req.clone()).await }).await?.into_inner();
+        Ok((resp.count, resp.kvs.into_iter().map(|kv| kv.key).collect()))
+    }
+
     /// Sets `key` to `value`, bound to `lease` (0: none).
     pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), EtcdError> {
         let req = PutRequest { key: key.as_bytes().to_vec(), value: value.to_vec(), lease, prev_kv: false };

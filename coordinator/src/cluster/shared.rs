@@ -23,6 +23,11 @@ use crate::store::{HostRecord, MAX_ROLLOUTS, RecordKind, RolloutRecord, SharedSt
 const WAIT: Duration = Duration::from_secs(10);
 /// Said at most once a minute while etcd is away.
 static ETCD_AWAY: fleet_common::Throttle = fleet_common::Throttle::new(Duration::from_secs(60));
+/// Shared audit entries kept in etcd: the oldest beyond it are deleted (each coordinator's
+/// own log keeps its part for longer).
+pub const MAX_SHARED_AUDIT: usize = 10_000;
+/// Appends between two prunings of the shared audit.
+const PRUNE_EVERY: u64 = 100;
 /// Calls queued for the etcd thread, at most.
 const QUEUE: usize = 256;
 
@@ -31,6 +36,9 @@ type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &Etcd) + Send>;
 /// Shared state in etcd, the rest in this coordinator's store.
 pub struct EtcdShared {
     prefix: String,
+    /// This coordinator's address: part of its audit keys, which must not collide.
+    advertise: String,
+    audit_seq: std::sync::atomic::AtomicU64,
     cluster: Arc<Cluster>,
     local: Store,
     jobs: std::sync::mpsc::SyncSender<Job>,
@@ -81,7 +89,14 @@ impl EtcdShared {
             })
             .map_err(|e| format!("cannot start the etcd thread: {e}"))?;
         ready_rx.recv().map_err(|_| "the etcd thread ended at once".to_string())??;
-        Ok(EtcdShared { prefix: format!("/fleet/{}/", config.name), cluster, local, jobs })
+        Ok(EtcdShared {
+            prefix: format!("/fleet/{}/", config.name),
+            advertise: config.advertise.clone(),
+            audit_seq: Default::default(),
+            cluster,
+            local,
+            jobs,
+        })
     }
 
     /// Runs `f` against etcd on the etcd thread and waits for its answer.
@@ -246,5 +261,38 @@ impl SharedState for EtcdShared {
             SharedState::put_record(&self.local, kind, id, v)?;
         }
         Ok(fetched)
+    }
+
+    fn append_audit(&self, at_ms: i64, json: &[u8]) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let seq = self.audit_seq.fetch_add(1, Ordering::Relaxed);
+        // Keys sort by time; the address and a counter keep two coordinators' entries apart.
+        let key = format!("{}audit/{:016}-{}-{seq:08}", self.prefix, at_ms.max(0), self.advertise);
+        let value = json.to_vec();
+        self.run(move |client| async move { client.put(&key, &value, 0).await })?;
+        if seq % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            let prefix = format!("{}audit/", self.prefix);
+            let pruned = self.run(move |client| async move {
+                let (count, _) = client.first_keys(&prefix, 1).await?;
+                let excess = (count as usize).saturating_sub(MAX_SHARED_AUDIT).min(1000);
+                if excess == 0 {
+                    return Ok(0);
+                }
+                let (_, keys) = client.first_keys(&prefix, excess).await?;
+                let deletes = keys.iter().map(|k| etcd::delete_op(&String::from_utf8_lossy(k))).collect();
+                client.txn(Vec::new(), deletes, Vec::new()).await?;
+                Ok(keys.len())
+            });
+            if let Err(e) = pruned {
+                tracing::debug!(error = %e, "cannot prune the shared audit");
+            }
+        }
+        Ok(())
+    }
+
+    fn shared_audit(&self, n: usize) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let prefix = format!("{}audit/", self.prefix);
+        let kvs = self.run(move |client| async move { client.last(&prefix, n).await })?;
+        Ok(Some(kvs.into_iter().map(|kv| kv.value).collect()))
     }
 }

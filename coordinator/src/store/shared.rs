@@ -62,6 +62,15 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     fn remove_record(&self, kind: RecordKind, id: &str) -> Result<(), StoreError>;
     /// Every record of `kind` with its id, as JSON.
     fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Appends an audit entry (JSON) that every coordinator of a cluster reads. Alone there
+    /// is nothing to do: the coordinator's own audit log is the audit.
+    fn append_audit(&self, _at_ms: i64, _json: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The newest `n` shared audit entries (JSON), oldest first; `None` alone.
+    fn shared_audit(&self, _n: usize) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        Ok(None)
+    }
 }
 
 impl dyn SharedState {
