@@ -141,8 +141,9 @@ fn write_addrs(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> std::io::
 /// again from etcd: what another coordinator changed takes effect here within it.
 const SHARED_RECORDS_EVERY: Duration = Duration::from_secs(2);
 
-/// With several coordinators: takes up the deny list, join tokens and enrolled hosts other
-/// coordinators changed, cutting the connections of certificates revoked meanwhile.
+/// With several coordinators: takes up the deny list, join tokens, enrolled hosts and drain
+/// marks other coordinators changed, cutting the connections of certificates revoked
+/// meanwhile.
 async fn follow_shared_records(c: std::sync::Arc<Coordinator>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
@@ -150,7 +151,7 @@ async fn follow_shared_records(c: std::sync::Arc<Coordinator>, shutdown: Cancell
             () = tokio::time::sleep(SHARED_RECORDS_EVERY) => {}
         }
         let here = c.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let changed = tokio::task::spawn_blocking(move || {
             let c = here;
             match c.authority.revocations.reload() {
                 Ok(added) => {
@@ -166,8 +167,22 @@ async fn follow_shared_records(c: std::sync::Arc<Coordinator>, shutdown: Cancell
             if let Err(e) = c.enrollment.reload() {
                 tracing::debug!(error = %e, "cannot read the join tokens again");
             }
+            match maintenance::follow_shared_drains(&c) {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the drain marks again");
+                    Vec::new()
+                }
+            }
         })
         .await;
+        let changed = changed.unwrap_or_default();
+        if !changed.is_empty() {
+            tracing::info!(hosts = changed.len(), "drain marks set by another coordinator take effect here");
+        }
+        for host in changed {
+            c.writer.save_host(host).await;
+        }
         fetch_rollout_artifacts(&c).await;
     }
 }

@@ -8,7 +8,7 @@ use tonic::Status;
 
 use crate::audit::entry;
 use crate::control::ControlApi;
-use crate::store::Drain;
+use crate::store::{Drain, RecordKind};
 
 /// The longest drain reason.
 pub const MAX_REASON: usize = 256;
@@ -36,7 +36,11 @@ impl ControlApi {
                 reason.clone().map(|reason| Drain { reason, by: who.to_string(), since_ms: fleet_common::now_ms() });
             before
         });
-        if let Err(e) = self.c.writer.save_host_durably(host.clone()).await {
+        let saved = match self.c.writer.save_host_durably(host.clone()).await {
+            Ok(()) => self.share_drain(name, host.with(|s| s.record.drained.clone())).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
             host.with(|s| s.record.drained = before);
             let _ = self.c.audit.append(entry(who, action, name, "", "", "failed", &e)).await;
             return Err(Status::unavailable(format!("cannot save the host record, nothing changed: {e}")));
@@ -46,4 +50,44 @@ impl ControlApi {
         tracing::info!(%who, host = name, action, reason = reason.as_deref().unwrap_or(""), "maintenance");
         Ok(host.summary())
     }
+
+    /// With several coordinators, the mark goes to the shared state too, so that every
+    /// coordinator (and the next leader) skips the host.
+    async fn share_drain(&self, name: &str, drained: Option<Drain>) -> Result<(), String> {
+        if self.c.cluster.config().is_none() {
+            return Ok(());
+        }
+        let (shared, name) = (self.c.shared.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || match &drained {
+            Some(d) => shared.put(RecordKind::Drained, &name, d),
+            None => shared.remove_record(RecordKind::Drained, &name),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// With several coordinators: makes every host's drain mark the one in the shared state
+/// (another coordinator drained or undrained it). Returns the hosts that changed, to save.
+pub fn follow_shared_drains(
+    c: &crate::coordinator::Coordinator,
+) -> Result<Vec<std::sync::Arc<crate::registry::Host>>, String> {
+    let marks: std::collections::HashMap<String, Drain> =
+        c.shared.all::<Drain>(RecordKind::Drained).map_err(|e| e.to_string())?.into_iter().collect();
+    let mut changed = Vec::new();
+    for host in c.registry.all() {
+        let want = marks.get(&host.name).cloned();
+        let differs = host.with(|s| {
+            let differs = s.record.drained != want;
+            if differs {
+                s.record.drained = want.clone();
+            }
+            differs
+        });
+        if differs {
+            changed.push(host);
+        }
+    }
+    Ok(changed)
 }

@@ -127,6 +127,7 @@ impl EtcdShared {
             RecordKind::Enrolled => "enrolled",
             RecordKind::Revocation => "revocations",
             RecordKind::RemovedHost => "removed",
+            RecordKind::Drained => "drained",
         };
         format!("{}records/{kind}/", self.prefix)
     }

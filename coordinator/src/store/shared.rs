@@ -25,6 +25,9 @@ pub enum RecordKind {
     Revocation,
     /// A host an operator removed, by host name: the time it was removed.
     RemovedHost,
+    /// With several coordinators: a drained host's mark, by host name (alone the mark lives
+    /// in the host record).
+    Drained,
 }
 
 impl RecordKind {
@@ -35,6 +38,7 @@ impl RecordKind {
             RecordKind::Enrolled => b'n',
             RecordKind::Revocation => b'x',
             RecordKind::RemovedHost => b'g',
+            RecordKind::Drained => b'd',
         }
     }
 }
