@@ -49,6 +49,36 @@ pub struct DevArgs {
     /// Where fleet-coordinator and fleet-agent are (default: next to fleetctl, then PATH).
     #[arg(long, env = "FLEET_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// Several coordinators: a three-member etcd (Debian's etcd-server) and three
+    /// coordinators, the first on --grpc-listen/--http-listen and the others on the next
+    /// ports (or free ones with port 0); the agents keep a session to each.
+    #[arg(long)]
+    pub ha: bool,
+}
+
+/// Coordinators and etcd members of `fleetctl dev --ha`.
+const HA_MEMBERS: usize = 3;
+
+fn find_etcd() -> Result<PathBuf, CliError> {
+    let mut candidates = vec![PathBuf::from("/usr/bin/etcd")];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("etcd")));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        CliError::usage(
+            "fleetctl dev --ha runs a three-member etcd and cannot find etcd: install Debian's etcd-server package (apt-get install etcd-server), or run fleetctl dev without --ha",
+        )
+    })
+}
+
+/// The addresses of coordinator `i` of `fleetctl dev --ha`: the given ones for the first, the
+/// ports after them (or free ports, for port 0) for the others.
+fn ha_addr(base: SocketAddr, i: usize) -> Result<SocketAddr, CliError> {
+    let port = match base.port() {
+        0 => free_port()?,
+        p => p.checked_add(i as u16).ok_or_else(|| CliError::usage(format!("no port after {p}")))?,
+    };
+    Ok(SocketAddr::new(base.ip(), port))
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -123,6 +153,11 @@ struct Proc {
 }
 
 fn spawn(name: &str, bin: &Path, config: &Path, log: &Path) -> Result<Proc, CliError> {
+    let args = ["run".to_string(), "--config".to_string(), config.display().to_string()];
+    spawn_args(name, bin, &args, log)
+}
+
+fn spawn_args(name: &str, bin: &Path, args: &[String], log: &Path) -> Result<Proc, CliError> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -130,7 +165,7 @@ fn spawn(name: &str, bin: &Path, config: &Path, log: &Path) -> Result<Proc, CliE
         .map_err(|e| CliError::failed(format!("cannot open {}: {}", log.display(), fleet_common::io_reason(&e))))?;
     let err = out.try_clone().map_err(|e| CliError::failed(e.to_string()))?;
     let mut cmd = Command::new(bin);
-    cmd.arg("run").arg("--config").arg(config).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
     die_with_parent(&mut cmd);
     let child = cmd
         .spawn()
@@ -261,6 +296,26 @@ async fn wait_online(target: &Target, procs: &mut [Proc]) -> Result<(), CliError
     }
 }
 
+/// Waits until the coordinators of `fleetctl dev --ha` have elected a leader.
+async fn wait_leader(target: &Target) -> Result<(), CliError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+    loop {
+        if let Ok(mut c) = target.control().await
+            && let Ok(r) = c.get_status(fleet_proto::v1::GetStatusRequest {}).await
+            && r.get_ref().cluster.as_ref().is_some_and(|c| !c.leader.is_empty() && c.members.len() == HA_MEMBERS)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CliError::failed(format!(
+                "the coordinators elected no leader within {}s; see the etcd and coordinator logs",
+                STARTUP_DEADLINE.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs the dev cluster until a signal or a child's exit.
 pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let dir = abs(&args.dir)?;
@@ -277,39 +332,95 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| CliError::failed(e.to_string()))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| CliError::failed(e.to_string()))?;
 
-    let coord_data = dir.join("coordinator");
-    std::fs::create_dir_all(&coord_data).map_err(|e| CliError::failed(e.to_string()))?;
-    let addrs_file = coord_data.join("coordinator.addrs.json");
-    let _ = std::fs::remove_file(&addrs_file);
     let rules = dir.join("rules");
     std::fs::create_dir_all(&rules).map_err(|e| CliError::failed(e.to_string()))?;
     certs::write_file(&rules.join("fleet.rules.yml"), DEFAULT_RULES, 0o644)?;
-    let coord_config = dir.join("coordinator.toml");
-    let text = format!(
-        "# Written by `fleetctl dev`; rewritten at every start.\ndata_dir = \"{}\"\n[grpc]\nlisten = \"{}\"\n[http]\nlisten = \"{}\"\n[agents]\noffline_after = \"{}\"\n\
-         # fleet's default rules (deploy/rules); `fleetctl alerts` shows what they raise.\n[alerting]\nrule_files = [\"{}\"]\n\
-         # The dev operator may do everything, tokens and revocation included.\n[access.operators]\ndev = \"admin\"\n\
-         # Machines may join with `fleetctl tokens create`.\n[enrollment]\nca_key = \"{}\"\n{}",
-        coord_data.display(),
-        args.grpc_listen,
-        args.http_listen,
-        humantime::format_duration((args.report_interval * 5).max(Duration::from_secs(3))),
-        rules.join("*.yml").display(),
-        pki.join(certs::CA_KEY).display(),
-        tls_section(&pki, "coordinator"),
-    );
-    certs::write_file(&coord_config, &text, 0o644)?;
+    let offline_after = humantime::format_duration((args.report_interval * 5).max(Duration::from_secs(3)));
+    let coordinator_text = |data: &Path, grpc: SocketAddr, http: SocketAddr, cluster: &str| {
+        format!(
+            "# Written by `fleetctl dev`; rewritten at every start.\ndata_dir = \"{}\"\n[grpc]\nlisten = \"{grpc}\"\n[http]\nlisten = \"{http}\"\n[agents]\noffline_after = \"{offline_after}\"\n\
+             # fleet's default rules (deploy/rules); `fleetctl alerts` shows what they raise.\n[alerting]\nrule_files = [\"{}\"]\n\
+             # The dev operator may do everything, tokens and revocation included.\n[access.operators]\ndev = \"admin\"\n\
+             # Machines may join with `fleetctl tokens create`.\n[enrollment]\nca_key = \"{}\"\n{cluster}{}",
+            data.display(),
+            rules.join("*.yml").display(),
+            pki.join(certs::CA_KEY).display(),
+            tls_section(&pki, "coordinator"),
+        )
+    };
 
-    let mut procs = vec![spawn("fleet-coordinator", &coordinator_bin, &coord_config, &logs.join("coordinator.log"))?];
+    let mut procs = Vec::new();
+    // With --ha: three etcd members, then three coordinators of cluster "dev" on them.
+    let mut members: Vec<(SocketAddr, SocketAddr)> = vec![(args.grpc_listen, args.http_listen)];
+    let mut cluster = String::new();
+    if args.ha {
+        let etcd = find_etcd()?;
+        let ports: Vec<(u16, u16)> =
+            (0..HA_MEMBERS).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_, CliError>>()?;
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("etcd{i}=http://127.0.0.1:{peer}")).collect();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            // A new etcd cluster at every start (its members' ports are new each time): what
+            // the coordinators shared is rebuilt from what they keep themselves.
+            let data = dir.join(format!("etcd{i}"));
+            if data.exists() {
+                std::fs::remove_dir_all(&data).map_err(|e| {
+                    CliError::failed(format!("cannot clear {}: {}", data.display(), fleet_common::io_reason(&e)))
+                })?;
+            }
+            let etcd_args = vec![
+                format!("--name=etcd{i}"),
+                format!("--data-dir={}", dir.join(format!("etcd{i}")).display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-state=new".into(),
+                "--initial-cluster-token=fleet-dev".into(),
+            ];
+            procs.push(spawn_args(&format!("etcd{i}"), &etcd, &etcd_args, &logs.join(format!("etcd{i}.log")))?);
+        }
+        let urls: Vec<String> = ports.iter().map(|(c, _)| format!("\"http://127.0.0.1:{c}\"")).collect();
+        members = (0..HA_MEMBERS)
+            .map(|i| Ok((ha_addr(args.grpc_listen, i)?, ha_addr(args.http_listen, i)?)))
+            .collect::<Result<_, CliError>>()?;
+        cluster = format!("[cluster]\nname = \"dev\"\netcd = [{}]\n", urls.join(", "));
+    }
+    let mut coordinators = Vec::new();
+    for (i, (grpc, http)) in members.iter().enumerate() {
+        let name = if args.ha { format!("coordinator{i}") } else { "coordinator".to_string() };
+        let data = dir.join(&name);
+        std::fs::create_dir_all(&data).map_err(|e| CliError::failed(e.to_string()))?;
+        let addrs = data.join("coordinator.addrs.json");
+        let _ = std::fs::remove_file(&addrs);
+        let cluster = if args.ha { format!("{cluster}advertise = \"{grpc}\"\n") } else { String::new() };
+        let config = dir.join(format!("{name}.toml"));
+        certs::write_file(&config, &coordinator_text(&data, *grpc, *http, &cluster), 0o644)?;
+        procs.push(spawn(&format!("fleet-{name}"), &coordinator_bin, &config, &logs.join(format!("{name}.log")))?);
+        coordinators.push((procs.len() - 1, addrs));
+    }
     let result = async {
-        let (grpc, http) = tokio::select! {
-            r = wait_for_addrs(&mut procs[0], &addrs_file) => r?,
-            _ = sigint.recv() => return Err(CliError::failed("interrupted")),
-            _ = sigterm.recv() => return Err(CliError::failed("terminated")),
-        };
+        let mut addresses = Vec::new();
+        for (at, addrs_file) in &coordinators {
+            let r = tokio::select! {
+                r = wait_for_addrs(&mut procs[*at], addrs_file) => r?,
+                _ = sigint.recv() => return Err(CliError::failed("interrupted")),
+                _ = sigterm.recv() => return Err(CliError::failed("terminated")),
+            };
+            addresses.push(r);
+        }
+        let (grpc, http) = addresses[0];
+        let coordinator_urls: Vec<String> = addresses.iter().map(|(g, _)| format!("https://127.0.0.1:{}", g.port())).collect();
         let addr = format!("https://127.0.0.1:{}", grpc.port());
         let mut app_ports = Vec::new();
         let fleetctl = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find fleetctl itself: {e}")))?;
+        let coordinator_line = if args.ha {
+            let list: Vec<String> = coordinator_urls.iter().map(|u| format!("\"{u}\"")).collect();
+            format!("coordinators = [{}]", list.join(", "))
+        } else {
+            format!("coordinator = \"{addr}\"")
+        };
         for agent in AGENTS {
             let config = dir.join(format!("{agent}.toml"));
             let web = free_port()?;
@@ -317,7 +428,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             app_ports.push(format!("{agent} http://127.0.0.1:{app}/"));
             let health_file = dir.join(format!("{agent}-web.health"));
             let text = format!(
-                "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\ncoordinator = \"{addr}\"\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n# `fleetctl exec` may run commands here (off unless set).\nallow_exec = true\n[labels]\nenv = \"dev\"\n{}\n\
+                "# Written by `fleetctl dev`; rewritten at every start.\nname = \"{agent}\"\n{coordinator_line}\ndata_dir = \"{}\"\nreport_interval = \"{}\"\n# `fleetctl exec` may run commands here (off unless set).\nallow_exec = true\n[labels]\nenv = \"dev\"\n{}\n\
                  # A demo service: write `fail` or `hang` into {} to watch fleet restart it.\n\
                  [[services]]\nname = \"web\"\ncommand = \"{}\"\nargs = [\"demo-server\", \"--listen\", \"127.0.0.1:{web}\", \"--name\", \"web on {agent}\", \"--health-file\", \"{}\"]\nrestart = \"always\"\nstop_timeout = \"5s\"\n\
                  [services.health]\nhttp = \"http://127.0.0.1:{web}/health\"\ninterval = \"2s\"\ntimeout = \"1s\"\nretries = 3\n\n\
@@ -364,7 +475,21 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             bin_dir.display(),
         );
         certs::write_file(&env_file, &env, 0o644)?;
-        outln!("fleet dev cluster is up: coordinator {addr}, agents {}", AGENTS.join(" and "));
+        if args.ha {
+            tokio::select! {
+                r = wait_leader(&target) => r?,
+                _ = sigint.recv() => return Err(CliError::failed("interrupted")),
+                _ = sigterm.recv() => return Err(CliError::failed("terminated")),
+            }
+            outln!(
+                "fleet dev cluster is up: coordinators {} on a three-member etcd, agents {}",
+                coordinator_urls.join(", "),
+                AGENTS.join(" and ")
+            );
+            outln!("`fleetctl status` names the leader; kill it (see `pgrep -af fleet-coordinator`) and another leads within seconds");
+        } else {
+            outln!("fleet dev cluster is up: coordinator {addr}, agents {}", AGENTS.join(" and "));
+        }
         outln!();
         outln!("in another terminal (the env file also puts fleetctl on PATH):");
         outln!("  source {}", env_file.display());
@@ -388,14 +513,32 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         outln!("logs: {}/*.log   data: {}", logs.display(), dir.display());
         outln!("press Ctrl-C to stop everything");
 
-        // Foreground until a signal or a child ends on its own.
-        let exited = {
-            let waits = procs.iter_mut().map(|p| Box::pin(async move { (p.name.clone(), p.log.clone(), p.child.wait().await) }));
-            let all = futures_util::future::select_all(waits);
+        // Foreground until a signal or a child ends on its own. With --ha a coordinator may
+        // go (that is what it is for): the others carry on.
+        let mut gone = vec![false; procs.len()];
+        let exited = loop {
             tokio::select! {
-                _ = sigint.recv() => None,
-                _ = sigterm.recv() => None,
-                (r, _, _) = all => Some(r),
+                _ = sigint.recv() => break None,
+                _ = sigterm.recv() => break None,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let mut ended = None;
+            for (i, p) in procs.iter_mut().enumerate() {
+                if gone[i] {
+                    continue;
+                }
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    gone[i] = true;
+                    if args.ha && p.name.starts_with("fleet-coordinator") {
+                        eprintln!("{} exited ({status}); the other coordinators go on", p.name);
+                        continue;
+                    }
+                    ended = Some((p.name.clone(), p.log.clone(), Ok::<_, std::io::Error>(status)));
+                    break;
+                }
+            }
+            if ended.is_some() {
+                break ended;
             }
         };
         match exited {

@@ -28,25 +28,27 @@ fn processes_under(dir: &Path) -> Vec<(i32, String)> {
 }
 
 fn start_dev(dir: &Path) -> Proc {
+    start_dev_with(dir, &[])
+}
+
+fn start_dev_with(dir: &Path, more: &[&str]) -> Proc {
     let log = dir.with_extension("log");
-    Proc::spawn(
-        "fleetctl dev",
-        &bin("fleetctl"),
-        &[
-            "dev",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--report-interval",
-            "200ms",
-            "--bin-dir",
-            bin_dir().to_str().unwrap(),
-        ],
-        &log,
-    )
+    let bins = bin_dir();
+    let mut args = vec![
+        "dev",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--report-interval",
+        "200ms",
+        "--bin-dir",
+        bins.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    Proc::spawn("fleetctl dev", &bin("fleetctl"), &args, &log)
 }
 
 async fn wait_up(dev: &mut Proc, dir: &Path) -> Vec<(String, String)> {
@@ -276,6 +278,66 @@ async fn dev_cluster_leaves_nothing_behind_when_a_child_or_itself_dies() {
     wait_up(&mut dev, &dir).await;
     dev.kill9();
     eventually(Duration::from_secs(15), "the children of a killed fleetctl dev to exit", || async {
+        processes_under(&dir).is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_ha_runs_three_coordinators_on_etcd_and_survives_the_leaders_death() {
+    let _g = serial().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = start_dev_with(&dir, &["--ha"]);
+    let vars = wait_up(&mut dev, &dir).await;
+    let status = |addr: Option<&str>| {
+        let mut cmd = Command::new(bin("fleetctl"));
+        cmd.args(["status", "-o", "json"]).envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(a) = addr {
+            cmd.env("FLEET_ADDR", a);
+        }
+        let out = cmd.output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let s = status(None);
+    let members: Vec<String> = s["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["advertise"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(members.len(), 3, "{s}");
+    let leader = s["cluster"]["leader"].as_str().unwrap().to_string();
+    assert!(members.contains(&leader), "{s}");
+    // Kill the leader: fleetctl dev goes on, and another coordinator leads.
+    let (pid, _) = processes_under(&dir)
+        .into_iter()
+        .find(|(pid, cmd)| {
+            cmd.contains("fleet-coordinator") && {
+                let config = cmd.split_whitespace().last().unwrap_or_default().to_string();
+                std::fs::read_to_string(&config).is_ok_and(|t| t.contains(&format!("advertise = \"{leader}\"")))
+                    && *pid > 0
+            }
+        })
+        .expect("the leader's process");
+    kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).unwrap();
+    let survivor = members.iter().find(|m| **m != leader).unwrap().clone();
+    let url = format!("https://{survivor}");
+    let next = eventually(Duration::from_secs(30), "another coordinator to lead", || {
+        let s = status(Some(&url));
+        let old = leader.clone();
+        async move {
+            let l = s["cluster"]["leader"].as_str()?.to_string();
+            (!l.is_empty() && l != old).then_some(l)
+        }
+    })
+    .await;
+    assert_ne!(next, leader);
+    assert!(dev.child.try_wait().unwrap().is_none(), "fleetctl dev went on: {}", dev.log_text());
+    assert!(dev.log_text().contains("the other coordinators go on"), "{}", dev.log_text());
+    dev.signal(Signal::INT);
+    dev.wait_exit(Duration::from_secs(30));
+    eventually(Duration::from_secs(15), "the dev cluster's processes to exit", || async {
         processes_under(&dir).is_empty().then_some(())
     })
     .await;
