@@ -340,6 +340,18 @@ async fn every_coordinator_alerts_and_alertmanager_notifies_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_new_leader_finishes_a_rollout_the_killed_leader_began() {
+    leader_lost_mid_rollout(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_mid_rollout_changes_nothing_when_it_wakes() {
+    leader_lost_mid_rollout(true).await;
+}
+
+/// A rollout of 2.0 to main-pc and pc2, one at a time, whose leader is lost while main-pc
+/// deploys: killed with SIGKILL, or (`pause`) stopped with SIGSTOP for longer than its lease
+/// and woken once the next leader has finished the rollout.
+async fn leader_lost_mid_rollout(pause: bool) {
     let _g = serial().await;
     let hosts = ["main-pc", "pc2"];
     let mut c = Cluster::new(&hosts);
@@ -417,8 +429,12 @@ async fn the_new_leader_finishes_a_rollout_the_killed_leader_began() {
         })
         .await;
     }
-    // kill -9 the leader mid-rollout: the next leader takes it up from etcd and finishes it.
-    members[leader].proc.kill9();
+    // Lose the leader mid-rollout: the next leader takes it up from etcd and finishes it.
+    if pause {
+        members[leader].proc.signal(Signal::STOP);
+    } else {
+        members[leader].proc.kill9();
+    }
     let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let next = agreed_leader(&c, &members, &live, LEASE_TTL + Duration::from_secs(5)).await;
     c.addr = members[next].addr.clone();
@@ -454,5 +470,28 @@ async fn the_new_leader_finishes_a_rollout_the_killed_leader_began() {
                 .count()
         };
         assert_eq!((of("rollout start", "requested"), of("rollout", "succeeded")), (1, 1), "{entries:?}");
+    }
+    if !pause {
+        return;
+    }
+    // The paused leader wakes up in the middle of what it was doing: it leads nothing, what
+    // it tries to write is refused (its term is over), it sends no command, and it comes to
+    // show what the new leader did.
+    members[leader].proc.signal(Signal::CONT);
+    eventually(Duration::from_secs(15), "the woken ex-leader to show the rollout succeeded", || {
+        let out = c.fleetctl_env(&["rollout", "status", &id, "-o", "json"], &[("FLEET_ADDR", &members[leader].addr)]);
+        let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        async move { v.filter(|v| v["state"] == "succeeded").map(|_| ()) }
+    })
+    .await;
+    assert_eq!(status(&c, &members[leader])["cluster"]["state"], "follower");
+    let r = serde_json::from_slice::<serde_json::Value>(&c.fleetctl(&["rollout", "status", &id, "-o", "json"]).stdout)
+        .unwrap();
+    assert_eq!(r["state"], "succeeded", "the new leader's record stands: {r}");
+    for (h, port) in hosts.iter().zip(&ports) {
+        assert_eq!(get_body(*port).await.as_deref(), Some("hello from app 2.0\n"), "{h} still on 2.0");
+        let log = std::fs::read_to_string(c.dir().join(h).join("logs/app.log")).unwrap();
+        assert_eq!(log.matches("app 2.0 listening").count(), 1, "{h} was not deployed again:\n{log}");
+        assert_eq!(log.matches("app 1.0 listening").count(), 1, "{h} was not moved back to 1.0:\n{log}");
     }
 }
