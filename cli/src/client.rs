@@ -42,6 +42,7 @@ impl Target {
     pub async fn control(&self) -> Result<Control, CliError> {
         let tls = TlsMaterial::load(&self.tls).map_err(|e| CliError::usage(e.to_string()))?;
         warn_if_expiring(&tls, &self.tls.cert);
+        let _ = DIALED.set(tls.clone());
         let channel = connect_coordinator(&self.addr, &tls).await.map_err(|e| match e {
             fleet_common::tls::ConnectError::BadAddress { .. } => CliError::usage(e.to_string()),
             _ => CliError::connect(e.to_string()),
@@ -49,6 +50,13 @@ impl Target {
         Ok(ControlServiceClient::with_interceptor(channel, fleet_common::telemetry::Inject))
     }
 }
+
+/// The identity fleetctl dialed the coordinator with, for [`status_error`]'s diagnosis of a
+/// connection the coordinator closed (fleetctl dials one coordinator per run).
+static DIALED: std::sync::OnceLock<TlsMaterial> = std::sync::OnceLock::new();
+
+/// How long [`status_error`] waits for the coordinator's alert when it looks for one.
+const DIAGNOSIS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A ControlService client whose calls carry the trace context.
 pub type Control =
@@ -84,6 +92,15 @@ pub fn status_error(addr: &str, s: tonic::Status) -> CliError {
     // arrives as a status with a source; the source says what happened.
     if std::error::Error::source(&s).is_some() {
         let detail = fleet_common::tls::status_detail(&s);
+        // Closed without a reason right after connecting: the coordinator may have refused
+        // the certificate with an alert that got lost (TLS 1.3); dial again to read it.
+        let bare = ["connection closed", "connection reset", "broken pipe"].iter().any(|w| detail.contains(w));
+        if bare
+            && let Some(tls) = DIALED.get()
+            && let Some(reason) = fleet_common::tls::refusal_reason(addr, tls, DIAGNOSIS_WAIT)
+        {
+            return CliError::connect(format!("the connection to {addr} failed: {reason}"));
+        }
         return CliError::connect(format!(
             "the connection to {addr} failed: {}{}",
             detail,

@@ -311,6 +311,55 @@ pub async fn connect_coordinator(addr: &str, tls: &TlsMaterial) -> Result<Channe
     })
 }
 
+/// Why the coordinator at `addr` refuses connections made with `tls`, if it sends an alert
+/// saying so: dials again (blocking, within `wait`), completes the handshake, sends nothing
+/// and reads the server's first records. In TLS 1.3 a client's handshake completes before the
+/// server has checked the client's certificate, so the alert refusing it (revoked, unknown
+/// CA) arrives after the first request was sent, and can be lost behind it: a call then fails
+/// with a bare "connection closed". Asked on that failure only, this finds the alert.
+pub fn refusal_reason(addr: &str, tls: &TlsMaterial, wait: Duration) -> Option<String> {
+    use std::io::Read;
+    use std::net::ToSocketAddrs;
+    let uri: Uri = addr.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let target = (host.as_str(), uri.port_u16().unwrap_or(443)).to_socket_addrs().ok()?.next()?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&target, wait).ok()?;
+    tcp.set_read_timeout(Some(wait)).ok()?;
+    tcp.set_write_timeout(Some(wait)).ok()?;
+    let name = ServerName::try_from(host).ok()?;
+    let mut conn = rustls::ClientConnection::new(tls.client_config().ok()?, name).ok()?;
+    let deadline = std::time::Instant::now() + wait;
+    let alert = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        text.contains("alert").then(|| format!("{text}{}", alert_hint(&text)))
+    };
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            return alert(&e);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+    }
+    // The handshake is done from here: what the server sends next is session tickets (it took
+    // the certificate) or an alert (it did not).
+    let mut buf = [0u8; 512];
+    while std::time::Instant::now() < deadline {
+        match conn.read_tls(&mut tcp) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        if let Err(e) = conn.process_new_packets() {
+            return alert(&e);
+        }
+        // Application data before an alert means the connection works.
+        if conn.reader().read(&mut buf).is_ok_and(|n| n > 0) {
+            return None;
+        }
+    }
+    None
+}
+
 /// Opens a channel to the coordinator at `addr` with server-only TLS, trusting it only if its
 /// chain holds the CA whose pin is `pin` and that CA signed its certificate, which must carry
 /// the coordinator identity: how a machine that is not enrolled yet reaches enrollment.

@@ -96,6 +96,20 @@ async fn a_revoked_agent_is_cut_off_at_once_and_stays_out() {
     let out = c.fleetctl_as("eve", &["hosts"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+    // What fleetctl asks when a call ends with a bare "connection closed" (TLS 1.3 lets the
+    // alert get lost behind the first request): dialing again finds the coordinator's alert,
+    // and finds none for a certificate it takes.
+    let files = |name: &str| fleet_common::tls::TlsMaterial::load(&c.pki.files(name)).unwrap();
+    let (addr, eve, ops) = (c.addr.clone(), files("eve"), files("ops"));
+    let (refused, taken) = tokio::task::spawn_blocking(move || {
+        let wait = Duration::from_secs(2);
+        (fleet_common::tls::refusal_reason(&addr, &eve, wait), fleet_common::tls::refusal_reason(&addr, &ops, wait))
+    })
+    .await
+    .unwrap();
+    let refused = refused.expect("the coordinator's alert for a revoked certificate");
+    assert!(refused.contains("revoked"), "{refused}");
+    assert_eq!(taken, None);
 
     // The deny list survives a restart.
     c.coordinator.as_mut().unwrap().terminate(Duration::from_secs(20));
