@@ -13,15 +13,16 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# N distinct free ports (held together while picked, so none comes twice).
+ports() { python3 -c 'import socket, sys; ss = [socket.socket() for _ in range(int(sys.argv[1]))]; [s.bind(("127.0.0.1", 0)) for s in ss]; print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"; }
+read -r -a PORTS <<<"$(ports 12)"
 
 "$BIN/fleetctl" certs init --dir "$WORK/pki" >/dev/null
 "$BIN/fleetctl" certs issue coordinator coordinator --dir "$WORK/pki" >/dev/null
 "$BIN/fleetctl" certs issue operator ops --dir "$WORK/pki" >/dev/null
 
 # etcd: three members.
-ETCD_CLIENT=(); ETCD_PEER=()
-for i in 0 1 2; do ETCD_CLIENT+=("$(port)"); ETCD_PEER+=("$(port)"); done
+ETCD_CLIENT=("${PORTS[@]:0:3}"); ETCD_PEER=("${PORTS[@]:3:3}")
 INITIAL="etcd0=http://127.0.0.1:${ETCD_PEER[0]},etcd1=http://127.0.0.1:${ETCD_PEER[1]},etcd2=http://127.0.0.1:${ETCD_PEER[2]}"
 for i in 0 1 2; do
   etcd --name "etcd$i" --data-dir "$WORK/etcd$i" \
@@ -37,9 +38,8 @@ done
 ETCD_URLS="\"http://127.0.0.1:${ETCD_CLIENT[0]}\", \"http://127.0.0.1:${ETCD_CLIENT[1]}\", \"http://127.0.0.1:${ETCD_CLIENT[2]}\""
 
 # Three coordinators.
-GRPC=(); HTTP=(); COORD_PIDS=()
+GRPC=("${PORTS[@]:6:3}"); HTTP=("${PORTS[@]:9:3}"); COORD_PIDS=()
 for i in 0 1 2; do
-  GRPC+=("$(port)"); HTTP+=("$(port)")
   cat > "$WORK/coordinator$i.toml" <<EOF
 data_dir = "$WORK/coordinator$i"
 [grpc]

@@ -355,8 +355,18 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let mut cluster = String::new();
     if args.ha {
         let etcd = find_etcd()?;
-        let ports: Vec<(u16, u16)> =
-            (0..HA_MEMBERS).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_, CliError>>()?;
+        // Held together until all are picked, so that no two are the same.
+        let held: Vec<std::net::TcpListener> = (0..2 * HA_MEMBERS)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CliError::failed(format!("cannot find free ports: {e}")))?;
+        let picked: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        drop(held);
+        let ports: Vec<(u16, u16)> = picked.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, peer))| format!("etcd{i}=http://127.0.0.1:{peer}")).collect();
         for (i, (client, peer)) in ports.iter().enumerate() {

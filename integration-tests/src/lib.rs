@@ -882,6 +882,14 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `n` distinct free ports on loopback, for processes started together (each port is held
+/// until all are picked: one at a time, the system may hand out the same port twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
 /// Whether `pid` is a live (not zombie) process.
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -967,7 +975,8 @@ impl Etcd {
     /// Starts `n` members under `c`'s directory and waits until they have a leader.
     pub async fn start(c: &Cluster, n: usize) -> Etcd {
         assert!(Path::new("/usr/bin/etcd").exists(), "install etcd-server (scripts/test.sh does this)");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let picked = free_ports(2 * n);
+        let ports: Vec<(u16, u16)> = picked.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial = ports
             .iter()
             .enumerate()
