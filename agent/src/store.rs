@@ -479,12 +479,21 @@ impl Outbox {
                 (Some(a), Some(l)) => Some(a.min(l)),
                 (Some(_), None) | (None, _) => None,
             };
+            // The mark as it now reads goes back to the store: a mark of an earlier run of
+            // indices left there would hide new reports after the next restart.
+            match acked {
+                Some(a) if names.len() > 1 => h.meta.insert(key.as_bytes(), &a.to_be_bytes()).map(|_| ()),
+                _ => h.meta.remove(key.as_bytes()).map(|_| ()),
+            }
+            .map_err(|e| self.err(e))?;
             consumers.push(Consumer { name: name.clone(), acked, dropped: 0 });
         }
+        // Marks of coordinators no longer listed, and all of them with one coordinator (whose
+        // acknowledgements remove reports at once and keep no mark).
         for item in h.meta.scan_prefix(ACKED_PREFIX.as_bytes()) {
             let (k, _) = item.map_err(|e| self.err(e))?;
             let name = String::from_utf8_lossy(&k[ACKED_PREFIX.len()..]).into_owned();
-            if !names.contains(&name) {
+            if names.len() <= 1 || !names.contains(&name) {
                 h.meta.remove(k).map_err(|e| self.err(e))?;
             }
         }
@@ -854,6 +863,15 @@ mod tests {
         o4.set_consumers(&[a.clone(), b.clone()]).unwrap();
         o4.push(&report(2, 1, 0), 0).await.unwrap();
         assert_eq!(o4.read_after(o4.acked(&a), 10).unwrap().len(), 1, "a new report after a restart reaches a");
+        // b's mark of the emptied run must not survive into the next: a acknowledges the new
+        // report, b does not, and after one more restart b still gets it.
+        let i = o4.index_of(&ReportId { boot_id: 2, seq: 1 }).unwrap();
+        o4.ack_through(&a, i).unwrap();
+        drop(o4);
+        let (o5, _) = Outbox::open(dir2.path(), tiny).unwrap();
+        o5.set_consumers(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(o5.acked(&b), None, "b has stored nothing of this run");
+        assert_eq!(o5.read_after(o5.acked(&b), 10).unwrap().len(), 1, "the report still reaches b");
     }
 
     #[tokio::test]
