@@ -3,8 +3,9 @@
 //!
 //! Code map: [`config`] reads and validates the config file; [`collector`] reads host
 //! metrics; [`supervisor`] runs the services; [`store`] is the durable outbox and command
-//! journal (the only module that knows the store's keys); [`session`] attaches to the
-//! coordinator and delivers the outbox; [`commands`] applies the coordinator's commands;
+//! journal (the only module that knows the store's keys); [`session`] attaches to a
+//! coordinator and delivers the outbox; [`coordinators`] is which coordinators the agent
+//! attaches to (configured and learned); [`commands`] applies the coordinator's commands;
 //! [`run`] wires them up.
 
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 pub mod collector;
 pub mod commands;
 pub mod config;
+pub mod coordinators;
 pub mod credentials;
 pub mod deploy;
 pub mod exec;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::collector::Collector;
 use crate::commands::Dispatcher;
 use crate::config::{AgentConfig, Join, TlsSource};
+use crate::coordinators::{Change, Coordinators};
 use crate::credentials::Credentials;
 use crate::deploy::Deployer;
 use crate::jobs::Jobs;
@@ -125,6 +128,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
     };
     let creds = Arc::new(creds);
+    let (changes_tx, changes) = tokio::sync::mpsc::channel(16);
+    let coordinators = Arc::new(Coordinators::open(&config.data_dir, &config.coordinators, Some(changes_tx)));
     let (outbox, opened) = Outbox::open(&config.data_dir, config.outbox)?;
     let outbox = Arc::new(outbox);
     match opened {
@@ -144,7 +149,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         outbox.clone(),
         supervisor.clone(),
         &config.data_dir,
-        config.coordinators.clone(),
+        coordinators.clone(),
         creds.clone(),
     ));
     let jobs_changed = Arc::new(Notify::new());
@@ -182,11 +187,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         jobs: Vec::new(),
         allow_exec: config.allow_exec,
     };
-    tracing::info!(name = %config.name, boot_id, coordinators = %config.coordinators.join(", "), "fleet-agent {} starting", fleet_common::VERSION);
+    let all = coordinators.all();
+    tracing::info!(name = %config.name, boot_id, coordinators = %all.join(", "), "fleet-agent {} starting", fleet_common::VERSION);
 
-    // One wake-up per session: each coordinator's session sends what it has not yet sent.
-    let new_report: Vec<Arc<Notify>> = config.coordinators.iter().map(|_| Arc::new(Notify::new())).collect();
     let tasks = tokio_util::task::TaskTracker::new();
+    let sessions = Arc::new(Sessions {
+        template: session::SessionContext {
+            coordinator: String::new(),
+            hello,
+            outbox: outbox.clone(),
+            new_report: Arc::new(Notify::new()),
+            supervisor: supervisor.clone(),
+            jobs: jobs.clone(),
+            dispatcher: dispatcher.clone(),
+            coordinators: coordinators.clone(),
+        },
+        creds: creds.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        running: Mutex::new(std::collections::BTreeMap::new()),
+    });
     let reporter = Reporter {
         interval: config.report_interval,
         boot_id,
@@ -196,27 +216,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         jobs: jobs.clone(),
         jobs_changed,
         outbox: outbox.clone(),
-        new_report: new_report.clone(),
+        sessions: sessions.clone(),
     };
     tasks.spawn(reporter.run(shutdown.clone()));
     // A session to each coordinator; each gets every report (docs/design.md §13).
-    outbox
-        .set_consumers(&config.coordinators)
+    sessions
+        .apply(&Change { start: all.clone(), stop: Vec::new() })
         .map_err(|e| RunError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
-    for (coordinator, new_report) in config.coordinators.iter().zip(&new_report) {
-        let ctx = session::SessionContext {
-            coordinator: coordinator.clone(),
-            hello: hello.clone(),
-            outbox: outbox.clone(),
-            new_report: new_report.clone(),
-            supervisor: supervisor.clone(),
-            jobs: jobs.clone(),
-            dispatcher: dispatcher.clone(),
-        };
-        tasks.spawn(session::run(ctx, creds.clone(), shutdown.clone()));
-    }
+    tasks.spawn(sessions.clone().follow(changes));
     tasks.close();
-    fleet_common::systemd::ready(&format!("reporting to {}", config.coordinators.join(", ")), shutdown.clone());
+    fleet_common::systemd::ready(&format!("reporting to {}", all.join(", ")), shutdown.clone());
 
     shutdown.cancelled().await;
     // Services and job runs first, each within its stop_timeout; the session stays up meanwhile.
@@ -263,14 +272,14 @@ struct Reporter {
     /// Notified when a job's state changed.
     jobs_changed: Arc<Notify>,
     outbox: Arc<Outbox>,
-    new_report: Vec<Arc<Notify>>,
+    sessions: Arc<Sessions>,
 }
 
 impl Reporter {
     /// Takes a report every `interval` (and early when a service changes state) and appends it
     /// to the outbox.
     async fn run(self, shutdown: CancellationToken) {
-        let Reporter { interval, boot_id, collector, supervisor, deployer, jobs, jobs_changed, outbox, new_report } =
+        let Reporter { interval, boot_id, collector, supervisor, deployer, jobs, jobs_changed, outbox, sessions } =
             self;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -324,8 +333,75 @@ impl Reporter {
             if LOST_REPORTS.clear() {
                 tracing::info!("buffering reports again");
             }
-            for n in &new_report {
-                n.notify_one();
+            sessions.new_report();
+        }
+    }
+}
+
+/// The sessions, one per coordinator, started and ended as the agent learns its cluster
+/// (crate::coordinators).
+struct Sessions {
+    /// What every session shares; `coordinator` and `new_report` are each session's own.
+    template: session::SessionContext,
+    creds: Arc<Credentials>,
+    shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+    /// Per coordinator: its wake-up for new reports, and what ends its session.
+    running: Mutex<std::collections::BTreeMap<String, (Arc<Notify>, CancellationToken)>>,
+}
+
+impl Sessions {
+    /// Wakes every session: a report was buffered.
+    fn new_report(&self) {
+        for (n, _) in self.running.lock().expect("sessions lock").values() {
+            n.notify_one();
+        }
+    }
+
+    /// Ends and starts sessions; the outbox keeps each report until every coordinator that
+    /// still has a session stored it.
+    fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        let mut running = self.running.lock().expect("sessions lock");
+        let mut names: Vec<String> = running.keys().filter(|c| !change.stop.contains(c)).cloned().collect();
+        for c in &change.start {
+            if !names.contains(c) {
+                names.push(c.clone());
+            }
+        }
+        self.template.outbox.set_consumers(&names)?;
+        for c in &change.stop {
+            if let Some((_, stop)) = running.remove(c) {
+                stop.cancel();
+            }
+        }
+        for c in &change.start {
+            if running.contains_key(c) {
+                continue;
+            }
+            let ctx = session::SessionContext {
+                coordinator: c.clone(),
+                new_report: Arc::new(Notify::new()),
+                ..self.template.clone()
+            };
+            let stop = self.shutdown.child_token();
+            running.insert(c.clone(), (ctx.new_report.clone(), stop.clone()));
+            self.tasks.spawn(session::run(ctx, self.creds.clone(), stop));
+        }
+        Ok(())
+    }
+
+    /// Applies the changes the Welcomes bring until shutdown.
+    async fn follow(self: Arc<Self>, mut changes: tokio::sync::mpsc::Receiver<Change>) {
+        loop {
+            let change = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                c = changes.recv() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            if let Err(e) = self.apply(&change) {
+                tracing::error!(error = %e, "cannot record the coordinators' marks in the outbox; the sessions stay as they were");
             }
         }
     }

@@ -78,6 +78,8 @@ pub struct SessionContext {
     pub jobs: Arc<crate::jobs::Jobs>,
     /// Runs the coordinator's commands.
     pub dispatcher: Arc<Dispatcher>,
+    /// Every coordinator's session; told what each Welcome says of the cluster.
+    pub coordinators: Arc<crate::coordinators::Coordinators>,
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -263,6 +265,8 @@ async fn open(ctx: &SessionContext, tls: &TlsMaterial, shutdown: &CancellationTo
             "report_interval is more than half the coordinator's offline_after: this agent will flap offline; lower report_interval"
         );
     }
+    // The members of the coordinator's cluster: a session to each (crate::coordinators).
+    ctx.coordinators.welcomed(&ctx.coordinator, &welcome.coordinator, &welcome.coordinators, fleet_common::now_ms());
     // Anything the coordinator already holds (its Ack was lost) need not be sent again.
     if let Some(last) = &welcome.last_stored
         && let Some(index) = ctx.outbox.index_of(last)
@@ -369,6 +373,9 @@ async fn serve(
                         ctx.outbox.ack_through(&ctx.coordinator, index).map_err(|e| e.to_string())?;
                     }
                     Some(CoordMsg::Command(cmd)) => ctx.dispatcher.handle(cmd, tx.clone()),
+                    Some(CoordMsg::Members(m)) => {
+                        ctx.coordinators.welcomed(&ctx.coordinator, &m.coordinator, &m.coordinators, fleet_common::now_ms());
+                    }
                     Some(CoordMsg::Welcome(_)) | None => {}
                 }
             }

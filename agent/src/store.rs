@@ -486,7 +486,9 @@ impl Outbox {
                 _ => h.meta.remove(key.as_bytes()).map(|_| ()),
             }
             .map_err(|e| self.err(e))?;
-            consumers.push(Consumer { name: name.clone(), acked, dropped: 0 });
+            // Drops counted since the start, for a coordinator that had a session already.
+            let dropped = st.consumers.iter().find(|c| c.name == *name).map_or(0, |c| c.dropped);
+            consumers.push(Consumer { name: name.clone(), acked, dropped });
         }
         // Marks of coordinators no longer listed, and all of them with one coordinator (whose
         // acknowledgements remove reports at once and keep no mark).

@@ -319,6 +319,9 @@ pub struct Cluster {
     /// acknowledged, plus the lease. Past it, this member acts as if it led nothing.
     valid_until: Mutex<Option<Instant>>,
     members: Mutex<Vec<Member>>,
+    /// The live members' addresses as agents dial them (`https://ADVERTISE`), for the
+    /// sessions to tell their agents when they change.
+    addresses: watch::Sender<Vec<String>>,
     /// Every member seen since this coordinator started (at most [`MAX_MEMBERS`]): one that
     /// left is `fleet_coordinator_cluster_member_up{member} 0`, for FleetCoordinatorDown.
     seen: Mutex<std::collections::BTreeSet<String>>,
@@ -333,6 +336,7 @@ impl Cluster {
             state: watch::Sender::new(Leadership::Alone),
             valid_until: Mutex::new(None),
             members: Mutex::new(Vec::new()),
+            addresses: watch::Sender::new(Vec::new()),
             seen: Mutex::default(),
             etcd: None,
         })
@@ -347,6 +351,7 @@ impl Cluster {
             state: watch::Sender::new(Leadership::NoQuorum { reason: "connecting to etcd".into() }),
             valid_until: Mutex::new(None),
             members: Mutex::new(Vec::new()),
+            addresses: watch::Sender::new(Vec::new()),
             seen: Mutex::default(),
             etcd: Some(etcd),
         }))
@@ -406,6 +411,17 @@ impl Cluster {
     /// The members as last read from etcd.
     pub fn members(&self) -> Vec<Member> {
         self.members.lock().expect("cluster lock").clone()
+    }
+
+    /// The live members' addresses (`https://ADVERTISE`, sorted; empty alone), as they
+    /// change.
+    pub fn watch_addresses(&self) -> watch::Receiver<Vec<String>> {
+        self.addresses.subscribe()
+    }
+
+    /// This coordinator's address as agents dial it (`https://ADVERTISE`; empty alone).
+    pub fn address(&self) -> String {
+        self.config.as_ref().map(|c| format!("https://{}", c.advertise)).unwrap_or_default()
     }
 
     /// Why this coordinator will not run something only the leader runs, naming the leader to
@@ -594,6 +610,12 @@ impl Cluster {
                         }
                     }
                     drop(seen);
+                    let addresses: Vec<String> = m.iter().map(|m| format!("https://{}", m.advertise)).collect();
+                    self.addresses.send_if_modified(|a| {
+                        let changed = *a != addresses;
+                        *a = addresses;
+                        changed
+                    });
                     *self.members.lock().expect("cluster lock") = m;
                 }
             }

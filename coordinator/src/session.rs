@@ -13,8 +13,8 @@ use fleet_proto::v1::agent_service_server::AgentService;
 use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::coordinator_message::Msg as CoordMsg;
 use fleet_proto::v1::{
-    Ack, AgentMessage, ArtifactChunk, CancelCommand, Command, CoordinatorMessage, FetchArtifactRequest, Hello,
-    IssuedCertificate, RenewRequest, ReportId, Welcome,
+    Ack, AgentMessage, ArtifactChunk, CancelCommand, ClusterMembers, Command, CoordinatorMessage, FetchArtifactRequest,
+    Hello, IssuedCertificate, RenewRequest, ReportId, Welcome,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -254,10 +254,14 @@ impl AgentApi {
         self.c.metrics.sessions_opened.inc();
         self.c.writer.save_host(host.clone()).await;
         let last_stored = host.with(|s| s.record.last_stored()).map(|b| ReportId { boot_id: b.boot_id, seq: b.seq });
+        // The cluster's members, told to the agent now and whenever they change.
+        let mut members = self.c.cluster.watch_addresses();
         let welcome = Welcome {
             coordinator_version: fleet_common::VERSION.to_string(),
             offline_after_ms: self.c.config.offline_after.as_millis() as u64,
             last_stored,
+            coordinator: self.c.cluster.address(),
+            coordinators: members.borrow_and_update().clone(),
         };
         if tx.send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Welcome(welcome)) })).await.is_err() {
             self.end(&host, handle.generation, "the agent went away before the welcome", None, &tx).await;
@@ -302,6 +306,12 @@ impl AgentApi {
                         // a little while, not at once (a full disk fails every commit).
                         Ok(Err(e)) => break (format!("the store failed: {e}"), Some(Status::resource_exhausted("the coordinator cannot store reports right now (is its disk full?); the agent keeps them and retries"))),
                         Err(_) => break ("the store writer stopped".to_string(), Some(Status::unavailable("the coordinator is shutting down; reconnect"))),
+                    }
+                }
+                Ok(()) = members.changed() => {
+                    let m = ClusterMembers { coordinator: self.c.cluster.address(), coordinators: members.borrow_and_update().clone() };
+                    if tx.try_send(Ok(CoordinatorMessage { msg: Some(CoordMsg::Members(m)) })).is_err() {
+                        break ("the agent is not reading its session".to_string(), None);
                     }
                 }
                 Some(cmd) = commands.recv() => {

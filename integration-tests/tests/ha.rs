@@ -495,3 +495,56 @@ async fn leader_lost_mid_rollout(pause: bool) {
         assert_eq!(log.matches("app 1.0 listening").count(), 1, "{h} was not moved back to 1.0:\n{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_knows_one_coordinator_attaches_to_every_member() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["main-pc"]);
+    let etcd = Etcd::start(&c, 3).await;
+    let mut members = start_coordinators(&c, &etcd, 3).await;
+    // The config names one member, by another name than the one the cluster advertises.
+    c.coordinators = vec![members[0].addr.replace("127.0.0.1", "localhost")];
+    c.start_agent("main-pc", Duration::from_millis(200));
+    for m in &members {
+        c.addr = m.addr.clone();
+        c.wait_online(&["main-pc"], Duration::from_secs(20)).await;
+    }
+    let file = c.dir().join("main-pc").join("coordinators.json");
+    let learned = || {
+        let path = &file;
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("coordinators.json")).unwrap();
+        v["learned"].as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+    };
+    let mut others = vec![members[1].addr.clone(), members[2].addr.clone()];
+    others.sort();
+    // The two others are learned; the configured one is not attached to twice.
+    assert_eq!(learned(), others);
+    let log = std::fs::read_to_string(c.dir().join("logs/main-pc.log")).unwrap();
+    assert_eq!(log.matches("learned a coordinator of the cluster").count(), 2, "{log}");
+    assert!(!log.contains("replaced by a newer session"), "{log}");
+
+    // A learned member holds the reports from when it was learned on (the earlier ones had
+    // left the buffer once the configured coordinator stored them).
+    c.addr = members[0].addr.clone();
+    let first = c.reports("main-pc").await[0].id.unwrap().boot_id;
+
+    // The configured coordinator's machine is lost and the agent restarts: it attaches to
+    // the members it learned, and each holds the whole new run's reports.
+    members[0].proc.kill9();
+    let agent = c.agent("main-pc");
+    agent.signal(Signal::TERM);
+    agent.wait_exit(Duration::from_secs(20));
+    c.start_agent("main-pc", Duration::from_millis(200));
+    for m in &members[1..] {
+        c.addr = m.addr.clone();
+        eventually(Duration::from_secs(20), "the restarted agent's reports on a learned member", || {
+            let r = c.reports("main-pc");
+            async move {
+                let new_run: Vec<_> = r.await.into_iter().filter(|r| r.id.unwrap().boot_id != first).collect();
+                (assert_contiguous(&new_run).len() == 1).then_some(())
+            }
+        })
+        .await;
+    }
+    assert_eq!(learned(), others, "still remembered while the configured coordinator is down");
+}

@@ -178,7 +178,7 @@ pub struct Deployer {
     supervisor: Arc<Supervisor>,
     artifacts: PathBuf,
     /// Where artifacts come from: each coordinator in turn, from one attempt to the next.
-    coordinators: Vec<String>,
+    coordinators: Arc<crate::coordinators::Coordinators>,
     credentials: Arc<crate::credentials::Credentials>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -221,7 +221,7 @@ impl Deployer {
         store: Arc<Outbox>,
         supervisor: Arc<Supervisor>,
         data_dir: &Path,
-        coordinators: Vec<String>,
+        coordinators: Arc<crate::coordinators::Coordinators>,
         credentials: Arc<crate::credentials::Credentials>,
     ) -> Deployer {
         Deployer {
@@ -282,9 +282,10 @@ impl Deployer {
     async fn fetch(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
         let mut delay = std::time::Duration::from_secs(1);
         let mut attempt = 1;
-        let n = self.coordinators.len().max(1);
+        let coordinators = self.coordinators.all();
+        let n = coordinators.len().max(1);
         loop {
-            let from = &self.coordinators[(attempt - 1) % n];
+            let from = &coordinators[(attempt - 1) % n];
             match self.fetch_once(from, sha256, size).await {
                 // Another coordinator may have it (each keeps the artifacts uploaded to it).
                 Err(Fetch::Missing(e)) if attempt < n => {
