@@ -167,6 +167,14 @@ async fn follow_shared_records(c: std::sync::Arc<Coordinator>, shutdown: Cancell
             if let Err(e) = c.enrollment.reload() {
                 tracing::debug!(error = %e, "cannot read the join tokens again");
             }
+            match c.lifecycle.follow_shared_removals(&c.store) {
+                Ok(forgotten) => {
+                    for host in forgotten {
+                        tracing::warn!(%host, "host removed by another coordinator; forgotten here too");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the removed hosts again"),
+            }
             match maintenance::follow_shared_drains(&c) {
                 Ok(changed) => changed,
                 Err(e) => {

@@ -19,7 +19,7 @@ use crate::guard::Authority;
 use crate::registry::Registry;
 use crate::revocation::Revocation;
 use crate::server::Connections;
-use crate::store::SharedState;
+use crate::store::{RecordKind, SharedState};
 
 /// How long after ending an agent's session its connections are cut: time for the agent to
 /// read why.
@@ -207,6 +207,28 @@ impl Lifecycle {
         tracing::warn!(by = %by, host = %name, "host removed");
         let _ = self.audit.append(entry(&by.uri(), "hosts remove", name, "", "", "succeeded", reason)).await;
         Ok(RemoveHostResponse { revocation: revoked.revocation })
+    }
+
+    /// With several coordinators: forgets the hosts another coordinator removed (their
+    /// records in etcd) once their session here has ended, unless they reported here since
+    /// (later than [`crate::store::REMOVAL_GRACE_MS`] after the removal: until this coordinator read the
+    /// deny list again and cut the session, the revoked agent may still have reported).
+    /// Returns the names forgotten.
+    pub fn follow_shared_removals(&self, store: &crate::store::Store) -> Result<Vec<String>, String> {
+        let removed = self.shared.all::<i64>(RecordKind::RemovedHost).map_err(|e| e.to_string())?;
+        let mut forgotten = Vec::new();
+        for (name, gone_at_ms) in removed {
+            let Some(host) = self.registry.get(&name) else { continue };
+            if host.online() || host.with(|s| s.record.last_report_ms) > gone_at_ms + crate::store::REMOVAL_GRACE_MS {
+                continue;
+            }
+            self.registry.remove(&name);
+            store.remove_host(&name, gone_at_ms).map_err(|e| e.to_string())?;
+            let id = Identity::new(self.authority.trust_domain.clone(), Role::Agent, &name);
+            self.authority.seen.forget(&id.uri());
+            forgotten.push(name);
+        }
+        Ok(forgotten)
     }
 
     /// The deny list.

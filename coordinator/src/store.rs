@@ -50,6 +50,11 @@ pub struct BootMark {
 /// cannot send anything any more (the agent replays its buffer oldest first).
 pub const MAX_BOOT_MARKS: usize = 16;
 
+/// How long after a host's removal its reports still do not bring it back: until another
+/// coordinator of a cluster read the deny list again (every 2 s) and cut the session, the
+/// removed agent may have gone on reporting there.
+pub const REMOVAL_GRACE_MS: i64 = 10_000;
+
 /// What the coordinator keeps about a host across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -351,14 +356,15 @@ impl Store {
         }
         // Hosts an operator removed stay gone unless they reported since.
         for (name, gone_at_ms) in (self as &dyn SharedState).all::<i64>(RecordKind::RemovedHost)? {
-            if hosts.get(&name).is_some_and(|h| h.record.last_report_ms <= gone_at_ms) {
+            if hosts.get(&name).is_some_and(|h| h.record.last_report_ms <= gone_at_ms + REMOVAL_GRACE_MS) {
                 hosts.remove(&name);
             }
         }
         Ok(hosts.into_values().collect())
     }
 
-    /// Forgets host `name` as of `at_ms`: its record goes, and its reports in the log (which
+    /// Forgets host `name` as of `at_ms` (reports up to [`REMOVAL_GRACE_MS`] later do not
+    /// bring it back either): its record goes, and its reports in the log (which
     /// age out with the retention) no longer bring it back at the next start.
     pub fn remove_host(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
         self.put_raw(RecordKind::RemovedHost.prefix(), name, at_ms.to_string().as_bytes())?;

@@ -548,3 +548,44 @@ async fn an_agent_that_knows_one_coordinator_attaches_to_every_member() {
     }
     assert_eq!(learned(), others, "still remembered while the configured coordinator is down");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_removed_through_a_follower_is_forgotten_by_every_coordinator() {
+    let _g = serial().await;
+    let mut c = Cluster::new(&["main-pc", "pc2"]);
+    let etcd = Etcd::start(&c, 3).await;
+    let mut members = start_coordinators(&c, &etcd, 3).await;
+    c.coordinators = members.iter().map(|m| m.addr.clone()).collect();
+    c.start_agent("main-pc", Duration::from_millis(200));
+    c.start_agent("pc2", Duration::from_millis(200));
+    for m in &members {
+        c.addr = m.addr.clone();
+        c.wait_online(&["main-pc", "pc2"], Duration::from_secs(20)).await;
+    }
+    let leader = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let out = c.fleetctl_env(
+        &["hosts", "remove", "pc2", "--reason", "decommissioned"],
+        &[("FLEET_ADDR", &members[follower].addr)],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let names = |c: &Cluster, m: &Coordinator| {
+        let out = c.fleetctl_env(&["hosts", "-o", "json"], &[("FLEET_ADDR", &m.addr)]);
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        v.iter().map(|h| h["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    for m in &members {
+        eventually(Duration::from_secs(15), "every coordinator to forget pc2", || {
+            let n = names(&c, m);
+            async move { (n == ["main-pc"]).then_some(()) }
+        })
+        .await;
+    }
+    // Still forgotten after a follower restarts.
+    let opts = members[follower].opts.clone();
+    members[follower].proc.kill9();
+    members[follower] = c.spawn_coordinator(&format!("coordinator{follower}"), opts).await;
+    c.addr = members[follower].addr.clone();
+    c.wait_online(&["main-pc"], Duration::from_secs(20)).await;
+    assert_eq!(names(&c, &members[follower]), ["main-pc"]);
+}

@@ -223,7 +223,12 @@ impl SharedState for EtcdShared {
         self.local.save_hosts(records)
     }
 
+    /// Recorded in etcd too, so that every coordinator forgets the host
+    /// (crate::lifecycle::Lifecycle::follow_shared_removals).
     fn remove_host(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
+        let key = format!("{}{name}", self.record_prefix(RecordKind::RemovedHost));
+        let value = at_ms.to_string().into_bytes();
+        self.run(move |client| async move { client.put(&key, &value, 0).await })?;
         self.local.remove_host(name, at_ms)
     }
 
