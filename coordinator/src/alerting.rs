@@ -5,7 +5,7 @@
 //! forgets an alert. Reloads (SIGHUP, `fleetctl rules reload`) keep the previous rules when a
 //! file is invalid.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +94,13 @@ fn group_key(g: &Group) -> String {
     format!("{}\0{}", g.file.display(), g.name)
 }
 
+/// A group's key among the coordinators of a cluster, whose rule files may lie in other
+/// directories: the file's name and the group's.
+fn shared_group_key(g: &Group) -> String {
+    let file = g.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{file}/{}", g.name)
+}
+
 /// Why the rules could not be loaded or their state restored.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertingError {
@@ -141,10 +148,17 @@ impl Alerting {
             metrics,
         });
         let saved = this.shared.load_alert_state()?;
+        // In a cluster, what the leader published comes first: its `for` timers are the
+        // cluster's, and this coordinator's own copy may be old.
+        let published = this.shared.published_alert_state().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the cluster's alert state; starting from this coordinator's own");
+            HashMap::new()
+        });
         let groups: Vec<Group> = groups
             .into_iter()
             .map(|mut g| {
-                if let Some(bytes) = saved.get(&group_key(&g))
+                let from = published.get(&shared_group_key(&g)).or_else(|| saved.get(&group_key(&g)));
+                if let Some(bytes) = from
                     && let Ok(s) = serde_json::from_slice::<SavedGroup>(bytes)
                 {
                     restore(&mut g, &s);
@@ -232,14 +246,26 @@ impl Alerting {
                 };
                 g.eval_marked(&mut w, next, &external, &mark);
                 let outgoing = to_send(&mut g, next, step, &external);
-                (outgoing, snapshot(&g), group_key(&g))
+                (outgoing, snapshot(&g), group_key(&g), shared_group_key(&g))
             })
             .await;
-            let Ok((outgoing, saved, key)) = out else { continue };
+            let Ok((outgoing, saved, key, shared_key)) = out else { continue };
             if let Ok(json) = serde_json::to_vec(&saved)
                 && let Err(e) = self.shared.save_alert_state(&key, &json)
             {
                 tracing::warn!(error = %e, "cannot save alert state");
+            }
+            // For the cluster: the timers without this coordinator's send times, which
+            // change at every resend (crate::cluster::shared writes only changes).
+            let mut shared = saved;
+            shared.values_mut().flatten().for_each(|a| a.last_sent = None);
+            if let Ok(json) = serde_json::to_vec(&shared) {
+                let state = self.shared.clone();
+                let published =
+                    tokio::task::spawn_blocking(move || state.publish_alert_state(&shared_key, &json)).await;
+                if let Ok(Err(e)) = published {
+                    tracing::debug!(error = %e, "cannot publish alert state to the cluster");
+                }
             }
             for chunk in outgoing.chunks(BATCH) {
                 if self.notify.try_send(chunk.to_vec()).is_err() {

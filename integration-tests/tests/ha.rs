@@ -589,3 +589,45 @@ async fn a_host_removed_through_a_follower_is_forgotten_by_every_coordinator() {
     c.wait_online(&["main-pc"], Duration::from_secs(20)).await;
     assert_eq!(names(&c, &members[follower]), ["main-pc"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_that_joins_takes_up_the_clusters_for_timers() {
+    let _g = serial().await;
+    let c = Cluster::new(&[]);
+    let rules = c.dir().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("ha.yml"),
+        "groups:\n  - name: ha\n    interval: 1s\n    rules:\n      - alert: Waiting\n        expr: vector(1)\n        for: 1h\n",
+    )
+    .unwrap();
+    let etcd = Etcd::start(&c, 3).await;
+    let alerting = format!("[alerting]\nrule_files = [\"{}/*.yml\"]\nevaluation_interval = \"1s\"\n", rules.display());
+    let mut members = start_coordinators_with(&c, &etcd, 2, &alerting).await;
+    let leader = agreed_leader(&c, &members, &[0, 1], Duration::from_secs(20)).await;
+    let pending_since = |m: &Coordinator| {
+        let url = format!("http://{}/api/v1/alerts", m.http);
+        async move {
+            let v: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+            let a = v["data"]["alerts"].as_array()?.iter().find(|a| a["labels"]["alertname"] == "Waiting")?.clone();
+            (a["state"] == "pending").then(|| a["activeAt"].as_str().unwrap().to_string())
+        }
+    };
+    let since =
+        eventually(Duration::from_secs(10), "Waiting pending on the leader", || pending_since(&members[leader])).await;
+    // A third coordinator, with nothing of its own yet, joins: its Waiting has been pending
+    // since the leader's, not since its own first evaluation.
+    let port = free_port();
+    let extra = format!(
+        "{alerting}[cluster]\nname = \"test\"\nadvertise = \"127.0.0.1:{port}\"\netcd = {}\nlease_ttl = \"{}s\"\n",
+        etcd.toml_urls(),
+        LEASE_TTL.as_secs()
+    );
+    members.push(
+        c.spawn_coordinator("coordinator2", CoordinatorOpts { grpc_port: port, extra, ..Default::default() }).await,
+    );
+    let joined =
+        eventually(Duration::from_secs(10), "Waiting pending on the new coordinator", || pending_since(&members[2]))
+            .await;
+    assert_eq!(joined, since, "the for timer the cluster started");
+}

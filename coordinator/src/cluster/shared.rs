@@ -4,8 +4,9 @@
 //! certificate. A rollout is written only by the leader, in a transaction that holds only
 //! while its term lasts ([`super::Fence`]): a deposed leader's write changes nothing and
 //! fails. What each coordinator keeps for itself stays in its own store, as alone: host
-//! records (each coordinator gets every report), alert state (each evaluates the rules, as a
-//! Prometheus HA pair does) and the effect of a removal on its report log.
+//! records (each coordinator gets every report) and alert state (each evaluates the rules, as
+//! a Prometheus HA pair does); the leader also publishes each rule group's alert state when
+//! it changes, so that a coordinator that starts takes up the cluster's `for` timers.
 //!
 //! The trait is synchronous (sled's is); the calls to etcd run on a thread of their own with
 //! its own client, and a caller waits for each within [`WAIT`]. Nothing here is written per
@@ -30,6 +31,17 @@ pub const MAX_SHARED_AUDIT: usize = 10_000;
 const PRUNE_EVERY: u64 = 100;
 /// Calls queued for the etcd thread, at most.
 const QUEUE: usize = 256;
+/// The largest alert state of one rule group shared through etcd (whose requests are at most
+/// 1.5 MiB by default); a bigger one stays this coordinator's own.
+const MAX_ALERT_STATE: usize = 1024 * 1024;
+/// Rule groups whose last published state is remembered, at most (then forgotten at once:
+/// the next evaluation of each writes it again).
+const MAX_PUBLISHED_GROUPS: usize = 10_000;
+/// How long a starting coordinator waits for the published alert state before it starts
+/// from its own.
+const ALERT_STATE_WAIT: Duration = Duration::from_secs(2);
+/// Said at most once a minute.
+static ALERT_STATE_TOO_BIG: fleet_common::Throttle = fleet_common::Throttle::new(Duration::from_secs(60));
 
 type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &Etcd) + Send>;
 
@@ -42,6 +54,8 @@ pub struct EtcdShared {
     cluster: Arc<Cluster>,
     local: Store,
     jobs: std::sync::mpsc::SyncSender<Job>,
+    /// Per rule group, a digest of the alert state last published.
+    published: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for EtcdShared {
@@ -96,6 +110,7 @@ impl EtcdShared {
             cluster,
             local,
             jobs,
+            published: Default::default(),
         })
     }
 
@@ -106,14 +121,24 @@ impl EtcdShared {
         F: FnOnce(Etcd) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, EtcdError>>,
     {
+        self.run_within(WAIT, f)
+    }
+
+    /// [`EtcdShared::run`], waiting at most `wait`.
+    fn run_within<T, F, Fut>(&self, wait: Duration, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Etcd) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move |rt, client| {
             let _ = tx.send(rt.block_on(f(client.clone())));
         });
         self.jobs.try_send(job).map_err(|_| StoreError::Shared("too many calls to etcd are waiting".into()))?;
-        match rx.recv_timeout(WAIT) {
+        match rx.recv_timeout(wait) {
             Ok(r) => r.map_err(|e| StoreError::Shared(e.to_string())),
-            Err(_) => Err(StoreError::Shared(format!("etcd gave no answer within {WAIT:?}"))),
+            Err(_) => Err(StoreError::Shared(format!("etcd gave no answer within {wait:?}"))),
         }
     }
 
@@ -217,6 +242,49 @@ impl SharedState for EtcdShared {
 
     fn load_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
         self.local.load_alert_state()
+    }
+
+    /// Written by the leader only, in its term, and only when the group's state changed
+    /// (an alert became pending, firing or resolved): a steady cluster writes nothing.
+    fn publish_alert_state(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
+        if !self.cluster.is_leader() {
+            return Ok(());
+        }
+        if json.len() > MAX_ALERT_STATE {
+            if let Some(n) = ALERT_STATE_TOO_BIG.ready() {
+                tracing::warn!(group = %key, bytes = json.len(), times = n, "a rule group's alert state is too big to share through etcd; the other coordinators start its for timers afresh");
+            }
+            return Ok(());
+        }
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            json.hash(&mut h);
+            h.finish()
+        };
+        if self.published.lock().expect("published lock").get(key) == Some(&digest) {
+            return Ok(());
+        }
+        self.fenced(vec![(format!("{}alerts/{key}", self.prefix), json.to_vec())], Vec::new())?;
+        let mut published = self.published.lock().expect("published lock");
+        if published.len() >= MAX_PUBLISHED_GROUPS {
+            published.clear();
+        }
+        published.insert(key.to_string(), digest);
+        Ok(())
+    }
+
+    fn published_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let prefix = format!("{}alerts/", self.prefix);
+        let listed = self.run_within(ALERT_STATE_WAIT, move |client| async move { client.list(&prefix).await })?;
+        let prefix = format!("{}alerts/", self.prefix);
+        Ok(listed
+            .into_iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key);
+                (key.strip_prefix(&prefix).unwrap_or(&key).to_string(), kv.value)
+            })
+            .collect())
     }
 
     fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {

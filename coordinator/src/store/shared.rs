@@ -66,6 +66,17 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     fn remove_record(&self, kind: RecordKind, id: &str) -> Result<(), StoreError>;
     /// Every record of `kind` with its id, as JSON.
     fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Publishes the alert state of rule group `key` (JSON, without this coordinator's send
+    /// times) for the other coordinators of a cluster, which take up its `for` timers when
+    /// they start. Called after every evaluation: an implementation writes only changes.
+    /// Alone there is nothing to do.
+    fn publish_alert_state(&self, _key: &str, _json: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The alert state the cluster's leader published, per group key; empty alone.
+    fn published_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        Ok(HashMap::new())
+    }
     /// Appends an audit entry (JSON) that every coordinator of a cluster reads. Alone there
     /// is nothing to do: the coordinator's own audit log is the audit.
     fn append_audit(&self, _at_ms: i64, _json: &[u8]) -> Result<(), StoreError> {
