@@ -86,7 +86,7 @@ pub async fn upload(target: &Target, path: &Path) -> Result<String, CliError> {
     let (sha, size) = sha256_file(path)?;
     let mut c = target.control().await?;
     let stat = c
-        .stat_artifact(StatArtifactRequest { sha256: sha.clone() })
+        .stat_artifact(StatArtifactRequest { sha256: sha.clone(), fetch: false })
         .await
         .map_err(|e| status_error(&target.addr, e))?
         .into_inner();

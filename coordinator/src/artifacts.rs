@@ -152,6 +152,28 @@ impl Artifacts {
         Err(if why.is_empty() { "no other coordinator to ask".into() } else { why.join("; ") })
     }
 
+    /// Whether `peer` (another coordinator's advertise address) holds artifact `sha256`;
+    /// with `fetch`, it first fetches it from the coordinators that do.
+    pub async fn peer_holds(
+        sha256: &str,
+        peer: &str,
+        tls: &fleet_common::tls::TlsMaterial,
+        fetch: bool,
+    ) -> Result<bool, String> {
+        use fleet_proto::v1::control_service_client::ControlServiceClient;
+        let url = format!("https://{peer}");
+        let ask = async {
+            let channel = fleet_common::tls::connect_coordinator(&url, tls).await.map_err(|e| e.to_string())?;
+            let r = ControlServiceClient::new(channel)
+                .stat_artifact(fleet_proto::v1::StatArtifactRequest { sha256: sha256.to_string(), fetch })
+                .await
+                .map_err(|s| s.message().to_string())?;
+            Ok(r.into_inner().exists)
+        };
+        let wait = if fetch { REPLICA_WAIT } else { PEER_TIMEOUT };
+        tokio::time::timeout(wait, ask).await.map_err(|_| format!("no answer within {wait:?}"))?
+    }
+
     async fn fetch_from(&self, sha256: &str, peer: &str, tls: &fleet_common::tls::TlsMaterial) -> Result<u64, String> {
         use fleet_proto::v1::agent_service_client::AgentServiceClient;
         let url = format!("https://{peer}");
@@ -361,5 +383,56 @@ mod gc_tests {
         rollouts.push(rollout("r6", "6.0", RolloutState::Running, 6, &[("c", "1.0")]));
         let keep = artifacts_to_keep(&rollouts, &running);
         assert!(keep.contains("sha-1.0") && keep.contains("sha-6.0"), "{keep:?}");
+    }
+}
+
+/// How long a rollout's start waits for another coordinator to take a copy of its artifact.
+pub const REPLICA_WAIT: Duration = Duration::from_secs(60);
+
+/// With several coordinators: a rollout starts only once another coordinator holds a copy of
+/// its artifact (it is uploaded to one), so that a leader lost right after the start leaves
+/// the next one able to go on.
+#[derive(Debug)]
+pub struct Replicas {
+    /// This cluster.
+    pub cluster: Arc<crate::cluster::Cluster>,
+    /// The coordinator's own identity, to ask the others.
+    pub tls: fleet_common::tls::TlsMaterial,
+}
+
+impl Replicas {
+    /// Asks every other live member to hold `sha256` (fetching it from the coordinators that
+    /// do) and returns once one does. Alone, or with no other member up, there is no one to
+    /// ask: `Ok` (said in the log). An error names why none could.
+    pub async fn ensure_copy(&self, sha256: &str) -> Result<(), String> {
+        let Some(me) = self.cluster.config().map(|c| c.advertise.clone()) else { return Ok(()) };
+        let peers: Vec<String> = self.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != me).collect();
+        if peers.is_empty() {
+            tracing::warn!(artifact = %sha256, "no other coordinator is up to hold a copy of the rollout's artifact; starting with this one's only");
+            return Ok(());
+        }
+        let mut asked: futures_util::stream::FuturesUnordered<_> =
+            peers.iter().map(|p| async move { (p, Artifacts::peer_holds(sha256, p, &self.tls, true).await) }).collect();
+        let mut why = Vec::new();
+        let deadline = tokio::time::sleep(REPLICA_WAIT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = futures_util::StreamExt::next(&mut asked) => match next {
+                    Some((_, Ok(true))) => return Ok(()),
+                    Some((p, Ok(false))) => why.push(format!("{p}: cannot fetch it")),
+                    Some((p, Err(e))) => why.push(format!("{p}: {e}")),
+                    None => break,
+                },
+                () = &mut deadline => {
+                    why.push(format!("no copy within {REPLICA_WAIT:?}"));
+                    break;
+                }
+            }
+        }
+        Err(format!(
+            "no other coordinator could take a copy of artifact {sha256} ({}); the rollout was not started, so that losing this leader cannot strand it. Check the other coordinators (fleetctl status) and start it again",
+            why.join("; ")
+        ))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleet_common::identity::Identity;
+use fleet_common::identity::{Identity, Role};
 use fleet_common::selector::Selector;
 use fleet_proto::v1::command::Action as CmdAction;
 use fleet_proto::v1::control_service_server::ControlService;
@@ -108,6 +108,12 @@ impl ControlApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unavailable(format!("cannot read the report store: {e}")))
+    }
+
+    /// The other live members of the cluster (their advertise addresses; none alone).
+    fn peers(&self) -> Vec<String> {
+        let Some(cc) = self.c.cluster.config() else { return Vec::new() };
+        self.c.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != cc.advertise).collect()
     }
 
     pub(crate) fn host(&self, name: &str) -> Result<Arc<Host>, Status> {
@@ -438,7 +444,13 @@ impl ControlService for ControlApi {
     }
 
     async fn stat_artifact(&self, req: Request<StatArtifactRequest>) -> Result<Response<StatArtifactResponse>, Status> {
-        let size = self.c.artifacts.stat(&req.get_ref().sha256);
+        let sha = &req.get_ref().sha256;
+        let mut size = self.c.artifacts.stat(sha);
+        let from_coordinator = req.extensions().get::<Identity>().is_some_and(|i| i.role == Role::Coordinator);
+        if size.is_none() && req.get_ref().fetch && from_coordinator && crate::artifacts::valid_sha256(sha) {
+            // The leader wants a copy here before its rollout starts (crate::artifacts::Replicas).
+            size = self.c.artifacts.fetch_from_peers(sha, &self.peers(), &self.c.tls).await.ok();
+        }
         Ok(Response::new(StatArtifactResponse { exists: size.is_some(), size_bytes: size.unwrap_or(0) }))
     }
 
@@ -541,7 +553,18 @@ impl ControlService for ControlApi {
                 hosts.len()
             )));
         }
-        let size = match self.c.artifacts.stat(&r.sha256) {
+        let mut held = self.c.artifacts.stat(&r.sha256);
+        if held.is_none() && self.c.cluster.config().is_some() && crate::artifacts::valid_sha256(&r.sha256) {
+            // Uploaded to the coordinator the operator dialed, which passed the start on to
+            // this one, the leader: fetched from the others.
+            match self.c.artifacts.fetch_from_peers(&r.sha256, &self.peers(), &self.c.tls).await {
+                Ok(size) => held = Some(size),
+                Err(why) => {
+                    tracing::warn!(artifact = %r.sha256, %why, "the rollout's artifact is on no other coordinator either")
+                }
+            }
+        }
+        let size = match held {
             Some(size) => size,
             None if r.validate_only => 0,
             None => {
@@ -591,6 +614,11 @@ impl ControlService for ControlApi {
         if r.validate_only {
             return Ok(Response::new(rec.to_proto()));
         }
+        // In a cluster, a copy of the artifact on another coordinator first: should this
+        // leader be lost once the rollout started, the next one goes on with it.
+        if let Some(replicas) = &self.c.replicas {
+            replicas.ensure_copy(&rec.sha256).await.map_err(Status::unavailable)?;
+        }
         let msg = format!("{} {} to {}", rec.service, rec.version, hosts.join(","));
         self.c
             .audit
@@ -604,6 +632,7 @@ impl ControlService for ControlApi {
 
     async fn get_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Rollout>, Status> {
         let id = &req.get_ref().id;
+        self.c.rollouts.look_up(id).await;
         let r =
             self.c.rollouts.get(id).ok_or_else(|| {
                 Status::not_found(format!("no rollout with id {id}; `fleetctl rollout list` lists them"))
@@ -615,6 +644,7 @@ impl ControlService for ControlApi {
 
     async fn watch_rollout(&self, req: Request<RolloutRequest>) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let id = req.get_ref().id.clone();
+        self.c.rollouts.look_up(&id).await;
         let mut rx = self.c.rollouts.watch(&id).ok_or_else(|| Status::not_found(format!("no rollout with id {id}")))?;
         let (tx, out) = mpsc::channel(16);
         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerting::Alerting;
-use crate::artifacts::Artifacts;
+use crate::artifacts::{Artifacts, Replicas};
 use crate::audit::AuditLog;
 use crate::certificates::Seen;
 use crate::commands::Hub;
@@ -71,6 +71,8 @@ pub struct Coordinator {
     pub hub: Arc<Hub>,
     /// Uploaded release archives.
     pub artifacts: Artifacts,
+    /// With several coordinators: the copy of a rollout's artifact taken before it starts.
+    pub replicas: Option<Replicas>,
     /// Rollouts and their driver tasks.
     pub rollouts: Arc<Rollouts>,
     /// Rule groups, alert state and notifiers.
@@ -182,6 +184,7 @@ impl Coordinator {
                 action: format!("open the artifact store in {}", config.data_dir.display()),
                 reason: e.to_string(),
             })?;
+        let replicas = cluster.config().is_some().then(|| Replicas { cluster: cluster.clone(), tls: tls.clone() });
         let rollouts = Rollouts::start(
             shared.clone(),
             registry.clone(),
@@ -240,6 +243,7 @@ impl Coordinator {
             connections,
             hub,
             artifacts,
+            replicas,
             rollouts,
             alerting,
             remote_write,

@@ -242,6 +242,10 @@ impl Authority {
             Gate::Agent if identity.role == Role::Agent => None,
             // Another coordinator of the cluster fetching an artifact it lacks (design §13).
             Gate::Agent if identity.role == Role::Coordinator && method == "FetchArtifact" => None,
+            // The leader asking whether another coordinator holds a rollout's artifact.
+            Gate::Control if identity.role == Role::Coordinator && method == "StatArtifact" && forwarded.is_none() => {
+                None
+            }
             Gate::Agent => {
                 let msg = format!("{who} is not an agent identity; the agent API needs an agent certificate");
                 self.refused(DenyReason::WrongRole, &who, peer, method, &msg);

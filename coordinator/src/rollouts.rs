@@ -33,6 +33,9 @@ pub use policy::{Step, next_step, revert_outcome};
 /// How often a follower reads the rollouts again (to show them), and a leader looks at its
 /// term.
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+/// The least time between two reads of the shared state for a rollout a follower does not
+/// know.
+const LOOK_UP_EVERY: Duration = Duration::from_millis(500);
 /// Extra time an agent gets beyond the probation to fetch and unpack.
 const FETCH_MARGIN: Duration = Duration::from_secs(300);
 
@@ -84,6 +87,8 @@ pub struct Rollouts {
     /// While this coordinator leads: the token its rollout drivers stop on (cancelled when
     /// the term ends). `None` on a follower, which runs no rollout.
     term: Mutex<Option<CancellationToken>>,
+    /// When [`Rollouts::look_up`] last read the shared state.
+    looked_up: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Rollouts {
@@ -122,6 +127,7 @@ impl Rollouts {
             term: Mutex::new(alone.then(|| shutdown.child_token())),
             shutdown,
             cluster,
+            looked_up: Mutex::new(None),
         });
         for r in records {
             let resume = alone && !r.finished();
@@ -220,6 +226,30 @@ impl Rollouts {
 
     fn get_live(&self, id: &str) -> Option<Arc<Live>> {
         self.live.lock().expect("rollouts lock").get(id).cloned()
+    }
+
+    /// On a follower, a rollout this coordinator does not know yet (the leader started it
+    /// since the last read, [`FOLLOW_EVERY`]) is read from the shared state at once, so that
+    /// `fleetctl rollout start --watch` through a follower follows it; at most one read per
+    /// [`LOOK_UP_EVERY`], whatever callers ask.
+    pub async fn look_up(&self, id: &str) {
+        if self.cluster.config().is_none() || self.get_live(id).is_some() {
+            return;
+        }
+        {
+            let mut last = self.looked_up.lock().expect("rollouts lock");
+            if last.is_some_and(|t| t.elapsed() < LOOK_UP_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        if let Ok(records) = self.load_shared().await {
+            for r in records {
+                if self.get_live(&r.id).is_none() {
+                    self.insert(r);
+                }
+            }
+        }
     }
 
     /// A rollout by id.

@@ -344,6 +344,11 @@ async fn the_new_leader_finishes_a_rollout_the_killed_leader_began() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_new_leader_finishes_a_rollout_whose_leader_was_killed_as_it_started() {
+    leader_lost(When::AtStart).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_leader_paused_mid_rollout_changes_nothing_when_it_wakes() {
     leader_lost_mid_rollout(true).await;
 }
@@ -351,13 +356,34 @@ async fn a_leader_paused_mid_rollout_changes_nothing_when_it_wakes() {
 /// A rollout of 2.0 to main-pc and pc2, one at a time, whose leader is lost while main-pc
 /// deploys: killed with SIGKILL, or (`pause`) stopped with SIGSTOP for longer than its lease
 /// and woken once the next leader has finished the rollout.
+/// When the leader is lost in [`leader_lost`].
+#[derive(Clone, Copy, PartialEq)]
+enum When {
+    /// Killed (or, `pause`, stopped) while the first host deploys.
+    MidRollout { pause: bool },
+    /// Killed as soon as the rollout's start returned: the first rollout of the test was
+    /// started through a follower (the artifact uploaded there), this one through the leader
+    /// (uploaded there only).
+    AtStart,
+}
+
 async fn leader_lost_mid_rollout(pause: bool) {
+    leader_lost(When::MidRollout { pause }).await;
+}
+
+async fn leader_lost(when: When) {
+    let pause = when == When::MidRollout { pause: true };
     let _g = serial().await;
     let hosts = ["main-pc", "pc2"];
     let mut c = Cluster::new(&hosts);
     let etcd = Etcd::start(&c, 3).await;
     let mut members = start_coordinators(&c, &etcd, 3).await;
     let leader = agreed_leader(&c, &members, &[0, 1, 2], Duration::from_secs(20)).await;
+    eventually(Duration::from_secs(10), "the leader to see the three members", || {
+        let n = status(&c, &members[leader])["cluster"]["members"].as_array().map_or(0, Vec::len);
+        async move { (n == 3).then_some(()) }
+    })
+    .await;
     c.coordinators = members.iter().map(|m| m.addr.clone()).collect();
     c.addr = members[leader].addr.clone();
     let mut ports = Vec::new();
@@ -378,7 +404,7 @@ async fn leader_lost_mid_rollout(pause: bool) {
         p
     };
     let (v1, v2) = (release("1.0"), release("2.0"));
-    let start = |artifact: &std::path::Path, version: &str, min_healthy: &str, extra: &[&str]| {
+    let start = |addr: &str, artifact: &std::path::Path, version: &str, min_healthy: &str, extra: &[&str]| {
         let mut args = vec![
             "rollout",
             "start",
@@ -393,47 +419,23 @@ async fn leader_lost_mid_rollout(pause: bool) {
             "20s",
         ];
         args.extend_from_slice(extra);
-        c.fleetctl(&args)
+        c.fleetctl_env(&args, &[("FLEET_ADDR", addr)])
     };
-    let out = start(&v1, "1.0", "1s", &["--watch", "--max-parallel", "2"]);
+    // At start, through a follower: it keeps the upload and passes the start on to the leader.
+    let first = if when == When::AtStart { (leader + 1) % 3 } else { leader };
+    let out = start(&members[first].addr, &v1, "1.0", "1s", &["--watch", "--max-parallel", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // 2.0 one host at a time, uploaded to the leader only.
-    let out = start(&v2, "2.0", "3s", &[]);
+    let out = start(&members[leader].addr, &v2, "2.0", "3s", &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let host_state = |r: &serde_json::Value, host: &str| {
-        r["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    eventually(Duration::from_secs(30), "main-pc deploying 2.0", || {
-        let out = c.fleetctl(&["rollout", "status", &id, "-o", "json"]);
-        let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
-        async move { v.filter(|v| host_state(v, "main-pc") == "deploying").map(|_| ()) }
-    })
-    .await;
-
-    // The followers fetch the artifact of an unfinished rollout from the leader it was
-    // uploaded to, within seconds.
-    let sha = {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(std::fs::read(&v2).unwrap());
-        digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    };
-    for i in (0..3).filter(|&i| i != leader) {
-        let path = c.dir().join(format!("coordinator{i}/artifacts/{sha}"));
-        eventually(Duration::from_secs(10), "a follower to hold the rollout's artifact", || {
-            let there = path.exists();
-            async move { there.then_some(()) }
-        })
-        .await;
-    }
-    // Lose the leader mid-rollout: the next leader takes it up from etcd and finishes it.
-    if pause {
-        members[leader].proc.signal(Signal::STOP);
-    } else {
+    if when == When::AtStart {
+        // Lost at once: the first deploy waited for a copy of the artifact on a follower,
+        // so the next leader can go on.
         members[leader].proc.kill9();
+    }
+    if let When::MidRollout { pause } = when {
+        lose_mid_rollout(&c, &mut members, leader, &id, &v2, pause).await;
     }
     let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let next = agreed_leader(&c, &members, &live, LEASE_TTL + Duration::from_secs(5)).await;
@@ -493,6 +495,52 @@ async fn leader_lost_mid_rollout(pause: bool) {
         let log = std::fs::read_to_string(c.dir().join(h).join("logs/app.log")).unwrap();
         assert_eq!(log.matches("app 2.0 listening").count(), 1, "{h} was not deployed again:\n{log}");
         assert_eq!(log.matches("app 1.0 listening").count(), 1, "{h} was not moved back to 1.0:\n{log}");
+    }
+}
+
+/// Waits until the first host deploys `v2` and every follower holds its artifact, then kills
+/// (or, `pause`, stops) the leader.
+async fn lose_mid_rollout(
+    c: &Cluster,
+    members: &mut [Coordinator],
+    leader: usize,
+    id: &str,
+    v2: &std::path::Path,
+    pause: bool,
+) {
+    let host_state = |r: &serde_json::Value, host: &str| {
+        r["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    eventually(Duration::from_secs(30), "main-pc deploying 2.0", || {
+        let out = c.fleetctl(&["rollout", "status", id, "-o", "json"]);
+        let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        async move { v.filter(|v| host_state(v, "main-pc") == "deploying").map(|_| ()) }
+    })
+    .await;
+
+    // The followers fetch the artifact of an unfinished rollout from the leader it was
+    // uploaded to, within seconds.
+    let sha = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(std::fs::read(v2).unwrap());
+        digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    for i in (0..3).filter(|&i| i != leader) {
+        let path = c.dir().join(format!("coordinator{i}/artifacts/{sha}"));
+        eventually(Duration::from_secs(10), "a follower to hold the rollout's artifact", || {
+            let there = path.exists();
+            async move { there.then_some(()) }
+        })
+        .await;
+    }
+    // Lose the leader mid-rollout: the next leader takes it up from etcd and finishes it.
+    if pause {
+        members[leader].proc.signal(Signal::STOP);
+    } else {
+        members[leader].proc.kill9();
     }
 }
 
