@@ -32,6 +32,9 @@ const KEEP_ENDED: Duration = Duration::from_secs(7 * 86400);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// The longest lifetime a token may have: it is a bearer secret.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
+/// How often a token's use is judged again when other coordinators count uses at once.
+const SWAP_ATTEMPTS: u32 = 5;
+
 /// Most uses one token may allow.
 pub const MAX_USES: u32 = 10_000;
 /// Enrollment attempts one address may make in a burst, and how often one more is allowed.
@@ -435,49 +438,75 @@ impl Enrollment {
         let identity = Identity::new(self.authority.trust_domain.clone(), Role::Agent, &req.name);
         let now = fleet_common::now_ms();
         let mut tokens = self.tokens.lock().expect("tokens lock");
-        let Some(t) = tokens.get(id).filter(|t| same(&t.secret_sha256, &sha256_hex(secret))) else {
-            drop(tokens);
-            return Err(self.refuse(
-                peer_s,
-                &req.name,
-                id,
-                "the join token is not valid (mistyped, or made by another coordinator)".into(),
-            ));
+        // The use is counted by a compare and swap on the shared record: when another
+        // coordinator of the cluster counted one at the same time, the token is judged again
+        // as it now stands (a bounded number of times).
+        let mut attempts = 0;
+        let (labels, used) = loop {
+            attempts += 1;
+            let Some(t) = tokens.get(id).filter(|t| same(&t.secret_sha256, &sha256_hex(secret))) else {
+                drop(tokens);
+                return Err(self.refuse(
+                    peer_s,
+                    &req.name,
+                    id,
+                    "the join token is not valid (mistyped, or made by another coordinator)".into(),
+                ));
+            };
+            let why = if t.revoked {
+                Some("the join token was revoked".to_string())
+            } else if now >= t.expires_at_ms {
+                Some(format!(
+                    "the join token expired at {}; make a new one with `fleetctl tokens create`",
+                    fleet_common::rfc3339(t.expires_at_ms)
+                ))
+            } else if t.uses >= t.uses_allowed {
+                Some(format!(
+                    "the join token was already used ({} of {} uses, by {}); make a new one with `fleetctl tokens create`",
+                    t.uses,
+                    t.uses_allowed,
+                    t.enrolled.join(", ")
+                ))
+            } else if !t.name.is_empty() && t.name != req.name {
+                Some(format!("the join token is bound to the name {}, not {}", t.name, req.name))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                drop(tokens);
+                return Err(self.refuse(peer_s, &req.name, id, why));
+            }
+            if let Err(e) = fleet_common::pki::check_csr(&req.csr) {
+                drop(tokens);
+                return Err(self.refuse(peer_s, &req.name, id, e));
+            }
+            let labels = t.labels.clone();
+            let mut used = t.clone();
+            used.uses += 1;
+            if used.enrolled.len() < 100 {
+                used.enrolled.push(req.name.clone());
+            }
+            let encode = |r: &TokenRecord| serde_json::to_vec(r).map_err(|e| Status::internal(e.to_string()));
+            let (expected, json) = (encode(t)?, encode(&used)?);
+            match self.shared.swap_record(RecordKind::Token, id, &expected, &json) {
+                Err(e) => return Err(Status::unavailable(e.to_string())),
+                Ok(Ok(())) => break (labels, used),
+                Ok(Err(_)) if attempts >= SWAP_ATTEMPTS => {
+                    return Err(Status::unavailable(
+                        "the join token is being used on other coordinators at the same time; try again",
+                    ));
+                }
+                Ok(Err(Some(now))) => match serde_json::from_slice::<TokenRecord>(&now) {
+                    Ok(current) => {
+                        tokens.insert(id.to_string(), current);
+                    }
+                    Err(e) => return Err(Status::internal(format!("the join token's record cannot be read: {e}"))),
+                },
+                Ok(Err(None)) => {
+                    tokens.remove(id);
+                }
+            }
         };
-        let why = if t.revoked {
-            Some("the join token was revoked".to_string())
-        } else if now >= t.expires_at_ms {
-            Some(format!(
-                "the join token expired at {}; make a new one with `fleetctl tokens create`",
-                fleet_common::rfc3339(t.expires_at_ms)
-            ))
-        } else if t.uses >= t.uses_allowed {
-            Some(format!(
-                "the join token was already used ({} of {} uses, by {}); make a new one with `fleetctl tokens create`",
-                t.uses,
-                t.uses_allowed,
-                t.enrolled.join(", ")
-            ))
-        } else if !t.name.is_empty() && t.name != req.name {
-            Some(format!("the join token is bound to the name {}, not {}", t.name, req.name))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            drop(tokens);
-            return Err(self.refuse(peer_s, &req.name, id, why));
-        }
-        if let Err(e) = fleet_common::pki::check_csr(&req.csr) {
-            drop(tokens);
-            return Err(self.refuse(peer_s, &req.name, id, e));
-        }
-        let labels = t.labels.clone();
-        let mut used = t.clone();
-        used.uses += 1;
-        if used.enrolled.len() < 100 {
-            used.enrolled.push(req.name.clone());
-        }
-        self.shared.put(RecordKind::Token, id, &used).map_err(|e| Status::unavailable(e.to_string()))?;
         tokens.insert(id.to_string(), used);
         drop(tokens);
         let host = EnrolledHost { token_id: id.to_string(), labels, enrolled_at_ms: now };

@@ -679,3 +679,43 @@ async fn a_coordinator_that_joins_takes_up_the_clusters_for_timers() {
             .await;
     assert_eq!(joined, since, "the for timer the cluster started");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_use_token_enrolls_one_machine_across_coordinators() {
+    let _g = serial().await;
+    let c = Cluster::new(&[]);
+    let etcd = Etcd::start(&c, 3).await;
+    let members = start_coordinators_with(&c, &etcd, 2, &c.enrollment_toml("30d")).await;
+    agreed_leader(&c, &members, &[0, 1], Duration::from_secs(20)).await;
+    let out = c.fleetctl_env(&["tokens", "create", "-o", "json"], &[("FLEET_ADDR", &members[0].addr)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (token, pin) = (v["token"].as_str().unwrap().to_string(), v["ca_pin"].as_str().unwrap().to_string());
+    let id = token.split('.').next().unwrap().to_string();
+    // Both coordinators know the token ...
+    for m in &members {
+        eventually(Duration::from_secs(10), "every coordinator to know the token", || {
+            let out = c.fleetctl_env(&["tokens", "list"], &[("FLEET_ADDR", &m.addr)]);
+            let listed = String::from_utf8_lossy(&out.stdout).contains(&id);
+            async move { listed.then_some(()) }
+        })
+        .await;
+    }
+    // ... and two machines present it at the same moment, one to each: one is enrolled.
+    let enroll = |m: &Coordinator, name: &str| {
+        std::process::Command::new(fleet_integration_tests::bin("fleet-agent"))
+            .args(["enroll", "--coordinator", &m.addr, "--token", &token, "--ca-pin", &pin, "--name", name])
+            .args(["--data-dir", c.dir().join(name).to_str().unwrap(), "--config", "/nonexistent/agent.toml"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (enroll(&members[0], "pc3"), enroll(&members[1], "pc4"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
+    let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(ok, 1, "one enrollment for a single-use token:\n{}\n{}", said(&a), said(&b));
+    let refused = if a.status.success() { &b } else { &a };
+    assert!(said(refused).contains("already used"), "{}", said(refused));
+}

@@ -282,6 +282,17 @@ pub fn created_at(key: &str, rev: i64) -> Compare {
     }
 }
 
+/// A comparison: `key` holds `value` (false when `key` does not exist).
+pub fn value_is(key: &str, value: &[u8]) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Value as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(TargetUnion::Value(value.to_vec())),
+        range_end: Vec::new(),
+    }
+}
+
 /// A put in a transaction.
 pub fn put_op(key: &str, value: &[u8], lease: i64) -> RequestOp {
     RequestOp {

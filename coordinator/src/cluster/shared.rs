@@ -306,6 +306,34 @@ impl SharedState for EtcdShared {
         SharedState::put_record(&self.local, kind, id, json)
     }
 
+    /// An etcd transaction comparing the value, so that two coordinators counting a use of
+    /// one token at once cannot both succeed.
+    fn swap_record(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        expected: &[u8],
+        json: &[u8],
+    ) -> Result<Result<(), Option<Vec<u8>>>, StoreError> {
+        let key = format!("{}{id}", self.record_prefix(kind));
+        let (expected, value) = (expected.to_vec(), json.to_vec());
+        let swapped = self.run(move |client| async move {
+            let r = client
+                .txn(vec![etcd::value_is(&key, &expected)], vec![etcd::put_op(&key, &value, 0)], Vec::new())
+                .await?;
+            if r.succeeded {
+                return Ok(Ok(()));
+            }
+            Ok(Err(client.get(&key).await?.map(|kv| kv.value)))
+        })?;
+        match &swapped {
+            Ok(()) => SharedState::put_record(&self.local, kind, id, json)?,
+            Err(Some(now)) => SharedState::put_record(&self.local, kind, id, now)?,
+            Err(None) => SharedState::remove_record(&self.local, kind, id)?,
+        }
+        Ok(swapped)
+    }
+
     fn remove_record(&self, kind: RecordKind, id: &str) -> Result<(), StoreError> {
         let key = format!("{}{id}", self.record_prefix(kind));
         self.run(move |client| async move { client.delete(&key).await })?;

@@ -64,6 +64,16 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     fn put_record(&self, kind: RecordKind, id: &str, json: &[u8]) -> Result<(), StoreError>;
     /// Removes record `id` of `kind`.
     fn remove_record(&self, kind: RecordKind, id: &str) -> Result<(), StoreError>;
+    /// Saves record `id` of `kind` only if it still holds `expected` (compare and swap):
+    /// false, writing nothing, when another writer changed it since it was read. Returns
+    /// the record as it now stands in that case, if it exists.
+    fn swap_record(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        expected: &[u8],
+        json: &[u8],
+    ) -> Result<Result<(), Option<Vec<u8>>>, StoreError>;
     /// Every record of `kind` with its id, as JSON.
     fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Publishes the alert state of rule group `key` (JSON, without this coordinator's send
@@ -143,6 +153,17 @@ impl SharedState for Store {
     }
     fn records(&self, kind: RecordKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.raw_records(kind.prefix())
+    }
+    /// One coordinator alone: its callers hold their own lock around the read and the swap
+    /// (the enrollment's token lock), so the record can only be as they read it.
+    fn swap_record(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        _expected: &[u8],
+        json: &[u8],
+    ) -> Result<Result<(), Option<Vec<u8>>>, StoreError> {
+        self.put_raw(kind.prefix(), id, json).map(Ok)
     }
 }
 
