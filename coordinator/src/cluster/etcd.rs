@@ -131,6 +131,11 @@ impl Etcd {
 
     /// Every key under `prefix`, in key order (at most [`RANGE_LIMIT`]).
     pub async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
+        Ok(self.list_at(prefix).await?.1)
+    }
+
+    /// [`Etcd::list`], with the store's revision the answer reflects.
+    pub async fn list_at(&self, prefix: &str) -> Result<(i64, Vec<KeyValue>), EtcdError> {
         let req = RangeRequest {
             key: prefix.as_bytes().to_vec(),
             range_end: prefix_end(prefix.as_bytes()),
@@ -139,8 +144,16 @@ impl Etcd {
         };
         let resp = self
             .call(|c| async { KvClient::new(c).max_decoding_message_size(MAX_RANGE_BYTES).range(req.clone()).await })
-            .await?;
-        Ok(resp.into_inner().kvs)
+            .await?
+            .into_inner();
+        Ok((resp.header.map_or(0, |h| h.revision), resp.kvs))
+    }
+
+    /// The store's revision now (it moves with every change of any key): a read of nothing.
+    pub async fn revision(&self) -> Result<i64, EtcdError> {
+        let req = RangeRequest { key: b"\0".to_vec(), count_only: true, ..Default::default() };
+        let resp = self.call(|c| async { KvClient::new(c).range(req.clone()).await }).await?.into_inner();
+        Ok(resp.header.map_or(0, |h| h.revision))
     }
 
     /// The last `n` keys under `prefix` in key order (newest first when keys sort by time),
