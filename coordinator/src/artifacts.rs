@@ -25,6 +25,9 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Artifacts {
     dir: PathBuf,
     max_bytes: u64,
+    /// One fetch from the other coordinators per artifact at a time: the agents of a rollout
+    /// asking at once for one this coordinator lacks wait for a single transfer.
+    fetching: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Whether `s` is a lowercase hex sha256.
@@ -43,7 +46,7 @@ impl Artifacts {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Artifacts { dir, max_bytes })
+        Ok(Artifacts { dir, max_bytes, fetching: Default::default() })
     }
 
     /// The file of artifact `sha256`.
@@ -134,6 +137,29 @@ impl Artifacts {
     /// addresses) that holds it, checks its digest and size against this store's limit, and
     /// keeps it. Returns whether it is here now, and what each peer said when not.
     pub async fn fetch_from_peers(
+        &self,
+        sha256: &str,
+        peers: &[String],
+        tls: &fleet_common::tls::TlsMaterial,
+    ) -> Result<u64, String> {
+        let gate = self.fetching.lock().expect("fetching lock").entry(sha256.to_string()).or_default().clone();
+        let result = {
+            let _one = gate.lock().await;
+            // Fetched meanwhile by the caller that held the gate.
+            match self.stat(sha256) {
+                Some(size) => Ok(size),
+                None => self.fetch_once_from_peers(sha256, peers, tls).await,
+            }
+        };
+        let mut fetching = self.fetching.lock().expect("fetching lock");
+        // The last one out removes the gate (the map holds one, this caller another).
+        if Arc::strong_count(&gate) <= 2 {
+            fetching.remove(sha256);
+        }
+        result
+    }
+
+    async fn fetch_once_from_peers(
         &self,
         sha256: &str,
         peers: &[String],
