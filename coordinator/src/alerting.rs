@@ -77,6 +77,10 @@ pub struct Alerting {
     /// Which hosts are drained: their alerts carry maintenance="true".
     registry: Arc<crate::registry::Registry>,
     groups: Mutex<Vec<Arc<Mutex<Group>>>>,
+    /// Per group (`FILE;NAME`, as Prometheus' `rule_group`): when it was last evaluated
+    /// (ms), how long that took and its interval, for `/metrics` without waiting on a group
+    /// being evaluated.
+    evaluations: Mutex<BTreeMap<String, (i64, Duration, Duration)>>,
     running: Mutex<CancellationToken>,
     shutdown: CancellationToken,
     notify: mpsc::Sender<Vec<Outgoing>>,
@@ -92,6 +96,11 @@ impl std::fmt::Debug for Alerting {
 
 fn group_key(g: &Group) -> String {
     format!("{}\0{}", g.file.display(), g.name)
+}
+
+/// A group's `group` label in `/metrics`: its file and name, as Prometheus' `rule_group`.
+fn metric_group(g: &Group) -> String {
+    format!("{};{}", g.file.display(), g.name)
 }
 
 /// A group's key among the coordinators of a cluster, whose rule files may lie in other
@@ -142,6 +151,7 @@ impl Alerting {
             shared,
             registry,
             groups: Mutex::new(Vec::new()),
+            evaluations: Mutex::new(BTreeMap::new()),
             running: Mutex::new(CancellationToken::new()),
             shutdown,
             notify: tx,
@@ -185,6 +195,10 @@ impl Alerting {
             let token = token.clone();
             tokio::spawn(async move { this.run_group(g, token).await });
         }
+        // The groups of the rules loaded now only (a reload may have removed some).
+        let keys: std::collections::BTreeSet<String> =
+            groups.iter().map(|g| metric_group(&g.lock().expect("group lock"))).collect();
+        self.evaluations.lock().expect("alerting lock").retain(|k, _| keys.contains(k));
         *self.groups.lock().expect("alerting lock") = groups;
     }
 
@@ -246,10 +260,14 @@ impl Alerting {
                 };
                 g.eval_marked(&mut w, next, &external, &mark);
                 let outgoing = to_send(&mut g, next, step, &external);
-                (outgoing, snapshot(&g), group_key(&g), shared_group_key(&g))
+                let evaluated = g.last_eval.map(|(at, took)| (metric_group(&g), at, took));
+                (outgoing, snapshot(&g), group_key(&g), shared_group_key(&g), evaluated)
             })
             .await;
-            let Ok((outgoing, saved, key, shared_key)) = out else { continue };
+            let Ok((outgoing, saved, key, shared_key, evaluated)) = out else { continue };
+            if let Some((name, at, took)) = evaluated {
+                self.evaluations.lock().expect("alerting lock").insert(name, (at, took, interval));
+            }
             if let Ok(json) = serde_json::to_vec(&saved)
                 && let Err(e) = self.shared.save_alert_state(&key, &json)
             {
@@ -518,6 +536,32 @@ impl crate::metrics::FmtMetrics for Alerting {
             "Alert batches dropped because the notification queue was full.",
         );
         e.sample("fleet_coordinator_notifications_dropped_total", &[], m.dropped.get() as f64);
+        // Prometheus' prometheus_rule_group_* equivalents.
+        let evaluations = self.evaluations.lock().expect("alerting lock").clone();
+        e.family(
+            "fleet_coordinator_rule_group_last_duration_seconds",
+            "gauge",
+            "How long the last evaluation of a rule group took (group: FILE;NAME).",
+        );
+        for (group, (_, took, _)) in &evaluations {
+            e.sample("fleet_coordinator_rule_group_last_duration_seconds", &[("group", group)], took.as_secs_f64());
+        }
+        e.family(
+            "fleet_coordinator_rule_group_last_evaluation_timestamp_seconds",
+            "gauge",
+            "When a rule group was last evaluated (the evaluation time, seconds since the epoch).",
+        );
+        for (group, (at, _, _)) in &evaluations {
+            e.sample(
+                "fleet_coordinator_rule_group_last_evaluation_timestamp_seconds",
+                &[("group", group)],
+                *at as f64 / 1000.0,
+            );
+        }
+        e.family("fleet_coordinator_rule_group_interval_seconds", "gauge", "A rule group's evaluation interval.");
+        for (group, (_, _, interval)) in &evaluations {
+            e.sample("fleet_coordinator_rule_group_interval_seconds", &[("group", group)], interval.as_secs_f64());
+        }
     }
 }
 

@@ -62,6 +62,14 @@ async fn a_down_agent_alerts_alertmanager_and_resolves() {
     let active_at = alerts[0]["active_at"].clone();
     let (_, text) = c.http_get("/metrics").await;
     assert!(text.contains("fleet_alerts_firing{alertname=\"FleetAgentDown\",severity=\"critical\"} 1"), "{text}");
+    // How long the group's evaluations take, as Prometheus' prometheus_rule_group_* say.
+    let metrics = fleet_integration_tests::parse_metrics(&text);
+    let group = format!("{{group=\"{};fleet\"}}", rules.join("fleet.yml").display());
+    let took = metrics[&format!("fleet_coordinator_rule_group_last_duration_seconds{group}")];
+    assert!((0.0..1.0).contains(&took), "evaluated in {took}s");
+    assert_eq!(metrics[&format!("fleet_coordinator_rule_group_interval_seconds{group}")], 1.0);
+    let at = metrics[&format!("fleet_coordinator_rule_group_last_evaluation_timestamp_seconds{group}")];
+    assert!((fleet_common::now_ms() as f64 / 1000.0 - at).abs() < 10.0, "last evaluated at {at}");
     let (_, api) = c.http_get("/api/v1/alerts").await;
     let api: serde_json::Value = serde_json::from_str(&api).unwrap();
     assert_eq!(api["data"]["alerts"][0]["state"], "firing");
