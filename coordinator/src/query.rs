@@ -154,10 +154,11 @@ pub fn range(
     let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
     let mut points = 0usize;
     let mut t = start;
+    let storage = Prefetched::new(storage, end, PREFETCH_SAMPLES.min(limits.max_samples));
     while t <= end {
         // Each step holds what the query has returned so far and what the step reads.
         limits.reset_samples(points);
-        match promql::eval_step(&e, storage, t, (start, end), limits).map_err(eval_err)? {
+        match promql::eval_step(&e, &storage, t, (start, end), limits).map_err(eval_err)? {
             Value::Vector(v) => {
                 points += v.len();
                 for s in v {
@@ -180,6 +181,125 @@ pub fn range(
         t = next;
     }
     Ok(Answer::Matrix(out.into_iter().collect()))
+}
+
+/// Samples a range query keeps read ahead, at most (16 bytes each): beyond it a selector is
+/// read at each step instead.
+pub const PREFETCH_SAMPLES: usize = 16_000_000;
+
+/// A selector's series as read once for a whole range query, and the window they cover.
+type Read = (i64, i64, Vec<promql::Series>);
+/// A selector: its metric name, its matchers (as written out) and the length of its window.
+type Selector = (Option<String>, String, i64);
+
+/// The history seen by a range query: each selector (its name, matchers and range) is read
+/// once, from its first step's start to the query's end, and every later step takes its
+/// window from those samples instead of reading (and decoding) the chunks again; as
+/// Prometheus reads a range query's series once. A window the read does not cover (an
+/// `offset` or `@` reaching past it) and a selector past [`PREFETCH_SAMPLES`] are read from
+/// the history as they come.
+struct Prefetched<'a> {
+    inner: &'a dyn Storage,
+    end: i64,
+    budget: std::cell::Cell<usize>,
+    /// Per selector, what was read (`None`: too many samples to keep).
+    read: std::cell::RefCell<std::collections::HashMap<Selector, Option<std::rc::Rc<Read>>>>,
+}
+
+impl<'a> Prefetched<'a> {
+    fn new(inner: &'a dyn Storage, end: i64, budget: usize) -> Self {
+        Prefetched { inner, end, budget: std::cell::Cell::new(budget), read: Default::default() }
+    }
+
+    /// The read covering `(start, end]` for this selector, reading it at its first use.
+    fn covering(
+        &self,
+        name: Option<&str>,
+        m: &promql_parser::label::Matchers,
+        start: i64,
+        end: i64,
+    ) -> Option<std::rc::Rc<Read>> {
+        let key = (name.map(str::to_string), format!("{m:?}"), end.saturating_sub(start));
+        let known = self.read.borrow().get(&key).cloned();
+        let read = match known {
+            Some(r) => r,
+            None => {
+                let series = self.inner.select(name, m, start, self.end.max(end));
+                let samples: usize = series.iter().map(|s| s.points.len()).sum();
+                let kept = (samples <= self.budget.get()).then(|| {
+                    self.budget.set(self.budget.get() - samples);
+                    std::rc::Rc::new((start, self.end.max(end), series))
+                });
+                self.read.borrow_mut().insert(key, kept.clone());
+                kept
+            }
+        };
+        read.filter(|r| r.0 <= start && end <= r.1)
+    }
+}
+
+/// The samples of `points` (oldest first) in `(start, end]`.
+fn window(points: &[(i64, f64)], start: i64, end: i64) -> &[(i64, f64)] {
+    let from = points.partition_point(|p| p.0 <= start);
+    let to = points.partition_point(|p| p.0 <= end);
+    &points[from..to.max(from)]
+}
+
+impl Storage for Prefetched<'_> {
+    fn select(
+        &self,
+        name: Option<&str>,
+        m: &promql_parser::label::Matchers,
+        start: i64,
+        end: i64,
+    ) -> Vec<promql::Series> {
+        let Some(read) = self.covering(name, m, start, end) else { return self.inner.select(name, m, start, end) };
+        read.2
+            .iter()
+            .filter_map(|s| {
+                let w = window(&s.points, start, end);
+                (!w.is_empty()).then(|| promql::Series { labels: s.labels.clone(), points: w.to_vec() })
+            })
+            .collect()
+    }
+
+    fn select_each(
+        &self,
+        name: Option<&str>,
+        m: &promql_parser::label::Matchers,
+        start: i64,
+        end: i64,
+        f: &mut promql::EachSeries<'_>,
+    ) {
+        let Some(read) = self.covering(name, m, start, end) else {
+            return self.inner.select_each(name, m, start, end, f);
+        };
+        for s in &read.2 {
+            let w = window(&s.points, start, end);
+            if !w.is_empty() {
+                f(s.labels.clone(), w);
+            }
+        }
+    }
+
+    fn select_latest(
+        &self,
+        name: Option<&str>,
+        m: &promql_parser::label::Matchers,
+        start: i64,
+        end: i64,
+    ) -> Vec<promql::Series> {
+        let Some(read) = self.covering(name, m, start, end) else {
+            return self.inner.select_latest(name, m, start, end);
+        };
+        read.2
+            .iter()
+            .filter_map(|s| {
+                let newest = *window(&s.points, start, end).last()?;
+                Some(promql::Series { labels: s.labels.clone(), points: vec![newest] })
+            })
+            .collect()
+    }
 }
 
 fn check_time(t: i64) -> Result<(), QueryError> {
@@ -216,4 +336,73 @@ pub fn parse_step(s: &str) -> Result<i64, String> {
         return seconds_ms(f).ok_or_else(invalid);
     }
     fleet_rules::rules::parse_duration(s).ok().and_then(|d| i64::try_from(d.as_millis()).ok()).ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tsdb::Tsdb;
+
+    /// A range query answers as if every step read the history itself.
+    #[test]
+    fn a_range_query_read_ahead_answers_as_each_step_reading_the_history() {
+        let db = Tsdb::new(i64::MAX / 4, 10_000);
+        let t0 = 1_700_000_000_000i64;
+        for i in 0..720i64 {
+            for h in 0..5 {
+                let host = format!("h{h}");
+                // A counter with a reset, a gauge with a gap.
+                let c = if i < 400 { i * (h + 1) } else { (i - 400) * 2 } as f64;
+                db.append_sample("c_total", &mut [("host", &host)], t0 + i * 5_000 + h * 700, c);
+                if !(200..260).contains(&i) {
+                    db.append_sample("g", &mut [("host", &host)], t0 + i * 5_000 + h * 900, (i % 17) as f64);
+                }
+            }
+        }
+        let (start, end, step) = (t0 + 300_000, t0 + 3_600_000, 15_000);
+        for expr in [
+            "g",
+            "avg by (host) (rate(c_total[5m]))",
+            "sum(increase(c_total[1m])) + count(g)",
+            "g offset 10m",
+            "max_over_time(g[2m] offset -1m)",
+            "g @ start() - g",
+            "rate(c_total[5m] @ end())",
+            "avg_over_time(rate(c_total[2m])[10m:1m])",
+            "timestamp(g) - time()",
+            "absent(g{host=\"none\"})",
+        ] {
+            let limits = Limits::default();
+            let got = range(&db, expr, start, end, step, &limits).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            // Each step on its own, reading the history.
+            let e = promql::parse(expr).unwrap();
+            let mut want: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+            let mut t = start;
+            while t <= end {
+                match promql::eval_step(&e, &db, t, (start, end), &Limits::default()).unwrap() {
+                    Value::Vector(v) => {
+                        for s in v {
+                            want.entry(s.labels).or_default().push((t, s.v));
+                        }
+                    }
+                    Value::Scalar(x) => want.entry(Labels::new()).or_default().push((t, x)),
+                    other => panic!("{expr}: {other:?}"),
+                }
+                t += step;
+            }
+            let Answer::Matrix(got) = got else { panic!("{expr}: not a matrix") };
+            let want: Vec<_> = want.into_iter().collect();
+            assert_eq!(got.len(), want.len(), "{expr}");
+            for ((gl, gp), (wl, wp)) in got.iter().zip(&want) {
+                assert_eq!(gl, wl, "{expr}");
+                assert_eq!(gp.len(), wp.len(), "{expr} {gl:?}");
+                for (a, b) in gp.iter().zip(wp) {
+                    assert!(
+                        a.0 == b.0 && (a.1 == b.1 || (a.1.is_nan() && b.1.is_nan())),
+                        "{expr} {gl:?}: {a:?} != {b:?}"
+                    );
+                }
+            }
+        }
+    }
 }
