@@ -154,7 +154,7 @@ pub fn range(
     let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
     let mut points = 0usize;
     let mut t = start;
-    let storage = Prefetched::new(storage, end, PREFETCH_SAMPLES.min(limits.max_samples));
+    let storage = Prefetched::new(storage, end, limits.max_samples);
     while t <= end {
         // Each step holds what the query has returned so far and what the step reads.
         limits.reset_samples(points);
@@ -183,10 +183,6 @@ pub fn range(
     Ok(Answer::Matrix(out.into_iter().collect()))
 }
 
-/// Samples a range query keeps read ahead, at most (16 bytes each): beyond it a selector is
-/// read at each step instead.
-pub const PREFETCH_SAMPLES: usize = 16_000_000;
-
 /// A selector's series as read once for a whole range query, and the window they cover.
 type Read = (i64, i64, Vec<promql::Series>);
 /// A selector: its metric name, its matchers (as written out) and the length of its window.
@@ -196,8 +192,9 @@ type Selector = (Option<String>, String, i64);
 /// once, from its first step's start to the query's end, and every later step takes its
 /// window from those samples instead of reading (and decoding) the chunks again; as
 /// Prometheus reads a range query's series once. A window the read does not cover (an
-/// `offset` or `@` reaching past it) and a selector past [`PREFETCH_SAMPLES`] are read from
-/// the history as they come.
+/// `offset` or `@` reaching past it) and a selector past the query's sample limit (`[query]
+/// max_samples`, Prometheus' `--query.max-samples`: what one query may load into memory, 16
+/// bytes a sample) are read from the history as they come.
 struct Prefetched<'a> {
     inner: &'a dyn Storage,
     end: i64,
