@@ -275,14 +275,16 @@ impl Alerting {
             }
             // For the cluster: the timers without this coordinator's send times, which
             // change at every resend (crate::cluster::shared writes only changes).
-            let mut shared = saved;
-            shared.values_mut().flatten().for_each(|a| a.last_sent = None);
-            if let Ok(json) = serde_json::to_vec(&shared) {
-                let state = self.shared.clone();
-                let published =
-                    tokio::task::spawn_blocking(move || state.publish_alert_state(&shared_key, &json)).await;
-                if let Ok(Err(e)) = published {
-                    tracing::debug!(error = %e, "cannot publish alert state to the cluster");
+            if self.shared.publishes_alert_state() {
+                let mut shared = saved;
+                shared.values_mut().flatten().for_each(|a| a.last_sent = None);
+                if let Ok(json) = serde_json::to_vec(&shared) {
+                    let state = self.shared.clone();
+                    let published =
+                        tokio::task::spawn_blocking(move || state.publish_alert_state(&shared_key, &json)).await;
+                    if let Ok(Err(e)) = published {
+                        tracing::debug!(error = %e, "cannot publish alert state to the cluster");
+                    }
                 }
             }
             for chunk in outgoing.chunks(BATCH) {

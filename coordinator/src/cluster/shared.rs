@@ -300,6 +300,10 @@ impl SharedState for EtcdShared {
         Ok(())
     }
 
+    fn publishes_alert_state(&self) -> bool {
+        true
+    }
+
     fn published_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
         let prefix = format!("{}alerts/", self.prefix);
         let listed = self.run_within(ALERT_STATE_WAIT, move |client| async move { client.list(&prefix).await })?;

@@ -83,6 +83,11 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     fn publish_alert_state(&self, _key: &str, _json: &[u8]) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether [`SharedState::publish_alert_state`] does anything (false alone: the
+    /// evaluation loop then skips preparing what it would publish).
+    fn publishes_alert_state(&self) -> bool {
+        false
+    }
     /// The alert state the cluster's leader published, per group key; empty alone.
     fn published_alert_state(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
         Ok(HashMap::new())
