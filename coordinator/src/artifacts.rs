@@ -431,8 +431,10 @@ impl Replicas {
     /// do) and returns once one does. Alone, or with no other member up, there is no one to
     /// ask: `Ok` (said in the log). An error names why none could.
     pub async fn ensure_copy(&self, sha256: &str) -> Result<(), String> {
-        let Some(me) = self.cluster.config().map(|c| c.advertise.clone()) else { return Ok(()) };
-        let peers: Vec<String> = self.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != me).collect();
+        let peers = self.cluster.peers();
+        if self.cluster.config().is_none() {
+            return Ok(());
+        }
         if peers.is_empty() {
             tracing::warn!(artifact = %sha256, "no other coordinator is up to hold a copy of the rollout's artifact; starting with this one's only");
             return Ok(());

@@ -413,6 +413,12 @@ impl Cluster {
         self.members.lock().expect("cluster lock").clone()
     }
 
+    /// The other live members' advertise addresses (none alone).
+    pub fn peers(&self) -> Vec<String> {
+        let Some(me) = &self.config else { return Vec::new() };
+        self.members().into_iter().map(|m| m.advertise).filter(|a| *a != me.advertise).collect()
+    }
+
     /// The live members' addresses (`https://ADVERTISE`, sorted; empty alone), as they
     /// change.
     pub fn watch_addresses(&self) -> watch::Receiver<Vec<String>> {

@@ -110,12 +110,6 @@ impl ControlApi {
             .map_err(|e| Status::unavailable(format!("cannot read the report store: {e}")))
     }
 
-    /// The other live members of the cluster (their advertise addresses; none alone).
-    fn peers(&self) -> Vec<String> {
-        let Some(cc) = self.c.cluster.config() else { return Vec::new() };
-        self.c.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != cc.advertise).collect()
-    }
-
     pub(crate) fn host(&self, name: &str) -> Result<Arc<Host>, Status> {
         self.c.registry.get(name).ok_or_else(|| {
             Status::not_found(format!(
@@ -449,7 +443,7 @@ impl ControlService for ControlApi {
         let from_coordinator = req.extensions().get::<Identity>().is_some_and(|i| i.role == Role::Coordinator);
         if size.is_none() && req.get_ref().fetch && from_coordinator && crate::artifacts::valid_sha256(sha) {
             // The leader wants a copy here before its rollout starts (crate::artifacts::Replicas).
-            size = self.c.artifacts.fetch_from_peers(sha, &self.peers(), &self.c.tls).await.ok();
+            size = self.c.artifacts.fetch_from_peers(sha, &self.c.cluster.peers(), &self.c.tls).await.ok();
         }
         Ok(Response::new(StatArtifactResponse { exists: size.is_some(), size_bytes: size.unwrap_or(0) }))
     }
@@ -557,7 +551,7 @@ impl ControlService for ControlApi {
         if held.is_none() && self.c.cluster.config().is_some() && crate::artifacts::valid_sha256(&r.sha256) {
             // Uploaded to the coordinator the operator dialed, which passed the start on to
             // this one, the leader: fetched from the others.
-            match self.c.artifacts.fetch_from_peers(&r.sha256, &self.peers(), &self.c.tls).await {
+            match self.c.artifacts.fetch_from_peers(&r.sha256, &self.c.cluster.peers(), &self.c.tls).await {
                 Ok(size) => held = Some(size),
                 Err(why) => {
                     tracing::warn!(artifact = %r.sha256, %why, "the rollout's artifact is on no other coordinator either")

@@ -198,15 +198,15 @@ async fn follow_shared_records(c: std::sync::Arc<Coordinator>, shutdown: Cancell
 /// Fetches the artifact of every unfinished rollout this coordinator lacks from the others,
 /// so that whichever coordinator leads next has it (it is uploaded to one coordinator only).
 async fn fetch_rollout_artifacts(c: &Coordinator) {
-    let Some(cc) = c.cluster.config() else { return };
+    if c.cluster.config().is_none() {
+        return;
+    }
     let needed: std::collections::BTreeSet<String> = c.rollouts.needed_artifacts().into_iter().collect();
     for sha in needed {
         if c.artifacts.stat(&sha).is_some() {
             continue;
         }
-        let peers: Vec<String> =
-            c.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != cc.advertise).collect();
-        if let Err(why) = c.artifacts.fetch_from_peers(&sha, &peers, &c.tls).await {
+        if let Err(why) = c.artifacts.fetch_from_peers(&sha, &c.cluster.peers(), &c.tls).await {
             tracing::debug!(artifact = %sha, %why, "cannot fetch a rollout's artifact from the other coordinators yet");
         }
     }

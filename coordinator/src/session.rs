@@ -69,12 +69,7 @@ impl AgentService for AgentApi {
         if self.c.artifacts.stat(&sha).is_none() {
             // Uploaded to another coordinator of the cluster: fetch it from the one that has it
             // (asked for by an agent only, so that two coordinators never ask each other).
-            let peers: Vec<String> = match self.c.cluster.config() {
-                Some(cc) if from_agent => {
-                    self.c.cluster.members().into_iter().map(|m| m.advertise).filter(|a| *a != cc.advertise).collect()
-                }
-                _ => Vec::new(),
-            };
+            let peers = if from_agent { self.c.cluster.peers() } else { Vec::new() };
             if peers.is_empty() {
                 return Err(Status::not_found(format!("the coordinator holds no artifact {sha}")));
             }

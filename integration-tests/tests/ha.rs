@@ -24,16 +24,21 @@ async fn start_coordinators(c: &Cluster, etcd: &Etcd, n: usize) -> Vec<Coordinat
 async fn start_coordinators_with(c: &Cluster, etcd: &Etcd, n: usize, more: &str) -> Vec<Coordinator> {
     let mut out = Vec::new();
     for i in 0..n {
-        let port = free_port();
-        let extra = format!(
-            "{more}[cluster]\nname = \"test\"\nadvertise = \"127.0.0.1:{port}\"\netcd = {}\nlease_ttl = \"{}s\"\n",
-            etcd.toml_urls(),
-            LEASE_TTL.as_secs()
-        );
-        let opts = CoordinatorOpts { grpc_port: port, extra, ..Default::default() };
-        out.push(c.spawn_coordinator(&format!("coordinator{i}"), opts).await);
+        out.push(start_member(c, etcd, i, more).await);
     }
     out
+}
+
+/// Starts coordinator `i` of cluster "test" on `etcd`, `more` TOML in its config.
+async fn start_member(c: &Cluster, etcd: &Etcd, i: usize, more: &str) -> Coordinator {
+    let port = free_port();
+    let extra = format!(
+        "{more}[cluster]\nname = \"test\"\nadvertise = \"127.0.0.1:{port}\"\netcd = {}\nlease_ttl = \"{}s\"\n",
+        etcd.toml_urls(),
+        LEASE_TTL.as_secs()
+    );
+    let opts = CoordinatorOpts { grpc_port: port, extra, ..Default::default() };
+    c.spawn_coordinator(&format!("coordinator{i}"), opts).await
 }
 
 /// `fleetctl status -o json` against `m`.
@@ -665,15 +670,7 @@ async fn a_coordinator_that_joins_takes_up_the_clusters_for_timers() {
         eventually(Duration::from_secs(10), "Waiting pending on the leader", || pending_since(&members[leader])).await;
     // A third coordinator, with nothing of its own yet, joins: its Waiting has been pending
     // since the leader's, not since its own first evaluation.
-    let port = free_port();
-    let extra = format!(
-        "{alerting}[cluster]\nname = \"test\"\nadvertise = \"127.0.0.1:{port}\"\netcd = {}\nlease_ttl = \"{}s\"\n",
-        etcd.toml_urls(),
-        LEASE_TTL.as_secs()
-    );
-    members.push(
-        c.spawn_coordinator("coordinator2", CoordinatorOpts { grpc_port: port, extra, ..Default::default() }).await,
-    );
+    members.push(start_member(&c, &etcd, 2, &alerting).await);
     let joined =
         eventually(Duration::from_secs(10), "Waiting pending on the new coordinator", || pending_since(&members[2]))
             .await;
@@ -711,7 +708,14 @@ async fn a_single_use_token_enrolls_one_machine_across_coordinators() {
             .spawn()
             .unwrap()
     };
-    let (a, b) = (enroll(&members[0], "pc3"), enroll(&members[1], "pc4"));
+    let (mut a, mut b) = (enroll(&members[0], "pc3"), enroll(&members[1], "pc4"));
+    for p in [&mut a, &mut b] {
+        eventually(Duration::from_secs(30), "both enrollments to end", || {
+            let done = p.try_wait().unwrap().is_some();
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
     let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
